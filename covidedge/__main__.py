@@ -1,0 +1,3 @@
+from covidedge.cli.main import main
+
+main()

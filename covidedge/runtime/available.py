@@ -1,0 +1,56 @@
+"""Which backends are installed, found without importing any of them."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from typing import Dict
+
+
+def _version(*dists: str):
+    for d in dists:
+        try:
+            return importlib.metadata.version(d)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def module_present(name: str) -> bool:
+    """True when ``name`` can be imported (found on the path); nothing is imported."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available_backends() -> Dict:
+    """Backends and their versions, plus the default this machine would use."""
+    out = {}
+    trt = module_present("tensorrt")
+    out["tensorrt"] = {
+        "available": trt and module_present("pycuda"),
+        "version": _version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs")
+        or ("present" if trt else None),
+        "reason": "" if trt and module_present("pycuda") else (
+            "pycuda is not installed" if trt else "tensorrt is not installed"),
+    }
+    ort_ok = module_present("onnxruntime")
+    providers = []
+    if ort_ok:
+        try:
+            import onnxruntime
+
+            providers = onnxruntime.get_available_providers()
+        except Exception:  # a broken install still reports as absent
+            ort_ok = False
+    out["onnxruntime"] = {"available": ort_ok, "version": _version("onnxruntime", "onnxruntime-gpu"),
+                          "providers": providers, "reason": "" if ort_ok else "onnxruntime is not installed"}
+    torch_ok = module_present("torch")
+    out["torch"] = {"available": torch_ok, "version": _version("torch"),
+                    "reason": "" if torch_ok else "torch is not installed; pip install covidedge[train]"}
+    ov = module_present("openvino")
+    out["openvino"] = {"available": ov, "version": _version("openvino"),
+                       "reason": "" if ov else "openvino is not installed; an optional peer for benchmarks"}
+    default = "tensorrt" if out["tensorrt"]["available"] else "onnxruntime"
+    return {"backends": out, "default_backend": default}

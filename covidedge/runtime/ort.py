@@ -1,0 +1,149 @@
+"""ONNX Runtime backend: the embedded default where there is no TensorRT.
+
+Runs the precision-bearing ONNX graphs (fp32, fp16, int8 Q/DQ) on the CPU by default, or with the
+CUDA / TensorRT execution providers when ONNX Runtime has them. Thread counts and the graph
+optimisation level are settable because they decide CPU latency.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.runtime.base import Runner
+from covidedge.spec import ModelSpec
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+def read_onnx_metadata(path) -> Dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict, without loading the weights into a session."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError / ValueError subclasses
+        raise IncompatibleModelError(f"not a readable ONNX model ({type(exc).__name__}: {exc})",
+                                     path=path, hint="re-export it with 'covidedge export'") from exc
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _graph_precision(meta: Dict[str, str]) -> str:
+    return meta.get("covidedge.precision", "fp32")
+
+
+def resolve_providers(providers: Optional[Sequence[str]]) -> List[str]:
+    """Execution providers to use: those asked for (each must be available), else the CPU."""
+    available = _ort().get_available_providers()
+    if not providers:
+        return ["CPUExecutionProvider"]
+    names = []
+    for p in providers:
+        full = p if p.endswith("ExecutionProvider") else {
+            "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+            "tensorrt": "TensorrtExecutionProvider", "openvino": "OpenVINOExecutionProvider",
+        }.get(p.lower(), p)
+        if full not in available:
+            raise RuntimeFailure(f"ONNX Runtime provider {full} is not available here; "
+                                 f"available: {', '.join(available)}")
+        names.append(full)
+    if "CPUExecutionProvider" not in names:
+        names.append("CPUExecutionProvider")
+    return names
+
+
+class OrtRunner(Runner):
+    """Runs an ONNX model with ONNX Runtime. ``spec`` is read from the model's metadata when not given."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path, spec: Optional[ModelSpec] = None, precision: Optional[str] = None,
+                 providers: Optional[Sequence[str]] = None, intra_op_threads: Optional[int] = None,
+                 inter_op_threads: Optional[int] = None, graph_optimization_level: str = "all",
+                 min_batch: int = 1, max_batch: Optional[int] = None):
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise BadInputError("model file not found", path=path)
+        meta = read_onnx_metadata(path)
+        if spec is None:
+            spec = ModelSpec.from_metadata(meta, source=path)
+        if graph_optimization_level not in OPT_LEVELS:
+            raise BadInputError(f"graph optimisation level {graph_optimization_level!r} is not one of "
+                                f"{', '.join(OPT_LEVELS)}")
+        super().__init__(spec, path, precision or _graph_precision(meta), min_batch, max_batch)
+        self.metadata = meta
+        self.providers = resolve_providers(providers)
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
+        self.graph_optimization_level = graph_optimization_level
+        self.session = None
+
+    def session_options(self):
+        ort = _ort()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.graph_optimization_level]
+        if self.intra_op_threads:
+            so.intra_op_num_threads = int(self.intra_op_threads)
+        if self.inter_op_threads:
+            so.inter_op_num_threads = int(self.inter_op_threads)
+        so.log_severity_level = 3
+        return so
+
+    def _activate(self) -> None:
+        ort = _ort()
+        try:
+            self.session = ort.InferenceSession(self.source, sess_options=self.session_options(),
+                                                providers=self.providers)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RuntimeFailure(f"ONNX Runtime could not load the model: {first}",
+                                 path=self.source) from exc
+        inputs = [i.name for i in self.session.get_inputs()]
+        if inputs != [self.spec.input_name]:
+            raise IncompatibleModelError(
+                f"graph inputs are {inputs}, its spec says ['{self.spec.input_name}']", path=self.source)
+        outputs = [o.name for o in self.session.get_outputs()]
+        missing = [n for n in self.spec.output_names if n not in outputs]
+        if missing:
+            raise IncompatibleModelError(f"graph lacks outputs {missing} (has {outputs})", path=self.source)
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        if isinstance(batch_dim, int):  # static batch graph
+            self.min_batch = self.max_batch = batch_dim
+
+    def _infer(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+        try:
+            values = self.session.run(list(self.spec.output_names), {self.spec.input_name: x})
+        except Exception as exc:
+            raise RuntimeFailure(f"ONNX Runtime inference failed: {str(exc).splitlines()[0]}",
+                                 path=self.source) from exc
+        return dict(zip(self.spec.output_names, values))
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def describe(self):
+        d = super().describe()
+        so_threads = None
+        if self.session is not None:
+            opts = self.session.get_session_options()
+            so_threads = {"intra_op": opts.intra_op_num_threads, "inter_op": opts.inter_op_num_threads}
+        d.update({"version": _ort().__version__, "providers": list(self.providers),
+                  "device": "cuda" if any("CUDA" in p or "Tensorrt" in p for p in self.providers) else "cpu",
+                  "graph_optimization_level": self.graph_optimization_level,
+                  "threads": so_threads or {"intra_op": self.intra_op_threads or 0,
+                                            "inter_op": self.inter_op_threads or 0}})
+        return d

@@ -1,0 +1,121 @@
+"""ModelSpec: what a model is and how to feed it, carried by checkpoints, ONNX files and engines.
+
+A spec travels as JSON: inside a checkpoint, in an ONNX model's ``metadata_props`` and in an
+engine manifest, so every stage can check that it got the model it expects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from covidedge.errors import IncompatibleModelError
+
+TASKS = ("classifier", "segmenter")
+
+#: Class labels of COVID-QU-Ex, in the order of the classifier's outputs.
+CLASS_LABELS: Tuple[str, ...] = ("COVID-19", "Non-COVID", "Normal")
+#: Channels of the segmenter's output, in order.
+MASK_CHANNELS: Tuple[str, ...] = ("lungs", "infection")
+
+INPUT_NAME = "image"
+OUTPUT_NAMES: Tuple[str, ...] = ("logits", "probabilities")
+
+#: ONNX metadata key that holds the whole spec as JSON.
+METADATA_KEY = "covidedge.spec"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a runtime needs to feed a model and read its outputs.
+
+    ``labels`` are class names for a classifier and mask channel names for a segmenter.
+    Outputs are always ``logits`` and ``probabilities`` (softmax over classes for the
+    classifier, sigmoid per mask channel for the segmenter).
+    """
+
+    task: str
+    model_name: str
+    labels: Tuple[str, ...]
+    input_size: Tuple[int, int] = (256, 256)
+    in_chans: int = 1
+    preprocessing: str = "gray-unit-bilinear-v1"
+    input_name: str = INPUT_NAME
+    output_names: Tuple[str, ...] = OUTPUT_NAMES
+    model_kwargs: Dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise IncompatibleModelError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "output_names", tuple(self.output_names))
+        object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
+
+    # -- shapes ---------------------------------------------------------------------------
+    def input_shape(self, batch: Optional[int] = None) -> Tuple[Optional[int], int, int, int]:
+        """NCHW input shape; ``batch=None`` stands for a dynamic batch axis."""
+        return (batch, self.in_chans, *self.input_size)
+
+    def output_semantics(self) -> Dict[str, str]:
+        act = "softmax over classes" if self.task == "classifier" else "sigmoid per mask channel"
+        return {self.output_names[0]: "logits", self.output_names[1]: f"probabilities ({act})"}
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        d["input_size"] = list(self.input_size)
+        d["output_names"] = list(self.output_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelSpec":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        return cls.from_dict(json.loads(text))
+
+    def to_metadata(self) -> Dict[str, str]:
+        """Key/value strings for ONNX ``metadata_props``: the full spec plus readable keys."""
+        return {
+            METADATA_KEY: self.to_json(),
+            "covidedge.task": self.task,
+            "covidedge.labels": ",".join(self.labels),
+            "covidedge.input_size": "x".join(str(v) for v in self.input_size),
+            "covidedge.preprocessing": self.preprocessing,
+            "covidedge.outputs": json.dumps(self.output_semantics()),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: Dict[str, str], source: object = None) -> "ModelSpec":
+        if METADATA_KEY not in meta:
+            raise IncompatibleModelError(
+                f"no '{METADATA_KEY}' entry in the model metadata",
+                path=source,
+                hint="export the model with 'covidedge export' so it carries its spec",
+            )
+        return cls.from_json(meta[METADATA_KEY])
+
+    # -- checks ---------------------------------------------------------------------------
+    def require_task(self, task: str, source: object = None) -> None:
+        """Raise IncompatibleModelError when this is not a model for ``task``."""
+        if self.task != task:
+            raise IncompatibleModelError(
+                f"is a {self.task} model, but a {task} was expected", path=source,
+                hint=f"pass it as --{self.task} instead",
+            )
+
+
+def classifier_spec(model_name: str = "xception", **kw) -> ModelSpec:
+    return ModelSpec(task="classifier", model_name=model_name, labels=CLASS_LABELS, **kw)
+
+
+def segmenter_spec(model_name: str = "resunet", **kw) -> ModelSpec:
+    return ModelSpec(task="segmenter", model_name=model_name, labels=MASK_CHANNELS, **kw)

@@ -1,0 +1,166 @@
+"""Checkpoints: a model's weights together with the ModelSpec that rebuilds it.
+
+A checkpoint is a ``torch.save``'d plain dict that ``torch.load(weights_only=True)`` accepts:
+``format`` ("covidedge-checkpoint-v1"), ``spec`` (``ModelSpec.to_dict()``: architecture, labels,
+preprocessing id, input size), ``state_dict``, ``covidedge_version`` and ``extra`` (training
+options, epoch, metrics, history and, in ``last.pt``, the optimizer / scheduler / RNG state that
+``--resume`` needs). Nothing in it is a pickled class, so loading never runs foreign code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from covidedge.errors import BadInputError, IncompatibleModelError
+from covidedge.spec import ModelSpec
+
+CHECKPOINT_FORMAT = "covidedge-checkpoint-v1"
+
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+           "checkpoint_sha256", "to_plain"]
+
+
+def to_plain(value: Any) -> Any:
+    """Turn ``value`` into what ``torch.load(weights_only=True)`` accepts: dicts with string keys,
+    lists, tuples, str, int, float, bool, None and tensors (numpy arrays become lists, Paths strings)."""
+    import numpy as np
+
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is needed to save anyway
+        torch = None
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [to_plain(v) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise BadInputError(f"checkpoint extra value of type {type(value).__name__} cannot be stored",
+                        hint="store plain numbers, strings, lists, dicts or tensors")
+
+
+def _bare_model(model):
+    """The network whose weights are saved: unwraps an InferenceWrapper-style ``.model`` holder."""
+    inner = getattr(model, "model", None)
+    if type(model).__name__ == "InferenceWrapper" and inner is not None:
+        return inner
+    return model
+
+
+def save_checkpoint(path, model, spec: ModelSpec, extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``model``'s weights and ``spec`` to ``path`` atomically (a temporary file, then a
+    rename, so an interrupted run never leaves half a checkpoint). Returns the path."""
+    import torch
+
+    from covidedge import __version__
+
+    if not isinstance(spec, ModelSpec):
+        raise BadInputError(f"spec is a {type(spec).__name__}, expected a covidedge.spec.ModelSpec")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = _bare_model(model)
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "spec": spec.to_dict(),
+        "state_dict": state,
+        "covidedge_version": __version__,
+        "extra": to_plain(dict(extra or {})),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_checkpoint(path, device: str = "cpu") -> Dict[str, Any]:
+    """Load and validate the raw checkpoint dict (no model is built). Raises BadInputError for a
+    missing file and IncompatibleModelError for anything that is not a covidedge checkpoint."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError("checkpoint file not found", path=path,
+                            hint="pass the best.pt written by 'covidedge train'")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types: UnpicklingError, RuntimeError, EOFError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IncompatibleModelError(
+            f"is not a readable covidedge checkpoint ({type(exc).__name__}: {first[:160]})",
+            path=path, hint="pass a .pt file written by 'covidedge train'") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise IncompatibleModelError(
+            f"is not a covidedge checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})",
+            path=path, hint="pass a .pt file written by 'covidedge train'")
+    for key in ("spec", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise IncompatibleModelError(f"checkpoint has no '{key}' entry", path=path,
+                                         hint="the file is damaged; train or copy it again")
+    return payload
+
+
+def load_checkpoint(path, device: str = "cpu") -> Tuple[Any, ModelSpec, Dict[str, Any]]:
+    """Rebuild the model from the checkpoint's spec, load its weights and return
+    ``(model in eval mode on device, spec, meta)``. ``meta`` is the ``extra`` dict (train options,
+    epoch, metrics, history, ...) plus ``format``, ``covidedge_version`` and ``path``."""
+    from covidedge.models.registry import build_from_spec
+
+    payload = read_checkpoint(path, device=device)
+    try:
+        spec = ModelSpec.from_dict(payload["spec"])
+    except IncompatibleModelError:
+        raise
+    except Exception as exc:
+        raise IncompatibleModelError(f"checkpoint spec is invalid ({exc})", path=path,
+                                     hint="the file is damaged; train or copy it again") from exc
+    try:
+        model = build_from_spec(spec)
+    except Exception as exc:
+        raise IncompatibleModelError(
+            f"cannot rebuild model {spec.model_name!r} from the checkpoint spec ({exc})", path=path,
+            hint="this covidedge version may not know the architecture; upgrade covidedge") from exc
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+        raise IncompatibleModelError(
+            f"weights do not fit the {spec.model_name} architecture in its spec: {detail[:200]}",
+            path=path, hint="the spec and weights disagree; re-save the checkpoint") from exc
+    model.to(device).eval()
+    extra = payload.get("extra") or {}
+    meta = dict(extra) if isinstance(extra, dict) else {}
+    meta.update(format=payload["format"], covidedge_version=payload.get("covidedge_version"),
+                path=str(path))
+    return model, spec, meta
+
+
+def checkpoint_sha256(path) -> str:
+    """Hex sha256 of the checkpoint file's bytes (what exports and manifests record)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError("checkpoint file not found", path=path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
