@@ -29,3 +29,17 @@ def real_data_root() -> Path:
             "real COVID-QU-Ex data not found: set COVIDEDGE_DATA or place it at ../shared/data/covid-qu-ex"
         )
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run faster on one thread here, and parallel test workers don't oversubscribe."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -1,0 +1,218 @@
+"""Latency and throughput reports for checkpoints, ONNX models and engines.
+
+``run_bench(models, batches)`` opens each model with ``covidedge.runtime.load``, optionally scores
+it on a data split (``covidedge.evaluation.evaluate``), times it at each batch size
+(``covidedge.bench.timing.time_runner``) and returns a ``BenchReport`` (``covidedge.bench.report``)
+that prints as trtexec-like blocks plus one comparison table and saves JSON, Markdown and a plot.
+Nothing here imports torch unless a checkpoint is benchmarked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from covidedge.bench.report import BenchReport, BenchRow, file_size_mb, probe_machine_safely
+from covidedge.bench.timing import (
+    EndToEndStats, LatencyStats, UNSTABLE_CV, percentile, summarize, time_end_to_end, time_runner,
+)
+from covidedge.errors import BadInputError
+
+__all__ = ["run_bench", "batch_skip_reason", "metric_from_evaluation", "BenchReport", "BenchRow",
+           "LatencyStats", "EndToEndStats", "time_runner", "time_end_to_end", "percentile",
+           "summarize", "UNSTABLE_CV"]
+
+#: Images per class decoded for ``end_to_end`` timing when no ``limit_per_class`` is given.
+END_TO_END_PER_CLASS = 4
+
+
+def batch_skip_reason(runner, batch: int) -> Optional[str]:
+    """Why ``runner`` cannot take ``batch`` images per call (its engine / graph batch range), or None."""
+    lo = getattr(runner, "min_batch", 1) or 1
+    hi = getattr(runner, "max_batch", None)
+    if batch < lo or (hi is not None and batch > hi):
+        hi_text = "" if hi is None else str(hi)
+        return (f"batch {batch} is outside this model's batch range {lo}..{hi_text}; "
+                f"rebuild the engine with --max-batch {batch} (or --min-batch) to time it")
+    return None
+
+
+def metric_from_evaluation(report) -> Dict[str, object]:
+    """The one number a benchmark table shows from a covidedge.evaluation.EvaluationReport:
+    accuracy for a classifier; infection Dice over COVID-19 images for a segmenter (lung Dice
+    alongside, and in its place when the split had no COVID-19 image). Returns {"name", "value",
+    "split", "n_images", ...}."""
+    metrics = dict(getattr(report, "metrics", None) or {})
+    extra = {"split": getattr(report, "split", None), "n_images": getattr(report, "num_images", None)}
+    if getattr(report, "task", None) == "classifier":
+        return {"name": "accuracy", "value": _number(metrics.get("accuracy")), **extra}
+    lungs = _number(metrics.get("lung_dice"))
+    infection = _number(metrics.get("infection_dice"))
+    if infection is not None:
+        return {"name": "infection Dice", "value": infection, "lung_dice": lungs, **extra}
+    return {"name": "lung Dice", "value": lungs, **extra}
+
+
+def _number(v) -> Optional[float]:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f else None  # NaN -> None
+
+
+def _end_to_end_files(data_root, split: str, limit_per_class: Optional[int], tmp: List) -> (List[Path], str):
+    """Image files to time end to end: from the data split, or a few synthetic ones."""
+    per_class = limit_per_class or END_TO_END_PER_CLASS
+    if data_root is None:
+        from covidedge.data.synth import make_synthetic_dataset
+
+        tmpdir = tempfile.TemporaryDirectory(prefix="covidedge-bench-")
+        tmp.append(tmpdir)
+        root = make_synthetic_dataset(tmpdir.name, per_class=per_class, seed=0, splits=(split,))
+        what = f"{3 * per_class} synthetic 256x256 PNGs (pass --data for real images)"
+    else:
+        root, what = data_root, None
+    from covidedge.data.covidqu import CovidQuDataset
+
+    ds = CovidQuDataset(root)
+    files, counts = [], {}
+    for s in ds.samples(split):
+        if counts.get(s.label, 0) < per_class:
+            counts[s.label] = counts.get(s.label, 0) + 1
+            files.append(s.image)
+    return files, what or f"{len(files)} images of {split} in {data_root}"
+
+
+def _backend_of(path: str, backend: str) -> str:
+    """The backend ``covidedge.runtime.load`` will use for ``path`` (to pass the right thread option)."""
+    if backend != "auto":
+        return backend
+    from covidedge.runtime.select import classify
+
+    kind = classify(path)
+    if kind == "checkpoint":
+        return "torch"
+    if kind == "onnx":
+        return "onnxruntime"
+    from covidedge.engine.manifest import load_manifest
+
+    return load_manifest(path, check=False, verify=False).backend
+
+
+def _thread_options(backend: str, threads: Optional[int]) -> Dict[str, object]:
+    """Options for covidedge.runtime.load: ONNX Runtime takes its intra-op thread count."""
+    if threads is None or backend != "onnxruntime":
+        return {}
+    return {"intra_op_threads": int(threads)}
+
+
+@contextlib.contextmanager
+def _torch_threads(backend: str, threads: Optional[int]):
+    """Use ``threads`` torch intra-op threads while benchmarking a checkpoint, then restore."""
+    if threads is None or backend != "torch":
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 10,
+              iterations: Optional[int] = None, duration_s: Optional[float] = None,
+              data_root=None, split: str = "Val", limit_per_class: Optional[int] = None,
+              end_to_end: bool = False, backend: str = "auto", threads: Optional[int] = None,
+              progress: bool = False, notify: Optional[Callable[[str], None]] = None) -> BenchReport:
+    """Benchmark each model file at each batch size and return the report.
+
+    ``iterations`` and ``duration_s`` are exclusive (BadInputError when both are given). A batch
+    size outside a model's batch range (an engine built for 1..8, a static-batch graph) is not
+    timed: a note goes to ``notify`` and ``report.skipped``. With ``data_root`` the metric column
+    comes from covidedge.evaluation.evaluate on ``split`` (``limit_per_class`` images per class
+    when given); ``end_to_end`` adds file-to-result timing per image on that split (or on a few
+    synthetic images without ``data_root``).
+    """
+    if iterations is not None and duration_s is not None:
+        raise BadInputError("--iterations and --duration are exclusive: give one or the other",
+                            hint="--iterations N counts timed runs, --duration S times for S seconds")
+    if not models:
+        raise BadInputError("no model to benchmark", hint="pass a checkpoint, an ONNX model or an engine")
+    batches = [int(b) for b in batches]
+    if not batches or any(b < 1 for b in batches):
+        raise BadInputError(f"batch sizes {batches} must be positive integers", hint="e.g. --batch 1,8,32")
+    if threads is not None and int(threads) < 1:
+        raise BadInputError(f"--threads {threads} is not positive")
+    say = notify or (lambda msg: None)
+    from covidedge.runtime import load
+
+    report = BenchReport(machine=probe_machine_safely(), settings={
+        "warmup": warmup, "iterations": iterations, "duration_s": duration_s, "batches": batches,
+        "backend": backend, "threads": threads, "data_root": None if data_root is None else str(data_root),
+        "split": split if (data_root is not None or end_to_end) else None,
+        "limit_per_class": limit_per_class, "end_to_end": end_to_end})
+    from tqdm import tqdm
+
+    tmp: List = []
+    bar = tqdm(total=len(models) * len(batches), desc="bench", unit="run", file=sys.stderr,
+               disable=not (progress and sys.stderr.isatty()), leave=False)
+    try:
+        for model in models:
+            path = os.fspath(model)
+            name = Path(path).name
+            chosen = _backend_of(path, backend)
+            runner = load(path, backend=backend, **_thread_options(chosen, threads))
+            if threads is not None and chosen == "tensorrt":
+                thread_note = "--threads does not apply to TensorRT (the GPU does the work); not used"
+                say(f"note: {name}: {thread_note}")
+                report.notes.append(f"{name}: {thread_note}")
+            with _torch_threads(chosen, threads), runner:
+                metric = None
+                if data_root is not None:
+                    from covidedge.evaluation import evaluate
+
+                    evaluation = evaluate(runner, data_root, split=split, limit_per_class=limit_per_class,
+                                          progress=progress)
+                    metric = metric_from_evaluation(evaluation)
+                e2e = None
+                if end_to_end:
+                    files, what = _end_to_end_files(data_root, split, limit_per_class, tmp)
+                    e2e = time_end_to_end(runner, files, warmup=min(2, len(files)))
+                    report.notes.append(f"{name}: end-to-end timing over {what}")
+                first = True
+                for batch in batches:
+                    reason = batch_skip_reason(runner, batch)
+                    if reason:
+                        say(f"skipped: {name} batch {batch}: {reason}")
+                        report.skip(name, batch, reason)
+                        bar.update(1)
+                        continue
+                    stats = time_runner(runner, batch, warmup=warmup, iterations=iterations,
+                                        duration_s=duration_s)
+                    row = BenchRow(
+                        model=name, path=path, task=runner.spec.task, backend=runner.backend,
+                        precision=runner.precision, batch=batch, latency=stats,
+                        size_mb=file_size_mb(path), settings=runner.describe(),
+                        end_to_end=e2e if first else None)
+                    if metric is not None and metric.get("value") is not None:
+                        row.metric_name = str(metric["name"])
+                        row.metric_value = float(metric["value"])
+                        row.metric_detail = {k: v for k, v in metric.items() if k not in ("name", "value")}
+                    report.add(row)
+                    if stats.warning:
+                        say(f"warning: {name} batch {batch}: {stats.warning}")
+                    first = False
+                    bar.update(1)
+    finally:
+        bar.close()
+        for t in tmp:
+            t.cleanup()
+    return report

@@ -1,0 +1,27 @@
+"""Engines: build a TensorRT plan (or, without TensorRT, an ONNX Runtime model) from a
+precision-bearing ONNX graph or a checkpoint, with the manifest that says what it was built
+from and for, and probe the machine it runs on.
+
+Importing this package is cheap: TensorRT, ONNX Runtime and torch load only when a build runs.
+"""
+
+_LAZY = {
+    "build_engine": "covidedge.engine.build",
+    "BuildResult": "covidedge.engine.build",
+    "EngineManifest": "covidedge.engine.manifest",
+    "load_manifest": "covidedge.engine.manifest",
+    "check_compatible": "covidedge.engine.manifest",
+    "manifest_path_for": "covidedge.engine.manifest",
+    "probe_machine": "covidedge.engine.machine",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'covidedge.engine' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -1,0 +1,27 @@
+"""Training: datasets and augmentation, the classifier and segmenter loops, checkpoints, losses.
+
+Needs torch (``pip install 'covidedge[train]'``). Names are loaded on first use, so importing
+this package stays cheap.
+"""
+
+_LAZY = {
+    "train_classifier": "covidedge.train.loop",
+    "train_segmenter": "covidedge.train.loop",
+    "study_losses": "covidedge.train.loop",
+    "TrainResult": "covidedge.train.loop",
+    "save_checkpoint": "covidedge.train.checkpoint",
+    "load_checkpoint": "covidedge.train.checkpoint",
+    "checkpoint_sha256": "covidedge.train.checkpoint",
+    "BatchAugment": "covidedge.train.augment",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'covidedge.train' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

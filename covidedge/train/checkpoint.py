@@ -24,7 +24,7 @@ __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "read_chec
 
 
 def to_plain(value: Any) -> Any:
-    """Turn ``value`` into what ``torch.load(weights_only=True)`` accepts: dicts with string keys,
+    """Turn ``value`` into what ``torch.load(weights_only=True)`` accepts: dicts with str/int keys,
     lists, tuples, str, int, float, bool, None and tensors (numpy arrays become lists, Paths strings)."""
     import numpy as np
 
@@ -35,7 +35,9 @@ def to_plain(value: Any) -> Any:
     if torch is not None and isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
+        # int keys stay ints: optimizer state dicts are keyed by parameter index
+        return {(k if isinstance(k, (str, int)) and not isinstance(k, bool) else str(k)): to_plain(v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         items = [to_plain(v) for v in value]
         return tuple(items) if isinstance(value, tuple) else items

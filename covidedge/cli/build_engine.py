@@ -1,0 +1,88 @@
+"""``covidedge build-engine``: a TensorRT engine (or an ONNX Runtime model) and its manifest."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from covidedge.engine.build import BACKENDS, CALIB_METHODS, PRECISIONS
+
+
+@click.command(name="build-engine")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Engine file to write; its manifest goes to OUT.manifest.json. "
+                   "Default: build/<model>.<precision>.<target>.engine (or .ort.onnx).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Precision to export a checkpoint in (default fp32). An ONNX graph carries its "
+                   "own precision; a different value is refused.")
+@click.option("--calib-data", type=click.Path(exists=True), default=None,
+              help="int8 from a checkpoint: a COVID-QU-Ex folder or a calibration manifest (.json).")
+@click.option("--calib-count", type=click.IntRange(min=1), default=None,
+              help="Calibration images to take from --calib-data when it is a folder (default 500).")
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=None,
+              help="int8 calibration method (default entropy).")
+@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Smallest batch the engine accepts (images).")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch TensorRT tunes for; recorded in the manifest as the batch to benchmark.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Largest batch the engine accepts (images).")
+@click.option("--workspace", "workspace_mib", type=click.IntRange(min=1), default=None,
+              help="TensorRT: builder workspace limit in MiB (default: TensorRT's, the device memory).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="TensorRT: timing cache file, read when present and written back (faster rebuilds).")
+@click.option("--dla-core", type=click.IntRange(min=0), default=None,
+              help="TensorRT on Jetson: run on this DLA core, layers DLA lacks fall back to the GPU.")
+@click.option("--version-compatible", is_flag=True,
+              help="TensorRT >= 8.6: an engine later TensorRT releases can also run (may be slower).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto builds TensorRT where it is installed, else an ONNX Runtime model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result and its manifest as JSON.")
+def command(model, out, precision, calib_data, calib_count, calib_method, min_batch, opt_batch,
+            max_batch, workspace_mib, timing_cache, dla_core, version_compatible, backend, as_json):
+    """Build a deployable engine from MODEL - a checkpoint (.pt, exported to ONNX first) or an
+    exported ONNX graph, whose precision (fp32 / fp16 / int8 Q/DQ) is in the graph - and write
+    its manifest beside it: TensorRT version, GPU and compute capability (or CPU), Jetson L4T
+    release, precision, ONNX and calibration sha256, batch range, I/O, labels and build options.
+    Loading checks the manifest and refuses an engine built for another machine. Where TensorRT
+    is not installed, 'auto' builds an ONNX Runtime model instead and says so in one line;
+    TensorRT-only options are then refused rather than ignored.
+
+    \b
+    Examples:
+      covidedge build-engine runs/cls/best.pt --precision fp16 --max-batch 8
+      covidedge build-engine runs/cls/best.pt --precision int8 --calib-data COVID-QU-Ex --calib-count 500
+      covidedge build-engine build/seg.fp16.onnx --out build/seg.engine --timing-cache build/orin.cache
+    """
+    from covidedge.engine.build import build_engine
+
+    result = build_engine(model, out, precision=precision, backend=backend, calibration=calib_data,
+                          calib_method=calib_method, calib_count=calib_count, min_batch=min_batch,
+                          opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
+                          timing_cache=timing_cache, dla_core=dla_core,
+                          version_compatible=version_compatible, progress=True)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+        return
+    m = result.manifest
+    device = m.device.get("gpu") or m.device.get("cpu") or "?"
+    rows = [
+        ("engine", str(result.engine_path)),
+        ("manifest", str(result.manifest_path)),
+        ("backend", f"{result.backend} {m.backend_version}"),
+        ("precision", m.precision),
+        ("task", f"{m.task} ({', '.join(m.labels)})"),
+        ("batch", f"{m.min_batch}..{m.max_batch} (opt {m.opt_batch})"),
+        ("device", device + (f" (compute {m.device.get('gpu_compute_capability')})"
+                             if m.device.get("gpu_compute_capability") else "")),
+        ("size", f"{m.engine_bytes / 1e6:.2f} MB"),
+        ("build time", f"{m.build_seconds:.1f} s"),
+        ("sha256", m.engine_sha256),
+    ]
+    if m.l4t_release:
+        rows.insert(7, ("L4T", m.l4t_release))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")

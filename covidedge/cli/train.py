@@ -1,0 +1,139 @@
+"""``covidedge train classifier|segmenter``: train a model on a COVID-QU-Ex folder."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from covidedge.errors import BadInputError
+
+
+def _common_options(f):
+    """Options shared by both models, applied in help order."""
+    options = [
+        click.option("--data", "data_root", required=True, type=click.Path(file_okay=False, path_type=str),
+                     help="COVID-QU-Ex folder (the one holding Train/ and Val/, or a parent of it)."),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+                     help="Run folder for best.pt, last.pt, history.json, learning_curves.png, metrics.json."),
+        click.option("--epochs", default=30, show_default=True, type=int, help="Maximum number of epochs."),
+        click.option("--batch-size", default=16, show_default=True, type=int, help="Images per step."),
+        click.option("--lr", default=1e-3, show_default=True, type=float,
+                     help="Peak learning rate (AdamW; linear warm-up, then cosine decay)."),
+        click.option("--weight-decay", default=1e-4, show_default=True, type=float, help="AdamW weight decay."),
+        click.option("--image-size", default=256, show_default=True, type=int,
+                     help="Square input size in px; recorded in the checkpoint's spec."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when available), cpu, cuda or cuda:N."),
+        click.option("--seed", default=0, show_default=True, type=int,
+                     help="Seed for weights, image subset, shuffling and augmentation."),
+        click.option("--patience", default=8, show_default=True, type=int,
+                     help="Stop after this many epochs without a better Val score."),
+        click.option("--limit-per-class", default=None, type=int,
+                     help="Use at most N images per class of Train and of Val (quick runs)."),
+        click.option("--num-workers", default=0, show_default=True, type=int,
+                     help="DataLoader worker processes (images are cached in memory already)."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
+        click.option("--overwrite", is_flag=True, help="Replace an earlier run's files in --out."),
+        click.option("--hflip", is_flag=True,
+                     help="Also mirror images left-right (off by default: anatomy is lateralised)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _parse_loss_params(pairs):
+    """``k=v`` strings -> dict; values are JSON when they parse (numbers, lists), else strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BadInputError(f"--loss-param {pair!r} is not KEY=VALUE",
+                                hint="e.g. --loss-param alpha=0.7 --loss-param channel_weights=[1,3]")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _report(result, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    m = result.metrics.get("metrics", {})
+    rows = [("task", result.task), ("best checkpoint", str(result.best_checkpoint)),
+            ("best epoch", f"{result.best_epoch} of {result.epochs_run} run"
+                           + (" (early stop)" if result.stopped_early else "")),
+            (result.monitor, f"{result.best_score:.4f}")]
+    keys = (("accuracy", "Val accuracy"), ("macro_f1", "Val macro F1")) if result.task == "classifier" \
+        else (("lung_dice", "Val lung Dice"), ("infection_dice", "Val infection Dice"),
+              ("fp_infection_fraction", "Val FP infected area"))
+    for k, label in keys:
+        if isinstance(m.get(k), (int, float)):
+            rows.append((label, f"{m[k]:.4f}"))
+    rows.append(("seconds", f"{result.seconds:.1f}"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+
+
+@click.group(name="train")
+def command():
+    """Train the Xception classifier (COVID-19 / Non-COVID / Normal) or the residual U-Net
+    segmenter (lungs + infection) on a COVID-QU-Ex folder. Trains on Train, keeps the best Val
+    epoch, and writes best.pt (weights + spec), last.pt (for --resume), history.json,
+    learning_curves.png and metrics.json into --out.
+
+    \b
+    Example:
+      covidedge train classifier --data COVID-QU-Ex --out runs/cls --epochs 30
+      covidedge train segmenter --data COVID-QU-Ex --out runs/seg --loss focal_tversky
+    """
+
+
+@command.command(name="classifier")
+@_common_options
+@click.option("--width-mult", default=1.0, show_default=True, type=float,
+              help="Channel width multiplier of Xception (0.25 for a small, fast model).")
+@click.option("--drop-rate", default=0.2, show_default=True, type=float, help="Dropout before the classifier head.")
+def classifier(as_json, **kw):
+    """Train the Xception classifier; the best epoch is the one with the highest Val accuracy.
+    Classes are balanced with a class-weighted cross-entropy.
+
+    \b
+    Example (a quick CPU run):
+      covidedge train classifier --data COVID-QU-Ex --out runs/cls-small \\
+          --image-size 128 --width-mult 0.25 --limit-per-class 150 --epochs 8
+    """
+    from covidedge.train.loop import train_classifier
+
+    result = train_classifier(kw.pop("data_root"), kw.pop("out_dir"), **kw)
+    _report(result, as_json)
+
+
+@command.command(name="segmenter")
+@_common_options
+@click.option("--base-width", default=32, show_default=True, type=int, help="Channels of the first U-Net stage.")
+@click.option("--depth", default=4, show_default=True, type=int,
+              help="Down-sampling stages; --image-size must be divisible by 2**depth.")
+@click.option("--loss", default="bce_dice", show_default=True,
+              help="bce, dice, bce_dice, focal, tversky, focal_tversky or jaccard.")
+@click.option("--loss-param", "loss_param", multiple=True, metavar="KEY=VALUE",
+              help="A loss option, repeatable (e.g. alpha=0.7, channel_weights=[1,3]).")
+def segmenter(as_json, loss_param, **kw):
+    """Train the residual U-Net; the best epoch has the highest mean of Val lung Dice (all
+    images) and Val infection Dice (COVID-19 images).
+
+    \b
+    Example:
+      covidedge train segmenter --data COVID-QU-Ex --out runs/seg-small \\
+          --image-size 128 --base-width 8 --epochs 8 --loss focal_tversky --loss-param alpha=0.7
+    """
+    from covidedge.train.loop import train_segmenter
+
+    result = train_segmenter(kw.pop("data_root"), kw.pop("out_dir"),
+                             loss_params=_parse_loss_params(loss_param), **kw)
+    _report(result, as_json)

@@ -1,0 +1,142 @@
+"""THE one preprocessing of covidedge, shared by training, calibration, evaluation and runtime.
+
+An image (a file, a Pillow image or an array) becomes a grayscale float in [0, 1] by the rules
+of :mod:`covidedge.data.imageio`, is resized to ``size = (H, W)`` pixels with Pillow's
+bilinear filter on 32-bit float pixels (mode ``F``; skipped when the image already has that
+size), clipped to [0, 1] and returned as a float32 NCHW array. Models record
+:data:`PREPROCESSING_ID` in their spec; a golden-image test pins the numbers, so changing this
+function means a new id.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from covidedge.data.imageio import _luminance, _wide_to_unit, image_to_gray, read_gray
+from covidedge.errors import BadInputError
+
+#: Name of this preprocessing, stored in every model spec (== ModelSpec's default).
+PREPROCESSING_ID = "gray-unit-bilinear-v1"
+#: Input size (H, W) in pixels of the COVID-QU-Ex models.
+DEFAULT_SIZE: Tuple[int, int] = (256, 256)
+
+ImageLike = Union[str, "os.PathLike[str]", np.ndarray, Image.Image]
+
+
+def _as_size(size) -> Tuple[int, int]:
+    """``(H, W)`` from an int or a pair of positive ints."""
+    if isinstance(size, (int, np.integer)):
+        size = (size, size)
+    try:
+        h, w = (int(v) for v in size)
+        ok = all(float(v) == int(v) for v in size)
+    except (TypeError, ValueError):
+        ok, h, w = False, 0, 0
+    if not ok or h <= 0 or w <= 0:
+        raise BadInputError(f"size={size!r}, expected (height, width) in positive pixels")
+    return h, w
+
+
+def as_gray(item: ImageLike) -> np.ndarray:
+    """Any accepted input as a float32 ``H x W`` array in [0, 1].
+
+    Paths are decoded with :func:`~covidedge.data.imageio.read_gray`; Pillow images by the
+    same rules; arrays may be 2-D (or ``H x W x 1`` / ``1 x H x W``) bool, uint8 (/255),
+    uint16 (by bit depth, as 16-bit files) or float already in [0, 1], or ``H x W x 3|4``
+    uint8 RGB(A).
+    """
+    if isinstance(item, (str, os.PathLike)):
+        return read_gray(item)
+    if isinstance(item, Image.Image):
+        return image_to_gray(item, source="<PIL image>")
+    if not isinstance(item, np.ndarray):
+        raise BadInputError(f"cannot preprocess a {type(item).__name__}",
+                            hint="pass a file path, a PIL image or a numpy array")
+    arr = item
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    elif arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
+        gray = _luminance(arr[..., :3])
+        if arr.shape[2] == 4:
+            gray = gray * (arr[..., 3].astype(np.float64) / 255.0)
+        return gray.astype(np.float32)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise BadInputError(f"image array has shape {item.shape}, expected a non-empty H x W "
+                            "grayscale (or H x W x 3 uint8 RGB) image")
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if arr.dtype == np.uint8:
+        return (arr.astype(np.float64) / 255.0).astype(np.float32)
+    if arr.dtype in (np.uint16, np.dtype(">u2")):
+        return _wide_to_unit(arr, "image array").astype(np.float32)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise BadInputError("image array contains NaN or infinite values",
+                                hint="pass a finite grayscale image in [0, 1]")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise BadInputError(f"float image array spans {lo:.4g}..{hi:.4g}, expected [0, 1]",
+                                hint="scale it to [0, 1] first, or pass the uint8/uint16 pixels")
+        return arr.astype(np.float32, copy=False)
+    raise BadInputError(f"image array has dtype {arr.dtype}, expected bool, uint8, uint16 or "
+                        "float in [0, 1]")
+
+
+def resize_gray(gray: np.ndarray, size=DEFAULT_SIZE) -> np.ndarray:
+    """Bilinear resize of a float ``H x W`` image to ``size = (H, W)``; no-op at that size."""
+    h, w = _as_size(size)
+    gray = np.asarray(gray, dtype=np.float32)
+    if gray.shape == (h, w):
+        return np.ascontiguousarray(gray)
+    img = Image.fromarray(np.ascontiguousarray(gray))  # mode "F"
+    out = np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    # Bilinear weights are non-negative and sum to 1, so this only removes rounding overshoot.
+    return np.clip(out, 0.0, 1.0)
+
+
+def preprocess(image_or_path: ImageLike, size=DEFAULT_SIZE) -> np.ndarray:
+    """One image -> float32 ``(1, 1, H, W)`` in [0, 1], ready for a model of input ``size``."""
+    gray = resize_gray(as_gray(image_or_path), size)
+    return np.ascontiguousarray(gray[None, None, :, :], dtype=np.float32)
+
+
+def preprocess_batch(items: Iterable[ImageLike], size=DEFAULT_SIZE) -> np.ndarray:
+    """Several images -> float32 ``(N, 1, H, W)``; each one exactly as :func:`preprocess`."""
+    h, w = _as_size(size)
+    items = list(items)
+    if not items:
+        raise BadInputError("no images to preprocess", hint="pass at least one image")
+    out = np.empty((len(items), 1, h, w), dtype=np.float32)
+    for i, item in enumerate(items):
+        out[i, 0] = resize_gray(as_gray(item), (h, w))
+    return out
+
+
+def resize_mask(mask: np.ndarray, size=DEFAULT_SIZE) -> np.ndarray:
+    """Nearest-neighbour resize of a bool ``H x W`` mask to ``size = (H, W)``; returns bool."""
+    h, w = _as_size(size)
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise BadInputError(f"mask has shape {m.shape}, expected H x W")
+    m = m.astype(bool)
+    if m.shape == (h, w):
+        return m.copy()
+    img = Image.fromarray(m.astype(np.uint8) * 255)
+    return np.asarray(img.resize((w, h), Image.Resampling.NEAREST)) > 127
+
+
+__all__ = [
+    "DEFAULT_SIZE",
+    "PREPROCESSING_ID",
+    "as_gray",
+    "preprocess",
+    "preprocess_batch",
+    "resize_gray",
+    "resize_mask",
+]

@@ -1,0 +1,769 @@
+"""Build a deployable engine from a checkpoint or a precision-bearing ONNX graph.
+
+Where TensorRT is installed the result is a TensorRT plan; elsewhere an ONNX Runtime artifact
+(the same graph optimised offline), so every machine can build and run something. Either way
+the engine is written with its manifest (see covidedge.engine.manifest).
+
+Precision lives in the ONNX graph (fp16 weights, or int8 Q/DQ nodes). TensorRT >= 10 parses it
+into a strongly typed network, so the graph alone decides the precision; TensorRT 8.5/8.6
+(JetPack 5) has no strong typing and gets the builder flags that allow the graph's precisions.
+Every decision that is not a TensorRT call (options, profile shapes, flags per version, file
+names, error messages) is a plain function here so that it is tested on machines without a GPU;
+``_build_tensorrt`` only applies a finished :class:`TrtBuildPlan`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from covidedge.errors import (BadInputError, IncompatibleModelError, MissingDependencyError,
+                              RuntimeFailure)
+from covidedge.engine.manifest import (EngineManifest, VERSION_COMPATIBLE_SINCE, manifest_path_for,
+                                       parse_version, sha256_file)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+#: Oldest TensorRT this builder drives: 8.5 (JetPack 5.1) has set_memory_pool_limit,
+#: build_serialized_network and the name-based I/O API.
+MIN_TENSORRT = (8, 5)
+#: Default folder for engines when no --out is given.
+DEFAULT_BUILD_DIR = Path("build")
+
+#: The ONNX Runtime artifact is optimised offline at the "extended" level, not "all":
+#: "all" adds layout optimisations (NCHWc blocking for the CPU's vector width, AVX2 vs AVX-512),
+#: and ONNX Runtime's graph-optimisation docs warn that such an offline model only runs on
+#: compatible hardware. "extended" fusions are ONNX Runtime contrib operators (com.microsoft)
+#: that the same or a later ONNX Runtime reloads on any CPU; the layout pass is then applied
+#: online when the artifact is loaded (OrtRunner uses "all").
+#: https://onnxruntime.ai/docs/performance/model-optimizations/graph-optimizations.html
+ORT_OFFLINE_LEVEL = "extended"
+
+#: Largest |probability| difference accepted between an ONNX Runtime artifact and its source
+#: graph in the build's self-check (both run the same precision; anything near this is a bug).
+ORT_SELF_CHECK_ATOL = 1e-3
+
+TENSORRT_INSTALL_HINT = (
+    "on a Jetson TensorRT comes with JetPack (sudo apt install nvidia-jetpack, or python3-libnvinfer); "
+    "on an x86 NVIDIA GPU: pip install tensorrt pycuda (NVIDIA's wheels) or NVIDIA's TensorRT "
+    "packages; or build for ONNX Runtime with --backend onnxruntime")
+
+
+# -- result ----------------------------------------------------------------------------------
+@dataclass
+class BuildResult:
+    """What a build produced: engine and manifest paths, the manifest, the backend and a note."""
+
+    engine_path: Path
+    manifest_path: Path
+    manifest: EngineManifest
+    backend: str
+    note: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"engine": str(self.engine_path), "manifest": str(self.manifest_path),
+                "backend": self.backend, "note": self.note, "details": self.manifest.to_dict()}
+
+
+# -- plain decisions (tested on any machine) -------------------------------------------------
+def validate_batch_range(min_batch, opt_batch, max_batch) -> Tuple[int, int, int]:
+    """Check 1 <= min <= opt <= max (whole numbers) and return them as ints."""
+    vals = []
+    for name, v in (("min", min_batch), ("opt", opt_batch), ("max", max_batch)):
+        try:
+            iv = int(v)
+        except (TypeError, ValueError):
+            raise BadInputError(f"--{name}-batch {v!r} is not a whole number") from None
+        if iv != v or iv < 1:
+            raise BadInputError(f"--{name}-batch {v!r} must be a whole number >= 1")
+        vals.append(iv)
+    lo, opt, hi = vals
+    if not lo <= opt <= hi:
+        raise BadInputError(
+            f"batch range --min-batch {lo} --opt-batch {opt} --max-batch {hi} is not ordered; "
+            "expected min <= opt <= max", hint="for example --min-batch 1 --opt-batch 1 --max-batch 8")
+    return lo, opt, hi
+
+
+def resolve_backend(backend: str, tensorrt_present: bool, pycuda_present: bool = True) -> str:
+    """'auto' -> 'tensorrt' where TensorRT and pycuda are importable, else 'onnxruntime'.
+    An explicit 'tensorrt' without TensorRT is an error (never a quiet fallback)."""
+    if backend not in BACKENDS:
+        raise BadInputError(f"backend {backend!r} is unknown; expected one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "tensorrt" if tensorrt_present and pycuda_present else "onnxruntime"
+    if backend == "tensorrt" and not tensorrt_present:
+        raise MissingDependencyError("TensorRT is not installed, so no TensorRT engine can be built here",
+                                     hint=TENSORRT_INSTALL_HINT)
+    return backend
+
+
+def fallback_note(tensorrt_present: bool, pycuda_present: bool, ort_version: str, engine_path) -> str:
+    """The one line printed when backend 'auto' builds for ONNX Runtime instead of TensorRT."""
+    why = ("TensorRT is not installed here" if not tensorrt_present
+           else "pycuda is not installed here (TensorRT engines need it to run)")
+    return f"note: {why}; built an ONNX Runtime {ort_version} CPU model instead: {engine_path}"
+
+
+def resolve_precision(requested: Optional[str], graph: str, source: object = None) -> str:
+    """The precision to build: the graph's. A requested precision that contradicts it is refused."""
+    if graph not in PRECISIONS:
+        raise IncompatibleModelError(f"graph precision {graph!r} is unknown", path=source)
+    if requested is None or requested == graph:
+        return graph
+    if requested not in PRECISIONS:
+        raise BadInputError(f"precision {requested!r} is unknown; expected one of {', '.join(PRECISIONS)}")
+    raise BadInputError(
+        f"this ONNX graph is {graph} but --precision {requested} was asked for; the precision is in "
+        "the graph", path=source,
+        hint=f"drop --precision to build it as {graph}, or build from the checkpoint "
+             f"(or export a {requested} graph with 'covidedge export --precision {requested}')")
+
+
+def check_options_for_backend(backend: str, *, workspace_mib=None, timing_cache=None,
+                              dla_core=None, version_compatible=False, fell_back=False) -> None:
+    """Refuse TensorRT-only options when the build is for ONNX Runtime (never ignore them)."""
+    if backend != "onnxruntime":
+        return
+    given = [flag for flag, on in (("--workspace", workspace_mib is not None),
+                                   ("--timing-cache", timing_cache is not None),
+                                   ("--dla-core", dla_core is not None),
+                                   ("--version-compatible", bool(version_compatible))) if on]
+    if given:
+        why = " (TensorRT is not installed here)" if fell_back else ""
+        raise BadInputError(
+            f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to TensorRT engines only, "
+            f"but this build is for ONNX Runtime{why}",
+            hint=f"drop {', '.join(given)}" + (", or install TensorRT" if fell_back else ""))
+
+
+def profile_shapes(input_shape: Sequence, min_batch: int, opt_batch: int, max_batch: int,
+                   expected_chw: Optional[Sequence[int]] = None, source: object = None):
+    """(min, opt, max) NCHW shapes of the one optimization profile over the batch axis.
+
+    ``input_shape`` is the graph's input shape, its batch dimension -1 / None / a name when
+    dynamic. A graph with a fixed batch B allows only min = opt = max = B."""
+    if len(input_shape) != 4:
+        raise IncompatibleModelError(f"graph input has shape {list(input_shape)}; expected NCHW (4 dims)",
+                                     path=source)
+    n, *chw = input_shape
+    if any(not isinstance(d, int) or d <= 0 for d in chw):
+        raise IncompatibleModelError(f"graph input has shape {list(input_shape)}; only the batch axis may "
+                                     "be dynamic", path=source)
+    if expected_chw is not None and tuple(chw) != tuple(expected_chw):
+        raise IncompatibleModelError(f"graph input is {tuple(chw)} (C, H, W) but its spec says "
+                                     f"{tuple(expected_chw)}", path=source)
+    if isinstance(n, int) and n > 0 and not (min_batch == opt_batch == max_batch == n):
+        raise BadInputError(
+            f"graph has a fixed batch of {n}, batch range {min_batch}..{max_batch} (opt {opt_batch}) "
+            "was asked for", path=source,
+            hint=f"pass --min-batch {n} --opt-batch {n} --max-batch {n}, or re-export with a dynamic batch")
+    return ((min_batch, *chw), (opt_batch, *chw), (max_batch, *chw))
+
+
+@dataclass
+class TrtBuildPlan:
+    """Everything ``_build_tensorrt`` does, decided from the TensorRT version and the options."""
+
+    tensorrt_version: str
+    precision: str
+    input_name: str
+    profile: Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]
+    network_flags: List[str] = field(default_factory=list)  # NetworkDefinitionCreationFlag names
+    builder_flags: List[str] = field(default_factory=list)  # BuilderFlag names
+    workspace_bytes: Optional[int] = None
+    timing_cache: Optional[str] = None
+    dla_core: Optional[int] = None
+    version_compatible: bool = False
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def strongly_typed(self) -> bool:
+        return parse_version(self.tensorrt_version)[:1] >= (10,)
+
+
+def plan_tensorrt_build(tensorrt_version: str, precision: str, input_name: str, profile, *,
+                        workspace_mib: Optional[int] = None, timing_cache=None,
+                        dla_core: Optional[int] = None, version_compatible: bool = False) -> TrtBuildPlan:
+    """Decide network flags, builder flags and limits for this TensorRT version.
+
+    - TensorRT 11: every network is strongly typed; the STRONGLY_TYPED flag is deprecated and
+      ignored, EXPLICIT_BATCH is gone, and the FP16 / INT8 builder flags and INT8 calibrators
+      are removed (https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html,
+      NetworkDefinitionCreationFlag in https://docs.nvidia.com/deeplearning/tensorrt/11.0.0/_static/python-api/infer/Core/Builder.html).
+      So: no network flag, no precision flag.
+    - TensorRT 10: networks are always explicit batch (EXPLICIT_BATCH is deprecated and ignored);
+      STRONGLY_TYPED makes the graph's types binding, and precision flags must not be set with it
+      (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html).
+    - TensorRT 8.5 / 8.6: EXPLICIT_BATCH is required for ONNX, and FP16 / INT8 must be enabled for
+      the builder to run the graph's fp16 casts / Q/DQ in those precisions (explicit quantization:
+      INT8 without a calibrator).
+    - DLA: default_device_type DLA on core N with GPU_FALLBACK; DLA runs fp16 / int8 only.
+    - VERSION_COMPATIBLE exists from TensorRT 8.6.
+    """
+    ver = parse_version(tensorrt_version)
+    if not ver or ver[:2] < MIN_TENSORRT:
+        raise MissingDependencyError(
+            f"TensorRT {tensorrt_version} is too old; covidedge builds with TensorRT "
+            f"{'.'.join(map(str, MIN_TENSORRT))} or later", hint=TENSORRT_INSTALL_HINT)
+    if precision not in PRECISIONS:
+        raise BadInputError(f"precision {precision!r} is unknown; expected one of {', '.join(PRECISIONS)}")
+    plan = TrtBuildPlan(tensorrt_version=str(tensorrt_version), precision=precision,
+                        input_name=input_name, profile=tuple(tuple(s) for s in profile))
+    major = ver[0]
+    if major >= 11:
+        pass  # strongly typed always; no flag to set
+    elif major >= 10:
+        plan.network_flags.append("STRONGLY_TYPED")
+    else:
+        plan.network_flags.append("EXPLICIT_BATCH")
+        if precision == "fp16":
+            plan.builder_flags.append("FP16")
+        elif precision == "int8":
+            plan.builder_flags.append("INT8")
+    if workspace_mib is not None:
+        try:
+            mib = int(workspace_mib)
+        except (TypeError, ValueError):
+            raise BadInputError(f"--workspace {workspace_mib!r} is not a whole number of MiB") from None
+        if mib < 1 or mib != workspace_mib:
+            raise BadInputError(f"--workspace {workspace_mib!r} must be a whole number of MiB >= 1")
+        plan.workspace_bytes = mib * 1024 * 1024
+    if timing_cache is not None:
+        plan.timing_cache = os.fspath(timing_cache)
+    if dla_core is not None:
+        try:
+            core = int(dla_core)
+        except (TypeError, ValueError):
+            raise BadInputError(f"--dla-core {dla_core!r} is not a core number") from None
+        if core < 0 or core != dla_core:
+            raise BadInputError(f"--dla-core {dla_core!r} must be a core number >= 0")
+        if precision == "fp32":
+            raise BadInputError(
+                "DLA runs fp16 and int8 only; an fp32 engine would run every layer on the GPU",
+                hint="build an fp16 or int8 engine for DLA, or drop --dla-core")
+        plan.dla_core = core
+        plan.builder_flags.append("GPU_FALLBACK")
+        lo, _, hi = plan.profile
+        if lo[0] != hi[0]:
+            plan.notes.append(f"DLA takes no dynamic shapes: with batch {lo[0]}..{hi[0]} TensorRT runs the "
+                              "layers it cannot place on DLA on the GPU (GPU fallback); equal --min-batch and "
+                              "--max-batch keep them on DLA")
+    if version_compatible:
+        if ver[:2] < VERSION_COMPATIBLE_SINCE:
+            raise BadInputError(
+                f"--version-compatible needs TensorRT 8.6 or later; this is {tensorrt_version}",
+                hint="drop --version-compatible")
+        plan.version_compatible = True
+        plan.builder_flags.append("VERSION_COMPATIBLE")
+    return plan
+
+
+def format_trt_errors(stage: str, parser_errors: Sequence[str], records: Sequence[Tuple[str, str]],
+                      source: object = None, limit: int = 3) -> str:
+    """One line from TensorRT's parser errors and logged messages (errors first, else warnings)."""
+    def clean(text):
+        return " ".join(str(text).split())
+
+    msgs = [clean(e) for e in parser_errors if clean(e)]
+    errors = [clean(m) for lvl, m in records if lvl in ("internal_error", "error") and clean(m)]
+    warnings = [clean(m) for lvl, m in records if lvl == "warning" and clean(m)]
+    msgs += [m for m in errors if m not in msgs]
+    if not msgs:
+        msgs = warnings[-limit:]
+    if not msgs:
+        detail = "TensorRT logged no error"
+    else:
+        shown = [m if len(m) <= 300 else m[:297] + "..." for m in msgs[:limit]]
+        detail = " | ".join(shown) + (f" (+{len(msgs) - limit} more)" if len(msgs) > limit else "")
+    where = f" {source}" if source is not None else ""
+    return f"TensorRT could not {stage}{where}: {detail}"
+
+
+def _strip_precision(stem: str) -> str:
+    return re.sub(r"([._-](fp32|fp16|int8))+$", "", stem)
+
+
+def default_engine_path(model, precision: str, backend: str, *, tensorrt_version: Optional[str] = None,
+                        compute_capability: Optional[str] = None, build_dir=DEFAULT_BUILD_DIR) -> Path:
+    """Where an engine goes when no --out is given: build/<model>.<precision>.<target>.<ext>.
+
+    TensorRT engines name the TensorRT release and GPU architecture they are tied to
+    (``cls.fp16.trt10.3.sm87.engine``) so engines of several machines can share a folder;
+    ONNX Runtime artifacts are ONNX files (``cls.fp16.ort.onnx``)."""
+    name = Path(os.fspath(model)).name
+    for suffix in (".onnx", *CHECKPOINT_SUFFIXES):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    stem = _strip_precision(name) or "model"
+    if backend == "tensorrt":
+        target = "trt"
+        ver = parse_version(tensorrt_version)
+        if len(ver) >= 2:
+            target += f"{ver[0]}.{ver[1]}"
+        if compute_capability:
+            target += ".sm" + str(compute_capability).replace(".", "")
+        return Path(build_dir) / f"{stem}.{precision}.{target}.engine"
+    return Path(build_dir) / f"{stem}.{precision}.ort.onnx"
+
+
+def _dtype_name(elem_type: int) -> str:
+    from onnx import helper
+
+    try:
+        import numpy as np
+
+        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
+    except Exception:
+        return f"onnx:{elem_type}"
+
+
+def onnx_io(model) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """Graph inputs and outputs as [{name, shape (-1 = dynamic), dtype}]."""
+    inits = {t.name for t in model.graph.initializer}
+
+    def info(vi):
+        dims = []
+        for d in vi.type.tensor_type.shape.dim:
+            dims.append(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else -1)
+        return {"name": vi.name, "shape": dims, "dtype": _dtype_name(vi.type.tensor_type.elem_type)}
+
+    ins = [info(v) for v in model.graph.input if v.name not in inits]
+    outs = [info(v) for v in model.graph.output]
+    return ins, outs
+
+
+def _load_onnx_header(path):
+    """The ONNX model without external weight data (structure, initializer types, metadata)."""
+    import onnx
+
+    try:
+        return onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:
+        raise IncompatibleModelError(f"not a readable ONNX model ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''})", path=path,
+                                     hint="export it with 'covidedge export'") from exc
+
+
+def detect_onnx_precision(path_or_model) -> str:
+    """'int8' (Q/DQ nodes), 'fp16' (fp16 weights or casts) or 'fp32', read from the graph itself."""
+    from covidedge.export.precision import graph_precision
+
+    model = path_or_model
+    if not hasattr(model, "graph"):
+        model = _load_onnx_header(path_or_model)
+    return graph_precision(model)
+
+
+def _calibration_sha(meta: Dict[str, str], calibration=None) -> Optional[str]:
+    sha = meta.get("covidedge.calibration_sha256")
+    if sha:
+        return sha
+    return getattr(calibration, "sha256", None) if calibration is not None else None
+
+
+# -- thin backend calls ----------------------------------------------------------------------
+def _module_present(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _progress(enabled: bool, text: str) -> None:
+    if enabled:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _severity_name(severity) -> str:
+    name = getattr(severity, "name", None) or str(severity).rsplit(".", 1)[-1]
+    return name.lower()
+
+
+def make_recording_logger(trt, keep: str = "warning"):
+    """A TensorRT logger that keeps errors and warnings (for error messages) instead of printing."""
+    order = ["internal_error", "error", "warning", "info", "verbose"]
+    limit = order.index(keep)
+
+    class RecordingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.records: List[Tuple[str, str]] = []
+
+        def log(self, severity, msg):
+            name = _severity_name(severity)
+            if name in order and order.index(name) <= limit:
+                self.records.append((name, str(msg)))
+
+    return RecordingLogger()
+
+
+def _build_tensorrt(onnx_path: Path, plan: TrtBuildPlan):
+    """Parse ``onnx_path`` and build a serialized plan as ``plan`` says.
+
+    Returns (plan bytes, inputs, outputs, notes). API per version: create_network(flags),
+    OnnxParser.parse_from_file + num_errors / get_error, set_memory_pool_limit(WORKSPACE),
+    create_optimization_profile / set_shape, create_timing_cache / set_timing_cache and
+    get_timing_cache().serialize(), default_device_type / DLA_core, build_serialized_network
+    (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html,
+    .../BuilderConfig.html, .../parsers/Onnx/pyOnnx.html)."""
+    import numpy as np
+    import tensorrt as trt
+
+    logger = make_recording_logger(trt)
+    notes: List[str] = []
+    builder = trt.Builder(logger)
+    flags = 0
+    for name in plan.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
+    if network is None:
+        raise RuntimeFailure(format_trt_errors("create a network", [], logger.records))
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse_from_file(os.fspath(onnx_path))
+    if not ok or parser.num_errors:
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeFailure(format_trt_errors("parse", errors, logger.records, source=onnx_path))
+
+    config = builder.create_builder_config()
+    if plan.workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    for name in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(plan.input_name, *plan.profile)
+    config.add_optimization_profile(profile)
+    if plan.dla_core is not None:
+        if builder.num_DLA_cores <= plan.dla_core:
+            raise BadInputError(f"--dla-core {plan.dla_core} was asked for, this device has "
+                                f"{builder.num_DLA_cores} DLA core(s)",
+                                hint="drop --dla-core, or pick a core below that number")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = plan.dla_core
+
+    cache = None
+    if plan.timing_cache:
+        data = b""
+        if os.path.isfile(plan.timing_cache):
+            with open(plan.timing_cache, "rb") as f:
+                data = f.read()
+        cache = config.create_timing_cache(data)
+        if cache is None and data:
+            notes.append(f"timing cache {plan.timing_cache} is unreadable; starting a new one")
+            cache = config.create_timing_cache(b"")
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            notes.append(f"timing cache {plan.timing_cache} was made by another GPU or TensorRT; "
+                         "starting a new one")
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeFailure(format_trt_errors("build an engine from", [], logger.records, source=onnx_path),
+                             hint="run with a larger --workspace, or check the graph with polygraphy")
+    if plan.timing_cache:
+        updated = config.get_timing_cache()
+        if updated is not None:
+            blob = updated.serialize()
+            _write_atomic(Path(plan.timing_cache), bytes(blob))
+
+    def info(t):
+        try:
+            dtype = str(np.dtype(trt.nptype(t.dtype)))
+        except TypeError:  # types numpy lacks (bf16, fp8)
+            dtype = _severity_name(t.dtype)
+        return {"name": t.name, "shape": [int(d) for d in t.shape], "dtype": dtype}
+
+    inputs = [info(network.get_input(i)) for i in range(network.num_inputs)]
+    outputs = [info(network.get_output(i)) for i in range(network.num_outputs)]
+    return bytes(serialized), inputs, outputs, notes
+
+
+def _ort_level(ort, name: str):
+    return {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[name]
+
+
+def _build_onnxruntime(onnx_path: Path, out: Path, spec, opt_batch: int) -> Dict[str, Any]:
+    """Optimise ``onnx_path`` offline with ONNX Runtime into ``out`` (an ONNX file), then run the
+    artifact and its source on one seeded batch and compare. Returns the self-check numbers."""
+    import numpy as np
+    import onnxruntime as ort
+
+    tmp = out.with_name(out.name + ".tmp.onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _ort_level(ort, ORT_OFFLINE_LEVEL)
+    so.optimized_model_filepath = os.fspath(tmp)
+    so.log_severity_level = 3
+    try:
+        ort.InferenceSession(os.fspath(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeFailure(f"ONNX Runtime could not optimise the model: {first}", path=onnx_path) from exc
+
+    rng = np.random.default_rng(0)
+    x = rng.random((opt_batch, spec.in_chans, *spec.input_size), dtype=np.float32)
+
+    def run(path):
+        s = ort.SessionOptions()
+        s.log_severity_level = 3
+        sess = ort.InferenceSession(os.fspath(path), sess_options=s, providers=["CPUExecutionProvider"])
+        return dict(zip(spec.output_names, sess.run(list(spec.output_names), {spec.input_name: x})))
+
+    try:
+        ref, got = run(onnx_path), run(tmp)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeFailure(f"the optimised ONNX Runtime model does not run: {str(exc).splitlines()[0]}",
+                             path=out) from exc
+    diffs = {k: float(np.max(np.abs(ref[k].astype(np.float64) - got[k].astype(np.float64))))
+             for k in spec.output_names}
+    prob = spec.output_names[1]
+    if not np.isfinite(diffs[prob]) or diffs[prob] > ORT_SELF_CHECK_ATOL:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeFailure(f"the optimised model's {prob} differ from the source graph's by "
+                             f"{diffs[prob]:.3g} (limit {ORT_SELF_CHECK_ATOL:g})", path=out)
+    os.replace(tmp, out)
+    return {"batch": int(opt_batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# -- the public entry point ------------------------------------------------------------------
+def _export_checkpoint(checkpoint: Path, onnx_out: Path, precision: str, calibration, calib_method,
+                       calib_count, progress: bool):
+    """Export a checkpoint to a precision-bearing ONNX graph (needs torch)."""
+    try:
+        from covidedge.export import export_model
+    except ImportError as exc:
+        raise MissingDependencyError(f"exporting a checkpoint needs covidedge.export and torch ({exc})",
+                                     path=checkpoint,
+                                     hint="pip install 'covidedge[train]', or pass an exported .onnx") from exc
+    if precision == "int8":
+        if calibration is None:
+            raise BadInputError("an int8 engine from a checkpoint needs calibration images", path=checkpoint,
+                                hint="pass --calib-data DIR (a COVID-QU-Ex folder or a calibration manifest)")
+        from covidedge.runtime.torch import read_checkpoint_spec
+
+        spec = read_checkpoint_spec(checkpoint)
+        calibration = _as_calibration(calibration, calib_count, spec.input_size)
+    _progress(progress, f"exporting {checkpoint} to {precision} ONNX: {onnx_out}")
+    kwargs = {"precision": precision}
+    if precision == "int8":
+        kwargs.update(calibration=calibration, method=calib_method or "entropy")
+    export_model(checkpoint, onnx_out, **kwargs)
+    return calibration
+
+
+#: Calibration images taken from a dataset folder when no count is given.
+DEFAULT_CALIB_COUNT = 500
+
+
+def _as_calibration(calibration, count, input_size):
+    """A CalibrationSet from a CalibrationSet, a calibration manifest (.json) or a dataset folder
+    (``count`` images, default DEFAULT_CALIB_COUNT, at the model's ``input_size``)."""
+    if not isinstance(calibration, (str, os.PathLike)):
+        if count is not None:
+            raise BadInputError("--calib-count applies when --calib-data is a dataset folder")
+        return calibration
+    path = Path(calibration)
+    if path.is_file():
+        if count is not None:
+            raise BadInputError("--calib-count applies to a dataset folder, not to a calibration manifest",
+                                path=path, hint="drop --calib-count")
+        from covidedge.export.calibration import CalibrationSet
+
+        return CalibrationSet.load(path)
+    if path.is_dir():
+        from covidedge.export.calibration import make_calibration_set
+
+        return make_calibration_set(path, DEFAULT_CALIB_COUNT if count is None else count,
+                                    input_size=tuple(input_size))
+    raise BadInputError("calibration data not found", path=path,
+                        hint="pass a COVID-QU-Ex folder or a calibration manifest")
+
+
+def build_engine(model, out=None, *, precision: Optional[str] = None, backend: str = "auto",
+                 calibration=None, calib_method: Optional[str] = None, calib_count: Optional[int] = None,
+                 min_batch: int = 1, opt_batch: int = 1, max_batch: int = 8,
+                 workspace_mib: Optional[int] = None, timing_cache=None, dla_core: Optional[int] = None,
+                 version_compatible: bool = False, progress: bool = True) -> BuildResult:
+    """Build an engine (TensorRT plan, or an ONNX Runtime model where TensorRT is absent) and its
+    manifest from a checkpoint (.pt/.pth, exported first) or a precision-bearing ONNX graph.
+
+    ``precision`` picks the export precision for a checkpoint (default fp32); for an ONNX graph
+    it is read from the graph and a contradicting value is refused. ``calibration`` (int8 from a
+    checkpoint only) is a CalibrationSet, a calibration manifest or a dataset folder
+    (``calib_count`` images, ``calib_method`` minmax | entropy | percentile). Batch sizes are
+    images; ``workspace_mib`` is MiB. ``out`` defaults to :func:`default_engine_path`."""
+    import covidedge
+    from covidedge.engine.machine import describe_device, probe_machine
+
+    t0 = time.perf_counter()
+    model = Path(os.fspath(model))
+    if not model.is_file():
+        raise BadInputError("model file not found", path=model,
+                            hint="pass a checkpoint (.pt) or an exported ONNX graph (.onnx)")
+    lo, opt, hi = validate_batch_range(min_batch, opt_batch, max_batch)
+    if precision is not None and precision not in PRECISIONS:
+        raise BadInputError(f"precision {precision!r} is unknown; expected one of {', '.join(PRECISIONS)}")
+    if calib_method is not None and calib_method not in CALIB_METHODS:
+        raise BadInputError(f"calibration method {calib_method!r} is unknown; expected one of "
+                            f"{', '.join(CALIB_METHODS)}")
+    from_checkpoint = model.suffix.lower() in CHECKPOINT_SUFFIXES
+    if not from_checkpoint and model.suffix.lower() != ".onnx":
+        raise BadInputError(f"cannot build from a {model.suffix or 'suffix-less'} file", path=model,
+                            hint="pass a checkpoint (.pt/.pth) or an ONNX graph (.onnx)")
+    calib_given = calibration is not None or calib_method is not None or calib_count is not None
+    if calib_given and not from_checkpoint:
+        raise BadInputError("calibration options apply when building int8 from a checkpoint; this ONNX "
+                            "graph already holds its precision", path=model,
+                            hint="drop --calib-data / --calib-count / --calib-method")
+    if calib_given and (precision or "fp32") != "int8":
+        raise BadInputError(f"calibration options apply to int8 only, this build is {precision or 'fp32'}",
+                            hint="add --precision int8, or drop the calibration options")
+
+    trt_present, cuda_present = _module_present("tensorrt"), _module_present("pycuda")
+    chosen = resolve_backend(backend, trt_present, cuda_present)
+    fell_back = backend == "auto" and chosen == "onnxruntime"
+    check_options_for_backend(chosen, workspace_mib=workspace_mib, timing_cache=timing_cache,
+                              dla_core=dla_core, version_compatible=version_compatible, fell_back=fell_back)
+
+    machine = probe_machine(use_backends=chosen == "tensorrt")
+    trt_version = None
+    if chosen == "tensorrt":
+        import tensorrt as trt
+
+        trt_version = trt.__version__
+        machine["tensorrt"] = trt_version
+    if out is None:
+        out = default_engine_path(model, precision or ("fp32" if from_checkpoint else
+                                                       detect_onnx_precision(model)), chosen,
+                                  tensorrt_version=trt_version,
+                                  compute_capability=machine.get("gpu_compute_capability"))
+    out = Path(os.fspath(out))
+    if out.suffix.lower() == ".ort":
+        raise BadInputError("ORT-format output is not supported; name the output .onnx or .engine", path=out)
+    if out.resolve() == model.resolve():
+        raise BadInputError("--out is the model file itself", path=out, hint="pass another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    # 1. the precision-bearing ONNX graph
+    calib_obj = None
+    if from_checkpoint:
+        precision = precision or "fp32"
+        onnx_path = out.with_name(f"{_strip_precision(model.stem)}.{precision}.onnx")
+        if onnx_path.resolve() == out.resolve():
+            onnx_path = out.with_name(out.name + ".src.onnx")
+        calib_obj = _export_checkpoint(model, onnx_path, precision, calibration, calib_method,
+                                       calib_count, progress)
+    else:
+        onnx_path = model
+    header = _load_onnx_header(onnx_path)
+    meta = {p.key: p.value for p in header.metadata_props}
+    from covidedge.spec import ModelSpec
+
+    spec = ModelSpec.from_metadata(meta, source=onnx_path)
+    graph_prec = detect_onnx_precision(header)
+    precision = resolve_precision(precision, graph_prec, source=onnx_path)
+    labelled = meta.get("covidedge.precision")
+    if labelled and labelled != graph_prec:
+        raise IncompatibleModelError(f"metadata says {labelled} but the graph is {graph_prec}",
+                                     path=onnx_path, hint="re-export the model with 'covidedge export'")
+    inputs, outputs = onnx_io(header)
+    if [i["name"] for i in inputs] != [spec.input_name]:
+        raise IncompatibleModelError(f"graph inputs are {[i['name'] for i in inputs]}, its spec says "
+                                     f"['{spec.input_name}']", path=onnx_path)
+    shapes = profile_shapes(inputs[0]["shape"], lo, opt, hi,
+                            expected_chw=(spec.in_chans, *spec.input_size), source=onnx_path)
+
+    # 2. the engine
+    verification: Dict[str, Any] = {}
+    notes: List[str] = []
+    if chosen == "tensorrt":
+        if precision == "int8" and meta.get("covidedge.tensorrt_compatible") == "false":
+            raise IncompatibleModelError(
+                "this int8 graph has asymmetric uint8 activations, which TensorRT's explicit "
+                "quantization does not take", path=onnx_path,
+                hint="re-quantize with signed int8 symmetric activations (the export default)")
+        plan = plan_tensorrt_build(trt_version, precision, spec.input_name, shapes,
+                                   workspace_mib=workspace_mib, timing_cache=timing_cache,
+                                   dla_core=dla_core, version_compatible=version_compatible)
+        notes += plan.notes
+        _progress(progress, f"building a TensorRT {trt_version} {precision} engine for "
+                            f"{describe_device(machine)}, batch {lo}..{hi} (opt {opt}); this can take minutes")
+        blob, inputs, outputs, build_notes = _build_tensorrt(onnx_path, plan)
+        notes += build_notes
+        _write_atomic(out, blob)
+        backend_version = trt_version
+        device = {k: machine.get(k) for k in ("gpu", "gpu_compute_capability", "gpu_memory_mib",
+                                              "gpu_driver", "board")}
+    else:
+        import onnxruntime as ort
+
+        backend_version = ort.__version__
+        verification = _build_onnxruntime(onnx_path, out, spec, opt)
+        device = {"cpu": machine.get("cpu"), "cpu_cores": machine.get("cpu_cores"),
+                  "arch": machine.get("arch")}
+        notes.append(f"graph optimised offline at the '{ORT_OFFLINE_LEVEL}' level")
+
+    seconds = time.perf_counter() - t0
+    options = {
+        "model": str(model.resolve()), "onnx": str(Path(onnx_path).resolve()),
+        "from_checkpoint": from_checkpoint, "precision": precision, "backend_requested": backend,
+        "min_batch": lo, "opt_batch": opt, "max_batch": hi, "workspace_mib": workspace_mib,
+        "timing_cache": None if timing_cache is None else str(Path(os.fspath(timing_cache)).resolve()),
+        "dla_core": dla_core, "version_compatible": bool(version_compatible),
+        "calib_data": None if not isinstance(calibration, (str, os.PathLike)) else str(Path(calibration).resolve()),
+        "calib_count": calib_count, "calib_method": calib_method,
+        "ort_offline_level": ORT_OFFLINE_LEVEL if chosen == "onnxruntime" else None,
+        "verification": verification, "notes": notes,
+    }
+    manifest = EngineManifest(
+        backend=chosen, backend_version=str(backend_version), precision=precision, spec=spec.to_dict(),
+        engine_file=out.name, engine_sha256=sha256_file(out), engine_bytes=out.stat().st_size,
+        onnx_sha256=sha256_file(onnx_path), calibration_sha256=_calibration_sha(meta, calib_obj),
+        min_batch=lo, opt_batch=opt, max_batch=hi, inputs=inputs, outputs=outputs, device=device,
+        l4t_release=machine.get("l4t_release"),
+        version_compatible=bool(version_compatible) and chosen == "tensorrt",
+        build_options=options, covidedge_version=covidedge.__version__,
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        build_seconds=round(seconds, 3), machine=machine)
+    mpath = manifest.write(manifest_path_for(out))
+
+    if chosen == "tensorrt":
+        note = (f"TensorRT {backend_version} {precision} engine for {describe_device(machine)}, "
+                f"batch {lo}..{hi}, built in {seconds:.1f} s")
+    else:
+        note = (f"ONNX Runtime {backend_version} {precision} model (CPU), batch {lo}..{hi}, "
+                f"built in {seconds:.1f} s")
+    if fell_back:
+        print(fallback_note(trt_present, cuda_present, backend_version, out), file=sys.stderr, flush=True)
+    for extra in notes if chosen == "tensorrt" else []:  # stated, never silent
+        print(f"note: {extra}", file=sys.stderr, flush=True)
+    return BuildResult(engine_path=out, manifest_path=mpath, manifest=manifest, backend=chosen, note=note)
+
+
+__all__ = ["BuildResult", "TrtBuildPlan", "build_engine", "validate_batch_range", "resolve_backend",
+           "resolve_precision", "profile_shapes", "plan_tensorrt_build", "format_trt_errors",
+           "default_engine_path", "detect_onnx_precision", "onnx_io", "check_options_for_backend",
+           "PRECISIONS", "BACKENDS", "CALIB_METHODS", "ORT_OFFLINE_LEVEL"]

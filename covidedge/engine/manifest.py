@@ -1,0 +1,321 @@
+"""EngineManifest: what an engine was built from and for, written next to it as JSON.
+
+A TensorRT plan runs only on the TensorRT version and GPU it was built with (unless built
+version-compatible), so an engine never travels without ``<engine>.manifest.json``. Loading
+reads the manifest first, checks the engine's size and sha256 (a truncated or replaced file is
+refused before TensorRT sees it), compares the build machine with this one and says what
+differs together with the exact command that rebuilds the engine here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from covidedge.errors import BadInputError, IncompatibleModelError
+from covidedge.spec import ModelSpec
+
+MANIFEST_FORMAT = "covidedge-engine-manifest-v1"
+#: The manifest of ``x.engine`` is ``x.engine.manifest.json``.
+MANIFEST_SUFFIX = ".manifest.json"
+BACKENDS = ("tensorrt", "onnxruntime")
+
+#: Version compatibility (BuilderFlag.VERSION_COMPATIBLE) exists from TensorRT 8.6; such an
+#: engine runs on the same or a later TensorRT, never an older one. See "Version Compatibility"
+#: in https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/advanced.html and
+#: "Engine Compatibility" in https://docs.nvidia.com/deeplearning/tensorrt/11.1.0/inference-library/engine-compatibility.html
+VERSION_COMPATIBLE_SINCE = (8, 6)
+
+
+# -- small helpers ---------------------------------------------------------------------------
+def manifest_path_for(engine_path) -> Path:
+    """``build/cls.engine`` -> ``build/cls.engine.manifest.json``."""
+    return Path(os.fspath(engine_path) + MANIFEST_SUFFIX)
+
+
+def engine_path_for(manifest_path) -> Path:
+    """Inverse of :func:`manifest_path_for`."""
+    text = os.fspath(manifest_path)
+    if not text.endswith(MANIFEST_SUFFIX):
+        raise BadInputError(f"is not an engine manifest (expected a name ending in {MANIFEST_SUFFIX})",
+                            path=text)
+    return Path(text[: -len(MANIFEST_SUFFIX)])
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_version(text) -> Tuple[int, ...]:
+    """'10.3.0.26' -> (10, 3, 0, 26); '8.6.1.post1' -> (8, 6, 1); '' / None -> ()."""
+    if text is None:
+        return ()
+    out = []
+    for part in str(text).strip().split("."):
+        m = re.match(r"\d+", part)
+        if not m:
+            break
+        out.append(int(m.group(0)))
+        if m.group(0) != part:
+            break
+    return tuple(out)
+
+
+def same_release(a, b, parts: int = 3) -> bool:
+    """True when two versions agree on their first ``parts`` components (build numbers aside)."""
+    va, vb = parse_version(a), parse_version(b)
+    pad = lambda v: (v + (0,) * parts)[:parts]  # noqa: E731
+    return bool(va) and bool(vb) and pad(va) == pad(vb)
+
+
+def _norm(text) -> str:
+    return " ".join(str(text or "").split()).lower()
+
+
+# -- the manifest ----------------------------------------------------------------------------
+@dataclass
+class EngineManifest:
+    """Everything needed to decide whether an engine may run here, and to rebuild it.
+
+    ``device`` holds the build machine's accelerator facts (gpu, gpu_compute_capability,
+    gpu_memory_mib, gpu_driver; cpu for ONNX Runtime artifacts); ``machine`` the full probe.
+    Times are UTC ISO 8601; ``build_seconds`` is wall time in seconds."""
+
+    backend: str
+    backend_version: str
+    precision: str
+    spec: Dict[str, Any]
+    engine_file: str
+    engine_sha256: str
+    engine_bytes: int
+    onnx_sha256: str
+    calibration_sha256: Optional[str] = None
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 1
+    inputs: List[Dict[str, Any]] = field(default_factory=list)
+    outputs: List[Dict[str, Any]] = field(default_factory=list)
+    device: Dict[str, Any] = field(default_factory=dict)
+    l4t_release: Optional[str] = None
+    version_compatible: bool = False
+    build_options: Dict[str, Any] = field(default_factory=dict)
+    covidedge_version: str = ""
+    built_at: str = ""
+    build_seconds: float = 0.0
+    machine: Dict[str, Any] = field(default_factory=dict)
+    format: str = MANIFEST_FORMAT
+
+    # -- views ----------------------------------------------------------------------------
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.spec)
+
+    @property
+    def task(self) -> str:
+        return self.spec.get("task", "")
+
+    @property
+    def labels(self) -> List[str]:
+        return list(self.spec.get("labels", []))
+
+    @property
+    def preprocessing(self) -> str:
+        return self.spec.get("preprocessing", "")
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        # Readable copies of the spec's key facts at the top level (the spec stays authoritative).
+        d["task"] = self.task
+        d["labels"] = self.labels
+        d["preprocessing"] = self.preprocessing
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], source: object = None) -> "EngineManifest":
+        if not isinstance(d, dict):
+            raise IncompatibleModelError("manifest is not a JSON object", path=source)
+        if d.get("format") != MANIFEST_FORMAT:
+            raise IncompatibleModelError(
+                f"manifest format {d.get('format')!r} is not {MANIFEST_FORMAT!r}", path=source,
+                hint="rebuild the engine with this covidedge version")
+        known = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = sorted(k for k in required if k not in d)
+        if missing:
+            raise IncompatibleModelError(f"manifest lacks {', '.join(missing)}", path=source,
+                                         hint="rebuild the engine with 'covidedge build-engine'")
+        m = cls(**{k: v for k, v in d.items() if k in known})
+        if m.backend not in BACKENDS:
+            raise IncompatibleModelError(f"manifest names unknown backend {m.backend!r}; expected one "
+                                         f"of {', '.join(BACKENDS)}", path=source)
+        m.model_spec  # validates the spec (raises IncompatibleModelError on an unknown task)
+        return m
+
+    @classmethod
+    def from_json(cls, text: str, source: object = None) -> "EngineManifest":
+        try:
+            d = json.loads(text)
+        except ValueError as exc:
+            raise IncompatibleModelError(f"manifest is not valid JSON ({exc})", path=source,
+                                         hint="rebuild the engine with 'covidedge build-engine'") from exc
+        return cls.from_dict(d, source=source)
+
+    def write(self, path) -> Path:
+        """Write the manifest atomically (a reader never sees half a file)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read(cls, path) -> "EngineManifest":
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IncompatibleModelError(f"cannot read manifest ({exc})", path=path) from exc
+        return cls.from_json(text, source=path)
+
+
+# -- the rebuild command ---------------------------------------------------------------------
+def rebuild_command(manifest: EngineManifest, engine_path=None) -> str:
+    """The ``covidedge build-engine`` command that rebuilds this engine on the current machine."""
+    opts = manifest.build_options or {}
+    model = opts.get("model") or opts.get("onnx") or "MODEL"
+    out = os.fspath(engine_path) if engine_path is not None else manifest.engine_file
+    args = ["covidedge", "build-engine", str(model), "--out", out]
+    args += ["--precision", manifest.precision]
+    if opts.get("calib_data"):
+        args += ["--calib-data", str(opts["calib_data"])]
+        if opts.get("calib_count"):
+            args += ["--calib-count", str(opts["calib_count"])]
+        if opts.get("calib_method"):
+            args += ["--calib-method", str(opts["calib_method"])]
+    args += ["--min-batch", str(manifest.min_batch), "--opt-batch", str(manifest.opt_batch),
+             "--max-batch", str(manifest.max_batch)]
+    if manifest.backend == "tensorrt":
+        if opts.get("workspace_mib"):
+            args += ["--workspace", str(opts["workspace_mib"])]
+        if opts.get("timing_cache"):
+            args += ["--timing-cache", str(opts["timing_cache"])]
+        if opts.get("dla_core") is not None:
+            args += ["--dla-core", str(opts["dla_core"])]
+        if manifest.version_compatible:
+            args.append("--version-compatible")
+    args += ["--backend", manifest.backend]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+# -- compatibility ---------------------------------------------------------------------------
+def check_compatible(manifest: EngineManifest, machine: Dict[str, Any]) -> List[str]:
+    """What differs between the machine an engine was built for and ``machine``
+    (a :func:`covidedge.engine.machine.probe_machine` dict); empty when it may run here."""
+    diffs: List[str] = []
+    built = manifest.backend_version
+    if manifest.backend == "tensorrt":
+        here = machine.get("tensorrt")
+        if not here:
+            diffs.append(f"TensorRT: engine built with {built}, TensorRT is not installed here")
+        elif here == "unknown":
+            diffs.append(f"TensorRT: engine built with {built}, the installed TensorRT's version "
+                         "cannot be read")
+        elif manifest.version_compatible:
+            # A version-compatible plan runs on the TensorRT it was built with or any later one.
+            if parse_version(here)[:3] < parse_version(built)[:3]:
+                diffs.append(f"TensorRT version: engine built with {built} (version-compatible, runs "
+                             f"on {built} or later), here {here}")
+        elif not same_release(built, here):
+            diffs.append(f"TensorRT version: engine {built}, here {here}")
+        dev = manifest.device or {}
+        if not machine.get("gpu"):
+            diffs.append(f"GPU: engine built for {dev.get('gpu') or 'an NVIDIA GPU'}, no NVIDIA GPU "
+                         "found here")
+        else:
+            if dev.get("gpu") and _norm(dev.get("gpu")) != _norm(machine.get("gpu")):
+                diffs.append(f"GPU: engine {dev.get('gpu')!r}, here {machine.get('gpu')!r}")
+            cc_built, cc_here = dev.get("gpu_compute_capability"), machine.get("gpu_compute_capability")
+            if cc_built and cc_here and str(cc_built) != str(cc_here):
+                diffs.append(f"compute capability: engine {cc_built}, here {cc_here}")
+        l4t_built, l4t_here = manifest.l4t_release, machine.get("l4t_release")
+        if (l4t_built or l4t_here) and l4t_built != l4t_here:
+            diffs.append(f"Jetson L4T release: engine {l4t_built or 'none (not a Jetson)'}, "
+                         f"here {l4t_here or 'none (not a Jetson)'}")
+    elif manifest.backend == "onnxruntime":
+        here = machine.get("onnxruntime")
+        if not here:
+            diffs.append(f"ONNX Runtime: artifact optimised with {built}, ONNX Runtime is not "
+                         "installed here")
+        elif parse_version(here)[:2] < parse_version(built)[:2]:
+            # The artifact may hold com.microsoft fused operators that older releases lack;
+            # the same or a later release reloads it.
+            diffs.append(f"ONNX Runtime version: artifact optimised with {built}, here {here} "
+                         "(older than the build)")
+    return diffs
+
+
+def verify_engine_file(engine_path, manifest: EngineManifest) -> None:
+    """Refuse an engine whose size or sha256 differs from its manifest (truncated or replaced)."""
+    engine_path = Path(engine_path)
+    size = engine_path.stat().st_size
+    how = f"rebuild it with: {rebuild_command(manifest, engine_path)}"
+    if manifest.engine_bytes and size != manifest.engine_bytes:
+        raise IncompatibleModelError(
+            f"engine is {size} bytes but its manifest says {manifest.engine_bytes}: the file is "
+            "truncated or was replaced", path=engine_path, hint=how)
+    digest = sha256_file(engine_path)
+    if digest != manifest.engine_sha256:
+        raise IncompatibleModelError(
+            f"engine sha256 {digest[:12]}... does not match its manifest ({manifest.engine_sha256[:12]}...): "
+            "the file was modified or replaced", path=engine_path, hint=how)
+
+
+def load_manifest(engine_path, machine: Optional[Dict[str, Any]] = None, *, check: bool = True,
+                  verify: bool = True) -> EngineManifest:
+    """Read ``<engine>.manifest.json``, verify the engine file against it and (``check``) compare
+    it with this machine. Raises IncompatibleModelError naming every difference and the command
+    that rebuilds the engine here; a missing manifest is an error, never a silent fallback."""
+    engine_path = Path(engine_path)
+    if engine_path.name.endswith(MANIFEST_SUFFIX):
+        engine_path = engine_path_for(engine_path)
+    if not engine_path.is_file():
+        raise BadInputError("engine file not found", path=engine_path)
+    mpath = manifest_path_for(engine_path)
+    if not mpath.is_file():
+        raise IncompatibleModelError(
+            f"no manifest {mpath.name} next to the engine; an engine is only loaded with the "
+            "manifest it was built with", path=engine_path,
+            hint=f"rebuild it with: covidedge build-engine MODEL --out {shlex.quote(str(engine_path))}")
+    manifest = EngineManifest.read(mpath)
+    if verify:
+        verify_engine_file(engine_path, manifest)
+    if check:
+        require_compatible(manifest, engine_path, machine)
+    return manifest
+
+
+def require_compatible(manifest: EngineManifest, engine_path, machine: Optional[Dict[str, Any]] = None) -> None:
+    """Raise IncompatibleModelError listing what differs from this machine (probed when not given)
+    and the command that rebuilds the engine here."""
+    if machine is None:
+        from covidedge.engine.machine import probe_machine
+
+        machine = probe_machine(use_backends=manifest.backend == "tensorrt")
+    diffs = check_compatible(manifest, machine)
+    if diffs:
+        raise IncompatibleModelError(
+            f"engine was built for another machine: {'; '.join(diffs)}", path=engine_path,
+            hint=f"rebuild it here with: {rebuild_command(manifest, engine_path)}")

@@ -1,0 +1,450 @@
+"""Evaluate a classifier or segmenter (checkpoint, ONNX model or engine) on a COVID-QU-Ex split.
+
+Images are fed through THE preprocessing at the model's input size and run through one Runner,
+so a checkpoint, its fp16 / int8 graphs and a TensorRT engine are measured the same way.
+Classifier: accuracy, per-class precision / recall / F1 / support laid out like the COVID-QU-Ex
+study's tables, macro and weighted averages, the confusion matrix and one-vs-rest ROC AUC.
+Segmenter: per-image Dice and IoU averaged, lungs over all images and infection over COVID-19
+images; on Non-COVID / Normal images the falsely predicted infected area is reported on its own
+(never folded into Dice); severity (infected fraction of the lungs) error. Ground-truth masks
+are compared at the model's input size (nearest-neighbour resize).
+
+numpy and the runtime only: torch is never imported here (a checkpoint pulls it in through
+the torch backend, an ONNX model or engine does not).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from covidedge.errors import BadInputError, DatasetError, IncompatibleModelError
+
+__all__ = ["EvaluationReport", "evaluate", "STUDY_CLASSIFIER_TEST"]
+
+#: The published study's Xception classifier on the COVID-QU-Ex infection subset, Test split
+#: (1166 images): accuracy and per-class precision / recall / F1 / support.
+STUDY_CLASSIFIER_TEST: Dict[str, Any] = {
+    "split": "Test",
+    "accuracy": 0.83,
+    "support": 1166,
+    "per_class": {
+        "COVID-19": {"precision": 0.90, "recall": 0.86, "f1": 0.88, "support": 583},
+        "Non-COVID": {"precision": 0.79, "recall": 0.72, "f1": 0.75, "support": 292},
+        "Normal": {"precision": 0.74, "recall": 0.88, "f1": 0.81, "support": 291},
+    },
+}
+
+
+def _clean(value):
+    """JSON-safe copy: NaN / inf -> None, numpy -> Python, tuples -> lists."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _num(v, nd: int = 4) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{nd}f}"
+
+
+def _pct(v, nd: int = 2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * v:.{nd}f}%"
+
+
+@dataclass
+class EvaluationReport:
+    """Result of :func:`evaluate`. ``metrics`` holds the numbers (see ``to_dict``);
+    ``predictions`` the predicted class index per image (classifier), in ``names`` order;
+    with ``keep_outputs`` also ``probabilities`` (classifier, (N, K) float32) or the packed
+    predicted masks (segmenter, see :meth:`masks`)."""
+
+    task: str
+    split: str
+    labels: List[str]
+    names: List[str]
+    true_labels: List[str]
+    metrics: Dict[str, Any]
+    model: Dict[str, Any]
+    settings: Dict[str, Any]
+    seconds: float
+    per_image: List[Dict[str, Any]] = field(default_factory=list)
+    predictions: Optional[np.ndarray] = None
+    probabilities: Optional[np.ndarray] = None
+    masks_packed: Optional[np.ndarray] = None
+    mask_shape: Optional[tuple] = None
+
+    # -- access ---------------------------------------------------------------------------
+    def masks(self) -> Optional[np.ndarray]:
+        """(N, C, H, W) bool predicted masks (segmenter, ``keep_outputs=True``), else None."""
+        if self.masks_packed is None:
+            return None
+        count = int(np.prod(self.mask_shape[1:]))
+        flat = np.unpackbits(self.masks_packed, axis=1, count=count)
+        return flat.reshape(self.mask_shape).astype(bool)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.names)
+
+    def counts(self) -> Dict[str, int]:
+        from covidedge.data.covidqu import CLASSES
+
+        return {c: sum(1 for t in self.true_labels if t == c) for c in CLASSES}
+
+    # -- output ---------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        """Everything as JSON-safe values (NaN becomes null)."""
+        d = {"task": self.task, "split": self.split, "labels": list(self.labels),
+             "images": self.num_images, "counts": self.counts(), "model": self.model,
+             "settings": self.settings, "seconds": round(self.seconds, 3),
+             "ms_per_image": round(1e3 * self.seconds / max(1, self.num_images), 3),
+             "metrics": self.metrics, "per_image": self.per_image}
+        if self.task == "classifier":
+            d["study_reference"] = STUDY_CLASSIFIER_TEST
+        return _clean(d)
+
+    def headline(self) -> str:
+        """One line with the main numbers."""
+        m = self.metrics
+        if self.task == "classifier":
+            auc = (m.get("roc_auc") or {}).get("macro")
+            return (f"{self.split}: accuracy {_num(m['accuracy'])} on {self.num_images} images, "
+                    f"macro F1 {_num(m['macro_avg']['f1'])}, macro ROC-AUC {_num(auc)}")
+        return (f"{self.split}: lung Dice {_num(m['lung_dice'])}, infection Dice "
+                f"{_num(m['infection_dice'])} (COVID-19 images), FP infected area "
+                f"{_pct(m['fp_infection_fraction'])} of the image on infection-free images, "
+                f"severity MAE {_pct(m['severity_mae'])} of the lungs; {self.num_images} images")
+
+    def to_text(self) -> str:
+        """The report as plain text: for the classifier the study's table layout (per class,
+        accuracy, macro avg, weighted avg), ROC-AUC and the confusion matrix."""
+        from covidedge.metrics import (format_classification_report, format_confusion_matrix,
+                                       format_segmentation_report)
+
+        head = (f"{self.task} on {self.split} ({self.num_images} images) - "
+                f"{self.model.get('backend', '?')} {self.model.get('precision', '')}".rstrip())
+        if self.task == "classifier":
+            m = self.metrics
+            auc = m.get("roc_auc") or {}
+            auc_line = "ROC-AUC (one vs rest): " + ", ".join(
+                f"{k} {_num(auc.get(k), 3)}" for k in [*self.labels, "macro"])
+            return "\n".join([head, "", format_classification_report(m, digits=2).rstrip(), "",
+                              auc_line, "", "confusion matrix (rows: true, columns: predicted)",
+                              format_confusion_matrix(m["confusion_matrix"], self.labels).rstrip()]) + "\n"
+        return head + "\n\n" + format_segmentation_report(self.metrics["summary"])
+
+    def to_markdown(self) -> str:
+        """Markdown report; the classifier's table stands beside the published study's Test
+        numbers, labelled as such (they are on a different split)."""
+        lines = [f"# Evaluation: {self.task} on {self.split}", "",
+                 f"- model: `{self.model.get('source', '?')}` ({self.model.get('backend', '?')}, "
+                 f"{self.model.get('precision', '?')})",
+                 f"- images: {self.num_images} ({', '.join(f'{k} {v}' for k, v in self.counts().items())})",
+                 f"- input size: {'x'.join(str(v) for v in self.settings.get('input_size', []))} px, "
+                 f"limit per class: {self.settings.get('limit_per_class')}",
+                 f"- time: {self.seconds:.1f} s ({1e3 * self.seconds / max(1, self.num_images):.1f} ms per image, "
+                 "decoding included)", ""]
+        if self.task == "classifier":
+            lines += self._markdown_classifier()
+        else:
+            lines += self._markdown_segmenter()
+        return "\n".join(lines) + "\n"
+
+    def _markdown_classifier(self) -> List[str]:
+        m, s = self.metrics, STUDY_CLASSIFIER_TEST
+        ours = f"this model, {self.split}"
+        theirs = "published study, Test split"
+        lines = ["## Classification", "",
+                 f"| class | precision ({ours}) | recall | F1 | support | "
+                 f"precision ({theirs}) | recall | F1 | support |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for label in self.labels:
+            o = m["per_class"][label]
+            t = s["per_class"].get(label)
+            ref = (f"{t['precision']:.2f} | {t['recall']:.2f} | {t['f1']:.2f} | {t['support']}"
+                   if t else "- | - | - | -")
+            lines.append(f"| {label} | {o['precision']:.2f} | {o['recall']:.2f} | {o['f1']:.2f} | "
+                         f"{o['support']} | {ref} |")
+        lines.append(f"| accuracy | | | {m['accuracy']:.2f} | {m['support']} | | | "
+                     f"{s['accuracy']:.2f} | {s['support']} |")
+        for key, name in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg")):
+            a = m[key]
+            lines.append(f"| {name} | {a['precision']:.2f} | {a['recall']:.2f} | {a['f1']:.2f} | "
+                         f"{a['support']} | - | - | - | - |")
+        lines += ["", f"The study's numbers are on its Test split ({s['support']} images); "
+                      f"ours are on {self.split}, so they are a reference, not a like-for-like comparison.", ""]
+        auc = m.get("roc_auc") or {}
+        lines += ["## ROC-AUC (one vs rest)", "",
+                  "| " + " | ".join([*self.labels, "macro"]) + " |",
+                  "|" + "---|" * (len(self.labels) + 1),
+                  "| " + " | ".join(_num(auc.get(k), 3) for k in [*self.labels, "macro"]) + " |", ""]
+        for note in m.get("roc_auc_notes") or []:
+            lines.append(f"- {note}")
+        cm = m["confusion_matrix"]
+        lines += ["## Confusion matrix (rows: true, columns: predicted)", "",
+                  "| true \\ predicted | " + " | ".join(self.labels) + " |",
+                  "|---|" + "---|" * len(self.labels)]
+        for label, row in zip(self.labels, cm):
+            lines.append(f"| {label} | " + " | ".join(str(int(v)) for v in row) + " |")
+        lines.append("")
+        if self.settings.get("confusion_png"):
+            lines += ["![confusion matrix](confusion_matrix.png)", ""]
+        return lines
+
+    def _markdown_segmenter(self) -> List[str]:
+        m = self.metrics
+        sm = m["summary"]
+        return [
+            "## Segmentation", "",
+            f"Threshold {self.settings.get('threshold')} on the sigmoid probabilities; per-image "
+            "scores averaged over images (images where both masks are empty are left out and counted).", "",
+            "| mask | images | Dice | IoU | both empty |", "|---|---|---|---|---|",
+            f"| lungs (all images) | {sm['lungs']['images']} | {_num(m['lung_dice'])} | "
+            f"{_num(m['lung_iou'])} | {sm['lungs']['both_empty']} |",
+            f"| infection (COVID-19 images) | {sm['infection']['images']} | "
+            f"{_num(m['infection_dice'])} | {_num(m['infection_iou'])} | "
+            f"{sm['infection']['both_empty']} |", "",
+            "## Infection-free images (Non-COVID, Normal)", "",
+            f"- images: {sm['infection_free']['images']}",
+            f"- falsely predicted infected area: {_pct(m['fp_infection_fraction'])} of the image, "
+            f"{_pct(m['fp_infection_fraction_lungs'])} of the predicted lungs (mean)",
+            f"- images with any falsely predicted infection pixel: {_pct(m['fp_images'])}", "",
+            "## Severity (infected fraction of the lungs, COVID-19 images)", "",
+            f"- mean absolute error: {_pct(m['severity_mae'])} (true mean "
+            f"{_pct(sm['severity']['mean_true'])}, predicted mean {_pct(sm['severity']['mean_pred'])})", ""]
+
+    def save(self, out_dir) -> Path:
+        """Write report.json, report.md and (classifier, when matplotlib is installed)
+        confusion_matrix.png into ``out_dir``; returns the folder."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.task == "classifier":
+            self.settings["confusion_png"] = _plot_confusion(
+                out / "confusion_matrix.png", self.metrics["confusion_matrix"], self.labels,
+                f"{self.split}: accuracy {self.metrics['accuracy']:.3f}")
+        (out / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        (out / "report.md").write_text(self.to_markdown())
+        return out
+
+
+def _plot_confusion(path: Path, cm, labels: Sequence[str], title: str) -> bool:
+    """Confusion matrix heat map with counts and row percentages; False when matplotlib is
+    missing (the text and Markdown reports still carry the matrix)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm, dtype=np.int64)
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{100 * frac[i, j]:.0f}%", ha="center", va="center",
+                    color="white" if frac[i, j] > 0.6 else "black", fontsize=9)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# -- evaluation -------------------------------------------------------------------------------
+def _open(model, backend: str):
+    """(runner, opened_here): a Runner is used as given; a path is opened with runtime.load."""
+    from covidedge.runtime.base import Runner
+
+    if isinstance(model, Runner):
+        return model, False
+    if not isinstance(model, (str, Path)):
+        raise BadInputError(f"model is a {type(model).__name__}; expected a path to a checkpoint, "
+                            "ONNX model or engine, or a covidedge Runner")
+    from covidedge.runtime import load
+
+    return load(model, backend=backend), True
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr,
+                disable=not (enabled and sys.stderr.isatty()))
+
+
+def _run_batch(runner, x: np.ndarray) -> Dict[str, np.ndarray]:
+    """Infer a batch, padding it up to the runner's minimum batch (fixed-batch engines)."""
+    n = x.shape[0]
+    if n < runner.min_batch:
+        pad = np.repeat(x[-1:], runner.min_batch - n, axis=0)
+        out = runner.infer(np.concatenate([x, pad]))
+        return {k: v[:n] for k, v in out.items()}
+    return runner.infer(x)
+
+
+def evaluate(model, data_root, split: str = "Val", *, batch_size: int = 16,
+             limit_per_class: Optional[int] = None, threshold: float = 0.5, backend: str = "auto",
+             progress: bool = True, keep_outputs: bool = False, seed: int = 0) -> EvaluationReport:
+    """Evaluate ``model`` (a path opened with ``covidedge.runtime.load(path, backend)``, or a
+    Runner, active or not) on ``split`` of the COVID-QU-Ex folder ``data_root``.
+
+    ``limit_per_class`` takes at most that many images per class, chosen from ``seed`` exactly
+    as training does; ``threshold`` turns segmenter probabilities into masks (>= threshold).
+    """
+    from covidedge.data.covidqu import CLASSES, CovidQuDataset
+    from covidedge.train.datasets import select_samples
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise BadInputError(f"batch-size={batch_size!r} is invalid; expected a positive integer")
+    if not 0.0 < float(threshold) < 1.0:
+        raise BadInputError(f"threshold={threshold} is outside (0, 1); expected e.g. 0.5")
+    ds = CovidQuDataset(data_root)
+    samples = select_samples(ds.samples(split), limit_per_class, seed)
+    if not samples:
+        raise DatasetError(f"split {split} has no images", path=ds.root)
+    split = samples[0].split
+
+    runner, opened_here = _open(model, backend)
+    was_active = runner.is_active
+    t0 = time.perf_counter()
+    try:
+        runner.activate()
+        spec = runner.spec
+        bs = batch_size if runner.max_batch is None else max(1, min(batch_size, runner.max_batch))
+        settings = {"batch_size": bs, "limit_per_class": limit_per_class, "seed": int(seed),
+                    "threshold": float(threshold), "input_size": list(spec.input_size),
+                    "data_root": str(ds.root), "preprocessing": spec.preprocessing}
+        if spec.task == "classifier":
+            result = _evaluate_classifier(runner, spec, samples, bs, progress, keep_outputs, CLASSES)
+        else:
+            result = _evaluate_segmenter(runner, spec, samples, bs, float(threshold), progress,
+                                         keep_outputs)
+        describe = runner.describe()
+    finally:
+        if not was_active:
+            runner.deactivate()
+    seconds = time.perf_counter() - t0
+    return EvaluationReport(task=spec.task, split=split, labels=list(spec.labels),
+                            names=[s.name for s in samples], true_labels=[s.label for s in samples],
+                            model=_clean(describe), settings=settings, seconds=seconds, **result)
+
+
+def _evaluate_classifier(runner, spec, samples, bs, progress, keep_outputs, classes):
+    from covidedge.data.preprocess import preprocess_batch
+    from covidedge.metrics import classification_report, roc_auc_ovr
+
+    labels = list(spec.labels)
+    missing = [c for c in classes if c not in labels]
+    if missing:
+        raise IncompatibleModelError(
+            f"classifier labels {labels} lack the dataset's classes {missing}", path=runner.source,
+            hint="evaluate a model trained on COVID-QU-Ex's three classes")
+    y_true = np.array([labels.index(s.label) for s in samples], dtype=np.int64)
+    probs = np.zeros((len(samples), len(labels)), dtype=np.float32)
+    bar = _bar(len(samples), f"evaluate {samples[0].split}", progress)
+    for a, b in _batches(len(samples), bs):
+        x = preprocess_batch([s.image for s in samples[a:b]], size=spec.input_size)
+        out = _run_batch(runner, x)
+        p = np.asarray(out[spec.output_names[1]], dtype=np.float32)
+        if p.shape != (b - a, len(labels)):
+            raise IncompatibleModelError(
+                f"output '{spec.output_names[1]}' has shape {p.shape}, expected ({b - a}, {len(labels)})",
+                path=runner.source)
+        probs[a:b] = p
+        bar.update(b - a)
+    bar.close()
+    pred = probs.argmax(axis=1)
+    metrics = classification_report(y_true, pred, labels)
+    auc = roc_auc_ovr(y_true, probs, labels)
+    metrics["roc_auc"] = dict(auc)
+    metrics["roc_auc_notes"] = list(auc.notes)
+    metrics["macro_f1"] = metrics["macro_avg"]["f1"]
+    per_image = [{"name": s.name, "label": s.label, "predicted": labels[int(k)],
+                  "probability": float(probs[i, int(k)])}
+                 for i, (s, k) in enumerate(zip(samples, pred))]
+    return {"metrics": metrics, "per_image": per_image, "predictions": pred,
+            "probabilities": probs if keep_outputs else None}
+
+
+def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_outputs):
+    from covidedge.data.imageio import read_mask
+    from covidedge.data.preprocess import preprocess_batch, resize_mask
+    from covidedge.metrics import SegmentationAccumulator
+
+    labels = list(spec.labels)
+    if "lungs" not in labels or "infection" not in labels:
+        raise IncompatibleModelError(f"segmenter channels {labels} lack 'lungs' / 'infection'",
+                                     path=runner.source, hint="evaluate a covidedge residual U-Net")
+    li, ii = labels.index("lungs"), labels.index("infection")
+    no_lungs = [s.name for s in samples if s.lung_mask is None]
+    if no_lungs:
+        raise DatasetError(f"{len(no_lungs)} images have no lung mask (first: {no_lungs[0]})",
+                           path=samples[0].image.parent.parent,
+                           hint="segmenter evaluation needs 'lung masks/' beside 'images/'")
+    size = tuple(spec.input_size)
+    acc = SegmentationAccumulator()
+    packed: List[np.ndarray] = []
+    bar = _bar(len(samples), f"evaluate {samples[0].split}", progress)
+    for a, b in _batches(len(samples), bs):
+        chunk = samples[a:b]
+        x = preprocess_batch([s.image for s in chunk], size=size)
+        out = _run_batch(runner, x)
+        p = np.asarray(out[spec.output_names[1]])
+        if p.ndim != 4 or p.shape[0] != b - a or p.shape[1] != len(labels) or tuple(p.shape[2:]) != size:
+            raise IncompatibleModelError(
+                f"output '{spec.output_names[1]}' has shape {p.shape}, expected "
+                f"({b - a}, {len(labels)}, {size[0]}, {size[1]})", path=runner.source)
+        masks = p >= threshold
+        for s, m in zip(chunk, masks):
+            true_lungs = resize_mask(read_mask(s.lung_mask), size)
+            true_inf = (resize_mask(read_mask(s.infection_mask), size) if s.infection_mask is not None
+                        else np.zeros(size, dtype=bool))
+            acc.update(m[li], true_lungs, m[ii], true_inf, label=s.label, name=s.name)
+        if keep_outputs:  # one packed row per image
+            packed.append(np.packbits(masks.reshape(masks.shape[0], -1), axis=1))
+        bar.update(b - a)
+    bar.close()
+    summary = acc.result()
+    metrics = {
+        "lung_dice": summary["lungs"]["dice"], "lung_iou": summary["lungs"]["iou"],
+        "infection_dice": summary["infection"]["dice"], "infection_iou": summary["infection"]["iou"],
+        "fp_infection_fraction": summary["infection_free"]["fp_fraction_of_image"],
+        "fp_infection_fraction_lungs": summary["infection_free"]["fp_fraction_of_lungs"],
+        "fp_images": summary["infection_free"]["images_with_fp"],
+        "severity_mae": summary["severity"]["mae"],
+        "summary": summary,
+    }
+    result = {"metrics": metrics, "per_image": acc.per_image}
+    if keep_outputs:
+        result["masks_packed"] = np.concatenate(packed)
+        result["mask_shape"] = (len(samples), len(labels), *size)
+    return result

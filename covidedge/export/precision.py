@@ -1,0 +1,535 @@
+"""Precision in the graph: fp16 (mixed, fp32 I/O) and calibrated int8 Q/DQ ONNX models.
+
+TensorRT 10 deprecates and TensorRT 11 removes the FP16 / INT8 builder flags and INT8
+calibrators: networks are strongly typed, so the precision has to be written into the ONNX graph.
+The same graphs run in ONNX Runtime on a CPU, so each precision's accuracy can be measured
+anywhere.
+
+- fp16: ``onnxconverter_common.float16`` with fp32 inputs/outputs; the output Softmax/Sigmoid,
+  reductions and Resize stay fp32.
+- int8: ``onnxruntime.quantization`` static QDQ: signed int8 activations with zero point 0
+  (symmetric), per-channel symmetric int8 weights, float biases; calibrated with MinMax, Entropy
+  or Percentile on a CalibrationSet. The layers that write the graph outputs (the classifier's
+  final Gemm / the segmenter's 1x1 head and the output Softmax/Sigmoid) stay float, so
+  ``logits`` and ``probabilities`` are never rounded to 256 levels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.export.onnx import (KEY_PRECISION, check_onnx, file_sha256, graph_io, load_onnx,
+                                   parity_stats, run_onnx, save_onnx, set_metadata,
+                                   synthetic_images)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_TYPES = ("int8", "uint8")
+
+#: Ops computed in fp32 inside an fp16 graph: the output activations, reductions (sums of many
+#: fp16 values lose precision) and Resize (its scales input must stay float).
+FP16_KEEP_FP32_OPS = ("Softmax", "Sigmoid", "LogSoftmax", "GlobalAveragePool", "ReduceMean",
+                      "ReduceSum", "ReduceMax", "ReduceL2", "Resize", "Upsample")
+
+# metadata keys
+KEY_SOURCE_SHA = "covidedge.source_sha256"
+KEY_FP32_OPS = "covidedge.fp16_fp32_ops"
+KEY_VS_FP32 = "covidedge.parity_vs_fp32"
+KEY_CALIB_SHA = "covidedge.calibration_sha256"
+KEY_CALIB_METHOD = "covidedge.calibration_method"
+KEY_CALIB_PERCENTILE = "covidedge.calibration_percentile"
+KEY_CALIB_COUNT = "covidedge.calibration_images"
+KEY_CALIB_BINS = "covidedge.calibration_histogram_bins"
+KEY_ACT_TYPE = "covidedge.activation_type"
+KEY_ACT_SYMMETRIC = "covidedge.activation_symmetric"
+KEY_TRT_COMPATIBLE = "covidedge.tensorrt_compatible"
+
+#: Histogram bins for entropy / percentile calibration (TensorRT's entropy calibrator uses 2048;
+#: with as few bins as int8 levels, 128, entropy could only pick the full range = minmax).
+HISTOGRAM_BINS = 2048
+#: int8 levels the entropy search quantizes a histogram into.
+QUANTIZED_BINS = 128
+
+#: Images used to compare a converted graph with its fp32 source.
+CHECK_IMAGES = 4
+
+PathLike = Union[str, Path]
+
+
+# -- inspection --------------------------------------------------------------------------------
+def _as_model(model_or_path):
+    import onnx
+
+    return model_or_path if isinstance(model_or_path, onnx.ModelProto) else load_onnx(model_or_path)
+
+
+def graph_precision(onnx_path) -> str:
+    """"int8" when the graph has QuantizeLinear/DequantizeLinear nodes, "fp16" when it has fp16
+    weights or casts to fp16, else "fp32". Read from the graph itself, not its metadata."""
+    import onnx
+
+    model = _as_model(onnx_path)
+    graph = model.graph
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        return "int8"
+    f16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == f16 for t in graph.initializer):
+        return "fp16"
+    for n in graph.node:
+        if n.op_type == "Cast" and any(a.name == "to" and a.i == f16 for a in n.attribute):
+            return "fp16"
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.t.data_type == f16:
+                    return "fp16"
+    return "fp32"
+
+
+def inspect_qdq(onnx_path) -> Dict[str, Any]:
+    """What the Q/DQ nodes of a graph look like.
+
+    Returns counts of QuantizeLinear / DequantizeLinear nodes, the quantized dtypes (by node),
+    whether every zero point is 0, how many weights are quantized per channel vs per tensor,
+    ``activation_scales`` (float tensor name -> scale) and ``tensorrt_compatible`` (int8 only,
+    all zero points 0: what TensorRT's explicit quantization accepts).
+    """
+    from onnx import numpy_helper
+
+    model = _as_model(onnx_path)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consts = {}
+    for n in graph.node:  # Constant nodes can hold scales / zero points too
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    consts[n.output[0]] = numpy_helper.to_array(a.t)
+
+    def value(name):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        return consts.get(name)
+
+    q = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    dtypes: Dict[str, int] = {}
+    nonzero: List[str] = []
+    per_channel, per_tensor = 0, 0
+    weight_names: List[str] = []
+    activation_scales: Dict[str, float] = {}
+    for node in q + dq:
+        zp = value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        # without a zero point, ONNX defines uint8 with zero point 0
+        dtype = "uint8" if zp is None else str(zp.dtype)
+        if zp is None and node.op_type == "DequantizeLinear":
+            data = value(node.input[0])
+            if data is not None:
+                dtype = str(data.dtype)
+        dtypes[dtype] = dtypes.get(dtype, 0) + 1
+        if zp is not None and np.any(zp != 0):
+            nonzero.append(node.name or node.input[0])
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            weight_names.append(node.input[0])
+            scale = value(node.input[1])
+            if scale is not None and np.size(scale) > 1:
+                per_channel += 1
+            else:
+                per_tensor += 1
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
+            scale = value(node.input[1])
+            if scale is not None and np.size(scale) == 1:
+                activation_scales[node.input[0]] = float(np.asarray(scale).reshape(-1)[0])
+    return {
+        "quantize_nodes": len(q),
+        "dequantize_nodes": len(dq),
+        "dtypes": dtypes,
+        "zero_points_all_zero": not nonzero,
+        "nonzero_zero_points": nonzero,
+        "weights_per_channel": per_channel,
+        "weights_per_tensor": per_tensor,
+        "quantized_weights": weight_names,
+        "activation_scales": activation_scales,
+        "tensorrt_compatible": bool(q or dq) and set(dtypes) == {"int8"} and not nonzero,
+    }
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _input_info(model):
+    """(input name, static batch or None, (H, W)) of a single-input image graph."""
+    io_ = graph_io(model)["inputs"]
+    if len(io_) != 1:
+        raise IncompatibleModelError(f"graph has inputs {sorted(io_)}, expected one image input")
+    name, shape = next(iter(io_.items()))
+    if len(shape) != 4 or not all(isinstance(v, int) for v in shape[1:]):
+        raise IncompatibleModelError(f"graph input '{name}' has shape {shape}, "
+                                     f"expected (N, C, H, W) with fixed C, H, W")
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    return name, batch, (shape[1], shape[2], shape[3])
+
+
+def _task(model) -> str:
+    meta = {p.key: p.value for p in model.metadata_props}
+    return meta.get("covidedge.task") or (
+        "classifier" if len(graph_io(model)["outputs"].get("logits", [])) == 2 else "segmenter")
+
+
+def _output_nodes(model) -> List[str]:
+    """Names of the nodes that write graph outputs (they stay in float precision)."""
+    outs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if set(n.output) & outs]
+
+
+def _require_fp32_source(model, src) -> None:
+    got = graph_precision(model)
+    if got != "fp32":
+        raise BadInputError(f"source graph is already {got}, expected an fp32 graph", path=src,
+                            hint="convert from the fp32 file that 'covidedge export' wrote")
+
+
+def _compare_with_source(src: Path, dst: Path, task: str, batch, chw) -> Dict[str, Any]:
+    x = synthetic_images(CHECK_IMAGES, chw[1:], seed=1)
+    if chw[0] != 1:
+        x = np.repeat(x, chw[0], axis=1)
+    ref = run_onnx(src, x, static_batch=batch)
+    got = run_onnx(dst, x, static_batch=batch)
+    return parity_stats(task, ref, got)
+
+
+# -- fp16 --------------------------------------------------------------------------------------
+def _fix_output_casts(model) -> None:
+    """Keep fp32 outputs fp32 when the node writing them was kept in fp32.
+
+    The converter puts a Cast-to-fp16 after every blocked node, including one that writes a
+    graph output, and then declares that output fp16. Such a cast is removed here and the output
+    is declared fp32 again, so ``keep_io_types`` holds for every output.
+    """
+    import onnx
+
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    outputs = {o.name: o for o in model.graph.output}
+    for cast in list(model.graph.node):
+        if cast.op_type != "Cast" or cast.output[0] not in outputs:
+            continue
+        if not any(a.name == "to" and a.i == f16 for a in cast.attribute):
+            continue
+        src_name = cast.input[0]
+        producers = [n for n in model.graph.node if src_name in n.output]
+        others = [n for n in model.graph.node if n is not cast and src_name in n.input]
+        if len(producers) != 1 or others:
+            continue
+        out = producers[0].output
+        out[list(out).index(src_name)] = cast.output[0]
+        model.graph.node.remove(cast)
+        outputs[cast.output[0]].type.tensor_type.elem_type = f32
+        for vi in list(model.graph.value_info):
+            if vi.name == src_name:
+                model.graph.value_info.remove(vi)
+
+
+def convert_fp16(src: PathLike, dst: PathLike, *,
+                 keep_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS) -> Path:
+    """Write a mixed-precision copy of an fp32 ONNX graph: fp16 weights and compute, fp32
+    inputs and outputs, ``keep_fp32_ops`` (and the output Softmax/Sigmoid) computed in fp32.
+
+    The result is checked with the full ONNX checker, run in ONNX Runtime on the CPU and
+    compared with the source; the comparison lands in ``metadata_props`` as
+    ``covidedge.parity_vs_fp32``. Returns ``dst``.
+    """
+    import onnx
+    from covidedge.errors import require
+
+    float16 = require("onnxconverter_common.float16", extra="precision", purpose="fp16 export")
+    src, dst = Path(src), Path(dst)
+    model = load_onnx(src)
+    _require_fp32_source(model, src)
+    name, batch, chw = _input_info(model)
+    task = _task(model)
+    keep = list(dict.fromkeys(keep_fp32_ops))
+    blocked_nodes = [n.name for n in model.graph.node
+                     if n.name in _output_nodes(model) and n.op_type in ("Softmax", "Sigmoid")]
+    try:
+        half = float16.convert_float_to_float16(
+            model, keep_io_types=True,
+            op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + keep,
+            node_block_list=blocked_nodes)
+    except Exception as exc:
+        raise RuntimeFailure(f"fp16 conversion failed ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
+                             path=src) from exc
+    _fix_output_casts(half)
+    f32 = onnx.TensorProto.FLOAT
+    bad = [vi.name for vi in list(half.graph.input) + list(half.graph.output)
+           if vi.type.tensor_type.elem_type != f32]
+    if bad:
+        raise RuntimeFailure(f"fp16 graph has non-fp32 inputs/outputs {bad}; expected fp32 I/O",
+                             path=dst)
+    set_metadata(half, {KEY_PRECISION: "fp16", KEY_SOURCE_SHA: file_sha256(src),
+                        KEY_FP32_OPS: ",".join(keep)})
+    save_onnx(half, dst)
+    check_onnx(dst)
+    stats = _compare_with_source(src, dst, task, batch, chw)
+    set_metadata(half, {KEY_VS_FP32: json.dumps(stats, sort_keys=True)})
+    save_onnx(half, dst)
+    return dst
+
+
+# -- int8 --------------------------------------------------------------------------------------
+class CalibrationReader:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` fed from a CalibrationSet.
+
+    Yields ``{input_name: (N, 1, H, W)}`` batches; an empty set, or a stream that ends before its
+    first batch, raises BadInputError; an unreadable image raises BadInputError naming the file
+    (from ``CalibrationSet.batches``). It never ends calibration early in silence.
+    """
+
+    def __init__(self, calibration, input_name: str, batch_size: int = 8):
+        if len(calibration) == 0:
+            raise BadInputError("calibration set has no images", path=calibration.source,
+                                hint="make one with 'covidedge calibrate --data DIR --count N'")
+        self.calibration = calibration
+        self.input_name = input_name
+        self.batch_size = int(batch_size)
+        self.batches_read = 0
+        self.images_read = 0
+        self._it: Optional[Iterator] = None
+
+    def get_next(self):
+        if self._it is None:
+            self._it = iter(self.calibration.batches(self.batch_size))
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            if self.batches_read == 0:
+                raise BadInputError("calibration stream produced no images",
+                                    path=self.calibration.source,
+                                    hint="check the manifest lists images and they are readable")
+            return None
+        x = batch["image"]
+        self.batches_read += 1
+        self.images_read += len(x)
+        return {self.input_name: x}
+
+    def __iter__(self):
+        while True:
+            item = self.get_next()
+            if item is None:
+                return
+            yield item
+
+    def rewind(self) -> None:
+        self._it = None
+        self.batches_read = 0
+        self.images_read = 0
+
+
+class _OneBatch:
+    """A CalibrationDataReader over one feed: the calibrators histogram each batch as it
+    arrives, so memory stays at one batch of activations however large the set is."""
+
+    def __init__(self, feed):
+        self._feed = feed
+
+    def get_next(self):
+        feed, self._feed = self._feed, None
+        return feed
+
+
+def collect_ranges(model_path: PathLike, reader: "CalibrationReader", *, method: str,
+                   percentile: float = 99.99, symmetric: bool = True,
+                   histogram_bins: int = HISTOGRAM_BINS, work_dir: Optional[Path] = None):
+    """Run the calibration images through ``model_path`` and return ONNX Runtime's
+    ``TensorsData`` (the range of every tensor to quantize) for ``method``.
+
+    Done here rather than inside ``quantize_static`` because that cannot set the histogram size
+    and keeps every batch's activations in memory until the stream ends.
+    """
+    from onnxruntime import quantization as quant
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    methods = {"minmax": quant.CalibrationMethod.MinMax,
+               "entropy": quant.CalibrationMethod.Entropy,
+               "percentile": quant.CalibrationMethod.Percentile}
+    options: Dict[str, Any] = {"symmetric": bool(symmetric)}
+    if method in ("entropy", "percentile"):
+        options["num_bins"] = int(histogram_bins)
+    if method == "entropy":
+        options["num_quantized_bins"] = QUANTIZED_BINS
+    if method == "percentile":
+        options["percentile"] = float(percentile)
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidedge-cal-")))
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                calibrator = quant.create_calibrator(
+                    Path(model_path), op_types,
+                    augmented_model_path=str(Path(work_dir) / "augmented.onnx"),
+                    calibrate_method=methods[method], use_external_data_format=False,
+                    providers=["CPUExecutionProvider"], extra_options=options)
+        except Exception as exc:
+            raise RuntimeFailure(f"cannot prepare the graph for calibration "
+                                 f"({type(exc).__name__}: {exc})", path=model_path) from exc
+        reader.rewind()
+        for feed in reader:  # raises BadInputError on an empty stream or unreadable image
+            try:
+                with contextlib.redirect_stdout(sys.stderr):
+                    calibrator.collect_data(_OneBatch(feed))
+            except Exception as exc:
+                raise RuntimeFailure(f"calibration inference failed on batch "
+                                     f"{reader.batches_read} ({type(exc).__name__}: {exc})",
+                                     path=model_path) from exc
+        with contextlib.redirect_stdout(sys.stderr):
+            ranges = calibrator.compute_data()
+        del calibrator
+    return ranges
+
+
+def _as_calibration(calibration):
+    from covidedge.export.calibration import CalibrationSet
+
+    if isinstance(calibration, CalibrationSet):
+        return calibration
+    if isinstance(calibration, (str, Path)):
+        return CalibrationSet.load(calibration)
+    raise BadInputError(f"calibration is a {type(calibration).__name__}, expected a "
+                        f"CalibrationSet or the path of a calibration manifest",
+                        hint="make one with 'covidedge calibrate --data DIR --count N'")
+
+
+def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "entropy",
+                  percentile: float = 99.99, activation_type: str = "int8",
+                  symmetric_activations: bool = True, batch_size: int = 8,
+                  histogram_bins: int = HISTOGRAM_BINS) -> Path:
+    """Write a calibrated int8 Q/DQ copy of an fp32 ONNX graph and return ``dst``.
+
+    ``calibration`` is a CalibrationSet (or its manifest path); ``method`` is "minmax",
+    "entropy" or "percentile" (``percentile`` in percent, e.g. 99.99). The defaults give what
+    TensorRT accepts: int8 activations with zero point 0, per-channel symmetric int8 weights.
+    ``activation_type="uint8", symmetric_activations=False`` makes a graph for ONNX Runtime on
+    CPUs only; its metadata says ``covidedge.tensorrt_compatible = false``. Entropy and
+    percentile build ``histogram_bins``-bin histograms (2048, as TensorRT's entropy calibrator).
+    The same calibration set and options give a byte-identical file.
+    """
+    from covidedge.errors import require
+
+    quant = require("onnxruntime.quantization", purpose="int8 quantization")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    method = str(method).lower()
+    if method not in METHODS:
+        raise BadInputError(f"calibration method {method!r} is unknown; expected one of {METHODS}")
+    try:
+        percentile = float(percentile)
+    except (TypeError, ValueError):
+        raise BadInputError(f"percentile {percentile!r} is not a number") from None
+    if not 0.0 < percentile <= 100.0:
+        raise BadInputError(f"percentile {percentile} is outside (0, 100]",
+                            hint="pass a percent such as 99.99")
+    if activation_type not in ACTIVATION_TYPES:
+        raise BadInputError(f"activation type {activation_type!r} is unknown; "
+                            f"expected one of {ACTIVATION_TYPES}")
+    if int(batch_size) < 1:
+        raise BadInputError(f"calibration batch size {batch_size} must be at least 1")
+    if int(histogram_bins) < 256:
+        raise BadInputError(f"histogram_bins={histogram_bins}, expected at least 256",
+                            hint="entropy calibration needs more bins than the 128 int8 levels")
+    src, dst = Path(src), Path(dst)
+    model = load_onnx(src)
+    _require_fp32_source(model, src)
+    name, batch, chw = _input_info(model)
+    task = _task(model)
+    calib = _as_calibration(calibration)
+    if tuple(calib.input_size) != tuple(chw[1:]):
+        raise IncompatibleModelError(
+            f"calibration images are {calib.input_size[0]}x{calib.input_size[1]} px but the "
+            f"graph takes {chw[1]}x{chw[2]} px", path=calib.source,
+            hint=f"make a calibration set with --input-size {chw[1]}")
+    meta = {p.key: p.value for p in model.metadata_props}
+    want_pre = meta.get("covidedge.preprocessing")
+    if want_pre and calib.preprocessing != want_pre:
+        raise IncompatibleModelError(
+            f"calibration set uses preprocessing {calib.preprocessing!r}, the model "
+            f"{want_pre!r}", path=calib.source, hint="make a new calibration set")
+    reader = CalibrationReader(calib, name, batch_size=batch or batch_size)
+
+    methods = {"minmax": quant.CalibrationMethod.MinMax,
+               "entropy": quant.CalibrationMethod.Entropy,
+               "percentile": quant.CalibrationMethod.Percentile}
+    extra = {"ActivationSymmetric": bool(symmetric_activations), "WeightSymmetric": True,
+             "QuantizeBias": False}
+    act = quant.QuantType.QInt8 if activation_type == "int8" else quant.QuantType.QUInt8
+    trt_ok = activation_type == "int8" and bool(symmetric_activations)
+
+    with tempfile.TemporaryDirectory(prefix="covidedge-int8-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        out = Path(tmp) / "int8.onnx"
+        ranges_file = Path(tmp) / "ranges.json"
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        except Exception as exc:
+            raise RuntimeFailure(f"shape inference before quantization failed "
+                                 f"({type(exc).__name__}: {exc})", path=src) from exc
+        pre_model = load_onnx(pre)
+        ranges = collect_ranges(pre, reader, method=method, percentile=percentile,
+                                symmetric=bool(symmetric_activations),
+                                histogram_bins=histogram_bins, work_dir=Path(tmp))
+        quant.save_tensors_data(ranges, ranges_file)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                quant.quantize_static(
+                    str(pre), str(out), None, quant_format=quant.QuantFormat.QDQ,
+                    per_channel=True, reduce_range=False, activation_type=act,
+                    weight_type=quant.QuantType.QInt8, calibrate_method=methods[method],
+                    nodes_to_exclude=_output_nodes(pre_model), extra_options=extra,
+                    calibration_cache_path=str(ranges_file))
+        except Exception as exc:
+            raise RuntimeFailure(f"int8 quantization failed ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
+                                 path=src) from exc
+        if reader.images_read == 0:  # collect_ranges raises first; never quantize blind
+            raise BadInputError("calibration stream produced no images", path=calib.source)
+        q = load_onnx(out)
+    set_metadata(q, {
+        KEY_PRECISION: "int8", KEY_SOURCE_SHA: file_sha256(src),
+        KEY_CALIB_SHA: calib.sha256, KEY_CALIB_METHOD: method,
+        KEY_CALIB_PERCENTILE: f"{percentile:g}" if method == "percentile" else "",
+        KEY_CALIB_COUNT: str(reader.images_read),
+        KEY_CALIB_BINS: str(int(histogram_bins)) if method != "minmax" else "",
+        KEY_ACT_TYPE: activation_type,
+        KEY_ACT_SYMMETRIC: "true" if symmetric_activations else "false",
+        KEY_TRT_COMPATIBLE: "true" if trt_ok else "false",
+    })
+    # ORT's marker entries carry nothing a reader of this file needs
+    for prop in list(q.metadata_props):
+        if prop.key in ("onnx.infer", "onnx.quant.pre_process"):
+            q.metadata_props.remove(prop)
+    save_onnx(q, dst)
+    check_onnx(dst)
+    stats = _compare_with_source(src, dst, task, batch, chw)
+    set_metadata(q, {KEY_VS_FP32: json.dumps(stats, sort_keys=True)})
+    save_onnx(q, dst)
+    return dst
+
+
+def parity_vs_fp32(onnx_path) -> Optional[Dict[str, Any]]:
+    """The comparison with the fp32 source stored in a converted graph's metadata, if any."""
+    model = _as_model(onnx_path)
+    for p in model.metadata_props:
+        if p.key == KEY_VS_FP32:
+            return json.loads(p.value)
+    return None
+
+
+__all__ = ["PRECISIONS", "METHODS", "FP16_KEEP_FP32_OPS", "convert_fp16", "quantize_int8",
+           "graph_precision", "inspect_qdq", "CalibrationReader", "collect_ranges",
+           "parity_vs_fp32", "HISTOGRAM_BINS"]

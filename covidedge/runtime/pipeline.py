@@ -1,0 +1,484 @@
+"""The Python API for inference: Classifier, Segmenter and Pipeline.
+
+>>> from covidedge import Pipeline
+>>> with Pipeline(classifier="build/cls.onnx", segmenter="build/seg.onnx") as pipe:
+...     result = pipe.predict("xray.png")
+>>> result.label, result.probabilities, result.infected_fraction, result.timings_ms["total"]
+
+A model is a path (TensorRT engine with its manifest, ONNX model, or checkpoint, opened with
+:func:`covidedge.runtime.load`) or a ready :class:`~covidedge.runtime.base.Runner`. Its task
+is checked from its spec when the object is made, before any image is read. One image goes
+through decode -> preprocess (THE covidedge preprocessing, per model input size) -> inference
+-> postprocess: the class and its probabilities, and the lung and infection masks resized back
+to the image's own size (probabilities upsampled bilinearly, then thresholded). Each stage is
+timed in milliseconds. ``predict_many`` batches inference and turns a bad item into a
+:class:`~covidedge.runtime.results.Failure` instead of stopping.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from covidedge.data.preprocess import PREPROCESSING_ID, as_gray, resize_gray
+from covidedge.errors import (EXIT_RUNTIME, BadInputError, CovidEdgeError, IncompatibleModelError,
+                              RuntimeFailure)
+from covidedge.metrics import infected_fraction, lung_fraction
+from covidedge.runtime.base import Runner
+from covidedge.runtime.results import STAGES, Failure, OutputNamer, Prediction, Result
+from covidedge.spec import MASK_CHANNELS
+
+ModelLike = Union[str, "os.PathLike[str]", Runner]
+ImageItem = Union[str, "os.PathLike[str]", np.ndarray, Any]
+
+_NO_MODEL_HINT = ("pass a classifier and/or a segmenter (--classifier / --segmenter); "
+                  "get models with 'covidedge demo' or 'covidedge build-engine'")
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _source_of(item: ImageItem, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    return f"<image {index}>"
+
+
+def _error_line(exc: BaseException, source: str) -> str:
+    """The error as one line that names the source."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, CovidEdgeError):
+        text = f"{type(exc).__name__}: {text}"
+    return text if source in text else f"{source}: {text}"
+
+
+def _failure(exc: BaseException, source: str, stage: str) -> Failure:
+    code = exc.exit_code if isinstance(exc, CovidEdgeError) else EXIT_RUNTIME
+    return Failure(source=source, error=_error_line(exc, source), exit_code=code, stage=stage)
+
+
+# ---------------------------------------------------------------------------------------------
+# One model
+# ---------------------------------------------------------------------------------------------
+class _Model:
+    """A runner checked for one task; activation is shared with any pipeline using it."""
+
+    task = ""
+
+    def __init__(self, model: ModelLike, backend: str = "auto", **opts):
+        if isinstance(model, _Model):
+            raise BadInputError(f"got a {type(model).__name__}; pass its path or runner instead")
+        if isinstance(model, Runner):
+            if opts:
+                raise BadInputError(f"options {sorted(opts)} apply only when the model is a path, "
+                                    "not a ready runner")
+            runner = model
+        elif isinstance(model, (str, os.PathLike)):
+            from covidedge.runtime import load
+
+            runner = load(model, backend=backend, **opts)
+        else:
+            raise BadInputError(f"model is a {type(model).__name__}, expected a path "
+                                "(engine, ONNX model or checkpoint) or a covidedge Runner")
+        check_model_spec(runner, self.task)
+        self.runner = runner
+        self._pipeline: Optional["Pipeline"] = None
+
+    # -- facts ------------------------------------------------------------------------------
+    @property
+    def spec(self):
+        return self.runner.spec
+
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        return tuple(self.runner.spec.labels)
+
+    @property
+    def source(self) -> str:
+        return self.runner.source
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    @property
+    def precision(self) -> str:
+        return self.runner.precision
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        return tuple(self.runner.spec.input_size)
+
+    def describe(self) -> Dict[str, Any]:
+        return self.runner.describe()
+
+    # -- life cycle --------------------------------------------------------------------------
+    def activate(self) -> "_Model":
+        self.runner.activate()
+        return self
+
+    def deactivate(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self):
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # -- inference ---------------------------------------------------------------------------
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a preprocessed NCHW batch, in pieces that fit the runner's batch
+        range (a short piece is padded with zeros up to ``min_batch``, padding dropped after)."""
+        r = self.runner
+        if not r.is_active:
+            r.activate()
+        n = batch.shape[0]
+        step = n if r.max_batch is None else max(1, r.max_batch)
+        pieces = []
+        prob_name = r.spec.output_names[1]
+        for i in range(0, n, step):
+            x = batch[i:i + step]
+            m = x.shape[0]
+            if m < r.min_batch:
+                pad = np.zeros((r.min_batch - m, *x.shape[1:]), dtype=x.dtype)
+                x = np.concatenate([x, pad], axis=0)
+            out = r.infer(x)
+            if prob_name not in out:
+                raise IncompatibleModelError(f"runner returned {sorted(out)}, expected '{prob_name}'",
+                                             path=r.source)
+            pieces.append(np.asarray(out[prob_name])[:m])
+        return np.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
+
+    def _single_pipeline(self) -> "Pipeline":
+        if self._pipeline is None:
+            self._pipeline = Pipeline(**{self.task: self})
+        return self._pipeline
+
+    def predict(self, image_or_path: ImageItem) -> Prediction:
+        """One image (path, array or PIL image) -> :class:`Prediction`; raises on a bad image."""
+        return self._single_pipeline().predict(image_or_path)
+
+    def predict_many(self, items: Iterable[ImageItem], batch_size: int = 8, **kw) -> Iterator[Result]:
+        """Like :meth:`Pipeline.predict_many` with this model alone."""
+        return self._single_pipeline().predict_many(items, batch_size=batch_size, **kw)
+
+
+def check_model_spec(runner: Runner, task: str) -> None:
+    """Raise IncompatibleModelError unless ``runner`` is a ``task`` model this pipeline can feed
+    (one gray channel, covidedge preprocessing, and for a segmenter lungs + infection channels)."""
+    spec, src = runner.spec, runner.source
+    spec.require_task(task, source=src)
+    if spec.preprocessing != PREPROCESSING_ID:
+        raise IncompatibleModelError(
+            f"expects preprocessing {spec.preprocessing!r}, this runtime provides {PREPROCESSING_ID!r}",
+            path=src, hint="re-export the model with this covidedge version")
+    if spec.in_chans != 1:
+        raise IncompatibleModelError(f"takes {spec.in_chans} input channels, expected 1 (grayscale)",
+                                     path=src, hint="train and export a grayscale model")
+    if task == "segmenter":
+        missing = [c for c in MASK_CHANNELS if c not in spec.labels]
+        if missing:
+            raise IncompatibleModelError(
+                f"segmenter channels are {list(spec.labels)}, expected {list(MASK_CHANNELS)}",
+                path=src, hint="export a covidedge lungs + infection segmenter")
+    elif len(spec.labels) < 2:
+        raise IncompatibleModelError(f"classifier has labels {list(spec.labels)}, expected 2 or more",
+                                     path=src)
+
+
+class Classifier(_Model):
+    """A chest X-ray classifier: ``Classifier("cls.onnx").predict("xray.png").label``."""
+
+    task = "classifier"
+
+    def __init__(self, model: ModelLike, backend: str = "auto", **opts):
+        super().__init__(model, backend=backend, **opts)
+
+
+class Segmenter(_Model):
+    """A lungs + infection segmenter; mask pixels are those whose probability exceeds
+    ``threshold`` (0..1, exclusive)."""
+
+    task = "segmenter"
+
+    def __init__(self, model: ModelLike, threshold: float = 0.5, backend: str = "auto", **opts):
+        self.threshold = _check_threshold(threshold)
+        super().__init__(model, backend=backend, **opts)
+
+    @property
+    def channel_index(self) -> Dict[str, int]:
+        return {c: self.labels.index(c) for c in MASK_CHANNELS}
+
+
+def _check_threshold(threshold) -> float:
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not 0.0 < t < 1.0:
+        raise BadInputError(f"threshold={threshold!r}, expected a probability between 0 and 1 "
+                            "(exclusive)", hint="0.5 is the usual choice")
+    return t
+
+
+def _upsample_probabilities(prob: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an ``h x w`` probability map to ``size = (H, W)`` (Pillow mode F)."""
+    if prob.shape == tuple(size):
+        return prob
+    img = Image.fromarray(np.ascontiguousarray(prob, dtype=np.float32))
+    return np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------
+class _Item:
+    """One image in flight through a batch: its data, timings, and result or error."""
+
+    __slots__ = ("source", "gray", "inputs", "timings", "result", "error", "stage")
+
+    def __init__(self, source: str):
+        self.source = source
+        self.gray: Optional[np.ndarray] = None
+        self.inputs: Dict[Tuple[int, int], np.ndarray] = {}
+        self.timings: Dict[str, float] = {}
+        self.result: Optional[Prediction] = None
+        self.error: Optional[BaseException] = None
+        self.stage = "decode"
+
+    def fail(self, exc: BaseException, stage: str) -> None:
+        self.error, self.stage = exc, stage
+        self.inputs = {}
+
+    def outcome(self) -> Result:
+        if self.error is not None:
+            return _failure(self.error, self.source, self.stage)
+        return self.result
+
+
+class Pipeline:
+    """Classifier and/or segmenter over the same images, with one decode per image.
+
+    ``classifier`` / ``segmenter``: a path, a Runner, or a Classifier / Segmenter (at least
+    one). ``threshold`` applies to a segmenter made here from a path or runner (a Segmenter
+    object keeps its own). ``batch_size`` is the default for :meth:`predict_many`;
+    ``backend`` and ``options`` go to :func:`covidedge.runtime.load` for paths. A context
+    manager: ``with Pipeline(...) as p`` activates the runners once and frees them at the end
+    (runners that were already active are left active).
+    """
+
+    def __init__(self, classifier: Union[ModelLike, Classifier, None] = None,
+                 segmenter: Union[ModelLike, Segmenter, None] = None, threshold: float = 0.5,
+                 batch_size: int = 8, backend: str = "auto", **options):
+        if classifier is None and segmenter is None:
+            raise BadInputError("no model given", hint=_NO_MODEL_HINT)
+        if isinstance(classifier, Segmenter) or isinstance(segmenter, Classifier):
+            wrong = classifier if isinstance(classifier, Segmenter) else segmenter
+            raise IncompatibleModelError(
+                f"is a {wrong.task} model, but it was passed as the other one", path=wrong.source,
+                hint=f"pass it as --{wrong.task} instead")
+        self.batch_size = _check_batch_size(batch_size)
+        self.classifier: Optional[Classifier] = (
+            None if classifier is None else classifier if isinstance(classifier, Classifier)
+            else Classifier(classifier, backend=backend, **options))
+        self.segmenter: Optional[Segmenter] = (
+            None if segmenter is None else segmenter if isinstance(segmenter, Segmenter)
+            else Segmenter(segmenter, threshold=threshold, backend=backend, **options))
+        self._activated: List[Runner] = []
+
+    # -- facts ------------------------------------------------------------------------------
+    @property
+    def models(self) -> List[_Model]:
+        return [m for m in (self.classifier, self.segmenter) if m is not None]
+
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        """Class labels of the classifier (empty without one)."""
+        return self.classifier.labels if self.classifier is not None else ()
+
+    @property
+    def threshold(self) -> Optional[float]:
+        return self.segmenter.threshold if self.segmenter is not None else None
+
+    def describe(self) -> Dict[str, Any]:
+        """Per task, what runs it (backend, precision, device, source)."""
+        return {m.task: m.describe() for m in self.models}
+
+    # -- life cycle --------------------------------------------------------------------------
+    def activate(self) -> "Pipeline":
+        for m in self.models:
+            if not m.runner.is_active:
+                m.runner.activate()
+                self._activated.append(m.runner)
+        return self
+
+    def deactivate(self) -> None:
+        while self._activated:
+            self._activated.pop().deactivate()
+
+    close = deactivate
+
+    def __enter__(self) -> "Pipeline":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # -- stages ------------------------------------------------------------------------------
+    def _sizes(self) -> List[Tuple[int, int]]:
+        sizes: List[Tuple[int, int]] = []
+        for m in self.models:
+            if m.input_size not in sizes:
+                sizes.append(m.input_size)
+        return sizes
+
+    def _load(self, item: ImageItem, source: str) -> _Item:
+        """Decode and preprocess one image; an error is recorded on the returned item."""
+        it = _Item(source)
+        stage = "decode"
+        try:
+            t0 = time.perf_counter()
+            gray = as_gray(item)
+            it.timings["decode"] = _ms(t0)
+            stage = "preprocess"
+            t0 = time.perf_counter()
+            for size in self._sizes():
+                x = resize_gray(gray, size)
+                if not np.isfinite(x).all():
+                    raise BadInputError("contains NaN or infinite pixel values after preprocessing",
+                                        path=source, hint="check the file's pixel data")
+                it.inputs[size] = x
+            it.timings["preprocess"] = _ms(t0)
+            it.gray = gray
+        except Exception as exc:  # one bad image must not stop a batch
+            it.fail(exc, stage)
+        return it
+
+    def _infer(self, items: List[_Item]) -> Dict[str, np.ndarray]:
+        """Batched inference per model; returns probabilities per task in the order of ``items``."""
+        out: Dict[str, np.ndarray] = {}
+        for m in self.models:
+            size = m.input_size
+            batch = np.stack([it.inputs[size] for it in items])[:, None, :, :]
+            out[m.task] = m.run(np.ascontiguousarray(batch, dtype=np.float32))
+        return out
+
+    def _postprocess(self, it: _Item, probs: Dict[str, np.ndarray]) -> Prediction:
+        h, w = it.gray.shape
+        pred = Prediction(source=it.source, image_size=(int(h), int(w)))
+        if self.classifier is not None:
+            p = np.asarray(probs["classifier"], dtype=np.float64).reshape(-1)
+            labels = self.classifier.labels
+            if p.shape[0] != len(labels):
+                raise IncompatibleModelError(f"classifier gave {p.shape[0]} probabilities for "
+                                             f"{len(labels)} labels", path=self.classifier.source)
+            if not np.isfinite(p).all():
+                raise RuntimeFailure("classifier output contains NaN or infinite values",
+                                     path=it.source, hint="check the model and the image")
+            pred.probabilities = {lab: float(v) for lab, v in zip(labels, p)}
+            pred.label = labels[int(np.argmax(p))]
+        if self.segmenter is not None:
+            p = np.asarray(probs["segmenter"], dtype=np.float32)
+            if not np.isfinite(p).all():
+                raise RuntimeFailure("segmenter output contains NaN or infinite values",
+                                     path=it.source, hint="check the model and the image")
+            idx, t = self.segmenter.channel_index, self.segmenter.threshold
+            lungs = _upsample_probabilities(p[idx["lungs"]], (h, w)) > t
+            infection = _upsample_probabilities(p[idx["infection"]], (h, w)) > t
+            pred.lung_mask, pred.infection_mask = lungs, infection
+            pred.lung_fraction = lung_fraction(lungs)
+            pred.infected_fraction = infected_fraction(infection, lungs)
+        return pred
+
+    def _run_chunk(self, chunk: List[Tuple[ImageItem, str]], namer: Optional[OutputNamer],
+                   out_dir, overlay: bool) -> List[_Item]:
+        """Decode, infer (batched), postprocess and save one chunk; never raises for an item."""
+        items = [self._load(item, source) for item, source in chunk]
+        good = [it for it in items if it.error is None]
+        if not good:
+            return items
+        self.activate()
+        try:
+            t0 = time.perf_counter()
+            probs = self._infer(good)
+            share = _ms(t0) / len(good)
+            per_item = [({k: v[i] for k, v in probs.items()}, share) for i in range(len(good))]
+        except Exception:
+            # Something in the batch broke inference: run each image alone to find it.
+            per_item = []
+            for it in good:
+                try:
+                    t0 = time.perf_counter()
+                    p = self._infer([it])
+                    per_item.append(({k: v[0] for k, v in p.items()}, _ms(t0)))
+                except Exception as exc:
+                    it.fail(exc, "inference")
+                    per_item.append((None, 0.0))
+        for it, (p, ms) in zip(good, per_item):
+            if it.error is not None:
+                continue
+            it.timings["inference"] = ms
+            it.inputs = {}
+            stage = "postprocess"
+            try:
+                t0 = time.perf_counter()
+                pred = self._postprocess(it, p)
+                it.timings["postprocess"] = _ms(t0)
+                pred.timings_ms = {s: it.timings[s] for s in STAGES[:-1]}
+                pred.timings_ms["total"] = sum(pred.timings_ms.values())
+                if out_dir is not None:
+                    stage = "save"
+                    pred.save(out_dir, namer(it.source) if namer else None, image=it.gray,
+                              overlay=overlay)
+                it.result = pred
+            except Exception as exc:
+                it.fail(exc, stage)
+            it.gray = None
+        return items
+
+    # -- public ------------------------------------------------------------------------------
+    def predict(self, image_or_path: ImageItem, *, out_dir=None, overlay: bool = True) -> Prediction:
+        """One image (path, HxW array, or PIL image) -> :class:`Prediction`. Raises the image's
+        error (BadInputError for a bad file) instead of returning a failure. With ``out_dir``,
+        masks (and the overlay) are written there."""
+        source = _source_of(image_or_path, 0)
+        namer = OutputNamer() if out_dir is not None else None
+        it = self._run_chunk([(image_or_path, source)], namer, out_dir, overlay)[0]
+        if it.error is not None:
+            raise it.error
+        return it.result
+
+    def predict_many(self, items: Iterable[ImageItem], batch_size: Optional[int] = None, *,
+                     out_dir=None, overlay: bool = True) -> Iterator[Result]:
+        """Yield one result per item, in order: a :class:`Prediction`, or a :class:`Failure`
+        (source, one-line error, exit code) for an item that could not be processed. Images are
+        decoded a batch at a time, so memory stays bounded for any number of items. With
+        ``out_dir``, each image's masks and overlay are written as it completes, under unique
+        names (``<stem>``, ``<stem>_2`` ...)."""
+        bs = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+        namer = OutputNamer() if out_dir is not None else None
+        chunk: List[Tuple[ImageItem, str]] = []
+        for i, item in enumerate(items):
+            chunk.append((item, _source_of(item, i)))
+            if len(chunk) == bs:
+                for it in self._run_chunk(chunk, namer, out_dir, overlay):
+                    yield it.outcome()
+                chunk = []
+        if chunk:
+            for it in self._run_chunk(chunk, namer, out_dir, overlay):
+                yield it.outcome()
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise BadInputError(f"batch_size={batch_size!r}, expected a positive integer")
+    return int(batch_size)
+
+
+__all__ = ["Classifier", "Segmenter", "Pipeline", "check_model_spec"]

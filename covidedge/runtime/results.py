@@ -1,0 +1,355 @@
+"""What one image gives: a typed result (or a failure record), and writers for result files.
+
+A :class:`Prediction` holds the class and its probabilities (with a classifier), the lung and
+infection masks at the image's own size with the lung fraction and the infected fraction of the
+lungs (with a segmenter), and the milliseconds each stage took. A :class:`Failure` names the
+image, the one-line error and its exit code, so a batch can go on past a bad file.
+
+Result files are written as the run goes (one flushed line per image), as CSV or JSON lines,
+so an interrupted run keeps everything it finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from covidedge.errors import BadInputError
+
+#: Per-image stages timed by the pipeline, in order; "total" is their sum (ms).
+STAGES: Tuple[str, ...] = ("decode", "preprocess", "inference", "postprocess", "total")
+#: Output files a prediction may have, keyed as in :attr:`Prediction.outputs`.
+OUTPUT_KINDS: Tuple[str, ...] = ("lungs", "infection", "overlay")
+
+
+def _round(v: Optional[float], digits: int = 6) -> Optional[float]:
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else round(v, digits)
+
+
+@dataclass
+class Prediction:
+    """The result for one image.
+
+    ``image_size`` is (height, width) in px of the image as decoded; masks have that size.
+    ``lung_fraction`` is lung pixels / image pixels and ``infected_fraction`` is infected lung
+    pixels / lung pixels (the COVID-QU-Ex severity measure; 0.0 when no lung was found), both
+    in 0..1. ``timings_ms`` has one entry per :data:`STAGES` (inference is the image's share of
+    its batch). ``outputs`` maps "lungs" / "infection" / "overlay" to the files written.
+    """
+
+    source: str
+    image_size: Tuple[int, int]
+    label: Optional[str] = None
+    probabilities: Optional[Dict[str, float]] = None
+    lung_mask: Optional[np.ndarray] = field(default=None, repr=False)
+    infection_mask: Optional[np.ndarray] = field(default=None, repr=False)
+    lung_fraction: Optional[float] = None
+    infected_fraction: Optional[float] = None
+    timings_ms: Dict[str, float] = field(default_factory=dict)
+    outputs: Dict[str, str] = field(default_factory=dict)
+
+    ok = True
+
+    @property
+    def name(self) -> str:
+        """The file name of the source (or the source itself for in-memory images)."""
+        return Path(self.source).name or self.source
+
+    @property
+    def confidence(self) -> Optional[float]:
+        """Probability of the predicted class, or None without a classifier."""
+        if self.label is None or not self.probabilities:
+            return None
+        return self.probabilities[self.label]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-safe summary: everything except the mask arrays (their files are in "outputs")."""
+        return {
+            "source": self.source,
+            "status": "ok",
+            "image_size": [int(self.image_size[0]), int(self.image_size[1])],
+            "label": self.label,
+            "probabilities": (None if self.probabilities is None
+                              else {k: _round(v) for k, v in self.probabilities.items()}),
+            "lung_fraction": _round(self.lung_fraction),
+            "infected_fraction": _round(self.infected_fraction),
+            "timings_ms": {k: _round(v, 3) for k, v in self.timings_ms.items()},
+            "outputs": dict(self.outputs),
+        }
+
+    def save(self, out_dir, name: Optional[str] = None, *, image: Optional[np.ndarray] = None,
+             overlay: bool = True) -> Dict[str, str]:
+        """Write ``<name>_lungs.png`` and ``<name>_infection.png`` (and ``<name>_overlay.png``
+        when ``overlay`` and the gray ``image`` are given) into ``out_dir``; records and returns
+        the paths. Without masks (classifier only) nothing is written."""
+        from covidedge.overlay import save_mask_png, save_overlay
+
+        if self.lung_mask is None and self.infection_mask is None:
+            return {}
+        out_dir = Path(out_dir)
+        name = name or OutputNamer()(self.source)
+        written: Dict[str, str] = {}
+        if self.lung_mask is not None:
+            written["lungs"] = str(save_mask_png(out_dir / f"{name}_lungs.png", self.lung_mask))
+        if self.infection_mask is not None:
+            written["infection"] = str(save_mask_png(out_dir / f"{name}_infection.png",
+                                                     self.infection_mask))
+        if overlay and image is not None:
+            caption = None
+            if self.label is not None:
+                caption = f"{self.label} {self.confidence:.2f}"
+            if self.infected_fraction is not None:
+                sev = f"infected {100 * self.infected_fraction:.1f}% of lungs"
+                caption = f"{caption} | {sev}" if caption else sev
+            written["overlay"] = str(save_overlay(out_dir / f"{name}_overlay.png", image,
+                                                  self.lung_mask, self.infection_mask,
+                                                  caption=caption))
+        self.outputs.update(written)
+        return written
+
+
+@dataclass
+class Failure:
+    """An input that could not be processed: its source, the one-line error, the exit code
+    of the error's kind and the stage where it failed."""
+
+    source: str
+    error: str
+    exit_code: int
+    stage: str = "decode"
+
+    ok = False
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).name or self.source
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"source": self.source, "status": "failed", "stage": self.stage,
+                "error": self.error, "exit_code": int(self.exit_code)}
+
+
+Result = Union[Prediction, Failure]
+
+
+class OutputNamer:
+    """Unique base names for output files: the source's stem, then ``_2``, ``_3`` ... when two
+    inputs share a stem (``a/x.png`` and ``b/x.png``), so no output overwrites another."""
+
+    def __init__(self):
+        self._used: set = set()
+
+    def __call__(self, source: str) -> str:
+        if source.startswith("<"):  # an in-memory image, "<image 3>" -> "image_3"
+            stem = "_".join(source.strip("<>").split()) or "image"
+        else:
+            stem = Path(source).stem or "image"
+        name, n = stem, 1
+        while name.lower() in self._used:
+            n += 1
+            name = f"{stem}_{n}"
+        self._used.add(name.lower())
+        return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat rows (CSV) and result files
+# ---------------------------------------------------------------------------------------------
+def csv_columns(labels: Sequence[str] = ()) -> List[str]:
+    """Columns of a results CSV: one probability column per class label."""
+    return (["source", "status", "label"] + [f"p_{lab}" for lab in labels]
+            + ["lung_fraction", "infected_fraction", "height", "width"]
+            + [f"{s}_ms" for s in STAGES] + [f"{k}_png" for k in OUTPUT_KINDS]
+            + ["error", "exit_code"])
+
+
+def flat_row(result: Result, labels: Sequence[str] = ()) -> Dict[str, Any]:
+    """One result as a flat dict keyed by :func:`csv_columns` (empty string where absent)."""
+    row: Dict[str, Any] = {c: "" for c in csv_columns(labels)}
+    row["source"] = result.source
+    if isinstance(result, Failure):
+        row.update(status="failed", error=result.error, exit_code=result.exit_code)
+        return row
+    row["status"] = "ok"
+    row["label"] = result.label or ""
+    for lab in labels:
+        if result.probabilities and lab in result.probabilities:
+            row[f"p_{lab}"] = f"{result.probabilities[lab]:.6f}"
+    for key in ("lung_fraction", "infected_fraction"):
+        v = getattr(result, key)
+        if v is not None:
+            row[key] = f"{v:.6f}"
+    row["height"], row["width"] = int(result.image_size[0]), int(result.image_size[1])
+    for s in STAGES:
+        if s in result.timings_ms:
+            row[f"{s}_ms"] = f"{result.timings_ms[s]:.3f}"
+    for k in OUTPUT_KINDS:
+        row[f"{k}_png"] = result.outputs.get(k, "")
+    return row
+
+
+class ResultsWriter:
+    """Writes results one per line as they arrive, flushing after each (CSV or JSON lines).
+
+    ``target`` is a path (created, replacing an old file) or an open text stream.
+    """
+
+    kind = "base"
+
+    def __init__(self, target: Union[str, os.PathLike, IO[str]], labels: Sequence[str] = ()):
+        self.labels = tuple(labels)
+        self.count = 0
+        if isinstance(target, (str, os.PathLike)):
+            self.path: Optional[Path] = Path(target)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh: IO[str] = open(self.path, "w", newline="", encoding="utf-8")
+            except OSError as exc:
+                raise BadInputError(f"results file cannot be written: {exc.strerror or exc}",
+                                    path=self.path, hint="choose a writable --results path") from exc
+            self._owned = True
+        else:
+            self.path, self._fh, self._owned = None, target, False
+        self._start()
+
+    def _start(self) -> None:
+        pass
+
+    def _write(self, result: Result) -> None:
+        raise NotImplementedError
+
+    def write(self, result: Result) -> None:
+        self._write(result)
+        self._fh.flush()
+        self.count += 1
+
+    def write_all(self, results: Iterable[Result]) -> None:
+        for r in results:
+            self.write(r)
+
+    def close(self) -> None:
+        if self._owned and not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class CsvResultsWriter(ResultsWriter):
+    """A header line, then one row per result (see :func:`csv_columns`)."""
+
+    kind = "csv"
+
+    def _start(self) -> None:
+        self._csv = csv.DictWriter(self._fh, fieldnames=csv_columns(self.labels), lineterminator="\n")
+        self._csv.writeheader()
+        self._fh.flush()
+
+    def _write(self, result: Result) -> None:
+        self._csv.writerow(flat_row(result, self.labels))
+
+
+class JsonlResultsWriter(ResultsWriter):
+    """One JSON object per line (:meth:`Prediction.to_dict` / :meth:`Failure.to_dict`)."""
+
+    kind = "jsonl"
+
+    def _write(self, result: Result) -> None:
+        self._fh.write(json.dumps(result.to_dict(), sort_keys=False) + "\n")
+
+
+def results_format_for(path, default: str = "csv") -> str:
+    """"csv" or "jsonl" from a results file name (``.csv``; ``.jsonl`` / ``.json`` / ``.ndjson``),
+    else ``default``."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    return default
+
+
+def open_results_writer(path, labels: Sequence[str] = (), fmt: Optional[str] = None) -> ResultsWriter:
+    """A writer for ``path``; ``fmt`` ("csv" / "jsonl") defaults to the file's suffix."""
+    fmt = fmt or results_format_for(path)
+    if fmt not in ("csv", "jsonl"):
+        raise BadInputError(f"results format {fmt!r} is not one of csv, jsonl", path=path)
+    return (CsvResultsWriter if fmt == "csv" else JsonlResultsWriter)(path, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# A compact table for the terminal
+# ---------------------------------------------------------------------------------------------
+class TableFormatter:
+    """Fixed-width table lines, printable as results arrive: image, class, probability per class
+    (with a classifier), lung and infected fractions in % (with a segmenter), total ms."""
+
+    def __init__(self, labels: Sequence[str] = (), segmentation: bool = True, name_width: int = 24):
+        self.labels = tuple(labels)
+        self.segmentation = segmentation
+        self.name_width = max(8, min(int(name_width), 48))
+        self._prob_w = [max(6, len(lab)) for lab in self.labels]
+        self._label_w = max([9] + [len(lab) for lab in self.labels])
+
+    def _name(self, name: str) -> str:
+        w = self.name_width
+        return name if len(name) <= w else name[: w // 2 - 1] + "..." + name[-(w - w // 2 - 2):]
+
+    def header(self) -> str:
+        parts = [f"{'image':<{self.name_width}}"]
+        if self.labels:
+            parts.append(f"{'class':<{self._label_w}}")
+            parts += [f"{lab:>{w}}" for lab, w in zip(self.labels, self._prob_w)]
+        if self.segmentation:
+            parts += [f"{'lungs':>7}", f"{'infected':>8}"]
+        parts.append(f"{'ms':>8}")
+        return "  ".join(parts)
+
+    def row(self, result: Result) -> str:
+        name = f"{self._name(result.name):<{self.name_width}}"
+        if isinstance(result, Failure):
+            return f"{name}  failed: {result.error}"
+        parts = [name]
+        if self.labels:
+            parts.append(f"{result.label or '':<{self._label_w}}")
+            probs = result.probabilities or {}
+            parts += [f"{probs.get(lab, float('nan')):>{w}.3f}" for lab, w in zip(self.labels, self._prob_w)]
+        if self.segmentation:
+            lf, inf = result.lung_fraction, result.infected_fraction
+            parts.append(f"{'' if lf is None else f'{100 * lf:.1f}%':>7}")
+            parts.append(f"{'' if inf is None else f'{100 * inf:.1f}%':>8}")
+        parts.append(f"{result.timings_ms.get('total', float('nan')):>8.1f}")
+        return "  ".join(parts)
+
+
+def format_table(results: Sequence[Result], labels: Sequence[str] = (), segmentation: bool = True) -> str:
+    """The whole table as one string (header + one line per result)."""
+    width = max([len(r.name) for r in results] + [5])
+    t = TableFormatter(labels, segmentation, name_width=width)
+    return "\n".join([t.header()] + [t.row(r) for r in results])
+
+
+def to_csv_text(results: Sequence[Result], labels: Sequence[str] = ()) -> str:
+    """Results as CSV text (header + rows), as the results file holds them."""
+    buf = io.StringIO()
+    CsvResultsWriter(buf, labels).write_all(results)
+    return buf.getvalue()
+
+
+__all__ = ["STAGES", "OUTPUT_KINDS", "Prediction", "Failure", "Result", "OutputNamer", "csv_columns",
+           "flat_row", "ResultsWriter", "CsvResultsWriter", "JsonlResultsWriter", "results_format_for",
+           "open_results_writer", "TableFormatter", "format_table", "to_csv_text"]

@@ -1,0 +1,318 @@
+"""TensorRT backend: runs a covidedge engine on an NVIDIA GPU (or Jetson) with pycuda.
+
+The engine's manifest is checked before TensorRT sees the file (size, sha256, TensorRT version,
+GPU, compute capability, L4T release). ``activate()`` deserializes the plan once, makes one
+execution context and one CUDA stream; page-locked host buffers and device buffers are made
+once per input shape and reused. CUDA events time the copy in (h2d), the network (compute) and
+the copy out (d2h) of every call, reported in ``last_timings_ms``.
+
+API per TensorRT version: 9 / 10 / 11 use the name-based I/O API (num_io_tensors,
+get_tensor_name, get_tensor_mode, set_input_shape, set_tensor_address, execute_async_v3); the
+binding-index API is gone in 10 (https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-8x-to-10x-python-api-reference.html).
+TensorRT 8.x (JetPack 5) engines run through bindings and execute_async_v2, the API that
+release documents for explicit-batch engines
+(https://docs.nvidia.com/deeplearning/tensorrt/archives/tensorrt-861/api/python_api/infer/Core/ExecutionContext.html).
+tensorrt and pycuda are imported in ``activate()`` only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, RuntimeFailure
+from covidedge.runtime.base import Runner
+
+
+def execution_api(tensorrt_version: str) -> str:
+    """'tensors' (name-based, execute_async_v3) for TensorRT >= 9, 'bindings' (execute_async_v2)
+    for 8.x."""
+    from covidedge.engine.manifest import parse_version
+
+    ver = parse_version(tensorrt_version)
+    return "bindings" if ver and ver[0] < 9 else "tensors"
+
+
+def parse_device(device) -> int:
+    """0, '0', 'cuda', 'cuda:1', 'auto' -> a CUDA device index."""
+    if device is None or device in ("auto", "cuda", "gpu"):
+        return 0
+    if isinstance(device, int) and device >= 0:
+        return device
+    text = str(device)
+    if text.startswith(("cuda:", "gpu:")):
+        text = text.split(":", 1)[1]
+    if text.isdigit():
+        return int(text)
+    raise BadInputError(f"device {device!r} is not a CUDA device; expected an index such as 0 or 'cuda:0'")
+
+
+def _import_backends():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        from covidedge.engine.build import TENSORRT_INSTALL_HINT
+
+        raise MissingDependencyError(f"TensorRT is not installed ({exc})", hint=TENSORRT_INSTALL_HINT) from exc
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise MissingDependencyError(f"pycuda is not installed ({exc}); TensorRT engines need it to run",
+                                     hint="pip install pycuda (on Jetson: pip3 install pycuda "
+                                          "with the CUDA toolkit on PATH)") from exc
+    return trt, cuda
+
+
+@dataclass
+class _ShapeBuffers:
+    """Host (page-locked) and device memory for one input shape."""
+
+    shape: Tuple[int, ...]
+    host: Dict[str, np.ndarray] = field(default_factory=dict)
+    device: Dict[str, Any] = field(default_factory=dict)
+
+    def free(self) -> None:
+        for mem in self.device.values():
+            try:
+                mem.free()
+            except Exception:
+                pass
+        self.device.clear()
+        self.host.clear()
+
+
+class TrtRunner(Runner):
+    """Runs a TensorRT engine built by covidedge, after checking its manifest against this machine."""
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_path, manifest=None, device=0):
+        from covidedge.engine.manifest import load_manifest
+
+        path = os.fspath(engine_path)
+        if not os.path.isfile(path):
+            raise BadInputError("engine file not found", path=path)
+        if manifest is None:
+            manifest = load_manifest(path)
+        if manifest.backend != "tensorrt":
+            raise IncompatibleModelError(f"manifest says this is a {manifest.backend} model, not a TensorRT "
+                                         "engine", path=path, hint="open it with covidedge.runtime.load")
+        self.manifest = manifest
+        self.device_index = parse_device(device)
+        super().__init__(manifest.model_spec, path, manifest.precision, manifest.min_batch, manifest.max_batch)
+        self._trt = self._cuda = None
+        self._cuda_ctx = None
+        self._runtime = self._engine = self._context = None
+        self._stream = None
+        self._events = None
+        self._buffers: Dict[Tuple[int, ...], _ShapeBuffers] = {}
+        self._current: Optional[Tuple[int, ...]] = None
+        self._io: List[Dict[str, Any]] = []
+        self._api = "tensors"
+        self._logger = None
+        self._stage_ms: Dict[str, float] = {}
+
+    # -- context handling -----------------------------------------------------------------
+    def _push(self):
+        if self._cuda_ctx is not None:
+            self._cuda_ctx.push()
+
+    def _pop(self):
+        if self._cuda_ctx is not None:
+            try:
+                self._cuda_ctx.pop()
+            except Exception:
+                pass
+
+    # -- life cycle -----------------------------------------------------------------------
+    def _activate(self) -> None:
+        from covidedge.engine.build import format_trt_errors, make_recording_logger
+
+        trt, cuda = _import_backends()
+        self._trt, self._cuda = trt, cuda
+        try:
+            cuda.init()
+            if cuda.Device.count() <= self.device_index:
+                raise RuntimeFailure(f"CUDA device {self.device_index} does not exist "
+                                     f"({cuda.Device.count()} found)", path=self.source)
+            # The primary context is the one the CUDA runtime (and so TensorRT) uses.
+            self._cuda_ctx = cuda.Device(self.device_index).retain_primary_context()
+        except RuntimeFailure:
+            raise
+        except Exception as exc:
+            raise RuntimeFailure(f"CUDA could not start on device {self.device_index}: {exc}",
+                                 path=self.source) from exc
+        self._push()
+        try:
+            self._logger = make_recording_logger(trt)
+            self._runtime = trt.Runtime(self._logger)
+            if self.manifest.version_compatible:
+                # A version-compatible plan embeds the lean runtime (host code); TensorRT runs it
+                # only when allowed. The file's sha256 matched its manifest, so it is the plan
+                # this covidedge built (see "Version Compatibility", TensorRT developer guide).
+                self._runtime.engine_host_code_allowed = True
+            with open(self.source, "rb") as f:
+                blob = f.read()
+            self._engine = self._runtime.deserialize_cuda_engine(blob)
+            if self._engine is None:
+                raise RuntimeFailure(format_trt_errors("deserialize", [], self._logger.records, source=self.source),
+                                     hint="rebuild the engine on this machine with covidedge build-engine")
+            self._context = self._engine.create_execution_context()
+            if self._context is None:
+                raise RuntimeFailure(format_trt_errors("create an execution context for", [],
+                                                       self._logger.records, source=self.source))
+            self._api = "tensors" if hasattr(self._engine, "num_io_tensors") and \
+                execution_api(trt.__version__) == "tensors" else "bindings"
+            self._io = self._describe_io()
+            self._check_io()
+            self._stream = cuda.Stream()
+            self._events = [cuda.Event() for _ in range(4)]
+        except BaseException:
+            self._release()
+            self._pop()
+            self._detach()
+            raise
+        self._pop()
+
+    def _detach(self) -> None:
+        if self._cuda_ctx is not None:
+            try:
+                self._cuda_ctx.detach()
+            except Exception:
+                pass
+            self._cuda_ctx = None
+
+    def _describe_io(self) -> List[Dict[str, Any]]:
+        trt, eng = self._trt, self._engine
+        io = []
+        if self._api == "tensors":
+            for i in range(eng.num_io_tensors):
+                name = eng.get_tensor_name(i)
+                io.append({"name": name, "index": i,
+                           "input": eng.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                           "dtype": np.dtype(trt.nptype(eng.get_tensor_dtype(name)))})
+        else:
+            for i in range(eng.num_bindings):
+                io.append({"name": eng.get_binding_name(i), "index": i, "input": eng.binding_is_input(i),
+                           "dtype": np.dtype(trt.nptype(eng.get_binding_dtype(i)))})
+        return io
+
+    def _check_io(self) -> None:
+        ins = [t["name"] for t in self._io if t["input"]]
+        outs = [t["name"] for t in self._io if not t["input"]]
+        if ins != [self.spec.input_name]:
+            raise IncompatibleModelError(f"engine inputs are {ins}, its manifest says ['{self.spec.input_name}']",
+                                         path=self.source)
+        missing = [n for n in self.spec.output_names if n not in outs]
+        if missing:
+            raise IncompatibleModelError(f"engine lacks outputs {missing} (has {outs})", path=self.source)
+
+    def _buffers_for(self, shape: Tuple[int, ...]) -> _ShapeBuffers:
+        """Set the input shape and bind buffers for it, allocating them the first time."""
+        if shape == self._current:
+            return self._buffers[shape]
+        self._current = None  # until the new shape and addresses are all set
+        cuda = self._cuda
+        ctx = self._context
+        inp = next(t for t in self._io if t["input"])
+        if self._api == "tensors":
+            if not ctx.set_input_shape(inp["name"], shape):
+                raise BadInputError(f"engine refused input shape {shape} for '{inp['name']}'", path=self.source,
+                                    hint=f"batch must be {self.min_batch}..{self.max_batch}")
+            out_shape = {t["name"]: tuple(ctx.get_tensor_shape(t["name"])) for t in self._io if not t["input"]}
+        else:
+            if not ctx.set_binding_shape(inp["index"], shape):
+                raise BadInputError(f"engine refused input shape {shape} for '{inp['name']}'", path=self.source,
+                                    hint=f"batch must be {self.min_batch}..{self.max_batch}")
+            out_shape = {t["name"]: tuple(ctx.get_binding_shape(t["index"])) for t in self._io if not t["input"]}
+        bufs = self._buffers.get(shape)
+        if bufs is None:
+            bufs = _ShapeBuffers(shape)
+            for t in self._io:
+                s = shape if t["input"] else out_shape[t["name"]]
+                if any(d < 0 for d in s):
+                    raise RuntimeFailure(f"engine left output '{t['name']}' shape unresolved {s}", path=self.source)
+                host = cuda.pagelocked_empty(s, t["dtype"])
+                bufs.host[t["name"]] = host
+                bufs.device[t["name"]] = cuda.mem_alloc(max(host.nbytes, 1))
+            self._buffers[shape] = bufs
+        if self._api == "tensors":
+            for t in self._io:
+                if not ctx.set_tensor_address(t["name"], int(bufs.device[t["name"]])):
+                    raise RuntimeFailure(f"TensorRT refused the address of '{t['name']}'", path=self.source)
+        self._current = shape
+        return bufs
+
+    def _infer(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+        cuda = self._cuda
+        self._push()
+        try:
+            shape = tuple(int(d) for d in x.shape)
+            bufs = self._buffers_for(shape)
+            inp = next(t for t in self._io if t["input"])
+            np.copyto(bufs.host[inp["name"]], x, casting="same_kind")
+            stream = self._stream
+            e_start, e_h2d, e_compute, e_d2h = self._events
+            e_start.record(stream)
+            cuda.memcpy_htod_async(bufs.device[inp["name"]], bufs.host[inp["name"]], stream)
+            e_h2d.record(stream)
+            if self._api == "tensors":
+                ok = self._context.execute_async_v3(stream.handle)
+            else:
+                bindings = [int(bufs.device[t["name"]]) for t in sorted(self._io, key=lambda t: t["index"])]
+                ok = self._context.execute_async_v2(bindings, stream.handle)
+            if not ok:
+                from covidedge.engine.build import format_trt_errors
+
+                raise RuntimeFailure(format_trt_errors("run", [], self._logger.records, source=self.source))
+            e_compute.record(stream)
+            for t in self._io:
+                if not t["input"]:
+                    cuda.memcpy_dtoh_async(bufs.host[t["name"]], bufs.device[t["name"]], stream)
+            e_d2h.record(stream)
+            stream.synchronize()
+            self._stage_ms = {"h2d": e_h2d.time_since(e_start), "compute": e_compute.time_since(e_h2d),
+                              "d2h": e_d2h.time_since(e_compute)}
+            return {name: bufs.host[name].astype(np.float32, copy=True) for name in self.spec.output_names}
+        except (BadInputError, RuntimeFailure):
+            raise
+        except Exception as exc:
+            raise RuntimeFailure(f"TensorRT inference failed: {type(exc).__name__}: {exc}", path=self.source) from exc
+        finally:
+            self._pop()
+
+    def _release(self) -> None:
+        for bufs in self._buffers.values():
+            bufs.free()
+        self._buffers.clear()
+        self._current = None
+        # Order matters: the context before the engine before the runtime.
+        self._events = None
+        self._stream = None
+        self._context = None
+        self._engine = None
+        self._runtime = None
+
+    def _deactivate(self) -> None:
+        self._push()
+        try:
+            self._release()
+        finally:
+            self._pop()
+            self._detach()
+
+    def describe(self) -> Dict[str, Any]:
+        d = super().describe()
+        dev = self.manifest.device or {}
+        d.update({"version": self.manifest.backend_version, "device": dev.get("gpu") or f"cuda:{self.device_index}",
+                  "compute_capability": dev.get("gpu_compute_capability"),
+                  "device_index": self.device_index, "execution_api": self._api,
+                  "version_compatible": self.manifest.version_compatible,
+                  "opt_batch": self.manifest.opt_batch, "engine_sha256": self.manifest.engine_sha256})
+        return d
+
+
+__all__ = ["TrtRunner", "execution_api", "parse_device"]

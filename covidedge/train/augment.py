@@ -1,0 +1,127 @@
+"""Batch augmentation for chest X-rays, in torch, on whatever device the batch lives on.
+
+One random affine per image (rotation within +-10 deg, shift within +-8 % of the side, isotropic
+scale 0.9-1.1) is sampled once and applied through ``affine_grid`` / ``grid_sample`` to the image
+and to its masks alike, so masks stay aligned with the anatomy (masks are resampled bilinearly and
+thresholded at 0.5, which keeps edges smoother than nearest-neighbour). Brightness and contrast
+jitter touch the image only. There is no horizontal flip by default: anatomy is lateralised (the
+heart sits on the patient's left) and mirrored films are not what a deployed model meets;
+``hflip=True`` exists for users who want it anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Tuple
+
+from covidedge.errors import BadInputError
+
+__all__ = ["AugmentConfig", "BatchAugment"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random transforms. Angles in degrees; shift as a fraction of the image side;
+    brightness as an additive offset in [0, 1] intensity units; contrast as a relative factor."""
+
+    rotation_deg: float = 10.0
+    shift: float = 0.08
+    scale: Tuple[float, float] = (0.9, 1.1)
+    brightness: float = 0.10
+    contrast: float = 0.15
+    hflip: bool = False
+
+    def __post_init__(self):
+        lo, hi = (float(v) for v in self.scale)
+        if not (0 < lo <= hi):
+            raise BadInputError(f"augmentation scale range {self.scale} is invalid; "
+                                 "expected 0 < low <= high, e.g. (0.9, 1.1)")
+        for name in ("rotation_deg", "shift", "brightness", "contrast"):
+            if getattr(self, name) < 0:
+                raise BadInputError(f"augmentation {name}={getattr(self, name)} is negative; "
+                                    "expected a range half-width >= 0")
+        object.__setattr__(self, "scale", (lo, hi))
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["scale"] = list(self.scale)
+        return d
+
+
+class BatchAugment:
+    """Callable ``(images, masks=None, generator=None) -> (images, masks)`` on NCHW float tensors.
+
+    ``images`` are in [0, 1] and stay there; ``masks`` (N, C, H, W) with values 0/1 come back as
+    0/1 floats of the same dtype. ``generator`` (a CPU ``torch.Generator``) makes the draw
+    reproducible; the random numbers are drawn on the CPU so CPU and GPU runs see the same ones.
+    """
+
+    def __init__(self, config: Optional[AugmentConfig] = None, **overrides):
+        base = config or AugmentConfig()
+        if overrides:
+            base = AugmentConfig(**{**base.to_dict(), **overrides})
+        self.config = base
+
+    def sample_params(self, n: int, generator=None) -> Dict[str, Any]:
+        """Draw per-image parameters: angle (rad), scale, shift_x / shift_y (fraction of side),
+        flip (bool), brightness offset and contrast factor; all CPU tensors of length ``n``."""
+        import torch
+
+        c = self.config
+
+        def uniform(lo, hi):
+            return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+        angle = uniform(-c.rotation_deg, c.rotation_deg) * (math.pi / 180.0)
+        # log-uniform scale keeps zoom-in and zoom-out equally likely
+        scale = torch.exp(uniform(math.log(c.scale[0]), math.log(c.scale[1])))
+        shift_x = uniform(-c.shift, c.shift)
+        shift_y = uniform(-c.shift, c.shift)
+        flip = (torch.rand(n, generator=generator) < 0.5) if c.hflip else torch.zeros(n, dtype=torch.bool)
+        brightness = uniform(-c.brightness, c.brightness)
+        contrast = uniform(1.0 - c.contrast, 1.0 + c.contrast)
+        return {"angle": angle, "scale": scale, "shift_x": shift_x, "shift_y": shift_y,
+                "flip": flip, "brightness": brightness, "contrast": contrast}
+
+    @staticmethod
+    def theta(params: Dict[str, Any]):
+        """(N, 2, 3) affine matrices for ``affine_grid``: they map output coordinates to input
+        coordinates in [-1, 1], so the content moves by +shift and grows by ``scale``."""
+        import torch
+
+        a, s = params["angle"], params["scale"]
+        cos, sin = torch.cos(a) / s, torch.sin(a) / s
+        sx = torch.where(params["flip"], -1.0, 1.0).to(torch.float64)
+        # output (x, y) -> input: R(-a)/s applied to (x - t); a flip mirrors the input x axis
+        tx, ty = 2.0 * params["shift_x"], 2.0 * params["shift_y"]
+        row0 = torch.stack([cos * sx, sin * sx, -(cos * tx + sin * ty) * sx], dim=1)
+        row1 = torch.stack([-sin, cos, -(-sin * tx + cos * ty)], dim=1)
+        return torch.stack([row0, row1], dim=1)
+
+    def __call__(self, images, masks=None, generator=None):
+        import torch
+        import torch.nn.functional as F
+
+        if images.ndim != 4:
+            raise BadInputError(f"augmentation input has shape {tuple(images.shape)}, expected NCHW")
+        if masks is not None and (masks.ndim != 4 or masks.shape[0] != images.shape[0]
+                                  or masks.shape[2:] != images.shape[2:]):
+            raise BadInputError(f"masks have shape {tuple(masks.shape)}, expected "
+                                f"(N={images.shape[0]}, C, {images.shape[2]}, {images.shape[3]})")
+        n = images.shape[0]
+        p = self.sample_params(n, generator=generator)
+        theta = self.theta(p).to(device=images.device, dtype=torch.float32)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+        b = p["brightness"].to(device=images.device, dtype=torch.float32).view(n, 1, 1, 1)
+        k = p["contrast"].to(device=images.device, dtype=torch.float32).view(n, 1, 1, 1)
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = ((out - mean) * k + mean + b).clamp_(0.0, 1.0).to(images.dtype)
+        if masks is None:
+            return out, None
+        # the grid depends only on N, H, W: the very same sampling positions as the image
+        warped = F.grid_sample(masks.float(), grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False)
+        return out, (warped > 0.5).to(masks.dtype)

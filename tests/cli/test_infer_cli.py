@@ -1,0 +1,190 @@
+"""`covidedge infer`: output formats, files written as it goes, usage errors, model checks, and a
+start-up that never imports torch for an ONNX model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from covidedge.cli.infer import command
+from covidedge.cli.main import main
+from tests.runtime.test_pipeline import expected_masks, tiny_models, xray
+
+LABELS = ["COVID-19", "Non-COVID", "Normal"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture()
+def images(tmp_path):
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(xray(64, 64)).save(folder / "a.png")
+    Image.fromarray(np.roll(xray(64, 64), 8, axis=1)).save(folder / "b.png")
+    Image.fromarray(xray(40, 48)).save(folder / "sub" / "c.png")
+    return folder
+
+
+def invoke(*args):
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_table_on_stdout_and_backend_line_on_stderr(models, images):
+    cls, seg = models
+    res = invoke(images, "--classifier", cls, "--segmenter", seg)
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["image", "class", *LABELS, "lungs", "infected", "ms"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["a.png", "b.png", "c.png"]
+    assert all(ln.split()[5].endswith("%") for ln in lines[1:])
+    err = res.stderr.splitlines()
+    assert err[0] == "backend: onnxruntime fp32 on cpu (classifier cls.onnx, segmenter seg.onnx)"
+    assert "note: masks and overlays are not saved without --out DIR" in err
+    assert err[-1].startswith("3 images: 3 ok, 0 failed")
+
+
+def test_json_has_every_field_per_image(models, images):
+    cls, seg = models
+    res = invoke(images / "a.png", "-c", cls, "-s", seg, "--format", "json")
+    assert res.exit_code == 0
+    (doc,) = json.loads(res.stdout)
+    assert doc["source"] == str(images / "a.png") and doc["status"] == "ok"
+    assert doc["image_size"] == [64, 64] and list(doc["probabilities"]) == LABELS
+    lungs, infection = expected_masks(xray(64, 64))
+    # 64x64 image, 32x32 model: compare with the drawn regions loosely
+    assert doc["lung_fraction"] == pytest.approx(lungs.mean(), abs=0.08)
+    assert set(doc["timings_ms"]) == {"decode", "preprocess", "inference", "postprocess", "total"}
+    assert doc["outputs"] == {}
+    assert json.loads(invoke(images / "a.png", "-c", cls, "--json").stdout)[0]["label"] == doc["label"]
+
+
+def test_csv_on_stdout(models, images):
+    res = invoke(images, "-c", models[0], "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r["source"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.png", "c.png"]
+    assert all(r["status"] == "ok" and r["label"] in LABELS for r in rows)
+    assert all(abs(sum(float(r[f"p_{lab}"]) for lab in LABELS) - 1) < 1e-5 for r in rows)
+    assert rows[0]["lung_fraction"] == ""  # no segmenter
+
+
+def test_out_writes_masks_overlays_and_results_csv(models, images, tmp_path):
+    cls, seg = models
+    out = tmp_path / "out"
+    res = invoke(images, "-c", cls, "-s", seg, "--out", out)
+    assert res.exit_code == 0
+    assert "not saved" not in res.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(["results.csv"] + [f"{n}_{k}.png" for n in "abc"
+                                                 for k in ("lungs", "infection", "overlay")])
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert rows[2]["height"] == "40" and rows[2]["width"] == "48"
+    assert rows[0]["overlay_png"] == str(out / "a_overlay.png")
+    c = np.asarray(Image.open(out / "c_lungs.png"))
+    assert c.shape == (40, 48)
+    # a second run over the same folder with --out inside it does not read its own outputs
+    out2 = images / "out"
+    invoke(images, "-c", cls, "-s", seg, "--out", out2)
+    res = invoke(images, "-c", cls, "-s", seg, "--out", out2)
+    assert res.stderr.splitlines()[-1].startswith("3 images: 3 ok")
+
+
+def test_json_format_writes_results_jsonl_and_no_overlay(models, images, tmp_path):
+    out = tmp_path / "out"
+    res = invoke(images, "-s", models[1], "--out", out, "--format", "json", "--no-overlay")
+    assert res.exit_code == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["source"].rsplit("/", 1)[-1] for ln in lines] == ["a.png", "b.png", "c.png"]
+    assert not list(out.glob("*_overlay.png")) and len(list(out.glob("*_lungs.png"))) == 3
+
+
+def test_results_file_without_out(models, images, tmp_path):
+    target = tmp_path / "r" / "all.jsonl"
+    res = invoke(images, "-c", models[0], "--results", target)
+    assert res.exit_code == 0 and len(target.read_text().splitlines()) == 3
+    assert f"results in {target}" in res.stderr
+
+
+def test_results_file_is_written_as_it_goes(models, images, tmp_path, monkeypatch):
+    """Interrupt the run after the second image: the results file already holds two rows."""
+    from covidedge.runtime.pipeline import Pipeline
+
+    real = Pipeline.predict_many
+
+    def interrupted(self, *a, **kw):
+        for i, r in enumerate(real(self, *a, **kw)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield r
+
+    monkeypatch.setattr(Pipeline, "predict_many", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", str(images), "-c", str(models[0]), "--out", str(out), "--batch-size", "1"])
+    assert exc.value.code == 130
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["source"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.png"]
+
+
+def test_no_model_is_a_one_line_usage_error(images):
+    res = CliRunner().invoke(command, [str(images)])
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: no model given: pass --classifier MODEL and/or --segmenter MODEL "
+        "(make models with 'covidedge demo' or 'covidedge build-engine')"]
+
+
+def test_segmenter_as_classifier_is_refused_before_reading_images(models, tmp_path, capsys):
+    cls, seg = models
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")  # would be reported if it were read
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", str(bad), "--classifier", str(seg)])
+    assert exc.value.code == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {seg}: is a segmenter model, but a classifier was expected "
+                   "(pass it as --segmenter instead)"]
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", str(bad), "--segmenter", str(cls), "--classifier", str(cls)])
+    assert exc.value.code == 4 and "pass it as --classifier" in capsys.readouterr().err
+
+
+def test_bad_option_values_are_usage_errors(models, images):
+    for args in (["--threshold", "1.5"], ["--batch-size", "0"], ["--backend", "cuda"],
+                 ["--format", "xml"]):
+        res = CliRunner().invoke(command, [str(images), "-c", str(models[0]), *args])
+        assert res.exit_code == 2, args
+
+
+def test_help_teaches_with_an_example():
+    res = CliRunner().invoke(command, ["--help"])
+    assert res.exit_code == 0
+    assert "covidedge infer scans/ --classifier" in res.output and "--segmenter" in res.output
+    assert "Exit codes" in res.output
+
+
+def test_infer_with_an_onnx_model_never_imports_torch(models, images):
+    """A fresh interpreter runs the real entry point and reports, at exit, whether torch loaded."""
+    script = textwrap.dedent(f"""
+        import atexit, sys
+        atexit.register(lambda: print("TORCH_LOADED=" + str("torch" in sys.modules), file=sys.stderr))
+        from covidedge.cli.main import main
+        main(["infer", {str(images)!r}, "-c", {str(models[0])!r}, "-s", {str(models[1])!r},
+              "--format", "json"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == 3
+    assert "TORCH_LOADED=False" in proc.stderr.splitlines()

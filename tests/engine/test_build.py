@@ -1,0 +1,306 @@
+"""The engine builder's decisions (no TensorRT needed) and the ONNX Runtime build end to end."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from covidedge.engine import build as B
+from covidedge.engine.manifest import EngineManifest, load_manifest, manifest_path_for, sha256_file
+from covidedge.errors import (EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, BadInputError, IncompatibleModelError,
+                              MissingDependencyError)
+from tests.engine.conftest import run_onnx
+
+HAS_TRT = B._module_present("tensorrt")
+HAS_PYCUDA = B._module_present("pycuda")
+no_trt = pytest.mark.skipif(HAS_TRT, reason="this machine has TensorRT; the fallback path is not taken")
+
+
+# -- option validation ---------------------------------------------------------------------------
+def test_batch_range_validation():
+    assert B.validate_batch_range(1, 4, 8) == (1, 4, 8)
+    assert B.validate_batch_range(2, 2, 2) == (2, 2, 2)
+    with pytest.raises(BadInputError, match="--min-batch 4 --opt-batch 2 --max-batch 8 is not ordered"):
+        B.validate_batch_range(4, 2, 8)
+    with pytest.raises(BadInputError, match="min <= opt <= max"):
+        B.validate_batch_range(1, 9, 8)
+    with pytest.raises(BadInputError, match="--min-batch 0 must be a whole number >= 1"):
+        B.validate_batch_range(0, 1, 8)
+    with pytest.raises(BadInputError, match="--max-batch 'x' is not a whole number"):
+        B.validate_batch_range(1, 1, "x")
+    with pytest.raises(BadInputError, match="--opt-batch 1.5"):
+        B.validate_batch_range(1, 1.5, 8)
+
+
+def test_backend_resolution():
+    assert B.resolve_backend("auto", tensorrt_present=False) == "onnxruntime"
+    assert B.resolve_backend("auto", tensorrt_present=True, pycuda_present=True) == "tensorrt"
+    assert B.resolve_backend("auto", tensorrt_present=True, pycuda_present=False) == "onnxruntime"
+    assert B.resolve_backend("onnxruntime", tensorrt_present=True) == "onnxruntime"
+    with pytest.raises(MissingDependencyError) as err:
+        B.resolve_backend("tensorrt", tensorrt_present=False)
+    assert err.value.exit_code == EXIT_MISSING_DEPENDENCY
+    assert "JetPack" in str(err.value) and "pip install tensorrt" in str(err.value)
+    with pytest.raises(BadInputError, match="backend 'cuda' is unknown"):
+        B.resolve_backend("cuda", tensorrt_present=True)
+
+
+def test_tensorrt_only_options_are_refused_for_onnxruntime():
+    B.check_options_for_backend("tensorrt", dla_core=0, workspace_mib=64, version_compatible=True)
+    with pytest.raises(BadInputError) as err:
+        B.check_options_for_backend("onnxruntime", dla_core=0, fell_back=True)
+    assert "--dla-core applies to TensorRT engines only" in str(err.value)
+    assert "TensorRT is not installed here" in str(err.value)
+    with pytest.raises(BadInputError, match="--workspace, --timing-cache, --version-compatible apply"):
+        B.check_options_for_backend("onnxruntime", workspace_mib=1, timing_cache="c", version_compatible=True)
+
+
+def test_precision_contradiction_is_refused():
+    assert B.resolve_precision(None, "fp16") == "fp16"
+    assert B.resolve_precision("int8", "int8") == "int8"
+    with pytest.raises(BadInputError) as err:
+        B.resolve_precision("int8", "fp16", source="m.onnx")
+    text = str(err.value)
+    assert text.startswith("m.onnx: this ONNX graph is fp16 but --precision int8 was asked for")
+    assert "drop --precision" in text and "\n" not in text
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_onnx_precision_is_read_from_the_graph(tiny_onnx, precision):
+    path, _ = tiny_onnx(precision)
+    assert B.detect_onnx_precision(path) == precision
+
+
+def test_unreadable_onnx_is_refused(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00\x01 definitely not protobuf" * 3)
+    with pytest.raises(IncompatibleModelError, match="not a readable ONNX model"):
+        B.detect_onnx_precision(bad)
+
+
+def test_profile_shapes():
+    assert B.profile_shapes([-1, 1, 16, 16], 1, 2, 8, expected_chw=(1, 16, 16)) == (
+        (1, 1, 16, 16), (2, 1, 16, 16), (8, 1, 16, 16))
+    assert B.profile_shapes([4, 1, 8, 8], 4, 4, 4)[2] == (4, 1, 8, 8)
+    with pytest.raises(BadInputError, match="fixed batch of 1, batch range 1..8"):
+        B.profile_shapes([1, 1, 16, 16], 1, 1, 8)
+    with pytest.raises(IncompatibleModelError, match=r"graph input is \(1, 16, 16\).*spec says \(1, 32, 32\)"):
+        B.profile_shapes([-1, 1, 16, 16], 1, 1, 8, expected_chw=(1, 32, 32))
+    with pytest.raises(IncompatibleModelError, match="only the batch axis may be dynamic"):
+        B.profile_shapes([-1, 1, -1, -1], 1, 1, 8)
+    with pytest.raises(IncompatibleModelError, match="expected NCHW"):
+        B.profile_shapes([-1, 256], 1, 1, 8)
+
+
+# -- TensorRT plans per version (pure decisions; the builder applies them) -----------------------
+PROFILE = ((1, 1, 16, 16), (2, 1, 16, 16), (8, 1, 16, 16))
+
+
+@pytest.mark.parametrize("version, precision, network, flags", [
+    ("8.6.2.3", "fp32", ["EXPLICIT_BATCH"], []),
+    ("8.6.2.3", "fp16", ["EXPLICIT_BATCH"], ["FP16"]),
+    ("8.5.2.2", "int8", ["EXPLICIT_BATCH"], ["INT8"]),
+    ("10.3.0.30", "fp16", ["STRONGLY_TYPED"], []),
+    ("10.3.0.30", "int8", ["STRONGLY_TYPED"], []),
+    ("11.1.0", "fp16", [], []),
+    ("11.1.0", "int8", [], []),
+])
+def test_tensorrt_plan_per_version(version, precision, network, flags):
+    plan = B.plan_tensorrt_build(version, precision, "image", PROFILE)
+    assert plan.network_flags == network
+    assert plan.builder_flags == flags
+    assert plan.strongly_typed == (int(version.split(".")[0]) >= 10)
+    assert plan.profile == PROFILE and plan.input_name == "image"
+
+
+def test_tensorrt_plan_options():
+    plan = B.plan_tensorrt_build("10.3.0", "fp16", "image", PROFILE, workspace_mib=256,
+                                 timing_cache=Path("orin.cache"), dla_core=1, version_compatible=True)
+    assert plan.workspace_bytes == 256 * 1024 * 1024
+    assert plan.timing_cache == "orin.cache"
+    assert plan.dla_core == 1 and plan.version_compatible
+    assert plan.builder_flags == ["GPU_FALLBACK", "VERSION_COMPATIBLE"]
+    assert any("DLA takes no dynamic shapes" in n for n in plan.notes)
+    fixed = ((4, 1, 16, 16),) * 3
+    assert B.plan_tensorrt_build("10.3.0", "int8", "image", fixed, dla_core=0).notes == []
+    with pytest.raises(BadInputError, match="DLA runs fp16 and int8 only"):
+        B.plan_tensorrt_build("10.3.0", "fp32", "image", PROFILE, dla_core=0)
+    with pytest.raises(BadInputError, match="--version-compatible needs TensorRT 8.6 or later; this is 8.5.2"):
+        B.plan_tensorrt_build("8.5.2", "fp16", "image", PROFILE, version_compatible=True)
+    with pytest.raises(BadInputError, match="--workspace 0"):
+        B.plan_tensorrt_build("10.3.0", "fp16", "image", PROFILE, workspace_mib=0)
+    with pytest.raises(MissingDependencyError, match="TensorRT 8.2.1 is too old"):
+        B.plan_tensorrt_build("8.2.1", "fp16", "image", PROFILE)
+
+
+def test_tensorrt_errors_become_one_line():
+    records = [("warning", "weights truncated"), ("error", "  Conv_3: kernel\nweights missing "),
+               ("info", "ignored")]
+    text = B.format_trt_errors("parse", ["In node 3 (Conv): INVALID_NODE"], records, source="m.onnx")
+    assert text == ("TensorRT could not parse m.onnx: In node 3 (Conv): INVALID_NODE | "
+                    "Conv_3: kernel weights missing")
+    many = B.format_trt_errors("build an engine from", [], [("error", f"e{i}") for i in range(5)])
+    assert many.endswith("e0 | e1 | e2 (+2 more)")
+    only_warn = B.format_trt_errors("deserialize", [], [("warning", "old plan version")])
+    assert only_warn.endswith(": old plan version")
+    assert B.format_trt_errors("run", [], []).endswith("TensorRT logged no error")
+
+
+def test_default_engine_paths():
+    assert B.default_engine_path("runs/cls/best.pt", "fp16", "tensorrt", tensorrt_version="10.3.0.30",
+                                 compute_capability="8.7") == Path("build/best.fp16.trt10.3.sm87.engine")
+    assert B.default_engine_path("exports/cls.int8.onnx", "int8", "onnxruntime") == Path("build/cls.int8.ort.onnx")
+    assert B.default_engine_path("cls-fp16.onnx", "fp16", "tensorrt") == Path("build/cls.fp16.trt.engine")
+
+
+# -- the ONNX Runtime build, end to end ----------------------------------------------------------
+@pytest.mark.parametrize("precision, task", [("fp32", "classifier"), ("fp16", "segmenter"),
+                                             ("int8", "classifier")])
+def test_onnxruntime_build_matches_its_source_graph(tiny_onnx, tmp_path, precision, task):
+    src, spec = tiny_onnx(precision, task)
+    out = tmp_path / "out" / f"tiny.{precision}.engine"
+    res = B.build_engine(src, out, backend="onnxruntime", min_batch=1, opt_batch=2, max_batch=4, progress=False)
+    assert res.engine_path == out and res.backend == "onnxruntime"
+    assert res.manifest_path == manifest_path_for(out) and res.manifest_path.is_file()
+    m = EngineManifest.read(res.manifest_path)
+    assert m == res.manifest
+    assert (m.backend, m.precision, m.task) == ("onnxruntime", precision, task)
+    assert (m.min_batch, m.opt_batch, m.max_batch) == (1, 2, 4)
+    assert m.engine_sha256 == sha256_file(out) and m.engine_bytes == out.stat().st_size
+    assert m.onnx_sha256 == sha256_file(src) and m.calibration_sha256 is None
+    assert m.model_spec == spec and m.labels == list(spec.labels)
+    assert [i["name"] for i in m.inputs] == ["image"] and m.inputs[0]["shape"] == [-1, 1, 16, 16]
+    assert [o["name"] for o in m.outputs] == ["logits", "probabilities"]
+    import onnxruntime
+
+    assert m.backend_version == onnxruntime.__version__
+    assert datetime.fromisoformat(m.built_at).utcoffset().total_seconds() == 0
+    assert m.build_seconds > 0 and m.device["cpu"] and m.build_options["ort_offline_level"] == "extended"
+    assert m.build_options["verification"]["max_abs_diff"]["probabilities"] <= B.ORT_SELF_CHECK_ATOL
+
+    x = np.random.default_rng(1).random((3, 1, 16, 16), dtype=np.float32)
+    ref, got = run_onnx(src, x), run_onnx(out, x)
+    for name in ("logits", "probabilities"):
+        assert got[name].shape == ref[name].shape
+        np.testing.assert_allclose(got[name], ref[name], atol=1e-5, rtol=1e-5)
+    assert load_manifest(out) == m  # verifies and passes on the machine that built it
+
+
+@no_trt
+def test_auto_falls_back_with_one_line_on_stderr(tiny_onnx, tmp_path, capsys, monkeypatch):
+    src, _ = tiny_onnx("fp16")
+    monkeypatch.chdir(tmp_path)
+    res = B.build_engine(src, progress=False)
+    assert res.engine_path == Path("build/tiny-classifier.fp16.ort.onnx") and res.engine_path.is_file()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("note: TensorRT is not installed here; built an ONNX Runtime")
+    assert str(res.engine_path) in err[0]
+
+
+@no_trt
+def test_explicit_tensorrt_without_tensorrt_is_an_error(tiny_onnx, tmp_path):
+    src, _ = tiny_onnx()
+    with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
+        B.build_engine(src, tmp_path / "x.engine", backend="tensorrt", progress=False)
+    assert not (tmp_path / "x.engine").exists()
+
+
+def test_build_refusals(tiny_onnx, tmp_path):
+    src, _ = tiny_onnx("fp16")
+    with pytest.raises(BadInputError, match="graph is fp16 but --precision int8"):
+        B.build_engine(src, tmp_path / "a.engine", precision="int8", backend="onnxruntime", progress=False)
+    with pytest.raises(BadInputError, match="calibration options apply when building int8 from a checkpoint"):
+        B.build_engine(src, tmp_path / "a.engine", calibration=tmp_path, backend="onnxruntime", progress=False)
+    with pytest.raises(BadInputError, match="--dla-core applies to TensorRT engines only"):
+        B.build_engine(src, tmp_path / "a.engine", dla_core=0, backend="onnxruntime", progress=False)
+    with pytest.raises(BadInputError, match="not ordered"):
+        B.build_engine(src, tmp_path / "a.engine", min_batch=4, opt_batch=1, backend="onnxruntime", progress=False)
+    with pytest.raises(BadInputError, match="model file not found"):
+        B.build_engine(tmp_path / "none.onnx", tmp_path / "a.engine", progress=False)
+    txt = tmp_path / "model.txt"
+    txt.write_text("x")
+    with pytest.raises(BadInputError, match="cannot build from a .txt file"):
+        B.build_engine(txt, tmp_path / "a.engine", progress=False)
+    fixed, _ = tiny_onnx("fp32", batch=1, name="fixed.onnx")
+    with pytest.raises(BadInputError, match="fixed batch of 1"):
+        B.build_engine(fixed, tmp_path / "a.engine", backend="onnxruntime", progress=False)
+    assert not (tmp_path / "a.engine").exists()
+
+
+# -- the command ---------------------------------------------------------------------------------
+def test_cli_builds_and_prints_json(tiny_onnx, tmp_path):
+    from covidedge.cli.build_engine import command
+
+    src, _ = tiny_onnx("int8")
+    out = tmp_path / "cli.engine"
+    res = CliRunner().invoke(command, [str(src), "--out", str(out), "--backend", "onnxruntime",
+                                       "--max-batch", "4", "--opt-batch", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["engine"] == str(out) and data["backend"] == "onnxruntime"
+    assert data["details"]["precision"] == "int8" and data["details"]["max_batch"] == 4
+    assert out.is_file() and manifest_path_for(out).is_file()
+
+    table = CliRunner().invoke(command, [str(src), "--out", str(tmp_path / "t.engine"), "--backend", "onnxruntime"])
+    assert table.exit_code == 0, table.output
+    assert "precision   int8" in table.stdout and "batch       1..8 (opt 1)" in table.stdout
+
+
+def test_cli_refuses_options_that_do_not_apply(tiny_onnx, tmp_path):
+    from covidedge.cli.main import main
+
+    src, _ = tiny_onnx("fp32")
+    with pytest.raises(SystemExit) as exit_:
+        main(["build-engine", str(src), "--out", str(tmp_path / "x.engine"), "--backend", "onnxruntime",
+              "--dla-core", "0"])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    with pytest.raises(SystemExit) as exit_:
+        main(["build-engine", str(src), "--out", str(tmp_path / "x.engine"), "--precision", "fp16",
+              "--backend", "onnxruntime"])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    assert not (tmp_path / "x.engine").exists()
+
+
+def test_cli_help_teaches():
+    from covidedge.cli.build_engine import command
+
+    res = CliRunner().invoke(command, ["--help"])
+    assert res.exit_code == 0
+    assert "Examples:" in res.output and "--calib-method [minmax|entropy|percentile]" in res.output
+
+
+def _export_available() -> bool:
+    try:
+        from covidedge.export import export_model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _export_available(), reason="covidedge.export.export_model is not available")
+def test_build_from_a_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    from covidedge.models.registry import create_model
+    from covidedge.spec import classifier_spec
+    from covidedge.train.checkpoint import save_checkpoint
+
+    spec = classifier_spec(input_size=(32, 32), model_kwargs={"width_mult": 0.125})
+    model = create_model("xception", num_classes=3, in_chans=1, width_mult=0.125).eval()
+    ckpt = tmp_path / "cls.pt"
+    save_checkpoint(ckpt, model, spec)
+    res = B.build_engine(ckpt, tmp_path / "b" / "cls.engine", precision="fp16", backend="onnxruntime",
+                         max_batch=2, progress=False)
+    m = res.manifest
+    assert m.precision == "fp16" and m.build_options["from_checkpoint"]
+    onnx_path = Path(m.build_options["onnx"])
+    assert onnx_path == (tmp_path / "b" / "cls.fp16.onnx").resolve() and onnx_path.is_file()
+    assert B.detect_onnx_precision(onnx_path) == "fp16"
+    x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(run_onnx(res.engine_path, x)["probabilities"],
+                               run_onnx(onnx_path, x)["probabilities"], atol=1e-5)

@@ -1,0 +1,69 @@
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.runtime.ort import OrtRunner, resolve_providers
+from tests.runtime.helpers_onnx import expected_logits, tiny_classifier_onnx
+
+
+def test_runs_graph_and_reads_spec_from_metadata(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    spec = tiny_classifier_onnx(path)
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    with OrtRunner(path, intra_op_threads=1) as r:
+        assert r.spec == spec
+        out = r.infer(x)
+        desc = r.describe()
+    np.testing.assert_allclose(out["logits"], expected_logits(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, rtol=1e-6)
+    assert desc["backend"] == "onnxruntime" and desc["threads"]["intra_op"] == 1
+    assert desc["providers"] == ["CPUExecutionProvider"]
+
+
+def test_static_batch_graph_narrows_batch_range(tmp_path):
+    path = tmp_path / "static.onnx"
+    tiny_classifier_onnx(path, batch=2)
+    with OrtRunner(path) as r:
+        assert (r.min_batch, r.max_batch) == (2, 2)
+        with pytest.raises(BadInputError, match="accepts batch 2..2"):
+            r.infer(np.zeros((1, 1, 8, 8), np.float32))
+
+
+def test_model_without_spec_is_refused(tmp_path):
+    path = tmp_path / "nospec.onnx"
+    tiny_classifier_onnx(path)
+    m = onnx.load(str(path))
+    del m.metadata_props[:]
+    onnx.save(m, str(path))
+    with pytest.raises(IncompatibleModelError, match="no 'covidedge.spec' entry"):
+        OrtRunner(path)
+
+
+def test_garbage_file_is_one_line_error(tmp_path):
+    path = tmp_path / "junk.onnx"
+    path.write_bytes(b"this is not protobuf at all \x00\xff" * 10)
+    with pytest.raises(IncompatibleModelError) as info:
+        OrtRunner(path)
+    assert "\n" not in str(info.value) and "junk.onnx" in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BadInputError, match="model file not found"):
+        OrtRunner(tmp_path / "absent.onnx")
+
+
+def test_unavailable_provider_is_named():
+    with pytest.raises(RuntimeFailure, match="TensorrtExecutionProvider is not available"):
+        resolve_providers(["tensorrt"])
+
+
+def test_runtime_import_does_not_load_heavy_modules():
+    import subprocess
+
+    code = ("import sys, covidedge.runtime, covidedge.runtime.ort, covidedge.runtime.torch;"
+            "print(','.join(m for m in ('torch','tensorrt','pycuda') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

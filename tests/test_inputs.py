@@ -1,0 +1,84 @@
+"""Expanding INPUT items: files, folders (recursive), globs, duplicates, exclusions, problems."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from covidedge.inputs import expand_inputs, is_glob
+
+
+def touch(path, data=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    root = tmp_path / "scans"
+    for rel in ("b.png", "a.JPG", "notes.txt", "sub/c.dcm", "sub/deeper/d.tiff", ".hidden.png",
+                ".cache/e.png", "sub/f.PNG"):
+        touch(root / rel)
+    return root
+
+
+def names(expanded, root):
+    return [os.path.relpath(p, root) for p in expanded.files]
+
+
+def test_folder_is_searched_recursively_in_sorted_order(tree):
+    out = expand_inputs([tree])
+    assert names(out, tree) == ["a.JPG", "b.png", "sub/c.dcm", "sub/f.PNG", "sub/deeper/d.tiff"]
+    assert out.problems == [] and len(out) == 5
+
+
+def test_non_recursive_stays_in_the_folder(tree):
+    assert names(expand_inputs([tree], recursive=False), tree) == ["a.JPG", "b.png"]
+
+
+def test_explicit_files_keep_their_order_and_any_suffix(tree):
+    out = expand_inputs([tree / "notes.txt", tree / "b.png", tree / "a.JPG"])
+    assert names(out, tree) == ["notes.txt", "b.png", "a.JPG"]
+
+
+def test_duplicates_are_kept_once_at_their_first_place(tree):
+    out = expand_inputs([tree / "sub" / "c.dcm", tree, str(tree / "b.png")])
+    assert names(out, tree) == ["sub/c.dcm", "a.JPG", "b.png", "sub/f.PNG", "sub/deeper/d.tiff"]
+
+
+def test_globs_expand_and_filter_by_suffix(tree):
+    assert is_glob("x/*.png") and not is_glob("x/a.png")
+    out = expand_inputs([str(tree / "*")])
+    # the folder 'sub' matched by * is searched too; notes.txt and hidden files are not images
+    assert names(out, tree) == ["a.JPG", "b.png", "sub/c.dcm", "sub/f.PNG", "sub/deeper/d.tiff"]
+    out = expand_inputs([str(tree / "**" / "*.dcm")])
+    assert names(out, tree) == ["sub/c.dcm"]
+
+
+def test_excluded_output_folder_is_not_read(tree):
+    touch(tree / "out" / "b_overlay.png")
+    out = expand_inputs([tree], exclude=[tree / "out"])
+    assert not any("overlay" in str(p) for p in out.files) and len(out) == 5
+
+
+def test_items_that_give_nothing_become_problems(tmp_path, tree):
+    (tmp_path / "empty").mkdir()
+    touch(tmp_path / "textonly" / "readme.txt")
+    out = expand_inputs([tmp_path / "missing.png", tmp_path / "empty", tmp_path / "textonly",
+                         str(tmp_path / "*.bmp"), tree / "b.png"])
+    assert names(out, tree) == ["b.png"]
+    msgs = [str(p) for p in out.problems]
+    assert len(msgs) == 4
+    assert msgs[0].endswith("missing.png: no such file or folder")
+    assert "empty: folder has no images" in msgs[1] and ".dcm" in msgs[1]
+    assert "textonly: folder has no images" in msgs[2]
+    assert msgs[3].endswith("*.bmp: pattern matches no image files (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .dcm)")
+
+
+def test_broken_link_is_a_problem(tmp_path):
+    link = tmp_path / "dangling.png"
+    link.symlink_to(tmp_path / "nowhere.png")
+    out = expand_inputs([link])
+    assert out.files == [] and "neither a file nor a folder" in str(out.problems[0])
