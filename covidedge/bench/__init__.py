@@ -34,11 +34,16 @@ def batch_skip_reason(runner, batch: int) -> Optional[str]:
     """Why ``runner`` cannot take ``batch`` images per call (its engine / graph batch range), or None."""
     lo = getattr(runner, "min_batch", 1) or 1
     hi = getattr(runner, "max_batch", None)
-    if batch < lo or (hi is not None and batch > hi):
-        hi_text = "" if hi is None else str(hi)
-        return (f"batch {batch} is outside this model's batch range {lo}..{hi_text}; "
-                f"rebuild the engine with --max-batch {batch} (or --min-batch) to time it")
-    return None
+    if lo <= batch and (hi is None or batch <= hi):
+        return None
+    if hi == lo:
+        how = (f"it has a fixed batch of {lo}; export with a dynamic batch or build an engine "
+               f"for batch {batch} to time it")
+    elif batch > (hi or batch):
+        how = f"rebuild the engine with --max-batch {batch} to time it"
+    else:
+        how = f"rebuild the engine with --min-batch {batch} to time it"
+    return f"batch {batch} is outside this model's batch range {lo}..{'' if hi is None else hi}; {how}"
 
 
 def metric_from_evaluation(report) -> Dict[str, object]:

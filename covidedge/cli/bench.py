@@ -77,7 +77,8 @@ def command(models, batch_text, warmup, iterations, duration_s, data_root, split
                        duration_s=duration_s, data_root=data_root, split=split,
                        limit_per_class=limit_per_class, end_to_end=end_to_end, backend=backend,
                        threads=threads, progress=True,
-                       notify=lambda msg: click.echo(msg, err=True))
+                       # the text report repeats every note; with --json they go to stderr as they happen
+                       notify=(lambda msg: click.echo(msg, err=True)) if as_json else None)
     paths = None
     if report_dir:
         paths = report.save(report_dir)

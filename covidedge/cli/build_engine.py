@@ -77,7 +77,7 @@ def command(model, out, precision, calib_data, calib_count, calib_method, min_ba
         ("batch", f"{m.min_batch}..{m.max_batch} (opt {m.opt_batch})"),
         ("device", device + (f" (compute {m.device.get('gpu_compute_capability')})"
                              if m.device.get("gpu_compute_capability") else "")),
-        ("size", f"{m.engine_bytes / 1e6:.2f} MB"),
+        ("size", f"{m.engine_bytes / 1e6:.2f} MB" if m.engine_bytes >= 1e5 else f"{m.engine_bytes / 1e3:.1f} kB"),
         ("build time", f"{m.build_seconds:.1f} s"),
         ("sha256", m.engine_sha256),
     ]

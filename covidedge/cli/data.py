@@ -23,9 +23,12 @@ def summary_table(summary: Dict[str, object]) -> str:
     if len(rows) > 1:
         rows.append(["all", *(str(v) for v in totals)])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
-    for r in rows:
-        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+
+    def line(cells: List[str]) -> str:  # first column left-aligned, numbers right-aligned
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    lines = [line(headers), *(line(r) for r in rows)]
     subset = summary.get("subset") or "unnamed subset"
     return f"dataset: {summary['root']}  ({subset})\n" + "\n".join(lines)
 

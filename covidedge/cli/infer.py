@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -150,8 +151,11 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
         else:
             click.echo(msg, err=True)
 
+    debug = bool((ctx.find_root().obj or {}).get("debug"))
     try:
-        with pipe:
+        with pipe, warnings.catch_warnings():
+            if not debug:  # decoders' warnings (e.g. pydicom's) would break "one line per file"
+                warnings.simplefilter("ignore")
             for result in pipe.predict_many(files, batch_size=batch_size, out_dir=out_dir,
                                             overlay=not no_overlay):
                 bar.update(1)

@@ -47,7 +47,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 #: Pillow formats the reader opens; anything else is reported as not an image.
-PILLOW_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF")
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 _DICOM_MAGIC = b"DICM"
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -173,13 +173,15 @@ def _bomb_error(path: Path, pixels: int, max_pixels: int, what: str) -> BadInput
         path=path, hint="downscale the image, or pass a larger max_pixels if it is genuine")
 
 
-def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
+def _open_pillow(fh, path: Path) -> Image.Image:
+    """Open (header only) with Pillow, turning its failures into BadInputError."""
     with warnings.catch_warnings():
         # Pillow warns above its own global limit (Image.MAX_IMAGE_PIXELS) and refuses twice
-        # that; the max_pixels check below is the one that decides, so the warning is muted.
+        # that; the max_pixels check in _read_pillow is the one that decides, so the warning
+        # is muted.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path, formats=PILLOW_FORMATS)
+            return Image.open(fh, formats=PILLOW_FORMATS)
         except Image.DecompressionBombError as exc:
             raise BadInputError(f"is a decompression bomb: {_one_line(exc)}", path=path,
                                 hint="downscale the image if it is genuine") from exc
@@ -190,7 +192,17 @@ def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise BadInputError(f"cannot be opened as an image: {_one_line(exc)}", path=path,
                                 hint=_HINT_FORMATS) from exc
-    with img:
+
+
+def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
+    # Decoding from an open file object, not a file name, keeps Pillow off its memory-mapped
+    # path, which mis-decodes uncompressed TIFFs whose orientation swaps width and height.
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise BadInputError(f"cannot be read: {_one_line(exc)}", path=path,
+                            hint="check the file's permissions") from exc
+    with fh, _open_pillow(fh, path) as img:
         width, height = img.size
         pixels = int(width) * int(height)
         if pixels > max_pixels:
@@ -209,6 +221,7 @@ def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
             raise BadInputError(f"is truncated or corrupt ({img.format}): {_one_line(exc)}",
                                 path=path, hint="re-copy or re-export the image") from exc
         try:
+            # TIFF applies its orientation tag while loading; this handles EXIF elsewhere.
             oriented = ImageOps.exif_transpose(img)
         except Exception as exc:  # malformed EXIF blocks raise assorted errors
             raise BadInputError(f"has unreadable EXIF orientation data: {_one_line(exc)}",
@@ -244,6 +257,7 @@ def _read_dicom(path: Path, max_pixels: int, has_magic: bool) -> np.ndarray:
         raise BadInputError(f"has photometric interpretation {photometric!r}", path=path,
                             hint="expected MONOCHROME1, MONOCHROME2 or RGB")
 
+    _set_missing_transfer_syntax(ds)
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -285,6 +299,27 @@ def _read_dicom(path: Path, max_pixels: int, has_magic: bool) -> np.ndarray:
     lo, hi = float(gray.min()), float(gray.max())
     gray = (gray - lo) / (hi - lo) if hi > lo else np.zeros_like(gray)
     return _finish(gray, path)
+
+
+def _set_missing_transfer_syntax(ds) -> None:
+    """A bare dataset (no file meta) is uncompressed; name the encoding pydicom detected so
+    that its pixel data can be decoded."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom import uid
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    encoding = getattr(ds, "original_encoding", None)
+    if encoding is None or None in tuple(encoding):  # pydicom 2.x
+        encoding = (getattr(ds, "is_implicit_VR", True), getattr(ds, "is_little_endian", True))
+    implicit, little = bool(encoding[0]), bool(encoding[1])
+    syntax = (uid.ImplicitVRLittleEndian if implicit else
+              uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian)
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    meta.TransferSyntaxUID = syntax
 
 
 def _dicom_luts():

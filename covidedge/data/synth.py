@@ -95,7 +95,8 @@ def render_chest(rng: np.random.Generator, label: str, size: int = 256
 
     # Body (soft tissue), brighter towards the abdomen, dark air around it.
     body_cx, body_rx = 0.5 + rng.normal(0, 0.01), 0.44 + rng.uniform(-0.03, 0.03)
-    body_d2 = ((x - np.float32(body_cx)) / np.float32(body_rx)) ** 2 + ((y - np.float32(0.62)) / np.float32(0.62)) ** 2
+    body_d2 = (((x - np.float32(body_cx)) / np.float32(body_rx)) ** 2
+               + ((y - np.float32(0.62)) / np.float32(0.62)) ** 2)
     body = _sigmoid((1.0 - body_d2) * np.float32(25.0))
     img = np.float32(0.06) + body * (np.float32(0.50) + np.float32(0.12) * y)
 
@@ -122,7 +123,8 @@ def render_chest(rng: np.random.Generator, label: str, size: int = 256
     # Ribs: bands curving down laterally, most visible over the lungs.
     freq = np.float32(2 * np.pi * rng.uniform(8.0, 10.5))
     phase = np.float32(rng.uniform(0, 2 * np.pi))
-    ribs = np.float32(0.5) + np.float32(0.5) * np.sin(freq * (y - np.float32(0.9) * (x - np.float32(0.5)) ** 2) + phase)
+    curve = y - np.float32(0.9) * (x - np.float32(0.5)) ** 2
+    ribs = np.float32(0.5) + np.float32(0.5) * np.sin(freq * curve + phase)
     img += (np.float32(0.025) + np.float32(0.045) * lung_any) * ribs ** 3 * body
 
     infection = np.zeros((size, size), dtype=bool)

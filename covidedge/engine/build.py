@@ -125,8 +125,8 @@ def resolve_precision(requested: Optional[str], graph: str, source: object = Non
     raise BadInputError(
         f"this ONNX graph is {graph} but --precision {requested} was asked for; the precision is in "
         "the graph", path=source,
-        hint=f"drop --precision to build it as {graph}, or build from the checkpoint "
-             f"(or export a {requested} graph with 'covidedge export --precision {requested}')")
+        hint=f"drop --precision to build it as {graph}, or build from the checkpoint with "
+             f"--precision {requested}")
 
 
 def check_options_for_backend(backend: str, *, workspace_mib=None, timing_cache=None,
@@ -417,8 +417,10 @@ def _build_tensorrt(onnx_path: Path, plan: TrtBuildPlan):
     OnnxParser.parse_from_file + num_errors / get_error, set_memory_pool_limit(WORKSPACE),
     create_optimization_profile / set_shape, create_timing_cache / set_timing_cache and
     get_timing_cache().serialize(), default_device_type / DLA_core, build_serialized_network
-    (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html,
-    .../BuilderConfig.html, .../parsers/Onnx/pyOnnx.html)."""
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/BuilderConfig.html
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/TimingCache.html
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/parsers/Onnx/pyOnnx.html"""
     import numpy as np
     import tensorrt as trt
 

@@ -7,8 +7,11 @@ once per input shape and reused. CUDA events time the copy in (h2d), the network
 the copy out (d2h) of every call, reported in ``last_timings_ms``.
 
 API per TensorRT version: 9 / 10 / 11 use the name-based I/O API (num_io_tensors,
-get_tensor_name, get_tensor_mode, set_input_shape, set_tensor_address, execute_async_v3); the
-binding-index API is gone in 10 (https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-8x-to-10x-python-api-reference.html).
+get_tensor_name, get_tensor_mode, set_input_shape, set_tensor_address, execute_async_v3;
+https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/ExecutionContext.html);
+the binding-index API is gone in 10
+(https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-8x-to-10x-python-api-reference.html).
+Runtime.deserialize_cuda_engine returns None on failure; the recorded log says why.
 TensorRT 8.x (JetPack 5) engines run through bindings and execute_async_v2, the API that
 release documents for explicit-batch engines
 (https://docs.nvidia.com/deeplearning/tensorrt/archives/tensorrt-861/api/python_api/infer/Core/ExecutionContext.html).
@@ -156,7 +159,11 @@ class TrtRunner(Runner):
                 self._runtime.engine_host_code_allowed = True
             with open(self.source, "rb") as f:
                 blob = f.read()
-            self._engine = self._runtime.deserialize_cuda_engine(blob)
+            try:
+                self._engine = self._runtime.deserialize_cuda_engine(blob)
+            except Exception as exc:  # some releases raise instead of returning None
+                self._logger.records.append(("error", f"{type(exc).__name__}: {exc}"))
+                self._engine = None
             if self._engine is None:
                 raise RuntimeFailure(format_trt_errors("deserialize", [], self._logger.records, source=self.source),
                                      hint="rebuild the engine on this machine with covidedge build-engine")

@@ -17,6 +17,7 @@ the torch-free evaluation code.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
@@ -29,11 +30,16 @@ __all__ = ["select_samples", "class_weights", "CachedImages", "ClassificationDat
            "SegmentationDataset"]
 
 
+def _natural(name: str):
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
+
+
 def select_samples(samples: Sequence, limit_per_class: Optional[int] = None, seed: int = 0) -> List:
     """At most ``limit_per_class`` samples of each label, picked at random but deterministically
-    from ``seed`` (the same seed gives the same images on any machine), in the dataset's order
-    grouped by label. ``None`` keeps everything."""
-    ordered = sorted(samples, key=lambda s: s.label_index)  # stable: keeps the listing order
+    from ``seed`` (the same seed gives the same images on any machine, whatever the listing
+    order), ordered by label, then by file name in natural order (``covid_2`` before
+    ``covid_10``). ``None`` keeps everything."""
+    ordered = sorted(samples, key=lambda s: (s.label_index, _natural(s.name), str(s.image)))
     if limit_per_class is None:
         return ordered
     limit = int(limit_per_class)

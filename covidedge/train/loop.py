@@ -370,7 +370,10 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     aug = BatchAugment(hflip=bool(o["hflip"]))
 
     bs = int(o["batch_size"])
-    steps_per_epoch = max(1, math.ceil(len(train_ds) / bs))
+    # a last batch of one image would break BatchNorm's batch statistics: drop it (it is a
+    # different image each epoch, as the order is reshuffled)
+    drop_last = len(train_ds) > bs and len(train_ds) % bs == 1
+    steps_per_epoch = len(train_ds) // bs if drop_last else max(1, math.ceil(len(train_ds) / bs))
     total_steps = steps_per_epoch * int(o["epochs"])
     warmup = max(1, min(steps_per_epoch, int(WARMUP_FRACTION * total_steps)))
     loader_kw = dict(num_workers=int(o["num_workers"]), pin_memory=amp,
@@ -412,7 +415,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
         shuffle_gen = torch.Generator().manual_seed(_epoch_seed(o["seed"], epoch, 1))
         aug_gen = torch.Generator().manual_seed(_epoch_seed(o["seed"], epoch, 2))
         loader = torch.utils.data.DataLoader(train_ds, batch_size=bs, shuffle=True,
-                                             generator=shuffle_gen, drop_last=False, **loader_kw)
+                                             generator=shuffle_gen, drop_last=drop_last, **loader_kw)
         model.train()
         run_loss, seen = 0.0, 0
         bar = _bar(loader, epoch, o["epochs"], progress)
@@ -746,7 +749,8 @@ def _plot_study(path: Path, rows: List[Dict[str, Any]]) -> None:
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("Val score (FP area: fraction of image)")
     ax.set_title("Segmentation losses, same seed and budget")
-    ax.legend(fontsize=8, ncol=min(4, n), loc="upper right")
+    ax.legend(fontsize=8, ncol=min(4, n), loc="upper center", bbox_to_anchor=(0.5, -0.1),
+              frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -141,3 +141,37 @@ def test_cpu_isa_and_file_size(tmp_path):
     f.write_bytes(b"x" * 2_500_000)
     assert file_size_mb(f) == 2.5  # MB = 10^6 bytes
     assert file_size_mb(tmp_path / "missing") is None
+
+
+# -- helpers of covidedge.bench that feed the report ----------------------------------------
+class _Eval:
+    def __init__(self, task, metrics, split="Val", num_images=9):
+        self.task, self.metrics, self.split, self.num_images = task, metrics, split, num_images
+
+
+def test_metric_from_evaluation():
+    from covidedge.bench import metric_from_evaluation
+
+    assert metric_from_evaluation(_Eval("classifier", {"accuracy": 0.75})) == {
+        "name": "accuracy", "value": 0.75, "split": "Val", "n_images": 9}
+    seg = metric_from_evaluation(_Eval("segmenter", {"infection_dice": 0.5, "lung_dice": 0.9}))
+    assert (seg["name"], seg["value"], seg["lung_dice"]) == ("infection Dice", 0.5, 0.9)
+    # no COVID-19 image in the split: infection Dice is undefined, lung Dice stands in
+    seg = metric_from_evaluation(_Eval("segmenter", {"infection_dice": float("nan"), "lung_dice": 0.9}))
+    assert (seg["name"], seg["value"]) == ("lung Dice", 0.9)
+
+
+class _Range:
+    def __init__(self, lo, hi):
+        self.min_batch, self.max_batch = lo, hi
+
+
+def test_batch_skip_reason():
+    from covidedge.bench import batch_skip_reason
+
+    assert batch_skip_reason(_Range(1, None), 64) is None
+    assert batch_skip_reason(_Range(1, 8), 8) is None
+    assert batch_skip_reason(_Range(1, 8), 32) == ("batch 32 is outside this model's batch range 1..8; "
+                                                   "rebuild the engine with --max-batch 32 to time it")
+    assert "--min-batch 1" in batch_skip_reason(_Range(2, 8), 1)
+    assert "fixed batch of 4" in batch_skip_reason(_Range(4, 4), 1)

@@ -188,3 +188,20 @@ def test_infer_with_an_onnx_model_never_imports_torch(models, images):
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)) == 3
     assert "TORCH_LOADED=False" in proc.stderr.splitlines()
+
+
+def test_real_covid_qu_ex_images(real_data_root, models, tmp_path):
+    """Real 256x256 PNGs from the dataset go through decode, both models and the writers."""
+    from covidedge.data.covidqu import CovidQuDataset
+
+    samples = CovidQuDataset(real_data_root).samples("Val")[:3]
+    out = tmp_path / "out"
+    res = invoke(*[s.image for s in samples], "-c", models[0], "-s", models[1], "--out", out,
+                 "--format", "csv")
+    assert res.exit_code == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r["source"] for r in rows] == [str(s.image) for s in samples]
+    assert all((r["height"], r["width"]) == ("256", "256") for r in rows)
+    for r in rows:
+        assert np.asarray(Image.open(r["lungs_png"])).shape == (256, 256)
+        assert Image.open(r["overlay_png"]).size == (256, 256)

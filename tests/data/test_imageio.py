@@ -229,11 +229,12 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric="MONOCHROME2", sl
         ds.WindowCenter = center
         ds.WindowWidth = width
     ds.save_as(str(path), enforce_file_format=True)
-    if not preamble:  # strip preamble and file meta magic: a raw dataset
-        raw = path.read_bytes()
-        assert raw[128:132] == b"DICM"
+    if not preamble:  # a bare dataset: no preamble, no "DICM" magic, no file meta
+        bare = pydicom.dcmread(path)
+        bare.file_meta = FileMetaDataset()
+        bare.preamble = None
         buf = io.BytesIO()
-        pydicom.dcmwrite(buf, pydicom.dcmread(path), implicit_vr=True, little_endian=True)
+        pydicom.dcmwrite(buf, bare, implicit_vr=True, little_endian=True)
         path.write_bytes(buf.getvalue())
     return path
 
@@ -251,6 +252,14 @@ def test_dicom_monochrome2_rescale_and_window(tmp_path):
                    np.where(hu > c + w / 2, y_max, ((hu - c) / w + 0.5) * (y_max - y_min) + y_min))
     expected = (win - win.min()) / (win.max() - win.min())
     np.testing.assert_allclose(read_gray(p), expected, atol=1e-6)
+
+
+def test_dicom_monochrome1_with_rescale_and_window_is_the_inverse(tmp_path):
+    kw = dict(slope=2, intercept=-100, center=500, width=1000)
+    m1 = read_gray(write_dicom(tmp_path / "m1.dcm", PIX, photometric="MONOCHROME1", **kw))
+    m2 = read_gray(write_dicom(tmp_path / "m2.dcm", PIX, photometric="MONOCHROME2", **kw))
+    np.testing.assert_allclose(m1, 1.0 - m2, atol=1e-6)
+    assert m1[0, 0] == 1.0 and m1[1, 3] == 0.0 and 0.0 < m1[0, 2] < 1.0
 
 
 def test_dicom_without_window_is_min_max_of_modality_values(tmp_path):

@@ -295,3 +295,47 @@ def test_package_exports_the_api():
 
     assert covidedge.Pipeline is Pipeline and covidedge.Classifier is Classifier
     assert covidedge.Segmenter is Segmenter
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny real models: checkpoint -> ONNX, run from their paths
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch = pytest.importorskip("torch", reason="torch is needed to build and export test models")
+    from covidedge.export import export_model
+    from covidedge.models.registry import create_model
+    from covidedge.train.checkpoint import save_checkpoint
+
+    folder = tmp_path_factory.mktemp("exported")
+    torch.manual_seed(0)
+    out = {}
+    for task, name, kw, make_spec in (
+            ("classifier", "xception", {"width_mult": 0.25}, classifier_spec),
+            ("segmenter", "resunet", {"base_width": 8, "depth": 2}, segmenter_spec)):
+        spec = make_spec(model_name=name, input_size=(64, 64), model_kwargs=kw)
+        ckpt = save_checkpoint(folder / f"{task}.pt", create_model(name, **kw).eval(), spec)
+        export_model(ckpt, folder / f"{task}.onnx", precision="fp32")
+        out[task] = (ckpt, folder / f"{task}.onnx")
+    return out
+
+
+def test_exported_models_run_from_their_paths_and_match_the_checkpoints(exported, tmp_path):
+    img = tmp_path / "wide.png"
+    Image.fromarray(xray(100, 80)).save(img)
+    with Pipeline(classifier=str(exported["classifier"][1]),
+                  segmenter=str(exported["segmenter"][1])) as p:
+        assert {m.backend for m in p.models} == {"onnxruntime"}
+        onnx_result = p.predict(img)
+    assert onnx_result.lung_mask.shape == (100, 80) and onnx_result.infection_mask.shape == (100, 80)
+    assert sum(onnx_result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert 0.0 <= onnx_result.lung_fraction <= 1.0 and 0.0 <= onnx_result.infected_fraction <= 1.0
+
+    with Pipeline(classifier=exported["classifier"][0], segmenter=exported["segmenter"][0]) as p:
+        assert {m.backend for m in p.models} == {"torch"}
+        torch_result = p.predict(img)
+    assert torch_result.label == onnx_result.label
+    np.testing.assert_allclose(list(torch_result.probabilities.values()),
+                               list(onnx_result.probabilities.values()), atol=1e-4)
+    assert (torch_result.lung_mask == onnx_result.lung_mask).mean() > 0.99
+    assert (torch_result.infection_mask == onnx_result.infection_mask).mean() > 0.99

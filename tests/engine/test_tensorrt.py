@@ -1,0 +1,124 @@
+"""TensorRT for real: build engines from tiny ONNX graphs and compare them with ONNX Runtime.
+
+These run wherever tensorrt, pycuda and an NVIDIA GPU are present (a Jetson, a CUDA box) and are
+skipped elsewhere; nothing here stands in for TensorRT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from covidedge.engine.manifest import manifest_path_for, sha256_file
+
+
+def _tensorrt_ready() -> bool:
+    try:
+        import pycuda.driver as cuda
+        import tensorrt  # noqa: F401
+
+        cuda.init()
+        return cuda.Device.count() > 0
+    except Exception:
+        return False
+
+
+pytestmark = [pytest.mark.tensorrt,
+              pytest.mark.skipif(not _tensorrt_ready(), reason="needs TensorRT, pycuda and an NVIDIA GPU")]
+
+#: Largest |probability| difference from ONNX Runtime (CPU, same graph) per precision.
+ATOL = {"fp32": 1e-3, "fp16": 1e-2, "int8": 2e-2}
+
+
+@pytest.fixture
+def build(tiny_onnx, tmp_path):
+    from covidedge.engine.build import build_engine
+
+    def make(precision="fp32", task="classifier", **kw):
+        src, spec = tiny_onnx(precision, task)
+        kw.setdefault("min_batch", 1)
+        kw.setdefault("opt_batch", 2)
+        kw.setdefault("max_batch", 4)
+        res = build_engine(src, tmp_path / f"{task}.{precision}.engine", backend="tensorrt", progress=False, **kw)
+        return src, res
+
+    return make
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("task", ["classifier", "segmenter"])
+def test_engine_matches_onnxruntime(build, precision, task):
+    import tensorrt as trt
+
+    from covidedge.runtime import load
+    from tests.engine.conftest import run_onnx
+
+    src, res = build(precision, task)
+    m = res.manifest
+    assert res.backend == "tensorrt" and m.backend_version == trt.__version__
+    assert m.precision == precision and m.device["gpu"] and m.device["gpu_compute_capability"]
+    assert [i["name"] for i in m.inputs] == ["image"] and m.inputs[0]["shape"][0] == -1
+    runner = load(res.engine_path)
+    assert runner.backend == "tensorrt"
+    rng = np.random.default_rng(3)
+    with runner:
+        for n in (1, 3, 4, 3):  # shapes change and come back: buffers are reused per shape
+            x = rng.random((n, 1, 16, 16), dtype=np.float32)
+            out = runner.infer(x)
+            ref = run_onnx(src, x)
+            for name in ("logits", "probabilities"):
+                assert out[name].dtype == np.float32 and out[name].shape == ref[name].shape
+            np.testing.assert_allclose(out["probabilities"], ref["probabilities"], atol=ATOL[precision])
+            t = runner.last_timings_ms
+            assert set(t) == {"h2d", "compute", "d2h", "total"} and min(t.values()) >= 0
+        d = runner.describe()
+        assert d["execution_api"] == ("tensors" if int(trt.__version__.split(".")[0]) >= 9 else "bindings")
+        from covidedge.errors import BadInputError
+
+        with pytest.raises(BadInputError, match="batch 5, this model accepts batch 1..4"):
+            runner.infer(np.zeros((5, 1, 16, 16), np.float32))
+
+
+def test_timing_cache_is_written_and_reused(build, tmp_path):
+    cache = tmp_path / "gpu.cache"
+    build("fp16", timing_cache=cache)
+    assert cache.is_file() and cache.stat().st_size > 0
+    _, res = build("fp16", timing_cache=cache)
+    assert res.manifest.build_options["timing_cache"] == str(cache.resolve())
+
+
+def test_version_compatible_engine_loads(build):
+    from covidedge.runtime import load
+
+    _, res = build("fp32", version_compatible=True, max_batch=2)
+    assert res.manifest.version_compatible
+    with load(res.engine_path) as runner:
+        assert runner.infer(np.zeros((2, 1, 16, 16), np.float32))["probabilities"].shape == (2, 3)
+
+
+def test_corrupt_engine_with_a_matching_manifest_fails_in_one_line(build):
+    """Bytes that match their manifest but are no plan: TensorRT's own error, in one line."""
+    from covidedge.errors import RuntimeFailure
+    from covidedge.runtime import load
+
+    _, res = build("fp32")
+    res.engine_path.write_bytes(b"\x00" * 4096)
+    m = dataclasses.replace(res.manifest, engine_sha256=sha256_file(res.engine_path), engine_bytes=4096)
+    m.write(manifest_path_for(res.engine_path))
+    runner = load(res.engine_path)
+    with pytest.raises(RuntimeFailure) as err:
+        runner.activate()
+    assert "TensorRT could not deserialize" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_tampered_engine_is_refused_before_tensorrt(build):
+    from covidedge.errors import IncompatibleModelError
+    from covidedge.runtime import load
+
+    _, res = build("fp32")
+    data = res.engine_path.read_bytes()
+    res.engine_path.write_bytes(data[:-16])
+    with pytest.raises(IncompatibleModelError, match="truncated"):
+        load(res.engine_path)

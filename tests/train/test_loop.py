@@ -1,0 +1,186 @@
+"""Training loops end to end on a tiny synthetic dataset: files, metrics, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from covidedge.data.covidqu import CovidQuDataset  # noqa: E402
+from covidedge.data.preprocess import preprocess  # noqa: E402
+from covidedge.data.synth import make_synthetic_dataset  # noqa: E402
+from covidedge.errors import BadInputError  # noqa: E402
+from covidedge.evaluation import evaluate  # noqa: E402
+from covidedge.train.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
+from covidedge.train.datasets import (  # noqa: E402
+    ClassificationDataset, SegmentationDataset, class_weights, select_samples)
+from covidedge.train.loop import train_classifier, train_segmenter  # noqa: E402
+
+CLS = dict(epochs=2, batch_size=4, image_size=64, width_mult=0.125, progress=False)
+SEG = dict(epochs=2, batch_size=4, image_size=64, base_width=8, depth=3, progress=False)
+FILES = {"best.pt", "last.pt", "history.json", "learning_curves.png", "metrics.json", "val_report"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared cores: avoid thread oversubscription stalls
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), per_class=4, size=64,
+                                  splits=("Train", "Val"))
+
+
+@pytest.fixture(scope="module")
+def cls_run(data_root, tmp_path_factory):
+    return train_classifier(data_root, tmp_path_factory.mktemp("runs") / "cls", **CLS)
+
+
+@pytest.fixture(scope="module")
+def seg_run(data_root, tmp_path_factory):
+    return train_segmenter(data_root, tmp_path_factory.mktemp("runs") / "seg", loss="bce_dice", **SEG)
+
+
+# -- datasets --------------------------------------------------------------------------------
+def test_select_samples_is_seeded_and_per_class(data_root):
+    all_val = CovidQuDataset(data_root).samples("Val")
+    a = select_samples(all_val, 2, seed=0)
+    assert [s.name for s in a] == [s.name for s in select_samples(list(reversed(all_val)), 2, seed=0)]
+    assert [s.label for s in a] == ["COVID-19"] * 2 + ["Non-COVID"] * 2 + ["Normal"] * 2
+    assert len(select_samples(all_val, None)) == 12
+    with pytest.raises(BadInputError):
+        select_samples(all_val, 0)
+
+
+def test_class_weights_balance_the_loss():
+    w = class_weights([0, 0, 0, 0, 1, 1, 2, 2], 3)
+    np.testing.assert_allclose(w, [8 / 12, 8 / 6, 8 / 6])
+    counts = np.array([4, 2, 2])
+    assert np.allclose(w * counts, (w * counts)[0])  # every class weighs the same in total
+    np.testing.assert_allclose(class_weights([0, 0, 1], 3), [0.75, 1.5, 0.0])
+
+
+def test_datasets_cache_the_one_preprocessing(data_root):
+    samples = select_samples(CovidQuDataset(data_root).samples("Train"), 1)
+    exact = ClassificationDataset(samples, (64, 64), progress=False)
+    x, y = exact[0]
+    assert x.dtype == torch.float32 and tuple(x.shape) == (1, 64, 64) and int(y) == 0
+    np.testing.assert_array_equal(x.numpy(), preprocess(samples[0].image, (64, 64))[0])
+    assert exact.images._data[0].dtype == np.uint8  # 8-bit at its own size: stored losslessly
+    resized = SegmentationDataset(samples, (48, 48), progress=False)
+    x, m, y = resized[0]
+    np.testing.assert_allclose(x.numpy(), preprocess(samples[0].image, (48, 48))[0], atol=3e-4)
+    assert tuple(m.shape) == (2, 48, 48) and set(m.unique().tolist()) <= {0.0, 1.0}
+    assert m[0].sum() > 0 and m[1].sum() > 0  # COVID-19 sample: lungs and infection
+
+
+# -- classifier ------------------------------------------------------------------------------
+def test_classifier_run_writes_every_file(cls_run):
+    out = cls_run.out_dir
+    assert FILES <= {p.name for p in out.iterdir()}
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["task"] == "classifier" and hist["monitor"] == "val_accuracy"
+    assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
+    for e in hist["epochs"]:
+        assert {"train_loss", "val_loss", "val_accuracy", "lr", "seconds"} <= set(e)
+        assert np.isfinite(e["train_loss"]) and 0.0 <= e["val_accuracy"] <= 1.0
+    assert hist["epochs"][0]["lr"] > hist["epochs"][1]["lr"] > 0  # cosine decay after warm-up
+    assert cls_run.best_epoch == hist["best_epoch"] and cls_run.epochs_run == 2
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "val_report" / "report.md").is_file()
+
+    model, spec, meta = load_checkpoint(out / "best.pt")
+    assert spec.task == "classifier" and spec.input_size == (64, 64)
+    assert spec.model_kwargs == {"width_mult": 0.125, "drop_rate": 0.2}
+    assert spec.preprocessing == "gray-unit-bilinear-v1"
+    assert meta["epoch"] == cls_run.best_epoch and meta["train_options"]["lr"] == 1e-3
+    assert meta["class_weights"] == [1.0, 1.0, 1.0] and "resume" not in meta
+    assert model(torch.rand(1, 1, 64, 64)).shape == (1, 3)
+
+
+def test_metrics_json_is_what_evaluate_gives_for_best_pt(cls_run, data_root):
+    saved = json.loads((cls_run.out_dir / "metrics.json").read_text())
+    again = evaluate(cls_run.best_checkpoint, data_root, "Val", batch_size=5, backend="torch",
+                     progress=False).to_dict()
+    assert again["metrics"]["confusion_matrix"] == saved["metrics"]["confusion_matrix"]
+    assert again["metrics"]["accuracy"] == pytest.approx(saved["metrics"]["accuracy"])
+    for label, row in saved["metrics"]["per_class"].items():
+        assert again["metrics"]["per_class"][label] == pytest.approx(row)
+    assert again["metrics"]["roc_auc"] == pytest.approx(saved["metrics"]["roc_auc"], abs=1e-6)
+    # and it is the accuracy the loop measured at the best epoch
+    best = cls_run.history[cls_run.best_epoch - 1]
+    assert saved["metrics"]["accuracy"] == pytest.approx(best["val_accuracy"])
+    assert cls_run.metrics["metrics"]["accuracy"] == saved["metrics"]["accuracy"]
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(cls_run, data_root, tmp_path):
+    out = tmp_path / "cls"
+    part = train_classifier(data_root, out, on_epoch_end=lambda rec: rec["epoch"] == 1, **CLS)
+    assert part.epochs_run == 1
+    assert read_checkpoint(out / "last.pt")["extra"]["epoch"] == 1
+    done = train_classifier(data_root, out, resume=True, **CLS)
+    assert [e["epoch"] for e in done.history] == [1, 2]
+    a = read_checkpoint(cls_run.last_checkpoint)["state_dict"]
+    b = read_checkpoint(out / "last.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for x, y in zip(cls_run.history, done.history):
+        assert {k: v for k, v in x.items() if k != "seconds"} == {k: v for k, v in y.items() if k != "seconds"}
+    # a finished run resumed again trains nothing more
+    again = train_classifier(data_root, out, resume=True, **CLS)
+    assert again.epochs_run == 2
+
+
+def test_out_dir_rules(cls_run, data_root, tmp_path):
+    with pytest.raises(BadInputError, match="not empty.*--resume.*--overwrite"):
+        train_classifier(data_root, cls_run.out_dir, **CLS)
+    with pytest.raises(BadInputError, match="nothing to resume"):
+        train_classifier(data_root, tmp_path / "fresh", resume=True, **CLS)
+    with pytest.raises(BadInputError, match=r"changed options: width_mult=0\.25"):
+        train_classifier(data_root, cls_run.out_dir, resume=True, **{**CLS, "width_mult": 0.25})
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    (other / "history.json").write_text("{}")
+    res = train_classifier(data_root, other, overwrite=True, **{**CLS, "epochs": 1})
+    assert (other / "notes.txt").read_text() == "keep me"  # only the run's own files are replaced
+    assert json.loads((other / "history.json").read_text())["epochs"][0]["epoch"] == 1
+    assert res.epochs_run == 1
+
+
+# -- segmenter -------------------------------------------------------------------------------
+def test_segmenter_run_writes_every_file_and_consistent_metrics(seg_run, data_root):
+    out = seg_run.out_dir
+    assert FILES <= {p.name for p in out.iterdir()}
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["monitor"] == "val_dice_mean" and hist["options"]["loss"] == "bce_dice"
+    for e in hist["epochs"]:
+        assert {"train_loss", "val_loss", "val_dice_lungs", "val_dice_infection", "lr"} <= set(e)
+    _, spec, meta = load_checkpoint(out / "best.pt")
+    assert spec.task == "segmenter" and spec.labels == ("lungs", "infection")
+    assert spec.model_kwargs == {"base_width": 8, "depth": 3} and spec.input_size == (64, 64)
+    m = json.loads((out / "metrics.json").read_text())["metrics"]
+    best = seg_run.history[seg_run.best_epoch - 1]
+    assert m["lung_dice"] == pytest.approx(best["val_dice_lungs"], abs=1e-4)
+    assert m["infection_dice"] == pytest.approx(best["val_dice_infection"], abs=1e-4)
+    assert m["summary"]["infection"]["images"] + m["summary"]["infection"]["both_empty"] == 4
+    assert 0.0 <= m["fp_infection_fraction"] <= 1.0
+
+
+def test_bad_options_fail_before_any_work(data_root, tmp_path):
+    with pytest.raises(BadInputError, match="not divisible by 2\\*\\*depth=8"):
+        train_segmenter(data_root, tmp_path / "a", **{**SEG, "image_size": 60})
+    with pytest.raises(BadInputError, match="unknown loss"):
+        train_segmenter(data_root, tmp_path / "b", loss="hinge", **SEG)
+    with pytest.raises(BadInputError, match="epochs=0"):
+        train_classifier(data_root, tmp_path / "c", **{**CLS, "epochs": 0})
+    with pytest.raises(BadInputError, match="drop-rate"):
+        train_classifier(data_root, tmp_path / "d", **{**CLS, "drop_rate": 1.0})
+    assert not any((tmp_path / n).exists() for n in "abcd")
