@@ -20,7 +20,8 @@ from covidedge.engine.build import BACKENDS, CALIB_METHODS, PRECISIONS
 @click.option("--calib-data", type=click.Path(exists=True), default=None,
               help="int8 from a checkpoint: a COVID-QU-Ex folder or a calibration manifest (.json).")
 @click.option("--calib-count", type=click.IntRange(min=1), default=None,
-              help="Calibration images to take from --calib-data when it is a folder (default 500).")
+              help="Calibration images to take from --calib-data when it is a folder "
+                   "(default 500, or all its Train split has).")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=None,
               help="int8 calibration method (default entropy).")
 @click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True,

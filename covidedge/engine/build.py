@@ -14,15 +14,14 @@ names, error messages) is a plain function here so that it is tested on machines
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from covidedge.errors import (BadInputError, IncompatibleModelError, MissingDependencyError,
                               RuntimeFailure)
@@ -552,56 +551,26 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 # -- the public entry point ------------------------------------------------------------------
 def _export_checkpoint(checkpoint: Path, onnx_out: Path, precision: str, calibration, calib_method,
-                       calib_count, progress: bool):
-    """Export a checkpoint to a precision-bearing ONNX graph (needs torch)."""
+                       calib_count, progress: bool) -> None:
+    """Export a checkpoint to a precision-bearing ONNX graph with covidedge.export (needs torch).
+    int8 calibration (a CalibrationSet, a calibration manifest or a dataset folder) is resolved
+    there, so the export and this builder pick the same images."""
     try:
         from covidedge.export import export_model
     except ImportError as exc:
         raise MissingDependencyError(f"exporting a checkpoint needs covidedge.export and torch ({exc})",
                                      path=checkpoint,
                                      hint="pip install 'covidedge[train]', or pass an exported .onnx") from exc
+    kwargs: Dict[str, Any] = {"precision": precision}
     if precision == "int8":
         if calibration is None:
             raise BadInputError("an int8 engine from a checkpoint needs calibration images", path=checkpoint,
                                 hint="pass --calib-data DIR (a COVID-QU-Ex folder or a calibration manifest)")
-        from covidedge.runtime.torch import read_checkpoint_spec
-
-        spec = read_checkpoint_spec(checkpoint)
-        calibration = _as_calibration(calibration, calib_count, spec.input_size)
-    _progress(progress, f"exporting {checkpoint} to {precision} ONNX: {onnx_out}")
-    kwargs = {"precision": precision}
-    if precision == "int8":
         kwargs.update(calibration=calibration, method=calib_method or "entropy")
+        if calib_count is not None:
+            kwargs["calib_count"] = int(calib_count)
+    _progress(progress, f"exporting {checkpoint} to {precision} ONNX: {onnx_out}")
     export_model(checkpoint, onnx_out, **kwargs)
-    return calibration
-
-
-#: Calibration images taken from a dataset folder when no count is given.
-DEFAULT_CALIB_COUNT = 500
-
-
-def _as_calibration(calibration, count, input_size):
-    """A CalibrationSet from a CalibrationSet, a calibration manifest (.json) or a dataset folder
-    (``count`` images, default DEFAULT_CALIB_COUNT, at the model's ``input_size``)."""
-    if not isinstance(calibration, (str, os.PathLike)):
-        if count is not None:
-            raise BadInputError("--calib-count applies when --calib-data is a dataset folder")
-        return calibration
-    path = Path(calibration)
-    if path.is_file():
-        if count is not None:
-            raise BadInputError("--calib-count applies to a dataset folder, not to a calibration manifest",
-                                path=path, hint="drop --calib-count")
-        from covidedge.export.calibration import CalibrationSet
-
-        return CalibrationSet.load(path)
-    if path.is_dir():
-        from covidedge.export.calibration import make_calibration_set
-
-        return make_calibration_set(path, DEFAULT_CALIB_COUNT if count is None else count,
-                                    input_size=tuple(input_size))
-    raise BadInputError("calibration data not found", path=path,
-                        hint="pass a COVID-QU-Ex folder or a calibration manifest")
 
 
 def build_engine(model, out=None, *, precision: Optional[str] = None, backend: str = "auto",
@@ -670,14 +639,12 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
     out.parent.mkdir(parents=True, exist_ok=True)
 
     # 1. the precision-bearing ONNX graph
-    calib_obj = None
     if from_checkpoint:
         precision = precision or "fp32"
         onnx_path = out.with_name(f"{_strip_precision(model.stem)}.{precision}.onnx")
         if onnx_path.resolve() == out.resolve():
             onnx_path = out.with_name(out.name + ".src.onnx")
-        calib_obj = _export_checkpoint(model, onnx_path, precision, calibration, calib_method,
-                                       calib_count, progress)
+        _export_checkpoint(model, onnx_path, precision, calibration, calib_method, calib_count, progress)
     else:
         onnx_path = model
     header = _load_onnx_header(onnx_path)
@@ -743,7 +710,7 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
     manifest = EngineManifest(
         backend=chosen, backend_version=str(backend_version), precision=precision, spec=spec.to_dict(),
         engine_file=out.name, engine_sha256=sha256_file(out), engine_bytes=out.stat().st_size,
-        onnx_sha256=sha256_file(onnx_path), calibration_sha256=_calibration_sha(meta, calib_obj),
+        onnx_sha256=sha256_file(onnx_path), calibration_sha256=_calibration_sha(meta, calibration),
         min_batch=lo, opt_batch=opt, max_batch=hi, inputs=inputs, outputs=outputs, device=device,
         l4t_release=machine.get("l4t_release"),
         version_compatible=bool(version_compatible) and chosen == "tensorrt",

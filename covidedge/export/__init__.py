@@ -1,0 +1,184 @@
+"""Export: checkpoint -> ONNX with the precision in the graph (fp32, fp16, calibrated int8 Q/DQ).
+
+``export_model`` is the one call the CLI and the engine builder use: it exports fp32 with
+:func:`covidedge.export.onnx.export_onnx`, then converts with
+:mod:`covidedge.export.precision`, and returns an :class:`ExportReport` of the final file.
+Needs torch (the ``train`` extra); importing this package does not import it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from covidedge.errors import BadInputError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+#: Calibration images taken from a dataset folder when no count is given.
+DEFAULT_CALIB_COUNT = 500
+
+# keyword arguments export_model passes on, by where they go
+_EXPORT_KW = ("parity_inputs", "check", "exporter", "parity_atol")
+_INT8_KW = ("activation_type", "symmetric_activations", "batch_size", "histogram_bins")
+_CALIB_KW = ("calib_count", "calib_split", "calib_seed")
+
+
+def resolve_calibration(calibration, input_size, *, calib_count: Optional[int] = None,
+                        calib_split: str = "Train", calib_seed: int = 0, out=None):
+    """A CalibrationSet from a CalibrationSet, a manifest file or a COVID-QU-Ex folder.
+
+    A folder gives ``calib_count`` images of ``calib_split`` (default: 500, or all the split
+    has if fewer) at ``input_size`` px, written to the default manifest path or ``out``.
+    """
+    from covidedge.export.calibration import CalibrationSet, make_calibration_set
+
+    if isinstance(calibration, CalibrationSet):
+        if calib_count is not None:
+            raise BadInputError("a calibration count applies to a dataset folder, not to a "
+                                "ready calibration set", hint="drop --calib-count")
+        return calibration
+    if not isinstance(calibration, (str, os.PathLike)):
+        raise BadInputError(f"calibration is a {type(calibration).__name__}; expected a "
+                            "CalibrationSet, a manifest (.json) or a dataset folder")
+    path = Path(os.fspath(calibration))
+    if path.is_file():
+        if calib_count is not None:
+            raise BadInputError("a calibration count applies to a dataset folder, not to a "
+                                "manifest", path=path, hint="drop --calib-count")
+        return CalibrationSet.load(path)
+    if path.is_dir():
+        count = calib_count
+        if count is None:
+            from covidedge.data.covidqu import CovidQuDataset
+
+            available = len(CovidQuDataset(path).samples(calib_split))
+            count = min(DEFAULT_CALIB_COUNT, available) or 1
+        return make_calibration_set(path, count, split=calib_split, seed=calib_seed,
+                                    input_size=tuple(input_size), out=out)
+    raise BadInputError("calibration data not found", path=path,
+                        hint="pass a COVID-QU-Ex folder or a calibration manifest (.json)")
+
+
+def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
+                 method: str = "entropy", percentile: float = 99.99, opset: int = 17,
+                 dynamic_batch: bool = True, **kw: Any):
+    """Export ``checkpoint`` to the ONNX file ``out`` in ``precision`` and return its report.
+
+    fp16 / int8 export fp32 first (to a temporary file, or ``fp32_out`` when given), then
+    convert. int8 needs ``calibration``: a CalibrationSet, a manifest or a dataset folder
+    (``calib_count`` / ``calib_split`` / ``calib_seed`` choose its images); ``method`` is
+    minmax / entropy / percentile (``percentile`` in percent). Other keywords:
+    ``parity_inputs``, ``check``, ``exporter``, ``parity_atol`` (export) and
+    ``activation_type``, ``symmetric_activations``, ``batch_size``, ``histogram_bins`` (int8).
+    The report's ``parity`` compares the final graph with the checkpoint; for fp16 / int8
+    ``parity["vs_fp32_graph"]`` compares it with the fp32 graph.
+    """
+    from covidedge.export.onnx import (ExportReport, file_sha256, graph_io, load_onnx,
+                                       parity_stats, reference_outputs_for, run_onnx,
+                                       synthetic_images)
+    from covidedge.export.onnx import export_onnx
+    from covidedge.export.precision import (convert_fp16, graph_precision, parity_vs_fp32,
+                                            quantize_int8)
+
+    if precision not in PRECISIONS:
+        raise BadInputError(f"precision {precision!r} is unknown; expected one of {PRECISIONS}")
+    fp32_out = kw.pop("fp32_out", None)
+    unknown = sorted(set(kw) - set(_EXPORT_KW) - set(_INT8_KW) - set(_CALIB_KW))
+    if unknown:
+        raise BadInputError(f"export_model does not take {', '.join(unknown)}",
+                            hint=f"it takes {', '.join(_EXPORT_KW + _INT8_KW + _CALIB_KW)}")
+    export_kw = {k: kw[k] for k in _EXPORT_KW if k in kw}
+    int8_kw = {k: kw[k] for k in _INT8_KW if k in kw}
+    calib_kw = {k: kw[k] for k in _CALIB_KW if k in kw}
+    if precision != "int8" and (calibration is not None or int8_kw or calib_kw):
+        given = ["calibration"] * (calibration is not None) + sorted(int8_kw) + sorted(calib_kw)
+        raise BadInputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to int8 "
+                            f"export only, not {precision}", hint="drop them or pass precision='int8'")
+    if precision == "int8" and calibration is None:
+        raise BadInputError("int8 export needs calibration images",
+                            hint="pass calibration= a manifest from 'covidedge calibrate' or a "
+                                 "COVID-QU-Ex folder (--calib-data DIR)")
+    if method not in CALIB_METHODS:
+        raise BadInputError(f"calibration method {method!r} is unknown; expected one of "
+                            f"{CALIB_METHODS}")
+    out = Path(os.fspath(out))
+    if out.suffix.lower() != ".onnx":
+        raise BadInputError("output file must end in .onnx", path=out, hint="pass --out model.onnx")
+
+    if precision == "fp32":
+        if fp32_out is not None:
+            raise BadInputError("fp32_out applies to fp16 / int8 export; an fp32 export "
+                                "writes only 'out'")
+        return export_onnx(checkpoint, out, opset=opset, dynamic_batch=dynamic_batch, **export_kw)
+
+    with tempfile.TemporaryDirectory(prefix="covidedge-export-") as tmp:
+        src = Path(fp32_out) if fp32_out is not None else Path(tmp) / "fp32.onnx"
+        base = export_onnx(checkpoint, src, opset=opset, dynamic_batch=dynamic_batch, **export_kw)
+        details = {"fp32_graph": str(src) if fp32_out is not None else None,
+                   "fp32_sha256": base.sha256, "exporter": base.details.get("exporter")}
+        if precision == "fp16":
+            from covidedge.export.precision import FP16_KEEP_FP32_OPS
+
+            convert_fp16(src, out)
+            details["fp32_ops"] = list(FP16_KEEP_FP32_OPS)
+        else:
+            from covidedge.spec import ModelSpec
+
+            spec = ModelSpec.from_metadata(base.metadata, source=src)
+            calib = resolve_calibration(calibration, spec.input_size, **calib_kw)
+            quantize_int8(src, out, calib, method=method, percentile=percentile, **int8_kw)
+            details["calibration"] = calib.summary()
+            details["method"] = method
+            if method == "percentile":
+                details["percentile"] = float(percentile)
+        got = graph_precision(out)
+        if got != precision:
+            raise BadInputError(f"converted graph reads as {got}, expected {precision}", path=out)
+
+        import numpy as np
+
+        x = export_kw.get("parity_inputs")
+        if x is None:
+            shape = base.inputs["image"]
+            x = synthetic_images(base.parity["n"], shape[2:], seed=0)
+            if shape[1] != 1:
+                x = np.repeat(x, shape[1], axis=1)
+        x = np.asarray(x, np.float32)
+        ref = reference_outputs_for(checkpoint, x)
+        got_out = run_onnx(out, x, static_batch=None if dynamic_batch else 1)
+        parity = parity_stats(base.task, ref, got_out)
+        parity["vs_fp32_graph"] = parity_vs_fp32(out)
+    model = load_onnx(out)
+    meta = {p.key: p.value for p in model.metadata_props}
+    io_ = graph_io(model)
+    return ExportReport(
+        path=str(out), sha256=file_sha256(out), size_mb=round(out.stat().st_size / 1e6, 3),
+        opset=base.opset, precision=precision, task=base.task, inputs=io_["inputs"],
+        outputs=io_["outputs"], parity=parity, checkpoint=base.checkpoint,
+        checkpoint_sha256=base.checkpoint_sha256, dynamic_batch=dynamic_batch, metadata=meta,
+        details=details)
+
+
+def __getattr__(name):
+    # the submodules' main entry points, loaded on first use (they import onnx / torch lazily)
+    lazy = {"export_onnx": "covidedge.export.onnx", "ExportReport": "covidedge.export.onnx",
+            "convert_fp16": "covidedge.export.precision",
+            "quantize_int8": "covidedge.export.precision",
+            "graph_precision": "covidedge.export.precision",
+            "inspect_qdq": "covidedge.export.precision",
+            "CalibrationSet": "covidedge.export.calibration",
+            "make_calibration_set": "covidedge.export.calibration",
+            "compare_precisions": "covidedge.export.compare"}
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(lazy[name]), name)
+    raise AttributeError(f"module 'covidedge.export' has no attribute {name!r}")
+
+
+__all__ = ["PRECISIONS", "CALIB_METHODS", "export_model", "resolve_calibration", "export_onnx",
+           "ExportReport", "convert_fp16", "quantize_int8", "graph_precision", "inspect_qdq",
+           "CalibrationSet", "make_calibration_set", "compare_precisions"]

@@ -263,3 +263,13 @@ def test_end_to_end_with_a_pipeline_uses_its_stage_times(tmp_path):
 def test_end_to_end_needs_files():
     with pytest.raises(BadInputError, match="no image files"):
         time_end_to_end(_FakePipeline(), [])
+
+
+def test_end_to_end_with_the_real_pipeline(tmp_path):
+    pipeline_mod = pytest.importorskip("covidedge.runtime.pipeline")
+    path = tmp_path / "tiny.onnx"
+    tiny_classifier_onnx(path, size=8)
+    files = _write_pngs(tmp_path / "imgs", [(20, 30), (16, 16)])
+    e2e = time_end_to_end(pipeline_mod.Pipeline(classifier=str(path)), files, warmup=1)
+    assert e2e.source == "pipeline" and e2e.n_images == 2
+    assert {"decode", "preprocess", "inference", "postprocess", "total"} <= set(e2e.stages)

@@ -304,3 +304,30 @@ def test_build_from_a_checkpoint(tmp_path):
     x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(run_onnx(res.engine_path, x)["probabilities"],
                                run_onnx(onnx_path, x)["probabilities"], atol=1e-5)
+
+
+@pytest.mark.skipif(not _export_available(), reason="covidedge.export.export_model is not available")
+def test_cli_builds_int8_from_a_checkpoint_with_calibration(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)  # the calibration manifest goes to ./calibration/
+    from covidedge.cli.build_engine import command
+    from covidedge.data.synth import make_synthetic_dataset
+    from covidedge.models.registry import create_model
+    from covidedge.spec import classifier_spec
+    from covidedge.train.checkpoint import save_checkpoint
+
+    data = make_synthetic_dataset(tmp_path / "data", per_class=2, splits=("Train",), size=32)
+    spec = classifier_spec(input_size=(32, 32), model_kwargs={"width_mult": 0.125})
+    save_checkpoint(tmp_path / "cls.pt", create_model("xception", num_classes=3, width_mult=0.125).eval(), spec)
+    out = tmp_path / "b" / "cls.int8.engine"
+    res = CliRunner().invoke(command, [str(tmp_path / "cls.pt"), "--out", str(out), "--precision", "int8",
+                                       "--calib-data", str(data), "--calib-count", "3", "--calib-method", "minmax",
+                                       "--max-batch", "2", "--backend", "onnxruntime", "--json"])
+    assert res.exit_code == 0, res.output
+    m = EngineManifest.read(manifest_path_for(out))
+    assert m.precision == "int8" and B.detect_onnx_precision(m.build_options["onnx"]) == "int8"
+    assert m.calibration_sha256 and len(m.calibration_sha256) == 64
+    assert m.build_options["calib_count"] == 3 and m.build_options["calib_method"] == "minmax"
+    cmd = json.loads(res.stdout)["details"]["build_options"]
+    assert cmd["calib_data"] == str(data.resolve())
+    assert len(list((tmp_path / "calibration").glob("*.json"))) == 1

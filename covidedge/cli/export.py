@@ -1,0 +1,92 @@
+"""``covidedge export``: a checkpoint to one ONNX file in fp32, fp16 or calibrated int8."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from covidedge.errors import BadInputError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+METHODS = ("minmax", "entropy", "percentile")
+
+
+@click.command(name="export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="ONNX file to write (.onnx).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="Precision written into the graph.")
+@click.option("--opset", type=int, default=17, show_default=True,
+              help="ONNX opset, 13..20 (TensorRT 10.3 parses up to 20).")
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True,
+              help="Dynamic batch axis, or a fixed batch of 1.")
+@click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=str),
+              default=None, help="int8: COVID-QU-Ex folder to draw calibration images from "
+                                 "(its Train split; the manifest goes to calibration/).")
+@click.option("--calibration", "manifest", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              default=None, help="int8: calibration manifest made by 'covidedge calibrate'.")
+@click.option("--calib-count", type=int, default=None,
+              help="int8 with --calib-data: number of images (default 500, or all the split has).")
+@click.option("--calib-method", type=click.Choice(METHODS), default=None,
+              help="int8: how activation ranges are chosen (default entropy).")
+@click.option("--percentile", type=float, default=None,
+              help="int8 with --calib-method percentile: percent of |x| kept (default 99.99).")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def command(checkpoint, out, precision, opset, dynamic_batch, calib_data, manifest, calib_count,
+            calib_method, percentile, as_json):
+    """Export CHECKPOINT (a .pt from 'covidedge train') to one self-contained ONNX file with
+    input "image" (N, 1, H, W) and outputs "logits" and "probabilities", carrying its spec in
+    the metadata. fp16 keeps fp32 inputs/outputs and computes the softmax / sigmoid in fp32;
+    int8 writes explicit symmetric Q/DQ nodes calibrated on real images (what TensorRT 10+
+    builds as a strongly typed network; ONNX Runtime runs it on any CPU). The graph is checked
+    with the ONNX checker and compared with the checkpoint; the comparison is printed.
+
+    \b
+    Examples:
+      covidedge export runs/cls/best.pt --out build/cls.onnx
+      covidedge export runs/seg/best.pt --out build/seg-fp16.onnx --precision fp16
+      covidedge calibrate --data COVID-QU-Ex --count 500
+      covidedge export runs/cls/best.pt --out build/cls-int8.onnx --precision int8 \\
+          --calibration calibration/covid-qu-ex-train-500-seed0.json --calib-method entropy
+    """
+    from covidedge.export import export_model
+
+    int8_opts = {"--calib-data": calib_data, "--calibration": manifest,
+                 "--calib-count": calib_count, "--calib-method": calib_method,
+                 "--percentile": percentile}
+    given = [k for k, v in int8_opts.items() if v is not None]
+    if precision != "int8" and given:
+        one = len(given) == 1
+        raise BadInputError(f"{', '.join(given)} appl{'ies' if one else 'y'} to --precision int8 "
+                            f"only", hint=f"drop {'it' if one else 'them'} or add --precision int8")
+    kwargs = {}
+    if precision == "int8":
+        if calib_data and manifest:
+            raise BadInputError("pass either --calib-data or --calibration, not both")
+        if not (calib_data or manifest):
+            raise BadInputError("int8 export needs calibration images",
+                                hint="pass --calib-data DIR or --calibration MANIFEST "
+                                     "(make one with 'covidedge calibrate')")
+        if calib_count is not None and not calib_data:
+            raise BadInputError("--calib-count applies with --calib-data, not --calibration")
+        method = calib_method or "entropy"
+        if percentile is not None and method != "percentile":
+            raise BadInputError("--percentile applies with --calib-method percentile",
+                                hint="drop --percentile or add --calib-method percentile")
+        kwargs = {"calibration": calib_data or manifest, "method": method,
+                  "percentile": 99.99 if percentile is None else percentile}
+        if calib_count is not None:
+            kwargs["calib_count"] = calib_count
+        click.echo(f"calibrating int8 ({method}) ...", err=True)
+    report = export_model(checkpoint, out, precision=precision, opset=opset,
+                          dynamic_batch=dynamic_batch, **kwargs)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo("\n".join(report.summary_lines()))
+        calib = report.details.get("calibration")
+        if calib:
+            click.echo(f"calib     {calib['count']} images, {report.details['method']}, "
+                       f"manifest {calib['manifest']} (sha256 {calib['sha256'][:16]})")
