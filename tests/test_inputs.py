@@ -74,7 +74,8 @@ def test_items_that_give_nothing_become_problems(tmp_path, tree):
     assert msgs[0].endswith("missing.png: no such file or folder")
     assert "empty: folder has no images" in msgs[1] and ".dcm" in msgs[1]
     assert "textonly: folder has no images" in msgs[2]
-    assert msgs[3].endswith("*.bmp: pattern matches no image files (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .dcm)")
+    assert msgs[3].endswith(
+        "*.bmp: pattern matches no image files (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .dcm)")
 
 
 def test_broken_link_is_a_problem(tmp_path):

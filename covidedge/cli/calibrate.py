@@ -11,11 +11,13 @@ import click
 @click.option("--data", "data_root", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=str),
               help="COVID-QU-Ex folder (the one holding the split folders, or a parent of it).")
-@click.option("--count", required=True, type=int, help="Number of images (a few hundred is typical).")
+@click.option("--count", required=True, type=int,
+              help="Number of images (a few hundred is typical).")
 @click.option("--split", default="Train", show_default=True, help="Split to draw from.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the per-class pick.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=str),
-              help="Manifest to write [default: calibration/<dataset>-<split>-<count>-seed<seed>.json].")
+              help="Manifest to write "
+                   "[default: calibration/<dataset>-<split>-<count>-seed<seed>.json].")
 @click.option("--input-size", default=256, show_default=True, type=int,
               help="Model input side in px; the images are preprocessed to it when used.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
@@ -43,6 +45,7 @@ def command(data_root, count, split, seed, out, input_size, as_json):
     balance = ", ".join(f"{k} {v}" for k, v in summary["class_balance"].items())
     click.echo(f"manifest  {summary['manifest']}")
     click.echo(f"sha256    {summary['sha256']}")
-    click.echo(f"images    {summary['count']} of {summary['split']} ({balance}), seed {summary['seed']}")
+    click.echo(f"images    {summary['count']} of {summary['split']} ({balance}), "
+               f"seed {summary['seed']}")
     click.echo(f"input     {summary['input_size'][0]}x{summary['input_size'][1]} px, "
                f"{summary['preprocessing']}")

@@ -25,8 +25,8 @@ METHODS = ("minmax", "entropy", "percentile")
 @click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=str),
               default=None, help="int8: COVID-QU-Ex folder to draw calibration images from "
                                  "(its Train split; the manifest goes to calibration/).")
-@click.option("--calibration", "manifest", type=click.Path(exists=True, dir_okay=False, path_type=str),
-              default=None, help="int8: calibration manifest made by 'covidedge calibrate'.")
+@click.option("--calibration", "manifest", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=str), help="int8: calibration manifest made by 'covidedge calibrate'.")
 @click.option("--calib-count", type=int, default=None,
               help="int8 with --calib-data: number of images (default 500, or all the split has).")
 @click.option("--calib-method", type=click.Choice(METHODS), default=None,

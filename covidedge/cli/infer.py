@@ -36,6 +36,16 @@ class _EchoStream:
         pass
 
 
+class _NoBar:
+    """Stands in for a tqdm bar when none is shown."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _backend_line(pipe) -> str:
     """One line saying which backend runs each model."""
     parts = []
@@ -139,11 +149,13 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
     ok = failed = 0
     t_start = time.perf_counter()
 
-    from tqdm import tqdm
-
     show_bar = len(files) > 1 and sys.stderr.isatty()
-    bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=not show_bar, leave=False,
-               dynamic_ncols=True)
+    if show_bar:  # tqdm is imported only when a bar is shown: it costs start-up time
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+    else:
+        bar = _NoBar()
 
     def note(msg: str) -> None:
         if show_bar:
@@ -183,14 +195,14 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
 
     failed_total = failed + len(expanded.problems)
     seconds = time.perf_counter() - t_start
-    summary = f"{len(files)} image{'s' if len(files) != 1 else ''}: {ok} ok, {failed} failed in {seconds:.1f} s"
+    plural = "s" if len(files) != 1 else ""
+    summary = f"{len(files)} image{plural}: {ok} ok, {failed} failed in {seconds:.1f} s"
     if writer is not None:
         summary += f"; results in {writer.path}"
     if saving and pipe.segmenter is not None:
         summary += f"; masks in {out_dir}"
     click.echo(summary, err=True)
     if ok == 0:
-        click.echo(f"error: all {len(files)} input image{'s' if len(files) != 1 else ''} failed",
-                   err=True)
+        click.echo(f"error: all {len(files)} input image{plural} failed", err=True)
         ctx.exit(EXIT_BAD_INPUT)
     ctx.exit(EXIT_PARTIAL if failed_total else EXIT_OK)

@@ -23,11 +23,12 @@ def _methods(value: str):
               help="COVID-QU-Ex folder to evaluate on.")
 @click.option("--split", default="Val", show_default=True, help="Split to evaluate on.")
 @click.option("--calib-data", type=click.Path(exists=True, file_okay=False, path_type=str),
-              default=None, help="Folder to draw int8 calibration images from [default: --data, Train split].")
+              default=None,
+              help="Folder to draw int8 calibration images from [default: --data, Train split].")
 @click.option("--calib-count", type=int, default=None,
               help="Calibration images [default: 200, or all the Train split has].")
-@click.option("--calibration", "manifest", type=click.Path(exists=True, dir_okay=False, path_type=str),
-              default=None, help="A calibration manifest from 'covidedge calibrate' instead.")
+@click.option("--calibration", "manifest", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=str), help="A calibration manifest from 'covidedge calibrate' instead.")
 @click.option("--methods", default="minmax,entropy,percentile", show_default=True,
               help="int8 calibration methods, comma-separated (one int8 graph each).")
 @click.option("--percentile", type=float, default=99.99, show_default=True,

@@ -66,8 +66,9 @@ def _report(result, as_json: bool) -> None:
     m = result.metrics.get("metrics", {})
     rows = [("task", result.task), ("best checkpoint", str(result.best_checkpoint)),
             ("best epoch", f"{result.best_epoch} of {result.epochs_run} run"
-                           + (" (early stop)" if result.stopped_early else "")),
-            (result.monitor, f"{result.best_score:.4f}")]
+                           + (" (early stop)" if result.stopped_early else ""))]
+    if result.task == "segmenter":  # the classifier's monitor is the Val accuracy listed below
+        rows.append((result.monitor, f"{result.best_score:.4f}"))
     keys = (("accuracy", "Val accuracy"), ("macro_f1", "Val macro F1")) if result.task == "classifier" \
         else (("lung_dice", "Val lung Dice"), ("infection_dice", "Val infection Dice"),
               ("fp_infection_fraction", "Val FP infected area"))

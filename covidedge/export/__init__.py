@@ -96,7 +96,8 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
     if precision != "int8" and (calibration is not None or int8_kw or calib_kw):
         given = ["calibration"] * (calibration is not None) + sorted(int8_kw) + sorted(calib_kw)
         raise BadInputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to int8 "
-                            f"export only, not {precision}", hint="drop them or pass precision='int8'")
+                            f"export only, not {precision}",
+                            hint="drop them or pass precision='int8'")
     if precision == "int8" and calibration is None:
         raise BadInputError("int8 export needs calibration images",
                             hint="pass calibration= a manifest from 'covidedge calibrate' or a "

@@ -1,9 +1,9 @@
 """INT8 calibration sets: which real images calibrate a graph, pinned by their sha256.
 
-A calibration set is a JSON manifest, by default ``calibration/<dataset>-<split>-<count>-seed<seed>.json``:
-the data root as it was given, every image's path relative to it with its label and sha256,
-the class balance, the preprocessing id, the input size (px), the seed, the creation time and the
-manifest's own sha256. That hash covers the canonical content except the creation time and the
+A calibration set is a JSON manifest, by default
+``calibration/<dataset>-<split>-<count>-seed<seed>.json``: the data root as it was given, every
+image's path relative to it with its label and sha256, the class balance, the preprocessing id,
+the input size (px), the seed, the creation time and the manifest's own sha256. That hash covers the canonical content except the creation time and the
 data root, so the same images make the same calibration wherever the dataset sits; an int8 model
 records it as ``covidedge.calibration_sha256``.
 
@@ -19,7 +19,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -224,7 +224,8 @@ class CalibrationSet:
             raise BadInputError(f"calibration manifest is not readable JSON ({exc})", path=path,
                                 hint="make a new one with 'covidedge calibrate'") from exc
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            found = (manifest.get("format") if isinstance(manifest, dict)
+                     else type(manifest).__name__)
             raise BadInputError(f"is not a covidedge calibration manifest (format {found!r}, "
                                 f"expected {FORMAT!r})", path=path,
                                 hint="make one with 'covidedge calibrate'")

@@ -22,7 +22,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -85,8 +85,9 @@ def load_onnx(path: Union[str, Path]):
     try:
         return onnx.load(str(path))
     except Exception as exc:  # DecodeError and friends
-        raise IncompatibleModelError(f"not a readable ONNX model ({type(exc).__name__}: {exc})",
-                                     path=path, hint="re-export it with 'covidedge export'") from exc
+        raise IncompatibleModelError(
+            f"not a readable ONNX model ({type(exc).__name__}: {exc})", path=path,
+            hint="re-export it with 'covidedge export'") from exc
 
 
 def set_metadata(model, values: Mapping[str, str]) -> None:
@@ -321,7 +322,8 @@ def _check_parity_inputs(x, spec: ModelSpec) -> np.ndarray:
         try:
             x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
         except Exception:
-            raise BadInputError(f"parity_inputs is a {type(x).__name__}, expected an array") from None
+            raise BadInputError(f"parity_inputs is a {type(x).__name__}, "
+                                "expected an array") from None
     want = (spec.in_chans, *spec.input_size)
     if x.ndim != 4 or tuple(x.shape[1:]) != want or len(x) == 0:
         raise BadInputError(f"parity_inputs has shape {tuple(x.shape)}, expected (N, "
@@ -435,7 +437,8 @@ def spec_from_onnx(path: Union[str, Path]) -> ModelSpec:
     return ModelSpec.from_metadata(read_metadata(path), source=path)
 
 
-def reference_outputs_for(checkpoint_path: Union[str, Path], x: np.ndarray) -> Dict[str, np.ndarray]:
+def reference_outputs_for(checkpoint_path: Union[str, Path],
+                          x: np.ndarray) -> Dict[str, np.ndarray]:
     """The torch model's outputs on ``x`` for a checkpoint (used by precision checks)."""
     from covidedge.models.registry import InferenceWrapper
     from covidedge.train.checkpoint import load_checkpoint

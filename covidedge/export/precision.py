@@ -20,6 +20,7 @@ import contextlib
 import json
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -256,10 +257,14 @@ def convert_fp16(src: PathLike, dst: PathLike, *,
     blocked_nodes = [n.name for n in model.graph.node
                      if n.name in _output_nodes(model) and n.op_type in ("Softmax", "Sigmoid")]
     try:
-        half = float16.convert_float_to_float16(
-            model, keep_io_types=True,
-            op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + keep,
-            node_block_list=blocked_nodes)
+        with warnings.catch_warnings():
+            # the converter warns for every weight below fp16's smallest normal number that it
+            # rounds (to 1e-7); the parity check below measures what that costs
+            warnings.filterwarnings("ignore", message=".*will be truncated to.*")
+            half = float16.convert_float_to_float16(
+                model, keep_io_types=True,
+                op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + keep,
+                node_block_list=blocked_nodes)
     except Exception as exc:
         raise RuntimeFailure(f"fp16 conversion failed ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
@@ -342,37 +347,98 @@ class _OneBatch:
         return feed
 
 
+class AbsHistogram:
+    """A running histogram of |x| for one tensor, in a fixed number of bins (fractions of the
+    largest |x| seen so far) plus its signed min and max.
+
+    When a batch exceeds the range, the bin width grows by a whole factor and old bins merge,
+    so the counts stay exact and the size stays ``bins``. Values below 1e-30 count as zero,
+    so a tensor of (almost) only zeros never makes a degenerate range.
+    """
+
+    TINY = 1e-30
+
+    def __init__(self, bins: int = HISTOGRAM_BINS):
+        self.bins = int(bins)
+        self.hist = np.zeros(self.bins, np.float64)
+        self.width: Optional[float] = None  # bin width, set by the first non-zero batch
+        self.zeros = 0.0                    # zeros seen before the first non-zero batch
+        self.lo, self.hi = np.inf, -np.inf
+
+    def add(self, x: np.ndarray) -> None:
+        a = np.asarray(x, np.float32).ravel()
+        a = a[np.isfinite(a)]
+        if a.size == 0:
+            return
+        self.lo = min(self.lo, float(a.min()))
+        self.hi = max(self.hi, float(a.max()))
+        a = np.abs(a)
+        amax = float(a.max())
+        if amax < self.TINY:
+            if self.width is None:
+                self.zeros += a.size
+            else:
+                self.hist[0] += a.size
+            return
+        if self.width is None:
+            self.width = amax / self.bins
+            self.hist[0] += self.zeros
+        elif amax > self.width * self.bins:
+            factor = int(np.ceil(amax / (self.width * self.bins)))
+            self.hist = np.bincount(np.arange(self.bins) // factor, weights=self.hist,
+                                    minlength=self.bins)
+            self.width *= factor
+        idx = np.minimum((a / self.width).astype(np.int64), self.bins - 1)
+        self.hist += np.bincount(idx, minlength=self.bins)
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.arange(self.bins + 1, dtype=np.float64) * (self.width or 0.0)
+
+    def threshold(self, method: str, percentile: float = 99.99) -> float:
+        """The |x| clipping threshold: entropy (see :func:`entropy_threshold`) or the
+        ``percentile`` of |x| (the right edge of the bin where it falls)."""
+        if self.width is None:
+            return 0.0
+        if method == "entropy":
+            return entropy_threshold(self.hist, self.edges)
+        cdf = np.cumsum(self.hist) / self.hist.sum()
+        idx = int(np.searchsorted(cdf, percentile / 100.0 - 1e-12))
+        return float(self.edges[min(idx + 1, self.bins)])
+
+    def range(self, method: str, percentile: float = 99.99):
+        """(lowest, highest) for quantization: the seen min / max clipped to ±threshold."""
+        if self.width is None and not np.isfinite(self.lo):
+            return 0.0, 0.0
+        t = self.threshold(method, percentile)
+        return max(self.lo, -t), min(self.hi, t)
+
+
 def collect_ranges(model_path: PathLike, reader: "CalibrationReader", *, method: str,
                    percentile: float = 99.99, symmetric: bool = True,
                    histogram_bins: int = HISTOGRAM_BINS, work_dir: Optional[Path] = None):
     """Run the calibration images through ``model_path`` and return ONNX Runtime's
     ``TensorsData`` (the range of every tensor to quantize) for ``method``.
 
-    Done here rather than inside ``quantize_static`` because that cannot set the histogram size
-    and keeps every batch's activations in memory until the stream ends. Entropy thresholds
-    come from :func:`entropy_threshold` on |x| histograms (ONNX Runtime's own search walks
-    every bin in Python, minutes per model at 2048 bins).
+    ONNX Runtime's calibrator chooses the tensors (those that ``quantize_static`` will look up)
+    and runs the graph; minmax uses its own statistics. Entropy and percentile use
+    :class:`AbsHistogram` per tensor, updated batch by batch (memory stays at one batch of
+    activations), and :func:`entropy_threshold`: ``quantize_static`` alone can neither size the
+    histograms nor survive a tensor of near-zero values, and its entropy search takes minutes
+    per model at 2048 bins. ``symmetric`` is accepted for minmax only; histogram ranges are
+    symmetric thresholds on |x|, clipped to the values seen.
     """
     from onnxruntime import quantization as quant
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    methods = {"minmax": quant.CalibrationMethod.MinMax,
-               "entropy": quant.CalibrationMethod.Entropy,
-               "percentile": quant.CalibrationMethod.Percentile}
+    collect_with = (quant.CalibrationMethod.MinMax if method == "minmax"
+                    else quant.CalibrationMethod.Percentile)
     options: Dict[str, Any] = {"symmetric": bool(symmetric)}
-    if method == "entropy":
-        # histograms of |x| (ONNX Runtime's percentile collector); thresholds found below
-        collect_with = quant.CalibrationMethod.Percentile
-        options.update(symmetric=True, num_bins=int(histogram_bins), percentile=100.0)
-    elif method == "percentile":
-        collect_with = quant.CalibrationMethod.Percentile
-        options.update(num_bins=int(histogram_bins), percentile=float(percentile))
-    else:
-        collect_with = quant.CalibrationMethod.MinMax
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
     with contextlib.ExitStack() as stack:
         if work_dir is None:
-            work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidedge-cal-")))
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="covidedge-cal-"))
+            work_dir = Path(tmp)
         try:
             with contextlib.redirect_stdout(sys.stderr):
                 calibrator = quant.create_calibrator(
@@ -383,32 +449,40 @@ def collect_ranges(model_path: PathLike, reader: "CalibrationReader", *, method:
         except Exception as exc:
             raise RuntimeFailure(f"cannot prepare the graph for calibration "
                                  f"({type(exc).__name__}: {exc})", path=model_path) from exc
+        session = getattr(calibrator, "infer_session", None)
+        tensors = getattr(calibrator, "tensors_to_calibrate", None)
+        if method != "minmax" and (session is None or not tensors):
+            raise RuntimeFailure("ONNX Runtime's calibrator exposes no session or tensors",
+                                 path=model_path, hint="this onnxruntime version is unsupported")
+        names = [o.name for o in session.get_outputs()] if session is not None else []
+        hists = {name: AbsHistogram(histogram_bins) for name in sorted(tensors or ())}
         reader.rewind()
         for feed in reader:  # raises BadInputError on an empty stream or unreadable image
             try:
-                with contextlib.redirect_stdout(sys.stderr):
-                    calibrator.collect_data(_OneBatch(feed))
+                if method == "minmax":
+                    with contextlib.redirect_stdout(sys.stderr):
+                        calibrator.collect_data(_OneBatch(feed))
+                else:
+                    for name, value in zip(names, session.run(None, feed)):
+                        if name in hists:
+                            hists[name].add(value)
             except Exception as exc:
                 raise RuntimeFailure(f"calibration inference failed on batch "
                                      f"{reader.batches_read} ({type(exc).__name__}: {exc})",
                                      path=model_path) from exc
-        if method != "entropy":
+        if method == "minmax":
             with contextlib.redirect_stdout(sys.stderr):
                 ranges = calibrator.compute_data()
         else:
-            histograms = getattr(getattr(calibrator, "collector", None), "histogram_dict", None)
-            if not histograms:
-                raise RuntimeFailure("calibration collected no histograms", path=model_path,
-                                     hint="this ONNX Runtime version may be unsupported")
             data = {}
-            for name in sorted(histograms):
-                hist, edges, lo, hi = histograms[name][:4]
-                t = entropy_threshold(hist, edges)
-                low = max(float(lo), -t)
-                data[name] = quant.TensorData(lowest=np.array(low, np.float32),
-                                              highest=np.array(min(float(hi), t), np.float32))
-            ranges = quant.TensorsData(quant.CalibrationMethod.Entropy, data)
-        del calibrator
+            for name, h in hists.items():
+                lo, hi = h.range(method, percentile)
+                data[name] = quant.TensorData(lowest=np.array(lo, np.float32),
+                                              highest=np.array(hi, np.float32))
+            kind = (quant.CalibrationMethod.Entropy if method == "entropy"
+                    else quant.CalibrationMethod.Percentile)
+            ranges = quant.TensorsData(kind, data)
+        del calibrator, session
     return ranges
 
 
@@ -430,8 +504,8 @@ def entropy_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = 128,
     the last one, and Q is those ``i`` bins merged into ``levels`` (the int8 magnitudes) and
     spread back evenly over each group's non-empty bins: the entropy calibration of 8-bit
     inference in TensorRT, with the first bin (exact zeros) levelled to the second as in
-    NVIDIA's PyTorch quantization toolkit. About ``candidates`` thresholds are tried on an even grid, then every
-    bin around the best one. Returns the threshold in the tensor's units.
+    NVIDIA's PyTorch quantization toolkit. About ``candidates`` thresholds are tried on an even
+    grid, then every bin around the best one. Returns the threshold in the tensor's units.
     """
     hist = np.array(hist, np.float64)
     edges = np.asarray(edges, np.float64)
@@ -517,7 +591,7 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "e
     except (TypeError, ValueError):
         raise BadInputError(f"percentile {percentile!r} is not a number") from None
     if not 0.0 < percentile <= 100.0:
-        raise BadInputError(f"percentile {percentile} is outside (0, 100]",
+        raise BadInputError(f"percentile {percentile:g} is outside (0, 100]",
                             hint="pass a percent such as 99.99")
     if activation_type not in ACTIVATION_TYPES:
         raise BadInputError(f"activation type {activation_type!r} is unknown; "
@@ -617,4 +691,4 @@ def parity_vs_fp32(onnx_path) -> Optional[Dict[str, Any]]:
 
 __all__ = ["PRECISIONS", "METHODS", "FP16_KEEP_FP32_OPS", "convert_fp16", "quantize_int8",
            "graph_precision", "inspect_qdq", "CalibrationReader", "collect_ranges",
-           "parity_vs_fp32", "HISTOGRAM_BINS", "entropy_threshold"]
+           "parity_vs_fp32", "HISTOGRAM_BINS", "entropy_threshold", "AbsHistogram"]

@@ -407,7 +407,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
 
     _log(progress, f"training {task.name} on {device}: {len(train_ds)} Train / {len(val_ds)} Val "
                    f"images at {o['image_size']} px, {o['epochs']} epochs, batch {bs}")
-    stopped_early = False
+    stopped_early = bool(history) and bad_epochs >= o["patience"] and len(history) < o["epochs"]
     epoch = start_epoch - 1
     for epoch in range(start_epoch, int(o["epochs"]) + 1):
         t0 = time.perf_counter()

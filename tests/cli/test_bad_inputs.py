@@ -187,7 +187,8 @@ def test_folder_without_images_is_an_error(models, tmp_path, capsys):
         main(["infer", str(empty), "-c", str(models[0])])
     assert exc.value.code == 3
     err = capsys.readouterr().err.splitlines()
-    assert err[-2] == f"skipped: {empty}: folder has no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .dcm) in it or its subfolders"
+    assert err[-2] == (f"skipped: {empty}: folder has no images (.png, .jpg, .jpeg, .bmp, .tif, "
+                       ".tiff, .dcm) in it or its subfolders")
     assert err[-1].startswith("error: no images to process in ")
 
     res = CliRunner().invoke(command, [str(empty), "-c", str(models[0])])

@@ -205,3 +205,33 @@ def test_real_covid_qu_ex_images(real_data_root, models, tmp_path):
     for r in rows:
         assert np.asarray(Image.open(r["lungs_png"])).shape == (256, 256)
         assert Image.open(r["overlay_png"]).size == (256, 256)
+
+
+def test_progress_bar_on_a_terminal_and_not_in_a_pipe(models, images):
+    """With stderr on a terminal (a pseudo-terminal here) tqdm draws a bar; piped, it does not."""
+    pty = pytest.importorskip("pty", reason="needs POSIX pseudo-terminals")
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    cmd = [sys.executable, "-m", "covidedge", "infer", str(images), "-c", str(models[0])]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=slave, timeout=120)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            data = os.read(master, 4096)
+            if not data:
+                break
+            chunks.append(data)
+    except OSError:  # EIO once the terminal's writer has gone
+        pass
+    os.close(master)
+    tty_err = b"".join(chunks).decode()
+    assert proc.returncode == 0
+    assert "0/3 [" in tty_err and "img/s" in tty_err
+    piped = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "img/s" not in piped.stderr and "%|" not in piped.stderr

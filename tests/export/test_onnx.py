@@ -49,7 +49,9 @@ def exported(tmp_path_factory):
             pytest.fail(f"registered model {name!r} has no small test variant in SMALL")
         ckpt, model, spec = _checkpoint(folder, name)
         path = folder / f"{name}.onnx"
-        out[name] = (ckpt, path, export_onnx(ckpt, path), model)
+        # the classifier's parity check runs on given images, the segmenter's on the default
+        x = synthetic_images(5, (SIZE, SIZE), seed=11) if name == "xception" else None
+        out[name] = (ckpt, path, export_onnx(ckpt, path, parity_inputs=x), model)
     return out
 
 
@@ -127,17 +129,16 @@ def test_static_batch_and_other_opset(tmp_path, exported):
     x = synthetic_images(1, (SIZE, SIZE), seed=3)
     assert _run(path, x)["probabilities"].shape == (1, 2, SIZE, SIZE)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with pytest.raises(Exception):  # a fixed batch of 1 refuses 2 images
+    with pytest.raises(Exception, match="Got: 2 Expected: 1"):  # a fixed batch refuses 2 images
         sess.run(None, {"image": synthetic_images(2, (SIZE, SIZE))})
 
 
 def test_parity_inputs_are_used_and_checked(tmp_path, exported):
-    ckpt = exported["xception"][0]
-    x = synthetic_images(5, (SIZE, SIZE), seed=11)
-    report = export_onnx(ckpt, tmp_path / "p.onnx", parity_inputs=x)
-    assert report.parity["n"] == 5
+    assert exported["xception"][2].parity["n"] == 5  # the images it was given
+    assert exported["resunet"][2].parity["n"] == 4   # the default synthetic batch
     with pytest.raises(BadInputError, match=r"parity_inputs has shape \(2, 1, 32, 32\)"):
-        export_onnx(ckpt, tmp_path / "q.onnx", parity_inputs=np.zeros((2, 1, 32, 32), np.float32))
+        export_onnx(exported["xception"][0], tmp_path / "q.onnx",
+                    parity_inputs=np.zeros((2, 1, 32, 32), np.float32))
 
 
 def test_bad_requests_are_refused_with_one_line_errors(tmp_path, exported):

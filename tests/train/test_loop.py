@@ -184,3 +184,12 @@ def test_bad_options_fail_before_any_work(data_root, tmp_path):
     with pytest.raises(BadInputError, match="drop-rate"):
         train_classifier(data_root, tmp_path / "d", **{**CLS, "drop_rate": 1.0})
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for torch (AMP path)")
+def test_cuda_amp_run(data_root, tmp_path):
+    res = train_segmenter(data_root, tmp_path / "gpu", device="cuda", **{**SEG, "epochs": 1})
+    assert read_checkpoint(res.last_checkpoint)["extra"]["device"] == "cuda"
+    assert np.isfinite(res.history[0]["train_loss"])
+    assert res.metrics["model"]["device"].startswith("cuda")
