@@ -408,7 +408,7 @@ class AbsHistogram:
 
     def range(self, method: str, percentile: float = 99.99):
         """(lowest, highest) for quantization: the seen min / max clipped to ±threshold."""
-        if self.width is None and not np.isfinite(self.lo):
+        if self.width is None:  # nothing but (near) zeros: a zero range (scale 1 in ORT)
             return 0.0, 0.0
         t = self.threshold(method, percentile)
         return max(self.lo, -t), min(self.hi, t)

@@ -26,15 +26,16 @@ def _ort():
 
 
 def read_onnx_metadata(path) -> Dict[str, str]:
-    """``metadata_props`` of an ONNX file as a dict, without loading the weights into a session."""
-    import onnx
+    """``metadata_props`` of an ONNX file as a dict, read without onnx and without the weights."""
+    from covidedge.runtime.onnxmeta import read_metadata_props
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError / ValueError subclasses
-        raise IncompatibleModelError(f"not a readable ONNX model ({type(exc).__name__}: {exc})",
-                                     path=path, hint="re-export it with 'covidedge export'") from exc
-    return {p.key: p.value for p in model.metadata_props}
+        return read_metadata_props(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IncompatibleModelError(f"not a readable ONNX model ({exc})", path=path,
+                                     hint="re-export it with 'covidedge export'") from exc
+    except OSError as exc:
+        raise BadInputError(f"cannot read the model file: {exc.strerror or exc}", path=path) from exc
 
 
 def _graph_precision(meta: Dict[str, str]) -> str:
