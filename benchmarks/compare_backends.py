@@ -66,7 +66,7 @@ class Variant:
     """One way of running one model: a label for the table and a factory of timed callables."""
 
     label: str                 # e.g. "PyTorch eager", "ONNX Runtime default", "covidedge ORT"
-    role: str                  # "baseline" | "reference" | "covidedge" | "peer"
+    role: str                  # "baseline" | "reference" | "covidedge" | "peer" | "info"
     backend: str               # torch | onnxruntime | tensorrt | openvino
     precision: str
     path: Path                 # the file it runs (its size is the size column)
@@ -91,8 +91,9 @@ def _cuda_available() -> bool:
         return False
 
 
-def eager_variant(ckpt: Path, spec, device: str) -> Variant:
-    """The model as a user runs it in PyTorch: eval(), inference_mode, default threads."""
+def eager_variant(ckpt: Path, spec, device: str, threads: Optional[int] = None) -> Variant:
+    """The model as a user runs it in PyTorch: eval(), inference_mode, default threads. With
+    ``threads`` an informational variant that sets torch's intra-op threads for its own runs."""
     import torch
 
     from covidedge.models.registry import InferenceWrapper
@@ -109,7 +110,18 @@ def eager_variant(ckpt: Path, spec, device: str) -> Variant:
             with torch.inference_mode():
                 logits, probs = net(x)
                 return logits.cpu().numpy(), probs.cpu().numpy()  # .cpu() waits for the GPU
-        return run
+
+        if threads is None:
+            return run
+
+        def run_with_threads():
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                return run()
+            finally:
+                torch.set_num_threads(before)
+        return run_with_threads
 
     def close():
         nonlocal net
@@ -119,6 +131,11 @@ def eager_variant(ckpt: Path, spec, device: str) -> Variant:
 
     from covidedge.runtime.torch import TorchRunner
 
+    if threads is not None:
+        return Variant(f"PyTorch eager ({threads} thread{'s' if threads > 1 else ''})", "info", "torch",
+                       "fp32", ckpt, make, close,
+                       settings={"device": device, "threads": threads, "version": torch.__version__},
+                       note="not the baseline: torch's thread count set for comparison")
     return Variant("PyTorch eager", "baseline", "torch", "fp32", ckpt, make, close,
                    settings={"device": device, "threads": torch.get_num_threads(),
                              "version": torch.__version__},
@@ -296,6 +313,8 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
     cuda = _cuda_available()
     eager_device = args.eager_device if args.eager_device != "auto" else ("cuda" if cuda else "cpu")
     variants = [eager_variant(case.checkpoint, spec, eager_device), ort_default_variant(graphs["fp32"], spec)]
+    for n in args.eager_threads:
+        variants.append(eager_variant(case.checkpoint, spec, eager_device, threads=n))
 
     threads = {"intra_op_threads": args.threads} if args.threads else {}
     for prec, graph in graphs.items():
@@ -304,9 +323,12 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
             with _quiet_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
                 built = build_engine(graph, work / f"{case.key}.{prec}.ort.onnx", backend="onnxruntime",
                                      min_batch=1, opt_batch=1, max_batch=max_batch, progress=False)
-        except CovidEdgeError as exc:  # stated in the results, and the other engines still run
-            notes.append(f"{case.title}: the ONNX Runtime {prec} engine was not built: {exc}")
+        except CovidEdgeError as exc:  # stated in the results; the graph itself is timed instead
+            notes.append(f"{case.title}: the ONNX Runtime {prec} engine was not built ({exc}); "
+                         f"its {prec} ONNX graph was timed with covidedge's ONNX Runtime runner instead")
             log(f"{case.key}: ONNX Runtime {prec} engine NOT built: {exc}")
+            variants.append(runner_variant(f"covidedge ORT (graph{', u8 act' if prec == 'int8-u8' else ''})",
+                                           "covidedge", graph, load(graph, **threads)))
             continue
         label = "covidedge ORT" if prec != "int8-u8" else "covidedge ORT (u8 act, CPU only)"
         runner = load(built.engine_path, **threads)
@@ -348,7 +370,8 @@ def measure(variants: List[Variant], batch: int, args) -> Dict[int, LatencyStats
     """Time every variant at ``batch`` in interleaved rounds; returns index -> stats.
 
     Each round gives each variant up to ceil(iterations / rounds) runs, stopping early once that
-    variant has used max_seconds / rounds in the round (at least one run per round)."""
+    variant has used max_seconds / rounds in the round (at least one run per round); the order of
+    the variants rotates from round to round."""
     fns: Dict[int, Callable] = {}
     for i, v in enumerate(variants):
         if v.max_batch is not None and batch > v.max_batch:
@@ -364,8 +387,12 @@ def measure(variants: List[Variant], batch: int, args) -> Dict[int, LatencyStats
     gc.collect()
     gc.disable()
     try:
-        for _ in range(args.rounds):
-            for i, fn in fns.items():
+        order = list(fns)
+        for r in range(args.rounds):
+            # each round starts one variant later, so no variant always follows the same one
+            k0 = r % len(order)
+            for i in order[k0:] + order[:k0]:
+                fn = fns[i]
                 start = time.perf_counter()
                 for k in range(per_round):
                     t0 = time.perf_counter()
@@ -481,7 +508,7 @@ def study_markdown(study: Dict[str, Any]) -> str:
              "|---|---:|---:|---:|---:|---|"]
     for p in study["pairs"]:
         lines.append(f"| {p['model']} | {p['batch']} | {p['s8s8_ms_per_image']:.2f} | {p['u8s8_ms_per_image']:.2f} "
-                     f"| {_fmt(p['u8s8_speedup_over_s8s8'], 2, 'x')} | {p['faster']} |")
+                     f"| {_fmt_ratio(p['u8s8_speedup_over_s8s8'])} | {p['faster']} |")
     if study["pairs"]:
         wins = sum(p["faster"].startswith("u8s8") for p in study["pairs"])
         verdict = ("u8s8 is faster on this CPU" if wins == len(study["pairs"]) else
@@ -499,10 +526,10 @@ def parse_args(argv=None):
     p.add_argument("--models", default="classifier,segmenter", help="which of classifier,segmenter to run")
     p.add_argument("--batches", default="1,8", help="batch sizes, comma separated (default 1,8)")
     p.add_argument("--iterations", type=int, default=10, help="timed runs per variant and batch (default 10)")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds the runs are split over (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds the runs are split over (default 3)")
     p.add_argument("--max-seconds", type=float, default=8.0,
                    help="time cap per variant and batch; slow cells stop early (at least one run per round)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs per variant and batch (default 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per variant and batch (default 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for covidedge's ONNX Runtime engines (default: ONNX Runtime's, "
                         "one per physical core); the baselines always keep their defaults")
@@ -516,6 +543,8 @@ def parse_args(argv=None):
     p.add_argument("--data", type=Path, help="COVID-QU-Ex folder: calibration from Train, metric on --split")
     p.add_argument("--split", default="Val")
     p.add_argument("--limit-per-class", type=int, default=50, help="images per class for the metric (default 50)")
+    p.add_argument("--eager-threads", default="",
+                   help="also time PyTorch eager with these torch thread counts, e.g. 1 (informational rows)")
     p.add_argument("--eager-device", default="auto", help="device of the PyTorch eager baseline (auto: cuda if present)")
     p.add_argument("--image-size", type=int, default=256, help="input size in px (default 256)")
     p.add_argument("--width-mult", type=float, default=1.0, help="Xception width for a fresh model (default 1.0)")
@@ -526,6 +555,7 @@ def parse_args(argv=None):
     args.batches = sorted({int(b) for b in args.batches.split(",") if b.strip()})
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.precisions = [m.strip() for m in args.precisions.split(",") if m.strip()]
+    args.eager_threads = [int(t) for t in args.eager_threads.split(",") if t.strip()]
     bad = set(args.models) - {"classifier", "segmenter"} or set(args.precisions) - {"fp32", "fp16", "int8"}
     if bad or not args.batches or min(args.batches) < 1 or args.iterations < 1 or args.rounds < 1:
         p.error(f"bad --models / --precisions / --batches / --iterations / --rounds ({sorted(bad)})")
@@ -534,6 +564,86 @@ def parse_args(argv=None):
     if "int8" not in args.precisions:
         args.int8_activations = False
     return args
+
+
+def collect_rows(case: ModelCase, variants: List[Variant], batch: int, stats: Dict[int, LatencyStats],
+                 metrics: Dict[int, Dict[str, Any]], report: BenchReport) -> List[Dict[str, Any]]:
+    """Table rows of one model at one batch (with the ratios), also added to ``report``."""
+    def ms_of(role):
+        return next((stats[i].ms_per_image for i, v in enumerate(variants) if v.role == role and i in stats), None)
+
+    eager, ort_default = ms_of("baseline"), ms_of("reference")
+    rows = []
+    for i, v in enumerate(variants):
+        if i not in stats:
+            report.skip(f"{case.title}: {v.name}", batch, f"batch above the engine's max {v.max_batch}")
+            continue
+        st = stats[i]
+        metric = metrics.get(i) if metrics.get(i, {}).get("value") is not None else None
+        row = BenchRow(model=case.title, backend=v.label, precision=v.precision, batch=batch, latency=st,
+                       task=case.key, path=str(v.path), size_mb=file_size_mb(v.path),
+                       settings=_jsonable(v.settings), note=v.note or None)
+        if metric:
+            row.metric_name, row.metric_value = metric["name"], metric["value"]
+        report.add(row)
+        rows.append({"model": case.title, "task": case.key, "batch": batch, "runtime": v.label,
+                     "backend": v.backend, "role": v.role, "precision": v.precision,
+                     "size_mb": row.size_mb, "metric": metric, "ms_per_image": st.ms_per_image,
+                     "p50_ms": st.median_ms, "p99_ms": st.p99_ms, "fps": st.throughput, "n": st.n,
+                     "cv": st.cv, "unstable": st.unstable, "vs_eager": ratio(eager, st.ms_per_image),
+                     "vs_ort_default": ratio(ort_default, st.ms_per_image)})
+    return rows
+
+
+def run_case(key: str, work: Path, calib, args, report: BenchReport, notes: List[str]) -> List[Dict[str, Any]]:
+    """Prepare one model's graphs and engines, score them (--data), time them at every batch."""
+    case = make_checkpoint(key, work, args)
+    if not case.trained:
+        notes.append(f"{case.title}: freshly initialised weights (latency does not depend on "
+                     "training; the metric needs --data and trained checkpoints)")
+    graphs = prepare_graphs(case, work, calib, args)
+    variants = build_variants(case, graphs, work, args, notes)
+    rows: List[Dict[str, Any]] = []
+    try:
+        metrics = evaluate_variants(case, variants, args) if (args.data and case.trained) else {}
+        for batch in args.batches:
+            t = time.perf_counter()
+            stats = measure(variants, batch, args)
+            log(f"{case.key}: batch {batch} timed in {time.perf_counter() - t:.0f} s")
+            rows += collect_rows(case, variants, batch, stats, metrics, report)
+    finally:
+        for v in variants:
+            with contextlib.suppress(Exception):
+                v.close()
+        gc.collect()
+    return rows
+
+
+def results_markdown(stem: str, rows, targets, report: BenchReport, args, seconds: float, load_text: str) -> str:
+    md = [f"# covidedge backend comparison: {stem}", "",
+          f"One run of `benchmarks/compare_backends.py` on the same machine and input batch, "
+          f"{seconds / 60:.1f} min; {load_text}. Variants were timed in {args.rounds} interleaved "
+          f"rounds, up to {args.iterations} runs or {args.max_seconds:g} s per variant and batch, "
+          f"after {args.warmup} warm-up run(s).", "",
+          comparison_markdown(rows), "",
+          "ms/image = median latency per call / batch; p50 / p99 per call; FPS over all timed calls; "
+          "'vs eager' and 'vs ORT default' = their ms/image divided by this row's (higher is faster).", ""]
+    if targets:
+        md += ["## Targets (batch 1, covidedge's fastest engine)", "",
+               "| task | engine | measure | target | measured | met |", "|---|---|---|---:|---:|---|"]
+        md += [f"| {t['task']} | {t['best']} | {t['measure']} | {t['target']:g}x | {_fmt_ratio(t['measured'])} "
+               f"| {'yes' if t['met'] else 'no'} |" for t in targets]
+        md.append("")
+    unstable = [r for r in rows if r["unstable"]]
+    if report.notes or report.skipped or unstable:
+        md += ["## Notes", ""] + [f"- {n}" for n in report.notes]
+        md += [f"- skipped: {s['model']} batch {s['batch']}: {s['reason']}" for s in report.skipped]
+        if unstable:
+            md.append(f"- {len(unstable)} of {len(rows)} cells vary by more than 10 % (coefficient of "
+                      "variation); compare within a batch, where the rounds were interleaved.")
+        md.append("")
+    md += ["## Machine", ""] + [f"- {line}" for line in machine_summary(report.machine)] + [""]
+    return "\n".join(md)
 
 
 def main(argv=None) -> int:
@@ -559,95 +669,33 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         calib = calibration_set(args, work) if "int8" in args.precisions else None
         for key in args.models:
-            case = make_checkpoint(key, work, args)
-            if not case.trained:
-                notes.append(f"{case.title}: freshly initialised weights (latency does not depend on "
-                             "training; the metric needs --data and trained checkpoints)")
-            graphs = prepare_graphs(case, work, calib, args)
-            variants = build_variants(case, graphs, work, args, notes)
-            try:
-                metrics = evaluate_variants(case, variants, args) if (args.data and case.trained) else {}
-                for batch in args.batches:
-                    t = time.perf_counter()
-                    stats = measure(variants, batch, args)
-                    log(f"{case.key}: batch {batch} timed in {time.perf_counter() - t:.0f} s")
-                    base = [stats[i].ms_per_image for i, v in enumerate(variants) if v.role == "baseline" and i in stats]
-                    ref = [stats[i].ms_per_image for i, v in enumerate(variants) if v.role == "reference" and i in stats]
-                    for i, v in enumerate(variants):
-                        if i not in stats:
-                            report.skip(f"{case.title}: {v.name}", batch, f"batch above the engine's max {v.max_batch}")
-                            continue
-                        st = stats[i]
-                        metric = metrics.get(i)
-                        row = BenchRow(model=case.title, backend=v.label, precision=v.precision, batch=batch,
-                                       latency=st, task=case.key, path=str(v.path),
-                                       size_mb=file_size_mb(v.path), settings=_jsonable(v.settings), note=v.note or None)
-                        if metric and metric.get("value") is not None:
-                            row.metric_name, row.metric_value = metric["name"], metric["value"]
-                        report.add(row)
-                        rows.append({"model": case.title, "task": case.key, "batch": batch, "runtime": v.label,
-                                     "backend": v.backend, "role": v.role, "precision": v.precision,
-                                     "size_mb": row.size_mb, "metric": metric if metric and metric.get("value") is not None else None,
-                                     "ms_per_image": st.ms_per_image, "p50_ms": st.median_ms, "p99_ms": st.p99_ms,
-                                     "fps": st.throughput, "n": st.n, "cv": st.cv, "unstable": st.unstable,
-                                     "vs_eager": ratio(base[0] if base else None, st.ms_per_image),
-                                     "vs_ort_default": ratio(ref[0] if ref else None, st.ms_per_image)})
-            finally:
-                for v in variants:
-                    with contextlib.suppress(Exception):
-                        v.close()
-                gc.collect()
+            rows += run_case(key, work, calib, args, report, notes)
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     seconds = time.perf_counter() - t_start
     targets = check_targets(rows)
     study = int8_activation_study(rows, machine) if args.int8_activations else None
     report.notes.extend(notes)
-
-    # -- write --------------------------------------------------------------------------------
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{machine_slug(machine)}-{dt.date.today().isoformat()}"
     load_text = (f"load average (1 min) {load_before[0]:.2f} at start, {load_after[0]:.2f} at end"
                  if load_before and load_after else "load average unknown")
-    md = [f"# covidedge backend comparison: {stem}", "",
-          f"One run of `benchmarks/compare_backends.py` on the same machine and input batch, {seconds / 60:.1f} min; "
-          f"{load_text}. Variants were timed in {args.rounds} interleaved rounds, up to {args.iterations} "
-          f"runs or {args.max_seconds:g} s per variant and batch, after {args.warmup} warm-up runs.", "",
-          comparison_markdown(rows), "",
-          "ms/image = median latency per call / batch; p50 / p99 per call; FPS over all timed calls; "
-          "'vs eager' and 'vs ORT default' = their ms/image divided by this row's (higher is faster).", ""]
-    if targets:
-        md += ["## Targets (batch 1, covidedge's fastest engine)", "",
-               "| task | engine | measure | target | measured | met |", "|---|---|---|---:|---:|---|"]
-        md += [f"| {t['task']} | {t['best']} | {t['measure']} | {t['target']:g}x | {_fmt(t['measured'], 2, 'x')} "
-               f"| {'yes' if t['met'] else 'no'} |" for t in targets]
-        md.append("")
-    if report.notes or report.skipped:
-        md += ["## Notes", ""] + [f"- {n}" for n in report.notes]
-        md += [f"- skipped: {s['model']} batch {s['batch']}: {s['reason']}" for s in report.skipped]
-        md.append("")
-    unstable = [r for r in rows if r["unstable"]]
-    if unstable:
-        md += [f"- {len(unstable)} of {len(rows)} cells vary by more than 10 % (coefficient of variation); "
-               "the machine was shared - compare within a batch, where rounds were interleaved.", ""]
-    md += ["## Machine", ""] + [f"- {line}" for line in machine_summary(machine)] + [""]
-    (args.out / f"{stem}.md").write_text("\n".join(md))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{machine_slug(machine)}-{dt.date.today().isoformat()}"
+    (args.out / f"{stem}.md").write_text(results_markdown(stem, rows, targets, report, args, seconds, load_text))
     payload = {"report": report.to_dict(samples=True), "comparison": rows, "targets": targets,
-               "int8_activations": study, "seconds": seconds, "load_average": {"start": load_before, "end": load_after}}
+               "int8_activations": study, "seconds": seconds,
+               "load_average": {"start": load_before, "end": load_after}}
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     png = report.plot(args.out / f"{stem}.png")
     if study is not None:
         (args.out / f"{stem}-int8-activations.md").write_text(study_markdown(study))
         (args.out / f"{stem}-int8-activations.json").write_text(json.dumps(study, indent=2) + "\n")
 
-    # -- print --------------------------------------------------------------------------------
-    print(comparison_markdown(rows))
-    print()
+    print(comparison_markdown(rows) + "\n")
     for t in targets:
-        print(f"target {t['task']} {t['measure']} >= {t['target']:g}x: {_fmt(t['measured'], 2, 'x')} "
+        print(f"target {t['task']} {t['measure']} >= {t['target']:g}x: {_fmt_ratio(t['measured'])} "
               f"({t['best']}) -> {'met' if t['met'] else 'MISSED'}")
     if study is not None:
-        print()
-        print(study_markdown(study).split("\n\n", 1)[1])
+        print("\n" + study_markdown(study).split("\n\n", 1)[1])
     for n in report.notes:
         print(f"note: {n}")
     print(f"\nwritten: {args.out / stem}.md, .json" + (", .png" if png else "")

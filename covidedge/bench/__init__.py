@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from covidedge.bench.report import BenchReport, BenchRow, file_size_mb, probe_machine_safely
 from covidedge.bench.timing import (
@@ -70,7 +70,8 @@ def _number(v) -> Optional[float]:
     return f if f == f else None  # NaN -> None
 
 
-def _end_to_end_files(data_root, split: str, limit_per_class: Optional[int], tmp: List) -> (List[Path], str):
+def _end_to_end_files(data_root, split: str, limit_per_class: Optional[int],
+                      tmp: List) -> Tuple[List[Path], str]:
     """Image files to time end to end: from the data split, or a few synthetic ones."""
     per_class = limit_per_class or END_TO_END_PER_CLASS
     if data_root is None:

@@ -668,10 +668,15 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "e
         KEY_ACT_SYMMETRIC: "true" if symmetric_activations else "false",
         KEY_TRT_COMPATIBLE: "true" if trt_ok else "false",
     })
-    # ORT's marker entries carry nothing a reader of this file needs
+    # ORT's marker entries carry nothing a reader of this file needs, and its optimizer
+    # declares every domain it knows; keep the ones the nodes use
     for prop in list(q.metadata_props):
         if prop.key in ("onnx.infer", "onnx.quant.pre_process"):
             q.metadata_props.remove(prop)
+    used = {n.domain or "" for n in q.graph.node} | {""}
+    for imp in list(q.opset_import):
+        if (imp.domain or "") not in used and imp.domain != "ai.onnx":
+            q.opset_import.remove(imp)
     save_onnx(q, dst)
     check_onnx(dst)
     stats = _compare_with_source(src, dst, task, batch, chw)

@@ -90,6 +90,7 @@ def test_graph_is_clean_self_contained_and_checked(exported, name):
     onnx.checker.check_model(model, full_check=True)
     ops = {n.op_type for n in model.graph.node}
     assert "BatchNormalization" not in ops  # folded: no training-mode BN
+    assert "Identity" not in ops  # shared initializers are read directly
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     assert not list(path.parent.glob(path.name + ".data"))
     assert [i.name for i in model.graph.input] == ["image"]

@@ -63,6 +63,18 @@ def _io_types(model):
             for vi in [*model.graph.input, *model.graph.output]}
 
 
+def test_fresh_model_graph_shares_initializers_without_identity_nodes(models):
+    # fresh BatchNorms fold into equal (zero) biases that torch's exporter shares
+    model = onnx.load(str(models["segmenter"][1]))
+    assert "Identity" not in {n.op_type for n in model.graph.node}
+    uses = {}
+    for n in model.graph.node:
+        for name in n.input:
+            uses[name] = uses.get(name, 0) + 1
+    inits = {t.name for t in model.graph.initializer}
+    assert any(uses.get(name, 0) > 1 for name in inits)  # one tensor read by several convs
+
+
 # -- fp16 ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task,final", [("classifier", "Softmax"), ("segmenter", "Sigmoid")])
 def test_fp16_graph_has_fp32_io_runs_and_keeps_the_output_activation_fp32(models, tmp_path, task,
@@ -158,6 +170,9 @@ def test_int8_graph_is_what_tensorrt_accepts(int8_graphs):
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     assert producers["probabilities"] == "Sigmoid" and producers["logits"] == "Conv"
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # plain ONNX: no contrib domains declared or used
+    assert [(i.domain, i.version) for i in model.opset_import] == [("", 17)]
+    assert {n.domain for n in model.graph.node} == {""}
 
 
 def test_int8_runs_and_records_its_calibration(int8_graphs, calib, models):
