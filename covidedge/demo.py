@@ -26,11 +26,13 @@ class DemoSettings:
     """Sizes of the demo run. Defaults keep it to a few minutes on a 2-core CPU."""
 
     image_size: int = 64
-    epochs: int = 6
+    epochs: int = 16
+    batch_size: int = 8
+    lr: float = 3e-3
     width_mult: float = 0.25
     base_width: int = 8
     depth: int = 3
-    per_class: int = 24
+    per_class: int = 40
     limit_per_class: Optional[int] = None
     eval_limit_per_class: Optional[int] = None
     calib_count: int = 48
@@ -42,8 +44,8 @@ class DemoSettings:
     @classmethod
     def for_real_data(cls, **kw) -> "DemoSettings":
         """Larger defaults for a real COVID-QU-Ex folder: a few hundred images at 128 px."""
-        base = dict(image_size=128, epochs=8, limit_per_class=100, eval_limit_per_class=60,
-                    calib_count=60)
+        base = dict(image_size=128, epochs=8, batch_size=16, lr=1e-3, limit_per_class=100,
+                    eval_limit_per_class=60, calib_count=60)
         base.update(kw)
         return cls(**base)
 
@@ -115,7 +117,8 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     steps["data"] = {"root": str(ds.root), "counts": ds.counts(), "synthetic": synthetic}
 
     # 2. train -----------------------------------------------------------------------------
-    common = dict(epochs=s.epochs, image_size=s.image_size, seed=s.seed, progress=progress,
+    common = dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, image_size=s.image_size,
+                  seed=s.seed, progress=progress,
                   limit_per_class=s.limit_per_class, overwrite=True, patience=max(3, s.epochs))
     _say(log, f"[2/6] train: Xception classifier (width x{s.width_mult}, {s.image_size} px, "
               f"{s.epochs} epochs)")

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from covidedge.errors import (BadInputError, IncompatibleModelError, MissingDependencyError,
                               RuntimeFailure)
+from covidedge.runtime.available import module_present
 from covidedge.engine.manifest import (EngineManifest, VERSION_COMPATIBLE_SINCE, manifest_path_for,
                                        parse_version, sha256_file)
 
@@ -372,15 +373,6 @@ def _calibration_sha(meta: Dict[str, str], calibration=None) -> Optional[str]:
 
 
 # -- thin backend calls ----------------------------------------------------------------------
-def _module_present(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def _progress(enabled: bool, text: str) -> None:
     if enabled:
         print(text, file=sys.stderr, flush=True)
@@ -613,7 +605,7 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
         raise BadInputError(f"calibration options apply to int8 only, this build is {precision or 'fp32'}",
                             hint="add --precision int8, or drop the calibration options")
 
-    trt_present, cuda_present = _module_present("tensorrt"), _module_present("pycuda")
+    trt_present, cuda_present = module_present("tensorrt"), module_present("pycuda")
     chosen = resolve_backend(backend, trt_present, cuda_present)
     fell_back = backend == "auto" and chosen == "onnxruntime"
     check_options_for_backend(chosen, workspace_mib=workspace_mib, timing_cache=timing_cache,

@@ -9,7 +9,7 @@ pycuda only when ``use_backends=True`` (the TensorRT paths, which need them anyw
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
+from covidedge.runtime.available import module_present
 import os
 import platform
 import re
@@ -131,13 +131,6 @@ def package_version(name: str) -> Optional[str]:
         except Exception:  # a broken metadata folder must not break the probe
             continue
     return None
-
-
-def module_present(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def _tensorrt_version(use_backends: bool) -> Optional[str]:

@@ -16,8 +16,8 @@ from covidedge.errors import (EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, BadInputE
                               MissingDependencyError)
 from tests.engine.conftest import run_onnx
 
-HAS_TRT = B._module_present("tensorrt")
-HAS_PYCUDA = B._module_present("pycuda")
+HAS_TRT = B.module_present("tensorrt")
+HAS_PYCUDA = B.module_present("pycuda")
 no_trt = pytest.mark.skipif(HAS_TRT, reason="this machine has TensorRT; the fallback path is not taken")
 
 
