@@ -371,7 +371,7 @@ def measure(variants: List[Variant], batch: int, args) -> Dict[int, LatencyStats
 
     Each round gives each variant up to ceil(iterations / rounds) runs, stopping early once that
     variant has used max_seconds / rounds in the round (at least one run per round); the order of
-    the variants rotates from round to round."""
+    the variants is shuffled (seeded) in every round."""
     fns: Dict[int, Callable] = {}
     for i, v in enumerate(variants):
         if v.max_batch is not None and batch > v.max_batch:
@@ -387,11 +387,11 @@ def measure(variants: List[Variant], batch: int, args) -> Dict[int, LatencyStats
     gc.collect()
     gc.disable()
     try:
-        order = list(fns)
-        for r in range(args.rounds):
-            # each round starts one variant later, so no variant always follows the same one
-            k0 = r % len(order)
-            for i in order[k0:] + order[:k0]:
+        shuffle = np.random.default_rng(0)
+        for _ in range(args.rounds):
+            # a new (seeded) order each round, so no variant always runs right after the same one
+            # (torch's OpenMP threads, for one, spin for a while after a call)
+            for i in shuffle.permutation(list(fns)).tolist():
                 fn = fns[i]
                 start = time.perf_counter()
                 for k in range(per_round):

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from covidedge.engine.build import BACKENDS, CALIB_METHODS, PRECISIONS
+from covidedge.engine.build import BACKENDS, CALIB_METHODS, INT8_ACTIVATIONS, PRECISIONS
 
 
 @click.command(name="build-engine")
@@ -24,6 +24,10 @@ from covidedge.engine.build import BACKENDS, CALIB_METHODS, PRECISIONS
                    "(default 500, or all its Train split has).")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=None,
               help="int8 calibration method (default entropy).")
+@click.option("--int8-activations", type=click.Choice(INT8_ACTIVATIONS), default="auto", show_default=True,
+              help="int8 from a checkpoint: activation type. auto = signed symmetric for TensorRT, "
+                   "unsigned asymmetric for ONNX Runtime CPU engines (measured faster there, see "
+                   "benchmarks/).")
 @click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Smallest batch the engine accepts (images).")
 @click.option("--opt-batch", type=click.IntRange(min=1), default=1, show_default=True,
@@ -41,7 +45,7 @@ from covidedge.engine.build import BACKENDS, CALIB_METHODS, PRECISIONS
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="auto builds TensorRT where it is installed, else an ONNX Runtime model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and its manifest as JSON.")
-def command(model, out, precision, calib_data, calib_count, calib_method, min_batch, opt_batch,
+def command(model, out, precision, calib_data, calib_count, calib_method, int8_activations, min_batch, opt_batch,
             max_batch, workspace_mib, timing_cache, dla_core, version_compatible, backend, as_json):
     """Build a deployable engine from MODEL - a checkpoint (.pt, exported to ONNX first) or an
     exported ONNX graph, whose precision (fp32 / fp16 / int8 Q/DQ) is in the graph - and write
@@ -60,7 +64,8 @@ def command(model, out, precision, calib_data, calib_count, calib_method, min_ba
     from covidedge.engine.build import build_engine
 
     result = build_engine(model, out, precision=precision, backend=backend, calibration=calib_data,
-                          calib_method=calib_method, calib_count=calib_count, min_batch=min_batch,
+                          calib_method=calib_method, calib_count=calib_count,
+                          int8_activations=int8_activations, min_batch=min_batch,
                           opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
                           timing_cache=timing_cache, dla_core=dla_core,
                           version_compatible=version_compatible, progress=True)

@@ -331,3 +331,25 @@ def test_cli_builds_int8_from_a_checkpoint_with_calibration(tmp_path, monkeypatc
     cmd = json.loads(res.stdout)["details"]["build_options"]
     assert cmd["calib_data"] == str(data.resolve())
     assert len(list((tmp_path / "calibration").glob("*.json"))) == 1
+    # an ONNX Runtime CPU engine gets the measured-faster unsigned activations by default
+    from covidedge.export.precision import inspect_qdq
+
+    assert m.build_options["int8_activations"] == "uint8"
+    assert inspect_qdq(m.build_options["onnx"])["dtypes"].get("uint8", 0) > 0
+
+
+def test_int8_activation_choice_per_backend():
+    assert B.resolve_int8_activations("auto", "tensorrt") == "int8"
+    assert B.resolve_int8_activations("auto", "onnxruntime") == B.CPU_INT8_ACTIVATIONS == "uint8"
+    assert B.resolve_int8_activations("int8", "onnxruntime") == "int8"
+    with pytest.raises(BadInputError, match="TensorRT takes signed symmetric int8 activations only"):
+        B.resolve_int8_activations("uint8", "tensorrt")
+    with pytest.raises(BadInputError, match="int8 activations 'fp8' unknown"):
+        B.resolve_int8_activations("fp8", "onnxruntime")
+
+
+def test_int8_activations_option_needs_an_int8_checkpoint_build(tmp_path, tiny_onnx):
+    src, _ = tiny_onnx("fp32")
+    with pytest.raises(BadInputError, match="applies to int8 builds, this build is fp32"):
+        B.build_engine(src, tmp_path / "a.onnx", int8_activations="uint8", backend="onnxruntime",
+                       progress=False)
