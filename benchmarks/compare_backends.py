@@ -480,9 +480,29 @@ def check_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return results
 
 
+def optimized_op_counts(onnx_path) -> Dict[str, int]:
+    """Node types of the graph ONNX Runtime actually runs on this CPU (after ORT_ENABLE_ALL): which
+    Q/DQ pairs were fused into integer kernels and which were left as float round trips."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="covidedge-ops-") as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+        graph = onnx.load(so.optimized_model_filepath).graph
+    return dict(collections.Counter(n.op_type for n in graph.node).most_common())
+
+
 def int8_activation_study(rows: List[Dict[str, Any]], machine: Dict[str, Any]) -> Dict[str, Any]:
-    """Signed int8 symmetric vs unsigned uint8 asymmetric activations, from the same run."""
+    """Signed int8 symmetric vs unsigned uint8 asymmetric activations, from the same run, with the
+    node types ONNX Runtime runs for each (why one is faster)."""
     pairs = []
+    graphs: Dict[str, Dict[str, Dict[str, int]]] = {}
     for r in rows:
         if r["runtime"] != "covidedge ORT" or r["precision"] != "int8":
             continue
@@ -490,13 +510,16 @@ def int8_activation_study(rows: List[Dict[str, Any]], machine: Dict[str, Any]) -
             if (u["runtime"].startswith("covidedge ORT (u8") and u["model"] == r["model"]
                     and u["batch"] == r["batch"]):
                 faster = "s8s8 (int8 activations)" if r["ms_per_image"] < u["ms_per_image"] else "u8s8 (uint8 activations)"
+                if r["model"] not in graphs:
+                    graphs[r["model"]] = {"s8s8": optimized_op_counts(r["path"]),
+                                          "u8s8": optimized_op_counts(u["path"])}
                 pairs.append({"model": r["model"], "batch": r["batch"],
                               "s8s8_ms_per_image": r["ms_per_image"], "u8s8_ms_per_image": u["ms_per_image"],
                               "u8s8_speedup_over_s8s8": ratio(r["ms_per_image"], u["ms_per_image"]),
                               "faster": faster})
     isa = machine.get("cpu_isa", "")
     return {"machine": machine_slug(machine), "cpu": machine.get("cpu"), "cpu_isa": isa,
-            "onnxruntime": machine.get("onnxruntime"), "pairs": pairs}
+            "onnxruntime": machine.get("onnxruntime"), "pairs": pairs, "optimized_graph_ops": graphs}
 
 
 def study_markdown(study: Dict[str, Any]) -> str:
@@ -514,6 +537,15 @@ def study_markdown(study: Dict[str, Any]) -> str:
         verdict = ("u8s8 is faster on this CPU" if wins == len(study["pairs"]) else
                    "s8s8 is faster on this CPU" if wins == 0 else "neither wins everywhere on this CPU")
         lines += ["", f"Finding: {verdict} ({wins} of {len(study['pairs'])} cases favour u8s8)."]
+    keys = ("QLinearConv", "QLinearAdd", "QuantizeLinear", "DequantizeLinear", "Relu", "Transpose", "Conv", "Add")
+    if study.get("optimized_graph_ops"):
+        lines += ["", "Nodes ONNX Runtime runs after its CPU graph optimisations (fused integer kernels vs "
+                  "float round trips):", "",
+                  "| model | activations | " + " | ".join(keys) + " |",
+                  "|---|---|" + "---:|" * len(keys)]
+        for model, kinds in study["optimized_graph_ops"].items():
+            for kind, ops in kinds.items():
+                lines.append(f"| {model} | {kind} | " + " | ".join(str(ops.get(k, 0)) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -586,7 +618,7 @@ def collect_rows(case: ModelCase, variants: List[Variant], batch: int, stats: Di
         if metric:
             row.metric_name, row.metric_value = metric["name"], metric["value"]
         report.add(row)
-        rows.append({"model": case.title, "task": case.key, "batch": batch, "runtime": v.label,
+        rows.append({"model": case.title, "task": case.key, "batch": batch, "runtime": v.label, "path": str(v.path),
                      "backend": v.backend, "role": v.role, "precision": v.precision,
                      "size_mb": row.size_mb, "metric": metric, "ms_per_image": st.ms_per_image,
                      "p50_ms": st.median_ms, "p99_ms": st.p99_ms, "fps": st.throughput, "n": st.n,
@@ -685,7 +717,7 @@ def main(argv=None) -> int:
                "int8_activations": study, "seconds": seconds,
                "load_average": {"start": load_before, "end": load_after}}
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    png = report.plot(args.out / f"{stem}.png")
+    png = report.plot(args.out / f"{stem}.png", title=f"covidedge backend comparison: {stem}")
     if study is not None:
         (args.out / f"{stem}-int8-activations.md").write_text(study_markdown(study))
         (args.out / f"{stem}-int8-activations.json").write_text(json.dumps(study, indent=2) + "\n")

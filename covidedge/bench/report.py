@@ -374,7 +374,7 @@ class BenchReport:
         blocks.append("machine:\n" + "\n".join(f"  {line}" for line in machine_summary(self.machine)))
         return "\n\n".join(blocks)
 
-    def plot(self, out_png) -> Optional[Path]:
+    def plot(self, out_png, title: str = "covidedge bench") -> Optional[Path]:
         """ms per image and FPS as horizontal bars, one per row; None when matplotlib is absent."""
         if not self.rows:
             return None
@@ -401,8 +401,8 @@ class BenchReport:
             for y, v in zip(ypos, vals):
                 ax.text(v, y, f" {v:.3g}", va="center", fontsize=7)
             ax.grid(axis="x", alpha=0.3)
-        fig.suptitle("covidedge bench")
-        fig.tight_layout()
+        fig.suptitle(title)
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
         out_png = Path(out_png)
         out_png.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out_png, dpi=110)

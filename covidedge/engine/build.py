@@ -48,9 +48,12 @@ DEFAULT_BUILD_DIR = Path("build")
 #: https://onnxruntime.ai/docs/performance/model-optimizations/graph-optimizations.html
 ORT_OFFLINE_LEVEL = "extended"
 
-#: Largest |probability| difference accepted between an ONNX Runtime artifact and its source
-#: graph in the build's self-check (both run the same precision; anything near this is a bug).
-ORT_SELF_CHECK_ATOL = 1e-3
+#: Largest |probability| difference accepted, per precision, between an ONNX Runtime artifact and
+#: its source graph in the build's self-check. Both run the same precision, but offline fusion
+#: reorders arithmetic: fp32 moves by rounding only; fp16 by a few fp16 ulps (eps 9.8e-4), seen
+#: up to 1.2e-3 on the full U-Net; int8 by up to a quantization step where Q/DQ pairs fuse into
+#: integer kernels. A difference past these is a broken optimisation, not rounding.
+ORT_SELF_CHECK_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 2e-2}
 
 TENSORRT_INSTALL_HINT = (
     "on a Jetson TensorRT comes with JetPack (sudo apt install nvidia-jetpack, or python3-libnvinfer); "
@@ -490,7 +493,7 @@ def _ort_level(ort, name: str):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[name]
 
 
-def _build_onnxruntime(onnx_path: Path, out: Path, spec, opt_batch: int) -> Dict[str, Any]:
+def _build_onnxruntime(onnx_path: Path, out: Path, spec, opt_batch: int, precision: str = "fp32") -> Dict[str, Any]:
     """Optimise ``onnx_path`` offline with ONNX Runtime into ``out`` (an ONNX file), then run the
     artifact and its source on one seeded batch and compare. Returns the self-check numbers."""
     import numpy as np
@@ -526,10 +529,11 @@ def _build_onnxruntime(onnx_path: Path, out: Path, spec, opt_batch: int) -> Dict
     diffs = {k: float(np.max(np.abs(ref[k].astype(np.float64) - got[k].astype(np.float64))))
              for k in spec.output_names}
     prob = spec.output_names[1]
-    if not np.isfinite(diffs[prob]) or diffs[prob] > ORT_SELF_CHECK_ATOL:
+    limit = ORT_SELF_CHECK_ATOL[precision]
+    if not np.isfinite(diffs[prob]) or diffs[prob] > limit:
         tmp.unlink(missing_ok=True)
         raise RuntimeFailure(f"the optimised model's {prob} differ from the source graph's by "
-                             f"{diffs[prob]:.3g} (limit {ORT_SELF_CHECK_ATOL:g})", path=out)
+                             f"{diffs[prob]:.3g} (limit {limit:g} for {precision})", path=out)
     os.replace(tmp, out)
     return {"batch": int(opt_batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
 
@@ -716,7 +720,7 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
         import onnxruntime as ort
 
         backend_version = ort.__version__
-        verification = _build_onnxruntime(onnx_path, out, spec, opt)
+        verification = _build_onnxruntime(onnx_path, out, spec, opt, precision)
         device = {"cpu": machine.get("cpu"), "cpu_cores": machine.get("cpu_cores"),
                   "arch": machine.get("arch")}
         notes.append(f"graph optimised offline at the '{ORT_OFFLINE_LEVEL}' level")

@@ -80,10 +80,11 @@ def test_batch_outside_an_engines_range_is_noted_and_skipped(tiny_onnx, tmp_path
 
     built = build_engine(tiny_onnx, tmp_path / "tiny.ort.onnx", backend="onnxruntime", max_batch=2,
                          progress=False)
-    res = _invoke([built.engine_path, "--batch", "1,2,4", "--json", *FAST])
+    res = _invoke([built.engine_path, "--batch", "1,2,4", "--threads", "1", "--json", *FAST])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert [r["batch"] for r in d["rows"]] == [1, 2]
+    assert d["rows"][0]["settings"]["threads"]["intra_op"] == 1  # the engine runs on ONNX Runtime
     assert len(d["skipped"]) == 1 and d["skipped"][0]["batch"] == 4
     assert "outside this model's batch range 1..2" in d["skipped"][0]["reason"]
     assert "--max-batch 4" in d["skipped"][0]["reason"]
@@ -176,3 +177,13 @@ def test_data_adds_the_metric_and_end_to_end(tiny_onnx, tmp_path):
     assert e2e["n_images"] == 6 and set(e2e["medians_ms"]) == {"decode", "preprocess", "inference",
                                                                "postprocess", "total"}
     assert any("end-to-end timing over 6 images of Val" in n for n in d["notes"])
+
+
+@pytest.mark.realdata
+def test_real_data_metric_and_end_to_end(tiny_onnx, real_data_root):
+    res = _invoke([tiny_onnx, "--data", real_data_root, "--limit-per-class", "2", "--end-to-end",
+                   "--json", *FAST])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)["rows"][0]
+    assert row["metric"]["name"] == "accuracy" and row["metric"]["n_images"] == 6
+    assert row["end_to_end"]["n_images"] == 6
