@@ -17,13 +17,6 @@ TINY_SEG = ["--epochs", "1", "--batch-size", "4", "--image-size", "32", "--base-
             "--depth", "2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared cores: avoid thread oversubscription stalls
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:

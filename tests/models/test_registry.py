@@ -16,14 +16,6 @@ from covidedge.spec import ModelSpec, classifier_spec, segmenter_spec
 TINY = {"xception": dict(width_mult=0.125), "resunet": dict(base_width=4, depth=2)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread on a shared CPU; restore the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_package_reexports():
     assert set(models.__all__) == {"create_model", "list_models", "build_from_spec",

@@ -17,14 +17,6 @@ from covidedge.train.checkpoint import (  # noqa: E402
     CHECKPOINT_FORMAT, checkpoint_sha256, load_checkpoint, save_checkpoint)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the test machine's cores are shared: one thread avoids oversubscription stalls
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _classifier(width=0.125):
     torch.manual_seed(1)

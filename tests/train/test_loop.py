@@ -25,13 +25,6 @@ SEG = dict(epochs=2, batch_size=4, image_size=64, base_width=8, depth=3, progres
 FILES = {"best.pt", "last.pt", "history.json", "learning_curves.png", "metrics.json", "val_report"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared cores: avoid thread oversubscription stalls
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
