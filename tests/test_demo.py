@@ -1,0 +1,49 @@
+"""The end-to-end demo at toy sizes: every stage runs and the summary says where things went."""
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from covidedge.demo import DemoSettings, run_demo  # noqa: E402
+from covidedge.errors import BadInputError  # noqa: E402
+
+TINY = DemoSettings(image_size=32, epochs=1, batch_size=4, per_class=3, calib_count=3,
+                    infer_images=2, bench_iterations=2, precisions=("fp32", "int8"))
+
+
+def test_demo_runs_every_stage_and_writes_a_summary(tmp_path):
+    logs = []
+    res = run_demo(tmp_path / "demo", settings=TINY, backend="onnxruntime", progress=False,
+                   log=logs.append)
+    out = tmp_path / "demo"
+    assert res.synthetic and (out / "data" / "README.txt").is_file()
+    assert [line[:5] for line in logs[:2]] == ["[1/6]", "[2/6]"]
+    for task in ("classifier", "segmenter"):
+        assert (out / "runs" / task / "best.pt").is_file()
+        for prec in ("fp32", "int8"):
+            engine = out / "engines" / f"{task}.{prec}.onnx"
+            assert engine.is_file() and (out / "engines" / f"{task}.{prec}.onnx.manifest.json").is_file()
+    assert {(r["task"], r["precision"]) for r in res.steps["evaluate"]} == {
+        (t, p) for t in ("classifier", "segmenter") for p in ("checkpoint", "fp32", "int8")}
+    assert len(res.steps["bench"]) == 6 and all(r["median_ms"] > 0 for r in res.steps["bench"])
+    results = json.loads((out / "infer" / "results.json").read_text())
+    assert len(results) == 2 and all(r["status"] == "ok" for r in results)
+    assert all(r["outputs"].get("overlay") for r in results)
+    summary = (out / "summary.md").read_text()
+    assert "synthetic" in summary and "## Accuracy per precision (Val)" in summary
+    assert json.loads((out / "summary.json").read_text())["synthetic"] is True
+
+
+def test_demo_refuses_a_non_empty_folder_without_overwrite(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="output folder is not empty"):
+        run_demo(tmp_path, settings=TINY, progress=False, log=lambda s: None)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_demo_rejects_unknown_precision(tmp_path):
+    bad = DemoSettings(precisions=("fp8",))
+    with pytest.raises(BadInputError, match="precision 'fp8' is unknown"):
+        run_demo(tmp_path / "d", settings=bad, progress=False, log=lambda s: None)
