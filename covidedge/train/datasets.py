@@ -129,7 +129,7 @@ class ClassificationDataset:
         return torch.from_numpy(self.images.get(i)), torch.tensor(self.labels[i])
 
 
-class SegmentationDataset:
+class SegmentationDataset(ClassificationDataset):
     """Map-style dataset of ``(image (1, H, W) float32, masks (2, H, W) float32 0/1, label index)``.
 
     Mask channel 0 is the lungs, channel 1 the infection; a sample without an infection mask
@@ -141,12 +141,7 @@ class SegmentationDataset:
         from covidedge.data.imageio import read_mask
         from covidedge.data.preprocess import resize_mask
 
-        if not samples:
-            raise DatasetError("no images to train or validate on",
-                               hint="check the dataset folder and the split")
-        self.samples = list(samples)
-        self.labels = np.array([s.label_index for s in self.samples], dtype=np.int64)
-        self.images = CachedImages(self.samples, size, progress, desc="decode images")
+        super().__init__(samples, size, progress)
         self.size = self.images.size
         self._masks: List[np.ndarray] = []
         for s in _progress(self.samples, len(self.samples), "decode masks", progress):
@@ -159,9 +154,6 @@ class SegmentationDataset:
             else:
                 infection = np.zeros(self.size, dtype=bool)
             self._masks.append(np.packbits(np.stack([lungs, infection]).astype(bool)))
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def masks(self, i: int) -> np.ndarray:
         """(2, H, W) bool masks of item ``i``."""
