@@ -33,5 +33,7 @@ def command(as_json):
         state = f"yes, {b['version']}" if b["available"] else f"no ({b['reason']})"
         click.echo(f"{name:<12} {state}")
     click.echo(f"default      {facts['default_backend']}")
+    shown = set(facts["backends"])  # versions already listed above
     for k, v in sorted(facts.get("machine", {}).items()):
-        click.echo(f"{k:<12} {v}")
+        if v not in (None, "", []) and k not in shown:
+            click.echo(f"{k:<12} {v}")
