@@ -182,7 +182,8 @@ def runner_variant(label: str, role: str, path: Path, runner, note: str = "") ->
 
 
 def openvino_variant(onnx_fp32: Path, spec) -> Optional[Variant]:
-    """OpenVINO on the CPU with default settings, when it is installed."""
+    """OpenVINO on the CPU with default settings, when it is installed. The precision column
+    says what the CPU plugin really computes in: by default bf16 on CPUs with bf16 units."""
     try:
         import openvino as ov
     except ImportError:
@@ -190,6 +191,9 @@ def openvino_variant(onnx_fp32: Path, spec) -> Optional[Variant]:
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(onnx_fp32)), "CPU")
     request = compiled.create_infer_request()
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # e.g. "<Type: 'bfloat16'>"
+    computes = hint.split("'")[-2] if hint.count("'") >= 2 else hint
+    precision = {"bfloat16": "bf16 (default)", "f32": "fp32", "float32": "fp32"}.get(computes, computes)
 
     def make(batch):
         x = sample_batch(spec, batch)
@@ -199,8 +203,8 @@ def openvino_variant(onnx_fp32: Path, spec) -> Optional[Variant]:
         nonlocal compiled, request
         compiled = request = None
 
-    return Variant("OpenVINO", "peer", "openvino", "fp32", onnx_fp32, make, close,
-                   settings={"device": "CPU", "version": ov.__version__ if hasattr(ov, "__version__")
+    return Variant("OpenVINO default", "peer", "openvino", precision, onnx_fp32, make, close,
+                   settings={"device": "CPU", "inference_precision": computes, "version": ov.__version__ if hasattr(ov, "__version__")
                              else ov.get_version()})
 
 
@@ -360,6 +364,11 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
     ov = openvino_variant(graphs["fp32"], spec)
     if ov is not None:
         variants.append(ov)
+        # covidedge's OpenVINO backend: the graph's own precision (f32 compute), fp32 and int8 Q/DQ
+        for prec in ("fp32", "int8"):
+            if prec in graphs:
+                variants.append(runner_variant("covidedge OpenVINO", "covidedge", graphs[prec],
+                                               load(graphs[prec], backend="openvino")))
     elif case.key == "classifier":
         notes.append("OpenVINO is not installed: no OpenVINO row (pip install openvino to add the peer)")
     return variants

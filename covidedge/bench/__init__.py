@@ -111,10 +111,11 @@ def _backend_of(path: str, backend: str) -> str:
 
 
 def _thread_options(backend: str, threads: Optional[int]) -> Dict[str, object]:
-    """Options for covidedge.runtime.load: ONNX Runtime takes its intra-op thread count."""
-    if threads is None or backend != "onnxruntime":
+    """Options for covidedge.runtime.load: ONNX Runtime takes its intra-op thread count,
+    OpenVINO its inference thread count."""
+    if threads is None or backend not in ("onnxruntime", "openvino"):
         return {}
-    return {"intra_op_threads": int(threads)}
+    return {"intra_op_threads" if backend == "onnxruntime" else "threads": int(threads)}
 
 
 @contextlib.contextmanager

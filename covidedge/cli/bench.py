@@ -6,7 +6,7 @@ import click
 
 from covidedge.errors import BadInputError
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+from covidedge.runtime.select import BACKENDS
 
 
 def parse_batches(text: str):

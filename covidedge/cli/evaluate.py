@@ -20,7 +20,7 @@ import click
 @click.option("--threshold", default=0.5, show_default=True, type=float,
               help="Segmenter: probability at or above which a pixel is in the mask.")
 @click.option("--backend", default="auto", show_default=True,
-              help="auto, tensorrt, onnxruntime or torch (auto picks from the file and the machine).")
+              help="auto, tensorrt, onnxruntime, openvino or torch (auto picks from the file and the machine).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=str),
               help="Also write report.json, report.md and confusion_matrix.png into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")

@@ -13,7 +13,7 @@ import click
 from covidedge.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BadInputError
 
 FORMATS = ("table", "json", "csv")
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+from covidedge.runtime.select import BACKENDS
 
 
 class _OneLineUsageError(click.UsageError):

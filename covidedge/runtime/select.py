@@ -23,7 +23,7 @@ from typing import Any, Dict
 from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError
 from covidedge.runtime.base import Runner
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 ONNX_SUFFIXES = (".onnx",)
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -33,6 +33,7 @@ ORT_OPTIONS = ("providers", "intra_op_threads", "inter_op_threads", "graph_optim
                "min_batch", "max_batch", "spec", "precision")
 TRT_OPTIONS = ("device",)
 TORCH_OPTIONS = ("device", "half")
+OPENVINO_OPTIONS = ("device", "threads", "performance_hint", "inference_precision")
 
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -109,9 +110,10 @@ def _note(verbose: bool, runner: Runner) -> None:
 def load(path, backend: str = "auto", verbose: bool = False, **options) -> Runner:
     """Open ``path`` with the right backend and return an (inactive) Runner.
 
-    ``backend``: auto | tensorrt | onnxruntime | torch. ``options`` go to the runner (ONNX
-    Runtime: providers, intra_op_threads, inter_op_threads, graph_optimization_level,
-    min_batch, max_batch, device 'cpu'/'cuda'; TensorRT: device; torch: device, half).
+    ``backend``: auto | tensorrt | onnxruntime | openvino | torch. ``options`` go to the runner
+    (ONNX Runtime: providers, intra_op_threads, inter_op_threads, graph_optimization_level,
+    min_batch, max_batch, device 'cpu'/'cuda'; TensorRT: device; OpenVINO (ONNX graphs only):
+    device, threads, performance_hint, inference_precision; torch: device, half).
     ``verbose=True`` writes one line on stderr saying which backend was picked; the runner's
     ``describe()`` says the same."""
     if backend not in BACKENDS:
@@ -153,7 +155,8 @@ def _load_engine(p: Path, backend: str, options) -> Runner:
         raise IncompatibleModelError(
             f"was built for ONNX Runtime (TensorRT was absent at build time), not {backend}", path=p,
             hint=f"build a TensorRT engine with: {cmd}" if backend == "tensorrt" else
-            "load its checkpoint to run on torch")
+            f"load its source ONNX graph with --backend openvino: {(manifest.build_options or {}).get('onnx')}"
+            if backend == "openvino" else "load its checkpoint to run on torch")
     require_compatible(manifest, p)
     opts = dict(options)
     for k in ("min_batch", "max_batch", "spec", "precision"):
@@ -166,6 +169,11 @@ def _load_engine(p: Path, backend: str, options) -> Runner:
 
 
 def _load_onnx(p: Path, backend: str, options) -> Runner:
+    if backend == "openvino":
+        from covidedge.runtime.openvino import OpenVinoRunner
+
+        kw = _take(dict(options), OPENVINO_OPTIONS, "the OpenVINO backend", p)
+        return OpenVinoRunner(p, **kw)
     if backend == "torch":
         raise IncompatibleModelError("is an ONNX graph; torch runs checkpoints only", path=p,
                                      hint="load the .pt checkpoint for torch, or use --backend onnxruntime")

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from covidedge.errors import BadInputError, IncompatibleModelError
+from covidedge.runtime import load
+from covidedge.runtime.ort import OrtRunner
+from tests.runtime.helpers_onnx import expected_logits, tiny_classifier_onnx
+
+pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'covidedge[openvino]')")
+
+
+def test_openvino_matches_onnxruntime_on_the_same_graph(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    spec = tiny_classifier_onnx(path)
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    with load(path, backend="openvino", threads=1) as r:
+        assert r.backend == "openvino" and r.spec == spec
+        out = r.infer(x)
+        out1 = r.infer(x[:1])  # another batch size on the same compiled model
+        desc = r.describe()
+    with OrtRunner(path) as ref:
+        expected = ref.infer(x)
+    np.testing.assert_allclose(out["logits"], expected_logits(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["probabilities"], expected["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(out1["logits"], out["logits"][:1], atol=1e-6)
+    assert desc["device"] == "cpu" and desc["threads"] == {"inference": 1}
+
+
+def test_openvino_options_are_checked(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    tiny_classifier_onnx(path)
+    with pytest.raises(BadInputError, match="performance hint 'fast' is not one of LATENCY, THROUGHPUT"):
+        load(path, backend="openvino", performance_hint="fast")
+    with pytest.raises(BadInputError, match="intra_op_threads does not apply to the OpenVINO backend"):
+        load(path, backend="openvino", intra_op_threads=2)
+
+
+def test_openvino_refuses_checkpoints(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(IncompatibleModelError, match="runs on torch, not openvino"):
+        load(ckpt, backend="openvino")
+
+
+def test_openvino_bf16_is_opt_in_and_f32_is_exact(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    tiny_classifier_onnx(path)
+    x = np.random.default_rng(3).random((2, 1, 8, 8), dtype=np.float32)
+    with load(path, backend="openvino") as r:
+        assert r.describe()["inference_precision"] == "f32"
+        np.testing.assert_allclose(r.infer(x)["logits"], expected_logits(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(BadInputError, match="inference precision 'fp64' is not one of f32, bf16, f16"):
+        load(path, backend="openvino", inference_precision="fp64")
