@@ -30,7 +30,7 @@ from covidedge.engine.manifest import (EngineManifest, VERSION_COMPATIBLE_SINCE,
                                        parse_version, sha256_file)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 #: Oldest TensorRT this builder drives: 8.5 (JetPack 5.1) has set_memory_pool_limit,
@@ -107,6 +107,9 @@ def resolve_backend(backend: str, tensorrt_present: bool, pycuda_present: bool =
     if backend == "tensorrt" and not tensorrt_present:
         raise MissingDependencyError("TensorRT is not installed, so no TensorRT engine can be built here",
                                      hint=TENSORRT_INSTALL_HINT)
+    if backend == "openvino" and not module_present("openvino"):
+        raise MissingDependencyError("OpenVINO is not installed, so no OpenVINO engine can be built here",
+                                     hint="pip install 'covidedge[openvino]'")
     return backend
 
 
@@ -134,8 +137,8 @@ def resolve_precision(requested: Optional[str], graph: str, source: object = Non
 
 def check_options_for_backend(backend: str, *, workspace_mib=None, timing_cache=None,
                               dla_core=None, version_compatible=False, fell_back=False) -> None:
-    """Refuse TensorRT-only options when the build is for ONNX Runtime (never ignore them)."""
-    if backend != "onnxruntime":
+    """Refuse TensorRT-only options when the build is for ONNX Runtime or OpenVINO (never ignore them)."""
+    if backend == "tensorrt":
         return
     given = [flag for flag, on in (("--workspace", workspace_mib is not None),
                                    ("--timing-cache", timing_cache is not None),
@@ -145,7 +148,7 @@ def check_options_for_backend(backend: str, *, workspace_mib=None, timing_cache=
         why = " (TensorRT is not installed here)" if fell_back else ""
         raise BadInputError(
             f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to TensorRT engines only, "
-            f"but this build is for ONNX Runtime{why}",
+            f"but this build is for {'OpenVINO' if backend == 'openvino' else 'ONNX Runtime'}{why}",
             hint=f"drop {', '.join(given)}" + (", or install TensorRT" if fell_back else ""))
 
 
@@ -317,6 +320,8 @@ def default_engine_path(model, precision: str, backend: str, *, tensorrt_version
         if compute_capability:
             target += ".sm" + str(compute_capability).replace(".", "")
         return Path(build_dir) / f"{stem}.{precision}.{target}.engine"
+    if backend == "openvino":
+        return Path(build_dir) / f"{stem}.{precision}.ov.onnx"
     return Path(build_dir) / f"{stem}.{precision}.ort.onnx"
 
 
@@ -538,6 +543,40 @@ def _build_onnxruntime(onnx_path: Path, out: Path, spec, opt_batch: int, precisi
     return {"batch": int(opt_batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
 
 
+#: Largest |probability| difference accepted, per precision, between OpenVINO (f32 compute) and
+#: ONNX Runtime on the same graph: other kernels, so int8 may differ by a quantization step.
+OPENVINO_SELF_CHECK_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
+
+
+def _build_openvino(onnx_path: Path, out: Path, spec, opt_batch: int, precision: str) -> Dict[str, Any]:
+    """An OpenVINO engine is the precision graph itself (OpenVINO compiles it when loaded, for
+    the CPU it runs on). Copy it to ``out``, then compile it with OpenVINO and compare its
+    outputs with ONNX Runtime's on one seeded batch. Returns the self-check numbers."""
+    import numpy as np
+
+    from covidedge.runtime.openvino import OpenVinoRunner
+    from covidedge.runtime.ort import OrtRunner
+
+    tmp = out.with_name(out.name + ".tmp.onnx")
+    _write_atomic(tmp, Path(onnx_path).read_bytes())
+    x = np.random.default_rng(0).random((opt_batch, spec.in_chans, *spec.input_size), dtype=np.float32)
+    try:
+        with OpenVinoRunner(tmp, spec=spec) as ov_run, OrtRunner(onnx_path, spec=spec) as ref_run:
+            got, ref = ov_run.infer(x), ref_run.infer(x)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    diffs = {k: float(np.max(np.abs(ref[k].astype(np.float64) - got[k].astype(np.float64))))
+             for k in spec.output_names}
+    prob, limit = spec.output_names[1], OPENVINO_SELF_CHECK_ATOL[precision]
+    if not np.isfinite(diffs[prob]) or diffs[prob] > limit:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeFailure(f"OpenVINO's {prob} differ from ONNX Runtime's on the same graph by "
+                             f"{diffs[prob]:.3g} (limit {limit:g} for {precision})", path=out)
+    os.replace(tmp, out)
+    return {"batch": int(opt_batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -560,7 +599,8 @@ def resolve_int8_activations(requested: str, backend: str) -> str:
     if requested not in INT8_ACTIVATIONS:
         raise BadInputError(f"int8 activations {requested!r} unknown; expected one of {', '.join(INT8_ACTIVATIONS)}")
     if requested == "auto":
-        return "int8" if backend == "tensorrt" else CPU_INT8_ACTIVATIONS
+        # OpenVINO fuses the signed symmetric Q/DQ graph well (benchmarks/results/): keep it.
+        return CPU_INT8_ACTIVATIONS if backend == "onnxruntime" else "int8"
     if requested == "uint8" and backend == "tensorrt":
         raise BadInputError("TensorRT takes signed symmetric int8 activations only",
                             hint="use --int8-activations int8 (or auto) for TensorRT engines")
@@ -716,6 +756,15 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
         backend_version = trt_version
         device = {k: machine.get(k) for k in ("gpu", "gpu_compute_capability", "gpu_memory_mib",
                                               "gpu_driver", "board")}
+    elif chosen == "openvino":
+        import importlib.metadata
+
+        backend_version = importlib.metadata.version("openvino")
+        verification = _build_openvino(onnx_path, out, spec, opt, precision)
+        device = {"cpu": machine.get("cpu"), "cpu_cores": machine.get("cpu_cores"),
+                  "arch": machine.get("arch")}
+        notes.append("OpenVINO reads the precision graph itself; it runs with f32 compute "
+                     "(no implicit bf16)")
     else:
         import onnxruntime as ort
 

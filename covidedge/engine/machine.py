@@ -205,7 +205,7 @@ def probe_machine(device: int = 0, use_backends: bool = False) -> Dict[str, Any]
         facts["os"] = platform.platform()
         facts["arch"] = platform.machine()
         facts["python"] = platform.python_version()
-        for name in ("onnxruntime", "pycuda", "torch", "numpy"):
+        for name in ("onnxruntime", "openvino", "pycuda", "torch", "numpy"):
             facts[name] = package_version(name)
         facts["tensorrt"] = _tensorrt_version(use_backends)
         gpu = probe_gpu(device, use_backends=use_backends) or {}

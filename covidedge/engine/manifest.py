@@ -24,7 +24,7 @@ from covidedge.spec import ModelSpec
 MANIFEST_FORMAT = "covidedge-engine-manifest-v1"
 #: The manifest of ``x.engine`` is ``x.engine.manifest.json``.
 MANIFEST_SUFFIX = ".manifest.json"
-BACKENDS = ("tensorrt", "onnxruntime")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino")
 
 #: Version compatibility (BuilderFlag.VERSION_COMPATIBLE) exists from TensorRT 8.6; such an
 #: engine runs on the same or a later TensorRT, never an older one. See "Version Compatibility"
@@ -254,6 +254,12 @@ def check_compatible(manifest: EngineManifest, machine: Dict[str, Any]) -> List[
         if (l4t_built or l4t_here) and l4t_built != l4t_here:
             diffs.append(f"Jetson L4T release: engine {l4t_built or 'none (not a Jetson)'}, "
                          f"here {l4t_here or 'none (not a Jetson)'}")
+    elif manifest.backend == "openvino":
+        here = machine.get("openvino")
+        if not here:
+            diffs.append(f"OpenVINO: engine built with {built}, OpenVINO is not installed here")
+        elif parse_version(here)[:2] < parse_version(built)[:2]:
+            diffs.append(f"OpenVINO version: engine built with {built}, here {here} (older than the build)")
     elif manifest.backend == "onnxruntime":
         here = machine.get("onnxruntime")
         if not here:

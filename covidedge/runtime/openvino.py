@@ -2,9 +2,10 @@
 
 On x86 CPUs OpenVINO's kernels can beat ONNX Runtime (see benchmarks/results/), so covidedge
 offers it behind the same Runner interface: ``covidedge.runtime.load(model.onnx,
-backend="openvino")``, or ``--backend openvino`` on infer / bench / evaluate. It reads the
-precision-bearing ONNX export directly (fp32, fp16, int8 Q/DQ); ONNX Runtime engine artifacts
-hold ONNX Runtime's own fused operators and are refused by the selector. openvino is imported on
+backend="openvino")``, ``--backend openvino`` on infer / bench / evaluate, or an engine from
+``covidedge build-engine --backend openvino``. It reads the precision-bearing ONNX export
+directly (fp32, fp16, int8 Q/DQ); ONNX Runtime engine artifacts hold ONNX Runtime's own fused
+operators and are refused by the selector. openvino is imported on
 activation only.
 """
 
@@ -44,7 +45,8 @@ class OpenVinoRunner(Runner):
 
     def __init__(self, path, spec: Optional[ModelSpec] = None, device: str = "CPU",
                  threads: Optional[int] = None, performance_hint: str = "LATENCY",
-                 inference_precision: str = "f32"):
+                 inference_precision: str = "f32", precision: Optional[str] = None,
+                 min_batch: int = 1, max_batch: Optional[int] = None):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise BadInputError("model file not found", path=path)
@@ -59,7 +61,7 @@ class OpenVinoRunner(Runner):
                                 f"{', '.join(INFERENCE_PRECISIONS)}")
         if threads is not None and int(threads) < 1:
             raise BadInputError(f"threads={threads} is not a positive number")
-        super().__init__(spec, path, _graph_precision(meta))
+        super().__init__(spec, path, precision or _graph_precision(meta), min_batch, max_batch)
         self.device = "CPU" if str(device).lower() in ("cpu", "auto") else str(device).upper()
         self.threads = None if threads is None else int(threads)
         self.performance_hint = hint

@@ -148,6 +148,17 @@ def _load_engine(p: Path, backend: str, options) -> Runner:
 
         kw = _take(dict(options), TRT_OPTIONS, "the TensorRT backend", p)
         return TrtRunner(p, manifest=manifest, **kw)
+    if manifest.backend == "openvino":
+        if backend not in ("auto", "openvino"):
+            raise IncompatibleModelError(
+                f"is an OpenVINO engine (the precision graph), not for {backend}", path=p,
+                hint=f"load it with --backend openvino, or build for {backend} with covidedge build-engine")
+        require_compatible(manifest, p)
+        from covidedge.runtime.openvino import OpenVinoRunner
+
+        kw = _take(dict(options), OPENVINO_OPTIONS, "the OpenVINO backend", p)
+        return OpenVinoRunner(p, spec=manifest.model_spec, precision=manifest.precision,
+                              min_batch=manifest.min_batch, max_batch=manifest.max_batch, **kw)
     # an ONNX Runtime artifact (built where TensorRT was absent)
     if backend not in ("auto", "onnxruntime"):
         cmd = rebuild_command(manifest, p.with_suffix(".engine")).replace(
