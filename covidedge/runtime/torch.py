@@ -28,10 +28,11 @@ def _torch():
 
 def read_checkpoint_spec(path):
     """The ModelSpec stored in a checkpoint (loads the file with torch)."""
-    from covidedge.train.checkpoint import load_checkpoint
+    _torch()  # a clear MissingDependencyError where torch is not installed
+    from covidedge.spec import ModelSpec
+    from covidedge.train.checkpoint import read_checkpoint
 
-    _, spec, _ = load_checkpoint(path)
-    return spec
+    return ModelSpec.from_dict(read_checkpoint(path)["spec"])
 
 
 class TorchRunner(Runner):

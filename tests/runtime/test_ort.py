@@ -67,3 +67,18 @@ def test_runtime_import_does_not_load_heavy_modules():
             "print(','.join(m for m in ('torch','tensorrt','pycuda') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_checkpoint_without_torch_is_a_missing_dependency(tmp_path):
+    """With torch absent, opening a checkpoint says how to get torch (exit code 6), not a traceback."""
+    import subprocess
+
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"PK\x03\x04")
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from covidedge.errors import MissingDependencyError\n"
+            "from covidedge.runtime.torch import TorchRunner\n"
+            "try:\n    TorchRunner(sys.argv[1])\n"
+            "except MissingDependencyError as e:\n    print(e.exit_code, e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(ckpt)], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("6 torch is needed to run a checkpoint")
