@@ -531,14 +531,23 @@ def _build_onnxruntime(onnx_path: Path, out: Path, spec, opt_batch: int, precisi
         tmp.unlink(missing_ok=True)
         raise RuntimeFailure(f"the optimised ONNX Runtime model does not run: {str(exc).splitlines()[0]}",
                              path=out) from exc
+    return _accept_if_close(ref, got, spec, ORT_SELF_CHECK_ATOL[precision], precision, tmp, out, opt_batch,
+                            "the optimised model's {prob} differ from the source graph's")
+
+
+def _accept_if_close(ref, got, spec, limit: float, precision: str, tmp: Path, out: Path, opt_batch: int,
+                     what: str) -> Dict[str, Any]:
+    """Move the built ``tmp`` to ``out`` when its probabilities are within ``limit`` of the
+    reference outputs, else delete it and raise RuntimeFailure (``what`` names the comparison)."""
+    import numpy as np
+
     diffs = {k: float(np.max(np.abs(ref[k].astype(np.float64) - got[k].astype(np.float64))))
              for k in spec.output_names}
     prob = spec.output_names[1]
-    limit = ORT_SELF_CHECK_ATOL[precision]
     if not np.isfinite(diffs[prob]) or diffs[prob] > limit:
         tmp.unlink(missing_ok=True)
-        raise RuntimeFailure(f"the optimised model's {prob} differ from the source graph's by "
-                             f"{diffs[prob]:.3g} (limit {limit:g} for {precision})", path=out)
+        raise RuntimeFailure(f"{what.format(prob=prob)} by {diffs[prob]:.3g} (limit {limit:g} for {precision})",
+                             path=out)
     os.replace(tmp, out)
     return {"batch": int(opt_batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
 
@@ -566,15 +575,8 @@ def _build_openvino(onnx_path: Path, out: Path, spec, opt_batch: int, precision:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    diffs = {k: float(np.max(np.abs(ref[k].astype(np.float64) - got[k].astype(np.float64))))
-             for k in spec.output_names}
-    prob, limit = spec.output_names[1], OPENVINO_SELF_CHECK_ATOL[precision]
-    if not np.isfinite(diffs[prob]) or diffs[prob] > limit:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeFailure(f"OpenVINO's {prob} differ from ONNX Runtime's on the same graph by "
-                             f"{diffs[prob]:.3g} (limit {limit:g} for {precision})", path=out)
-    os.replace(tmp, out)
-    return {"batch": int(opt_batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
+    return _accept_if_close(ref, got, spec, OPENVINO_SELF_CHECK_ATOL[precision], precision, tmp, out,
+                            opt_batch, "OpenVINO's {prob} differ from ONNX Runtime's on the same graph")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
