@@ -9,7 +9,6 @@ X-rays); with a COVID-QU-Ex folder it does the same on real images.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -63,10 +62,6 @@ class DemoResult:
                 "synthetic": self.synthetic, "summary": str(self.summary_md), **self.steps}
 
 
-def _say(log: Callable[[str], None], text: str) -> None:
-    log(text)
-
-
 def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None, *,
              backend: str = "auto", overwrite: bool = False, progress: bool = True,
              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> DemoResult:
@@ -107,12 +102,12 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     if synthetic:
         from covidedge.data.synth import make_synthetic_dataset
 
-        _say(log, f"[1/6] data: writing a synthetic dataset ({s.per_class} images per class and split) "
+        log(f"[1/6] data: writing a synthetic dataset ({s.per_class} images per class and split) "
                   f"to {out / 'data'} - synthetic, for a demonstration only")
         make_synthetic_dataset(out / "data", per_class=s.per_class, seed=s.seed,
                                splits=("Train", "Val", "Test"))
     else:
-        _say(log, f"[1/6] data: using {data}")
+        log(f"[1/6] data: using {data}")
     ds = CovidQuDataset(result.data_root)
     steps["data"] = {"root": str(ds.root), "counts": ds.counts(), "synthetic": synthetic}
 
@@ -120,11 +115,11 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     common = dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, image_size=s.image_size,
                   seed=s.seed, progress=progress,
                   limit_per_class=s.limit_per_class, overwrite=True, patience=max(3, s.epochs))
-    _say(log, f"[2/6] train: Xception classifier (width x{s.width_mult}, {s.image_size} px, "
+    log(f"[2/6] train: Xception classifier (width x{s.width_mult}, {s.image_size} px, "
               f"{s.epochs} epochs)")
     cls = train_classifier(result.data_root, out / "runs" / "classifier", width_mult=s.width_mult,
                            **common)
-    _say(log, f"[2/6] train: residual U-Net segmenter (base width {s.base_width}, {s.image_size} px, "
+    log(f"[2/6] train: residual U-Net segmenter (base width {s.base_width}, {s.image_size} px, "
               f"{s.epochs} epochs)")
     seg = train_segmenter(result.data_root, out / "runs" / "segmenter", base_width=s.base_width,
                           depth=s.depth, **common)
@@ -145,7 +140,7 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     build_rows: List[Dict[str, Any]] = []
     for task, ckpt in (("classifier", cls.best_checkpoint), ("segmenter", seg.best_checkpoint)):
         for prec in s.precisions:
-            _say(log, f"[3/6] build-engine: {task} {prec}")
+            log(f"[3/6] build-engine: {task} {prec}")
             suffix = "engine" if backend == "tensorrt" else "onnx"
             res = build_engine(ckpt, out / "engines" / f"{task}.{prec}.{suffix}", precision=prec,
                                backend=backend, calibration=calib if prec == "int8" else None,
@@ -162,7 +157,7 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     for task, ckpt in (("classifier", cls.best_checkpoint), ("segmenter", seg.best_checkpoint)):
         candidates = [("checkpoint", "torch", ckpt)] + [(p, "engine", e) for p, e in engines[task].items()]
         for prec, kind, path in candidates:
-            _say(log, f"[4/6] evaluate: {task} {prec} on Val")
+            log(f"[4/6] evaluate: {task} {prec} on Val")
             rep = evaluate(path, result.data_root, "Val", limit_per_class=s.eval_limit_per_class,
                            progress=progress, seed=s.seed)
             row = {"task": task, "precision": prec, "model": str(path)}
@@ -175,7 +170,7 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     val_images = [smp.image for smp in ds.samples("Val")]
     picks = _spread(val_images, s.infer_images)
     infer_dir = out / "infer"
-    _say(log, f"[5/6] infer: {len(picks)} Val images with the {best} engines -> {infer_dir}")
+    log(f"[5/6] infer: {len(picks)} Val images with the {best} engines -> {infer_dir}")
     infer_rows = []
     with Pipeline(classifier=engines["classifier"][best], segmenter=engines["segmenter"][best],
                   batch_size=4) as pipe:
@@ -190,7 +185,7 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
         targets = [("checkpoint", cls.best_checkpoint if task == "classifier" else seg.best_checkpoint)]
         targets += list(engines[task].items())
         for prec, path in targets:
-            _say(log, f"[6/6] bench: {task} {prec} at batch 1")
+            log(f"[6/6] bench: {task} {prec} at batch 1")
             with load(path) as runner:
                 st = time_runner(runner, 1, warmup=5, iterations=s.bench_iterations)
                 bench_rows.append({"task": task, "precision": prec, "backend": runner.backend,

@@ -278,12 +278,7 @@ def convert_fp16(src: PathLike, dst: PathLike, *,
                              path=dst)
     set_metadata(half, {KEY_PRECISION: "fp16", KEY_SOURCE_SHA: file_sha256(src),
                         KEY_FP32_OPS: ",".join(keep)})
-    save_onnx(half, dst)
-    check_onnx(dst)
-    stats = _compare_with_source(src, dst, task, batch, chw)
-    set_metadata(half, {KEY_VS_FP32: json.dumps(stats, sort_keys=True)})
-    save_onnx(half, dst)
-    return dst
+    return _save_checked(half, src, dst, task, batch, chw)
 
 
 # -- int8 --------------------------------------------------------------------------------------
@@ -677,11 +672,17 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "e
     for imp in list(q.opset_import):
         if (imp.domain or "") not in used and imp.domain != "ai.onnx":
             q.opset_import.remove(imp)
-    save_onnx(q, dst)
+    return _save_checked(q, src, dst, task, batch, chw)
+
+
+def _save_checked(model, src, dst, task, batch, chw):
+    """Save a converted graph, run the ONNX checker on it, compare it with its fp32 source and
+    record that comparison in its metadata (saved again). Returns ``dst``."""
+    save_onnx(model, dst)
     check_onnx(dst)
     stats = _compare_with_source(src, dst, task, batch, chw)
-    set_metadata(q, {KEY_VS_FP32: json.dumps(stats, sort_keys=True)})
-    save_onnx(q, dst)
+    set_metadata(model, {KEY_VS_FP32: json.dumps(stats, sort_keys=True)})
+    save_onnx(model, dst)
     return dst
 
 

@@ -11,14 +11,13 @@ activation only.
 
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional
 
 import numpy as np
 
 from covidedge.errors import BadInputError, MissingDependencyError, RuntimeFailure
 from covidedge.runtime.base import Runner
-from covidedge.runtime.ort import _graph_precision, read_onnx_metadata
+from covidedge.runtime.ort import _graph_precision, open_onnx
 from covidedge.spec import ModelSpec
 
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
@@ -47,12 +46,7 @@ class OpenVinoRunner(Runner):
                  threads: Optional[int] = None, performance_hint: str = "LATENCY",
                  inference_precision: str = "f32", precision: Optional[str] = None,
                  min_batch: int = 1, max_batch: Optional[int] = None):
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise BadInputError("model file not found", path=path)
-        meta = read_onnx_metadata(path)
-        if spec is None:
-            spec = ModelSpec.from_metadata(meta, source=path)
+        path, meta, spec = open_onnx(path, spec)
         hint = str(performance_hint).upper()
         if hint not in PERFORMANCE_HINTS:
             raise BadInputError(f"performance hint {performance_hint!r} is not one of {', '.join(PERFORMANCE_HINTS)}")

@@ -42,6 +42,16 @@ def _graph_precision(meta: Dict[str, str]) -> str:
     return meta.get("covidedge.precision", "fp32")
 
 
+def open_onnx(path, spec: Optional[ModelSpec] = None):
+    """(path as str, metadata, spec) of an ONNX model file; the spec comes from its metadata
+    when not given. Shared by the runners that read ONNX graphs (ONNX Runtime, OpenVINO)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BadInputError("model file not found", path=path)
+    meta = read_onnx_metadata(path)
+    return path, meta, spec if spec is not None else ModelSpec.from_metadata(meta, source=path)
+
+
 def resolve_providers(providers: Optional[Sequence[str]]) -> List[str]:
     """Execution providers to use: those asked for (each must be available), else the CPU."""
     available = _ort().get_available_providers()
@@ -71,12 +81,7 @@ class OrtRunner(Runner):
                  providers: Optional[Sequence[str]] = None, intra_op_threads: Optional[int] = None,
                  inter_op_threads: Optional[int] = None, graph_optimization_level: str = "all",
                  min_batch: int = 1, max_batch: Optional[int] = None):
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise BadInputError("model file not found", path=path)
-        meta = read_onnx_metadata(path)
-        if spec is None:
-            spec = ModelSpec.from_metadata(meta, source=path)
+        path, meta, spec = open_onnx(path, spec)
         if graph_optimization_level not in OPT_LEVELS:
             raise BadInputError(f"graph optimisation level {graph_optimization_level!r} is not one of "
                                 f"{', '.join(OPT_LEVELS)}")

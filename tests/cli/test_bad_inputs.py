@@ -7,6 +7,7 @@ import csv
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 
 from covidedge.cli.infer import command
 from covidedge.cli.main import main
-from tests.runtime.test_pipeline import tiny_models, xray
+from tests.runtime.helpers_onnx import xray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def write_dicom(path, pixels: np.ndarray, **attrs):
     assert pydicom.dcmread(str(path)).Rows == pixels.shape[0]
 
 
-def make_bad(kind: str, folder) -> "Path":  # noqa: F821
+def make_bad(kind: str, folder) -> Path:
     p = folder / {"zero-byte": "zero.png", "text-as-png": "text.png", "truncated-png": "trunc.png",
                   "truncated-jpeg": "trunc.jpg", "bomb": "bomb.png", "unreadable-dicom": "broken.dcm",
                   "nan-dicom": "nan.dcm"}[kind]
@@ -100,11 +101,6 @@ BAD = {
     "unreadable-dicom": "DICOM",
     "nan-dicom": "NaN or infinite",
 }
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return tiny_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture()

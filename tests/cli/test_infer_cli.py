@@ -17,14 +17,9 @@ from PIL import Image
 
 from covidedge.cli.infer import command
 from covidedge.cli.main import main
-from tests.runtime.test_pipeline import expected_masks, tiny_models, xray
+from tests.runtime.helpers_onnx import expected_masks, xray
 
 LABELS = ["COVID-19", "Non-COVID", "Normal"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return tiny_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture()
