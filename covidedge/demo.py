@@ -62,6 +62,39 @@ class DemoResult:
                 "synthetic": self.synthetic, "summary": str(self.summary_md), **self.steps}
 
 
+#: What a demo writes into its folder; ``--overwrite`` removes these and nothing else, and only
+#: where :data:`DEMO_MARKER` says an earlier demo made them.
+DEMO_FOLDERS = ("runs", "engines", "infer", "reports", "data", "calibration")
+DEMO_FILES = ("summary.md", "summary.json")
+DEMO_MARKER = "covidedge-demo.json"
+
+
+def _remove_previous_demo(out: Path) -> None:
+    """Delete what an earlier demo made in ``out``; refuse when ``out`` holds demo-named folders
+    that no demo marked as its own (a user's ``data`` or ``reports`` is never deleted)."""
+    import shutil
+
+    present = [n for n in (*DEMO_FOLDERS, *DEMO_FILES) if (out / n).exists()]
+    if not present:
+        return
+    try:
+        marked = json.loads((out / DEMO_MARKER).read_text())
+        ours = set(marked.get("folders", [])) | set(marked.get("files", []))
+    except (OSError, ValueError, AttributeError):
+        ours = set()
+    foreign = [n for n in present if n not in ours]
+    if foreign:
+        raise BadInputError(f"--overwrite would delete {', '.join(foreign)}, which covidedge demo did not "
+                            f"make (no {DEMO_MARKER} marks them)", path=out,
+                            hint="choose another --out, or move those files away")
+    for n in present:
+        target = out / n
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
 def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None, *,
              backend: str = "auto", overwrite: bool = False, progress: bool = True,
              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> DemoResult:
@@ -84,11 +117,11 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
         raise BadInputError("output folder is not empty", path=out,
                             hint="pass --overwrite to replace the demo there, or another --out")
     if out.exists() and overwrite:
-        import shutil
-
-        for sub in ("runs", "engines", "infer", "reports", "data", "calibration"):
-            shutil.rmtree(out / sub, ignore_errors=True)
+        _remove_previous_demo(out)
     out.mkdir(parents=True, exist_ok=True)
+    # the marker first: an interrupted demo is still recognised as ours (and replaced) later
+    (out / DEMO_MARKER).write_text(json.dumps({"made_by": "covidedge demo", "folders": list(DEMO_FOLDERS),
+                                               "files": list(DEMO_FILES)}, indent=1) + "\n")
     synthetic = data is None
     s = settings or (DemoSettings() if synthetic else DemoSettings.for_real_data())
     for p in s.precisions:

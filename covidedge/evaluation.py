@@ -140,6 +140,8 @@ class EvaluationReport:
 
         head = (f"{self.task} on {self.split} ({self.num_images} images) - "
                 f"{self.model.get('backend', '?')} {self.model.get('precision', '')}".rstrip())
+        if self.settings.get("missing_classes"):
+            head += f"\nclasses without images (allowed): {', '.join(self.settings['missing_classes'])}"
         if self.task == "classifier":
             m = self.metrics
             auc = m.get("roc_auc") or {}
@@ -158,7 +160,9 @@ class EvaluationReport:
                  f"{self.model.get('precision', '?')})",
                  f"- images: {self.num_images} ({', '.join(f'{k} {v}' for k, v in self.counts().items())})",
                  f"- input size: {'x'.join(str(v) for v in self.settings.get('input_size', []))} px, "
-                 f"limit per class: {self.settings.get('limit_per_class')}",
+                 f"limit per class: {self.settings.get('limit_per_class')}"
+                 + (f", classes without images (allowed): {', '.join(self.settings['missing_classes'])}"
+                    if self.settings.get("missing_classes") else ""),
                  f"- time: {self.seconds:.1f} s ({1e3 * self.seconds / max(1, self.num_images):.1f} ms per image, "
                  "decoding included)", ""]
         if self.task == "classifier":
@@ -313,12 +317,15 @@ def _run_batch(runner, x: np.ndarray) -> Dict[str, np.ndarray]:
 
 def evaluate(model, data_root, split: str = "Val", *, batch_size: int = 16,
              limit_per_class: Optional[int] = None, threshold: float = 0.5, backend: str = "auto",
-             progress: bool = True, keep_outputs: bool = False, seed: int = 0) -> EvaluationReport:
+             progress: bool = True, keep_outputs: bool = False, seed: int = 0,
+             allow_missing_classes: bool = False) -> EvaluationReport:
     """Evaluate ``model`` (a path opened with ``covidedge.runtime.load(path, backend)``, or a
     Runner, active or not) on ``split`` of the COVID-QU-Ex folder ``data_root``.
 
     ``limit_per_class`` takes at most that many images per class, chosen from ``seed`` exactly
     as training does; ``threshold`` turns segmenter probabilities into masks (>= threshold).
+    A split without images of some class is refused (DatasetError) unless
+    ``allow_missing_classes``; the report's settings then list them as ``missing_classes``.
     """
     from covidedge.data.covidqu import CLASSES, CovidQuDataset
     from covidedge.train.datasets import select_samples
@@ -328,6 +335,7 @@ def evaluate(model, data_root, split: str = "Val", *, batch_size: int = 16,
     if not 0.0 < float(threshold) < 1.0:
         raise BadInputError(f"threshold={threshold} is outside (0, 1); expected e.g. 0.5")
     ds = CovidQuDataset(data_root)
+    missing_classes = ds.check_classes(split, allow_missing=bool(allow_missing_classes))
     samples = select_samples(ds.samples(split), limit_per_class, seed)
     if not samples:
         raise DatasetError(f"split {split} has no images", path=ds.root)
@@ -342,7 +350,8 @@ def evaluate(model, data_root, split: str = "Val", *, batch_size: int = 16,
         bs = batch_size if runner.max_batch is None else max(1, min(batch_size, runner.max_batch))
         settings = {"batch_size": bs, "limit_per_class": limit_per_class, "seed": int(seed),
                     "threshold": float(threshold), "input_size": list(spec.input_size),
-                    "data_root": str(ds.root), "preprocessing": spec.preprocessing}
+                    "data_root": str(ds.root), "preprocessing": spec.preprocessing,
+                    "missing_classes": missing_classes}
         if spec.task == "classifier":
             result = _evaluate_classifier(runner, spec, samples, bs, progress, keep_outputs, CLASSES)
         else:
@@ -425,8 +434,9 @@ def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_out
                 f"({b - a}, {len(labels)}, {size[0]}, {size[1]})", path=runner.source)
         masks = p >= threshold
         for s, m in zip(chunk, masks):
-            true_lungs = resize_mask(read_mask(s.lung_mask), size)
-            true_inf = (resize_mask(read_mask(s.infection_mask), size) if s.infection_mask is not None
+            true_lungs = resize_mask(read_mask(s.lung_mask, image=s.image), size)
+            true_inf = (resize_mask(read_mask(s.infection_mask, image=s.image), size)
+                        if s.infection_mask is not None
                         else np.zeros(size, dtype=bool))
             acc.update(m[li], true_lungs, m[ii], true_inf, label=s.label, name=s.name)
         if keep_outputs:  # one packed row per image

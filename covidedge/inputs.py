@@ -7,16 +7,18 @@ globs expanded, keeping files whose suffix is an image suffix (``.png .jpg .jpeg
 (the run's own output folder, so a second run does not read the first run's overlays). The
 order is the order of the items, then sorted paths inside each; a file reached twice is kept
 once. Items that give no image become problems the caller reports, instead of errors that stop
-the whole batch.
+the whole batch; so do folders that cannot be read and symbolic link loops met on the way
+(a glob follows links to folders, as ``glob.glob`` does, but never around a loop; a folder
+walk does not follow them).
 """
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from covidedge.data.imageio import IMAGE_SUFFIXES
 
@@ -61,20 +63,128 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk(folder: str, suffixes: Sequence[str], excluded: List[str], recursive: bool) -> List[str]:
-    """Image files under ``folder`` in sorted order (folders depth-first, names sorted)."""
-    found: List[str] = []
-    errors: List[OSError] = []
-    for root, dirs, files in os.walk(folder, onerror=errors.append):
-        if _is_excluded(root, excluded):
-            dirs[:] = []
+def _scan(folder: str, *, recursive: bool, follow_links: bool, excluded: List[str],
+          problems: List[InputProblem], visited: Optional[Set[Tuple[int, int]]] = None,
+          descend: Optional[Callable[[Tuple[str, ...]], bool]] = None,
+          ) -> Iterator[Tuple[str, Tuple[str, ...], bool]]:
+    """Entries under ``folder`` as ``(path, parts relative to folder, is_folder)``, depth-first
+    with names sorted, each folder's files before its subfolders; hidden names skipped.
+
+    A folder that cannot be listed, and a symlink that leads back to a folder above it (a
+    loop), become problems instead of being skipped silently or followed forever. A folder
+    reached twice through links is listed once. ``visited`` holds the folders' (device, inode)
+    across calls; ``descend(parts)`` says whether a subfolder is worth entering.
+    """
+    visited = set() if visited is None else visited
+    stack: List[Tuple[str, Tuple[str, ...], FrozenSet[Tuple[int, int]]]] = [(folder, (), frozenset())]
+    while stack:
+        path, parts, ancestors = stack.pop()
+        if _is_excluded(path, excluded):
             continue
-        dirs[:] = sorted(d for d in dirs if not _hidden(d)) if recursive else []
-        found.extend(os.path.join(root, f) for f in sorted(files)
-                     if not _hidden(f) and _suffix_ok(f, suffixes))
-    if errors and not found:
-        raise errors[0]
-    return found
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            problems.append(InputProblem(path, f"folder cannot be read ({exc.strerror or exc}); "
+                                               "check it and its permissions"))
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            problems.append(InputProblem(path, "is a symbolic link loop (it leads back to "
+                                               f"{os.path.realpath(path)}); not followed"))
+            continue
+        if key in visited:
+            continue
+        visited.add(key)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            problems.append(InputProblem(path, f"folder cannot be read ({exc.strerror or exc}); "
+                                               "check its permissions"))
+            continue
+        subfolders = []
+        for e in entries:
+            if _hidden(e.name):
+                continue
+            try:
+                is_dir = e.is_dir(follow_symlinks=follow_links)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subfolders.append(e)
+                yield e.path, parts + (e.name,), True
+            else:
+                yield e.path, parts + (e.name,), False
+        if recursive:
+            below = ancestors | {key}
+            for e in reversed(subfolders):
+                sub = parts + (e.name,)
+                if descend is None or descend(sub):
+                    stack.append((e.path, sub, below))
+
+
+def _walk(folder: str, suffixes: Sequence[str], excluded: List[str], recursive: bool,
+          problems: List[InputProblem], visited: Optional[Set[Tuple[int, int]]] = None) -> List[str]:
+    """Image files under ``folder`` in order (folders depth-first, names sorted); symbolic
+    links to folders are not followed."""
+    return [path for path, parts, is_dir in
+            _scan(folder, recursive=recursive, follow_links=False, excluded=excluded,
+                  problems=problems, visited=visited)
+            if not is_dir and _suffix_ok(path, suffixes) and os.path.isfile(path)]
+
+
+def _split_pattern(pattern: str) -> Tuple[str, List[str]]:
+    """``(base folder, wildcard components)``: the leading components without wildcards, and
+    the rest, e.g. ``data/x/**/*.png`` -> ``("data/x", ["**", "*.png"])``."""
+    parts = (pattern.replace(os.altsep, os.sep) if os.altsep else pattern).split(os.sep)
+    for i, part in enumerate(parts):
+        if is_glob(part):
+            break
+    base_parts, rest = parts[:i], [p for p in parts[i:] if p not in ("", ".")]
+    base = os.sep.join(base_parts)
+    if not base and pattern.startswith(os.sep):
+        base = os.sep
+    return base, rest
+
+
+def _matches(parts: Sequence[str], pats: Sequence[str]) -> bool:
+    """True when path components ``parts`` match ``pats`` (``**`` = zero or more folders)."""
+    if not pats:
+        return not parts
+    if pats[0] == "**":
+        return any(_matches(parts[i:], pats[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pats[0]) and _matches(parts[1:], pats[1:])
+
+
+def _glob(pattern: str, excluded: List[str], problems: List[InputProblem]) -> List[Tuple[str, bool]]:
+    """Matches of ``pattern`` as sorted ``(path, is_folder)``, like ``glob.glob(recursive=True)``
+    (hidden names are not matched, links to folders are followed) but safe: symbolic link
+    loops and unreadable folders become problems, and folders are only entered while the
+    pattern can still match below them."""
+    base, pats = _split_pattern(pattern)
+    root = base or os.curdir
+    if not os.path.isdir(root):
+        return []
+    found: List[Tuple[str, bool]] = []
+    scan = _scan(root, recursive=True, follow_links=True, excluded=excluded, problems=problems,
+                 descend=lambda parts: _may_match_below(parts, pats))
+    for _path, parts, is_dir in scan:
+        if _matches(parts, pats):
+            found.append((os.path.join(base, *parts) if base else os.path.join(*parts), is_dir))
+    return sorted(found)
+
+
+def _may_match_below(parts: Sequence[str], pats: Sequence[str]) -> bool:
+    """True when something inside the folder ``parts`` may match ``pats``: entering only those
+    folders keeps ``a/*/b/*.png`` from walking the whole tree under ``a``."""
+    for i, part in enumerate(parts):
+        if i >= len(pats):
+            return False
+        if pats[i] == "**":
+            return True
+        if not fnmatch.fnmatchcase(part, pats[i]):
+            return False
+    return len(parts) < len(pats)
 
 
 def _real(path: str) -> str:
@@ -98,6 +208,14 @@ def expand_inputs(items: Iterable, *, suffixes: Optional[Sequence[str]] = None,
     out = ExpandedInputs()
     seen = set()
 
+    reported = set()
+
+    def report(problems: List[InputProblem]) -> None:
+        for problem in problems:  # a folder reached by two items is reported once
+            if (problem.item, problem.message) not in reported:
+                reported.add((problem.item, problem.message))
+                out.problems.append(problem)
+
     def add(path: str) -> bool:
         key = _real(path)
         if key in seen:
@@ -113,32 +231,30 @@ def expand_inputs(items: Iterable, *, suffixes: Optional[Sequence[str]] = None,
             add(item)
             continue
         if os.path.isdir(item):
-            try:
-                found = _walk(item, suffixes, excluded, recursive)
-            except OSError as exc:
-                out.problems.append(InputProblem(item, f"folder cannot be read ({exc.strerror or exc})"))
-                continue
-            if not found:
+            problems: List[InputProblem] = []
+            found = _walk(item, suffixes, excluded, recursive, problems)
+            report(problems)
+            if not found and not problems:
                 where = "in it or its subfolders" if recursive else "in it"
                 out.problems.append(InputProblem(item, f"folder has no images ({wanted}) {where}"))
             for f in found:
                 add(f)
             continue
         if is_glob(item):
-            matches = sorted(glob.glob(item, recursive=True))
+            problems = []
+            matches = _glob(item, excluded, problems)
+            walked: Set[Tuple[int, int]] = set()  # 'x/**' matches every folder: list each once
             added = 0
-            for m in matches:
+            for m, is_dir in matches:
                 if _is_excluded(m, excluded) or _hidden(os.path.basename(m)):
                     continue
-                if os.path.isdir(m):
-                    try:
-                        files = _walk(m, suffixes, excluded, recursive)
-                    except OSError:
-                        files = []
-                    added += sum(add(f) for f in files)
-                elif os.path.isfile(m) and _suffix_ok(m, suffixes):
+                if is_dir:
+                    added += sum(add(f) for f in _walk(m, suffixes, excluded, recursive, problems,
+                                                       visited=walked))
+                elif _suffix_ok(m, suffixes) and os.path.isfile(m):
                     added += add(m)
-            if not added and not any(_real(m) in seen for m in matches):
+            report(problems)
+            if not added and not problems and not any(_real(m) in seen for m, _ in matches):
                 out.problems.append(InputProblem(item, f"pattern matches no image files ({wanted})"))
             continue
         if os.path.lexists(item):

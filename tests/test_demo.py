@@ -47,3 +47,24 @@ def test_demo_rejects_unknown_precision(tmp_path):
     bad = DemoSettings(precisions=("fp8",))
     with pytest.raises(BadInputError, match="precision 'fp8' is unknown"):
         run_demo(tmp_path / "d", settings=bad, progress=False, log=lambda s: None)
+
+
+def test_overwrite_deletes_only_what_a_demo_marked_as_its_own(tmp_path):
+    from covidedge.demo import DEMO_MARKER, _remove_previous_demo
+
+    user = tmp_path / "mine"
+    (user / "data").mkdir(parents=True)
+    (user / "data" / "scan.png").write_bytes(b"x")
+    (user / "reports").mkdir()
+    with pytest.raises(BadInputError, match="would delete reports, data, which covidedge demo did not make"):
+        run_demo(user, settings=TINY, overwrite=True, progress=False, log=lambda s: None)
+    assert (user / "data" / "scan.png").read_bytes() == b"x" and (user / "reports").is_dir()
+
+    ours = tmp_path / "demo"
+    (ours / "runs" / "classifier").mkdir(parents=True)
+    (ours / "summary.md").write_text("old")
+    (ours / "keep.txt").write_text("mine")
+    (ours / DEMO_MARKER).write_text(json.dumps({"folders": ["runs"], "files": ["summary.md"]}))
+    _remove_previous_demo(ours)
+    assert not (ours / "runs").exists() and not (ours / "summary.md").exists()
+    assert (ours / "keep.txt").read_text() == "mine"

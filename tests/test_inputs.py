@@ -83,3 +83,81 @@ def test_broken_link_is_a_problem(tmp_path):
     link.symlink_to(tmp_path / "nowhere.png")
     out = expand_inputs([link])
     assert out.files == [] and "neither a file nor a folder" in str(out.problems[0])
+
+
+def test_glob_through_symlink_loops_ends_and_reports_them(tmp_path):
+    import time
+
+    root = tmp_path / "share"
+    touch(root / "a" / "x.png")
+    touch(root / "a" / "b" / "y.png")
+    (root / "a" / "b" / "up").symlink_to(root / "a")  # loops back to an ancestor
+    (root / "a" / "b" / "top").symlink_to(root)  # a second loop: old globbing went exponential
+    (root / "a" / "self").symlink_to(root / "a")
+    t0 = time.perf_counter()
+    out = expand_inputs([str(root / "**" / "*.png")])
+    assert time.perf_counter() - t0 < 5.0
+    assert names(out, root) == ["a/b/y.png", "a/x.png"]  # sorted paths, as glob gives
+    msgs = [str(p) for p in out.problems]
+    assert msgs and all("symbolic link loop" in m and "not followed" in m for m in msgs)
+    assert any(m.startswith(str(root / "a" / "b" / "up")) for m in msgs)
+
+
+def test_folder_walk_does_not_follow_links_so_loops_cannot_trap_it(tmp_path):
+    root = tmp_path / "share"
+    touch(root / "a" / "x.png")
+    (root / "a" / "again").symlink_to(root)
+    out = expand_inputs([root])
+    assert names(out, root) == ["a/x.png"] and out.problems == []
+
+
+def test_glob_without_double_star_still_matches_per_level(tree):
+    out = expand_inputs([str(tree / "*" / "*.dcm")])
+    assert names(out, tree) == ["sub/c.dcm"]
+    out = expand_inputs([str(tree / "s?b" / "deeper" / "*")])
+    assert names(out, tree) == ["sub/deeper/d.tiff"]
+
+
+def _deny(monkeypatch, denied):
+    """Make os.scandir fail with EACCES for the folder ``denied`` (tests run as root here,
+    for whom permission bits do not block reading)."""
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.path.realpath(os.fspath(path)) == os.path.realpath(denied):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("as_glob", [False, True])
+def test_unreadable_subfolder_is_reported_like_a_bad_file(tree, monkeypatch, as_glob):
+    _deny(monkeypatch, tree / "sub" / "deeper")
+    item = str(tree / "**" / "*.tiff") if as_glob else tree
+    out = expand_inputs([item])
+    if as_glob:
+        assert out.files == []
+    else:
+        assert names(out, tree) == ["a.JPG", "b.png", "sub/c.dcm", "sub/f.PNG"]
+    msgs = [str(p) for p in out.problems]
+    assert len(msgs) == 1 and msgs[0].startswith(str(tree / "sub" / "deeper") + ": ")
+    assert "folder cannot be read (Permission denied)" in msgs[0] and "permissions" in msgs[0]
+
+
+def test_unreadable_top_folder_is_a_problem(tree, monkeypatch):
+    _deny(monkeypatch, tree)
+    out = expand_inputs([tree])
+    assert out.files == [] and len(out.problems) == 1
+    assert "folder cannot be read (Permission denied)" in str(out.problems[0])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their permission bits")
+def test_unreadable_subfolder_by_permission_bits(tree):
+    deeper = tree / "sub" / "deeper"
+    deeper.chmod(0)
+    try:
+        out = expand_inputs([tree])
+    finally:
+        deeper.chmod(0o755)
+    assert any("folder cannot be read" in str(p) for p in out.problems)

@@ -10,6 +10,7 @@ Nothing here imports torch unless a checkpoint is benchmarked.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import tempfile
@@ -134,6 +135,13 @@ def _torch_threads(backend: str, threads: Optional[int]):
         torch.set_num_threads(before)
 
 
+#: Bounds on what one bench run may ask for: a batch in images, a duration per batch size in
+#: seconds, timed runs per batch size. Beyond them a run would exhaust memory or never end.
+MAX_BATCH = 1024
+MAX_DURATION_S = 3600.0
+MAX_ITERATIONS = 1_000_000
+
+
 def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 10,
               iterations: Optional[int] = None, duration_s: Optional[float] = None,
               data_root=None, split: str = "Val", limit_per_class: Optional[int] = None,
@@ -156,6 +164,19 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 
     batches = [int(b) for b in batches]
     if not batches or any(b < 1 for b in batches):
         raise BadInputError(f"batch sizes {batches} must be positive integers", hint="e.g. --batch 1,8,32")
+    too_big = [b for b in batches if b > MAX_BATCH]
+    if too_big:
+        raise BadInputError(f"batch size {too_big[0]} is above {MAX_BATCH} images (a 256-px batch of "
+                            f"{too_big[0]} needs {too_big[0] * 256 * 256 * 4 / 2**30:.1f} GiB for its input alone)",
+                            hint=f"time batches up to {MAX_BATCH}")
+    if duration_s is not None and not (math.isfinite(float(duration_s)) and 0 < float(duration_s) <= MAX_DURATION_S):
+        raise BadInputError(f"--duration {duration_s} s is outside (0, {MAX_DURATION_S:g}] s",
+                            hint="time each batch size for a few seconds, e.g. --duration 5")
+    if iterations is not None and not 1 <= int(iterations) <= MAX_ITERATIONS:
+        raise BadInputError(f"--iterations {iterations} is outside 1..{MAX_ITERATIONS}",
+                            hint="e.g. --iterations 50, or --duration S")
+    if int(warmup) < 0 or int(warmup) > MAX_ITERATIONS:
+        raise BadInputError(f"--warmup {warmup} is outside 0..{MAX_ITERATIONS}")
     if threads is not None and int(threads) < 1:
         raise BadInputError(f"--threads {threads} is not positive")
     say = notify or (lambda msg: None)

@@ -30,7 +30,7 @@ def parse_batches(text: str):
 
 
 @click.command(name="bench")
-@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("models", nargs=-1, required=False, type=click.Path(dir_okay=False))
 @click.option("--batch", "batch_text", default="1", show_default=True, metavar="N[,N...]",
               help="Batch sizes to time, comma separated.")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0),
@@ -61,10 +61,13 @@ def command(models, batch_text, warmup, iterations, duration_s, data_root, split
     GPU) with a warning when results are unstable - and print one comparison table of
     model | backend | precision | size MB | batch | metric | ms/image | p50 | p99 | FPS.
     MODEL is a checkpoint (.pt, run with torch), an ONNX model or an engine with its manifest.
+    Without MODEL it times the defaults: the engines 'covidedge build-engine' built in build/
+    for this machine, else the shipped models on ONNX Runtime (one line says which).
     Batch sizes outside an engine's batch range are skipped with a note.
 
     \b
     Examples:
+      covidedge bench
       covidedge bench build/cls-fp16.engine build/cls-int8.engine --batch 1,8 --duration 5
       covidedge bench runs/cls/best.pt cls.onnx --data COVID-QU-Ex --limit-per-class 50 --report out/bench
     """
@@ -73,6 +76,12 @@ def command(models, batch_text, warmup, iterations, duration_s, data_root, split
     if iterations is not None and duration_s is not None:
         raise click.UsageError("--iterations and --duration are exclusive: give one or the other")
     batches = parse_batches(batch_text)
+    if not models:
+        from covidedge.engine.defaults import default_models
+
+        chosen = default_models()
+        click.echo(chosen.line, err=True)
+        models = [str(p) for p in chosen.paths()]
     report = run_bench(list(models), batches, warmup=warmup, iterations=iterations,
                        duration_s=duration_s, data_root=data_root, split=split,
                        limit_per_class=limit_per_class, end_to_end=end_to_end, backend=backend,

@@ -10,10 +10,11 @@ from covidedge.engine.build import BACKENDS, CALIB_METHODS, INT8_ACTIVATIONS, PR
 
 
 @click.command(name="build-engine")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
+@click.argument("model", type=click.Path(dir_okay=False), required=False)
+@click.option("--out", type=click.Path(), default=None,
               help="Engine file to write; its manifest goes to OUT.manifest.json. "
-                   "Default: build/<model>.<precision>.<target>.engine (or .ort.onnx).")
+                   "Default: build/<model>.<precision>.<target>.engine (or .ort.onnx). "
+                   "Without MODEL: the folder for the default engines (default build/).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Precision to export a checkpoint in (default fp32). An ONNX graph carries its "
                    "own precision; a different value is refused.")
@@ -39,15 +40,23 @@ from covidedge.engine.build import BACKENDS, CALIB_METHODS, INT8_ACTIVATIONS, PR
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT: timing cache file, read when present and written back (faster rebuilds).")
 @click.option("--dla-core", type=click.IntRange(min=0), default=None,
-              help="TensorRT on Jetson: run on this DLA core, layers DLA lacks fall back to the GPU.")
+              help="TensorRT on Jetson: run on this DLA core, layers DLA lacks fall back to the GPU. "
+                   "fp16 / int8 only, with a fixed batch (--min-batch = --opt-batch = --max-batch).")
 @click.option("--version-compatible", is_flag=True,
               help="TensorRT >= 8.6: an engine later TensorRT releases can also run (may be slower).")
+@click.option("--allow-tf32", is_flag=True,
+              help="TensorRT: let fp32 layers compute in TF32 (TensorRT's default; covidedge clears it).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="auto builds TensorRT where it is installed, else an ONNX Runtime model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and its manifest as JSON.")
 def command(model, out, precision, calib_data, calib_count, calib_method, int8_activations, min_batch, opt_batch,
-            max_batch, workspace_mib, timing_cache, dla_core, version_compatible, backend, as_json):
-    """Build a deployable engine from MODEL - a checkpoint (.pt, exported to ONNX first) or an
+            max_batch, workspace_mib, timing_cache, dla_core, version_compatible, allow_tf32, backend, as_json):
+    """Without MODEL, build the default engines for this machine from the models covidedge
+    ships ('covidedge models') into build/: TensorRT fp16 and int8 plans where TensorRT is
+    present, else the ONNX Runtime engine their model cards name for CPUs (int8 from the
+    shipped calibration cache, no dataset needed). A second call reuses what is there.
+
+    With MODEL, build a deployable engine from MODEL - a checkpoint (.pt, exported to ONNX first) or an
     exported ONNX graph, whose precision (fp32 / fp16 / int8 Q/DQ) is in the graph - and write
     its manifest beside it: TensorRT version, GPU and compute capability (or CPU), Jetson L4T
     release, precision, ONNX and calibration sha256, batch range, I/O, labels and build options.
@@ -57,18 +66,36 @@ def command(model, out, precision, calib_data, calib_count, calib_method, int8_a
 
     \b
     Examples:
+      covidedge build-engine
       covidedge build-engine runs/cls/best.pt --precision fp16 --max-batch 8
       covidedge build-engine runs/cls/best.pt --precision int8 --calib-data COVID-QU-Ex --calib-count 500
       covidedge build-engine build/seg.fp16.onnx --out build/seg.engine --timing-cache build/orin.cache
     """
     from covidedge.engine.build import build_engine
 
+    if model is None:
+        given = {"--precision": precision, "--calib-data": calib_data, "--calib-count": calib_count,
+                 "--calib-method": calib_method, "--workspace": workspace_mib,
+                 "--timing-cache": timing_cache, "--dla-core": dla_core,
+                 "--int8-activations": None if int8_activations == "auto" else int8_activations,
+                 "--min-batch": None if min_batch == 1 else min_batch,
+                 "--opt-batch": None if opt_batch == 1 else opt_batch,
+                 "--max-batch": None if max_batch == 8 else max_batch,
+                 "--version-compatible": version_compatible or None, "--allow-tf32": allow_tf32 or None,
+                 "--backend": None if backend == "auto" else backend}
+        used = [k for k, v in given.items() if v is not None]
+        if used:
+            raise click.UsageError(f"{', '.join(used)} appl{'y' if len(used) > 1 else 'ies'} to a MODEL build; "
+                                   "the default engines are built as their model cards say "
+                                   "(pass MODEL, e.g. a checkpoint, to choose)")
+        _build_defaults(out, as_json)
+        return
     result = build_engine(model, out, precision=precision, backend=backend, calibration=calib_data,
                           calib_method=calib_method, calib_count=calib_count,
                           int8_activations=int8_activations, min_batch=min_batch,
                           opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
                           timing_cache=timing_cache, dla_core=dla_core,
-                          version_compatible=version_compatible, progress=True)
+                          version_compatible=version_compatible, allow_tf32=allow_tf32, progress=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
         return
@@ -92,3 +119,16 @@ def command(model, out, precision, calib_data, calib_count, calib_method, int8_a
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
+
+
+def _build_defaults(out, as_json: bool) -> None:
+    from covidedge.engine.defaults import DEFAULT_BUILD_DIR, build_default_engines
+
+    built = build_default_engines(out or DEFAULT_BUILD_DIR, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in built], indent=2, sort_keys=True))
+        return
+    width = max(len(str(e.engine)) for e in built)
+    for e in built:
+        click.echo(f"{e.status:<7}  {str(e.engine):<{width}}  {e.task} {e.model}, {e.backend} {e.flavour}")
+    click.echo(f"'covidedge infer IMAGE' and 'covidedge bench' now use these engines", err=True)

@@ -24,8 +24,11 @@ import click
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=str),
               help="Also write report.json, report.md and confusion_matrix.png into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--allow-missing-classes", is_flag=True,
+              help="Go on when the split has no images of some class (refused otherwise); "
+                   "the report lists those classes.")
 def command(model, data_root, split, batch_size, limit_per_class, seed, threshold, backend,
-            out_dir, as_json):
+            out_dir, as_json, allow_missing_classes):
     """Evaluate MODEL (a checkpoint .pt, an ONNX model or an engine) on one split of a COVID-QU-Ex
     folder, through the same preprocessing and runtime as inference. A classifier gets accuracy,
     per-class precision / recall / F1 / support (the study's table layout), macro and weighted
@@ -41,7 +44,7 @@ def command(model, data_root, split, batch_size, limit_per_class, seed, threshol
 
     report = evaluate(model, data_root, split=split, batch_size=batch_size,
                       limit_per_class=limit_per_class, threshold=threshold, backend=backend,
-                      seed=seed)
+                      seed=seed, allow_missing_classes=allow_missing_classes)
     if out_dir:
         report.save(out_dir)
         click.echo(f"report written to {out_dir}", err=True)

@@ -79,17 +79,43 @@ def _backend_line(pipe) -> str:
               help="Images per inference call.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="auto: TensorRT for engines where it exists, ONNX Runtime for .onnx, torch for .pt.")
+@click.option("--server", metavar="URL",
+              help="Send the images to a Triton server running a covidedge repository "
+                   "(http://HOST:8000 or grpc://HOST:8001, see 'covidedge serve') instead of running "
+                   "models here; results are printed and written as a local run writes them.")
 @click.option("--no-overlay", is_flag=True, help="Write the masks but not the overlay pictures.")
 @click.option("--results", "results_path", type=click.Path(dir_okay=False, path_type=str),
               help="Results file written as the run goes (.csv or .jsonl); default: "
                    "OUT/results.csv or OUT/results.jsonl when --out is given.")
+@click.option("--dicom-out", type=click.Path(file_okay=False, path_type=str),
+              help="Folder for DICOM results of DICOM inputs, for a PACS: per image a Segmentation "
+                   "(lungs, infection), a TID 1500 Structured Report and a Secondary Capture overlay, "
+                   "in the source's study, plus index.csv. Needs the dicom extra.")
+@click.option("--modality", default="CR,DX", show_default=True,
+              help="DICOM inputs: Modality values to run on (comma-separated, or 'any').")
+@click.option("--view-position", default="PA,AP", show_default=True,
+              help="DICOM inputs: ViewPosition values to run on (comma-separated, or 'any').")
+@click.option("--body-part", default=None,
+              help="DICOM inputs: BodyPartExamined values to run on, e.g. CHEST (default: any). "
+                   "Filters check files that have the attribute; the others are listed as not selected.")
+@click.option("--strict", is_flag=True,
+              help="Refuse images that fail the input quality check (blank, under 64 px, a strip beyond 4:1) "
+                   "instead of flagging their results.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the results file (and masks of the same names) an earlier run left in "
+                   "--out / --results; without it they are never overwritten.")
+@click.option("--show-patient-ids", is_flag=True,
+              help="Show patient name and ID of DICOM inputs (stderr, DICOM index.csv); hidden by default.")
 @click.pass_context
 def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold, batch_size, backend,
-            no_overlay, results_path):
+            no_overlay, results_path, dicom_out, modality, view_position, body_part, strict, overwrite,
+            show_patient_ids, server):
     """Classify chest X-rays (COVID-19 / Non-COVID / Normal) and segment lungs and infection.
 
     INPUT is an image file (PNG, JPEG, BMP, TIFF, DICOM; 8- or 16-bit, gray or colour, any size),
-    a folder (searched recursively) or a quoted glob. Give --classifier, --segmenter or both.
+    a folder (searched recursively) or a quoted glob. Give --classifier, --segmenter or both;
+    with neither, the default models run: the engines 'covidedge build-engine' built in build/
+    for this machine, else the models covidedge ships, on ONNX Runtime (one line says which).
     Each image gets its class with probabilities, the lung fraction of the image, the infected
     fraction of the lungs (severity) and per-stage timings in ms. With --out, masks at the
     image's own size and an overlay (infection in red, lung outline in green) are saved, and a
@@ -98,9 +124,11 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
 
     \b
     Examples:
+      covidedge infer xray.png
       covidedge infer xray.png --classifier build/cls.onnx
       covidedge infer scans/ --classifier build/cls.engine --segmenter build/seg.engine --out results/
       covidedge infer 'scans/**/*.dcm' -c cls.onnx -s seg.onnx --format csv > results.csv
+      covidedge infer pacs_export/ -c cls.onnx -s seg.onnx --view-position PA --dicom-out to_pacs/
 
     \b
     Exit codes: 0 all images done, 1 some inputs failed, 3 all failed or no images found,
@@ -108,24 +136,48 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
     """
     from covidedge.inputs import expand_inputs
     from covidedge.runtime.pipeline import Pipeline
-    from covidedge.runtime.results import (CsvResultsWriter, TableFormatter, open_results_writer)
+    from covidedge.runtime.results import (CsvResultsWriter, OutputLock, TableFormatter, open_results_writer,
+                                           printable)
 
-    if not classifier and not segmenter:
-        raise _OneLineUsageError(
-            "no model given: pass --classifier MODEL and/or --segmenter MODEL "
-            "(make models with 'covidedge demo' or 'covidedge build-engine')", ctx=ctx)
+    if server and strict:
+        raise _OneLineUsageError("--strict applies to local models; the server does not run the input "
+                                 "quality check", ctx=ctx)
+    if server and (classifier or segmenter or backend != "auto"):
+        raise _OneLineUsageError("--server runs the models the server serves; drop --classifier / "
+                                 "--segmenter / --backend", ctx=ctx)
+    if not classifier and not segmenter and not server:
+        from covidedge.engine.defaults import default_models
+
+        chosen = default_models()
+        click.echo(chosen.line, err=True)
+        classifier = str(chosen.classifier) if chosen.classifier else None
+        segmenter = str(chosen.segmenter) if chosen.segmenter else None
     if as_json:
         fmt = "json"
 
     # Models first: a model that does not fit stops the run before any image is read.
-    pipe = Pipeline(classifier=classifier or None, segmenter=segmenter or None, threshold=threshold,
-                    batch_size=batch_size, backend=backend)
+    if server:
+        from covidedge.serve.client import server_pipeline
+
+        explicit = ctx.get_parameter_source("threshold").name != "DEFAULT"
+        pipe = server_pipeline(server, threshold=threshold if explicit else None, batch_size=batch_size)
+    else:
+        pipe = Pipeline(classifier=classifier or None, segmenter=segmenter or None, threshold=threshold,
+                        batch_size=batch_size, backend=backend, strict=strict)
     click.echo(_backend_line(pipe), err=True)
 
-    expanded = expand_inputs(inputs, exclude=[out_dir] if out_dir else [])
+    from covidedge.dicom import AlgorithmInfo, DicomOutputs, SeriesFilter, select_instances
+
+    series_filter = SeriesFilter.parse(modality, view_position, body_part)
+    dicom = (DicomOutputs(dicom_out, AlgorithmInfo.from_pipeline(pipe), show_patient_ids=show_patient_ids,
+                          overlay=not no_overlay) if dicom_out else None)
+    expanded = expand_inputs(inputs, exclude=[d for d in (out_dir, dicom_out) if d])
     for problem in expanded.problems:
-        click.echo(f"skipped: {problem}", err=True)
-    files = expanded.files
+        click.echo(f"skipped: {printable(problem)}", err=True)
+    selection = select_instances(expanded.files, series_filter)
+    for line in selection.lines():
+        click.echo(line, err=True)
+    files = selection.files
     if not files:
         raise BadInputError("no images to process in " + ", ".join(repr(i) for i in inputs),
                             hint="pass image files (.png .jpg .jpeg .bmp .tif .tiff .dcm) or "
@@ -136,12 +188,21 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
         click.echo("note: masks and overlays are not saved without --out DIR", err=True)
     if results_path is None and saving:
         results_path = str(Path(out_dir) / ("results.jsonl" if fmt == "json" else "results.csv"))
-    if saving:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(out_dir).acquire() if saving else None  # one run at a time per --out
 
     labels = pipe.labels
-    writer = open_results_writer(results_path, labels, fmt="jsonl" if fmt == "json" else None) \
-        if results_path else None
+    try:
+        from covidedge.engine.manifest import manifest_path_for
+
+        models = [Path(m) for m in (classifier, segmenter) if m]
+        writer = open_results_writer(results_path, labels, fmt="jsonl" if fmt == "json" else None,
+                                     overwrite=overwrite,
+                                     protected=[*files, *models, *(manifest_path_for(m) for m in models)]) \
+            if results_path else None
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     table = TableFormatter(labels, segmentation=pipe.segmenter is not None,
                            name_width=max(len(f.name) for f in files))
     stdout_csv = CsvResultsWriter(_EchoStream(), labels) if fmt == "csv" else None
@@ -171,13 +232,20 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
             for result in pipe.predict_many(files, batch_size=batch_size, out_dir=out_dir,
                                             overlay=not no_overlay):
                 bar.update(1)
+                for line in (dicom.write(result) if dicom is not None else ()):
+                    note(line)
                 if writer is not None:
                     writer.write(result)
                 if result.ok:
                     ok += 1
+                    if result.quality_flags:
+                        from covidedge.data.quality import describe_flags
+
+                        note(f"warning: {printable(result.name)}: do not trust this result, the input fails the "
+                             f"quality check ({describe_flags(result.quality_flags)}; --strict refuses such images)")
                 else:
                     failed += 1
-                    note(f"skipped: {result.error}")
+                    note(f"skipped: {printable(result.error)}")
                 if fmt == "json":
                     collected.append(result.to_dict())
                 elif fmt == "csv":
@@ -190,10 +258,14 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
         bar.close()
         if writer is not None:
             writer.close()
+        if lock is not None:
+            lock.release()
+        if dicom is not None:
+            dicom.close()
     if fmt == "json":
         click.echo(json.dumps(collected, indent=2))
 
-    failed_total = failed + len(expanded.problems)
+    failed_total = failed + len(expanded.problems) + (dicom.failed if dicom is not None else 0)
     seconds = time.perf_counter() - t_start
     plural = "s" if len(files) != 1 else ""
     summary = f"{len(files)} image{plural}: {ok} ok, {failed} failed in {seconds:.1f} s"
@@ -201,6 +273,7 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
         summary += f"; results in {writer.path}"
     if saving and pipe.segmenter is not None:
         summary += f"; masks in {out_dir}"
+    summary += selection.summary() + (dicom.summary() if dicom is not None else "")
     click.echo(summary, err=True)
     if ok == 0:
         click.echo(f"error: all {len(files)} input image{plural} failed", err=True)

@@ -30,6 +30,9 @@ VERBS = {
     "infer": ("covidedge.cli.infer", "Classify and segment X-ray images: class, masks, severity, overlay."),
     "bench": ("covidedge.cli.bench", "Latency and throughput report for models and engines."),
     "info": ("covidedge.cli.info", "What this machine offers: backends, versions, GPU."),
+    "triton-repo": ("covidedge.cli.triton_repo", "Write a Triton Inference Server model repository from engines or ONNX models."),
+    "serve": ("covidedge.cli.serve", "Serve a Triton repository on this CPU machine (or print the GPU container command)."),
+    "models": ("covidedge.cli.models", "The trained models covidedge ships, with their Val numbers."),
 }
 
 

@@ -34,6 +34,9 @@ def command():
 @click.option("--limit-per-class", default=None, type=int, help="At most N images per class (quick studies).")
 @click.option("--seed", default=0, show_default=True, type=int, help="The one seed every loss trains with.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp", default="auto", show_default=True,
+              type=click.Choice(["auto", "off", "bf16", "fp16"], case_sensitive=False),
+              help="Mixed precision (see covidedge train --help).")
 @click.option("--overwrite", is_flag=True,
               help="Retrain every loss, even where a finished run with the same settings exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")

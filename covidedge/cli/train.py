@@ -25,6 +25,11 @@ def _common_options(f):
                      help="Square input size in px; recorded in the checkpoint's spec."),
         click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when available), cpu, cuda or cuda:N."),
+        click.option("--amp", default="auto", show_default=True,
+                     type=click.Choice(["auto", "off", "bf16", "fp16"], case_sensitive=False),
+                     help="Mixed precision: auto = fp16 on CUDA, bf16 + channels_last on CPUs with "
+                          "native bf16 (AVX512-BF16/AMX), else fp32. Weights stay fp32; recorded in "
+                          "the checkpoint."),
         click.option("--seed", default=0, show_default=True, type=int,
                      help="Seed for weights, image subset, shuffling and augmentation."),
         click.option("--patience", default=8, show_default=True, type=int,
@@ -37,6 +42,9 @@ def _common_options(f):
         click.option("--overwrite", is_flag=True, help="Replace an earlier run's files in --out."),
         click.option("--hflip", is_flag=True,
                      help="Also mirror images left-right (off by default: anatomy is lateralised)."),
+        click.option("--allow-missing-classes", is_flag=True,
+                     help="Train even when Train or Val has no images of some class (refused "
+                          "otherwise); recorded in the checkpoint and the Val report."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
     ]
     for opt in reversed(options):

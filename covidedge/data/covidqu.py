@@ -272,6 +272,32 @@ class CovidQuDataset:
                 ))
         return out
 
+    def missing_classes(self, split: str) -> List[str]:
+        """The classes of :data:`CLASSES` with no image in ``split`` (folder missing or empty)."""
+        present = {s.label for s in self.samples(split)}
+        return [c for c in CLASSES if c not in present]
+
+    def check_classes(self, split: str, allow_missing: bool = False) -> List[str]:
+        """Refuse a ``split`` that lacks images of a class; returns the missing classes.
+
+        A model is still built with one output per class of :data:`CLASSES`, so a class without
+        images would train with weight 0 and be averaged into metrics without any support.
+        ``allow_missing=True`` (``--allow-missing-classes``) accepts it; callers record the
+        returned list in their checkpoint or report.
+        """
+        missing = self.missing_classes(split)
+        if missing and not allow_missing:
+            split = self._canonical_split(split)
+            which = "class" if len(missing) == 1 else "classes"
+            raise DatasetError(
+                f"split {split} has no images of the {which} {', '.join(missing)} (class folder "
+                f"missing or empty), expected images of each of {', '.join(CLASSES)}",
+                path=self._split_paths[split],
+                hint="add the missing images, or pass --allow-missing-classes "
+                     "(allow_missing_classes=True) to go on without them; the checkpoint and "
+                     "report then record it")
+        return missing
+
     def counts(self) -> Dict[str, Dict[str, int]]:
         """``{split: {label: number of images}}`` for the present splits (every label listed)."""
         result = {}

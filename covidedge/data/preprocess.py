@@ -16,7 +16,8 @@ from typing import Iterable, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from covidedge.data.imageio import _luminance, _wide_to_unit, image_to_gray, read_gray
+from covidedge.data.imageio import (_UNIT8, _alpha, _blockwise, _luminance, _wide_to_unit,
+                                    image_to_gray, read_gray)
 from covidedge.errors import BadInputError
 
 #: Name of this preprocessing, stored in every model spec (== ModelSpec's default).
@@ -41,16 +42,16 @@ def _as_size(size) -> Tuple[int, int]:
     return h, w
 
 
-def as_gray(item: ImageLike) -> np.ndarray:
+def as_gray(item: ImageLike, reduce_for=None) -> np.ndarray:
     """Any accepted input as a float32 ``H x W`` array in [0, 1].
 
-    Paths are decoded with :func:`~covidedge.data.imageio.read_gray`; Pillow images by the
-    same rules; arrays may be 2-D (or ``H x W x 1`` / ``1 x H x W``) bool, uint8 (/255),
-    uint16 (by bit depth, as 16-bit files) or float already in [0, 1], or ``H x W x 3|4``
-    uint8 RGB(A).
+    Paths are decoded with :func:`~covidedge.data.imageio.read_gray` (``reduce_for`` is passed
+    on: see there); Pillow images by the same rules; arrays may be 2-D (or ``H x W x 1`` /
+    ``1 x H x W``) bool, uint8 (/255), uint16 (/65535, the 16-bit range, as 16-bit files
+    without an ``sBIT`` chunk) or float already in [0, 1], or ``H x W x 3|4`` uint8 RGB(A).
     """
     if isinstance(item, (str, os.PathLike)):
-        return read_gray(item)
+        return read_gray(item, reduce_for=reduce_for)
     if isinstance(item, Image.Image):
         return image_to_gray(item, source="<PIL image>")
     if not isinstance(item, np.ndarray):
@@ -62,19 +63,18 @@ def as_gray(item: ImageLike) -> np.ndarray:
     elif arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
-        gray = _luminance(arr[..., :3])
         if arr.shape[2] == 4:
-            gray = gray * (arr[..., 3].astype(np.float64) / 255.0)
-        return gray.astype(np.float32)
+            return _blockwise(arr, lambda a: _luminance(a[..., :3]) * _alpha(a[..., 3]))
+        return _blockwise(arr, _luminance)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise BadInputError(f"image array has shape {item.shape}, expected a non-empty H x W "
                             "grayscale (or H x W x 3 uint8 RGB) image")
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if arr.dtype == np.uint8:
-        return (arr.astype(np.float64) / 255.0).astype(np.float32)
+        return _UNIT8[arr]
     if arr.dtype in (np.uint16, np.dtype(">u2")):
-        return _wide_to_unit(arr, "image array").astype(np.float32)
+        return _wide_to_unit(arr.astype(np.uint16, copy=False), "image array")
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise BadInputError("image array contains NaN or infinite values",

@@ -5,8 +5,9 @@ Where TensorRT is installed the result is a TensorRT plan; elsewhere an ONNX Run
 the engine is written with its manifest (see covidedge.engine.manifest).
 
 Precision lives in the ONNX graph (fp16 weights, or int8 Q/DQ nodes). TensorRT >= 10 parses it
-into a strongly typed network, so the graph alone decides the precision; TensorRT 8.5/8.6
-(JetPack 5) has no strong typing and gets the builder flags that allow the graph's precisions.
+into a strongly typed network, so the graph alone decides the precision; TensorRT 8.5 (JetPack 5)
+and 8.6 have no strong typing: they get the builder flags that allow the graph's precisions and,
+for fp16, precision constraints that keep the graph's fp32 islands in fp32.
 Every decision that is not a TensorRT call (options, profile shapes, flags per version, file
 names, error messages) is a plain function here so that it is tested on machines without a GPU;
 ``_build_tensorrt`` only applies a finished :class:`TrtBuildPlan`.
@@ -14,6 +15,7 @@ names, error messages) is a plain function here so that it is tested on machines
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -26,8 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from covidedge.errors import (BadInputError, IncompatibleModelError, MissingDependencyError,
                               RuntimeFailure)
 from covidedge.runtime.available import module_present
-from covidedge.engine.manifest import (EngineManifest, VERSION_COMPATIBLE_SINCE, manifest_path_for,
-                                       parse_version, sha256_file)
+from covidedge.engine.manifest import (MANIFEST_SUFFIX, EngineManifest, VERSION_COMPATIBLE_SINCE,
+                                       engine_path_for, manifest_path_for, parse_version, sha256_file)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
@@ -36,6 +38,11 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth")
 #: Oldest TensorRT this builder drives: 8.5 (JetPack 5.1) has set_memory_pool_limit,
 #: build_serialized_network and the name-based I/O API.
 MIN_TENSORRT = (8, 5)
+#: Largest |probability| difference accepted, per precision, between a TensorRT engine and ONNX
+#: Runtime (CPU) on the same graph in the build's self-check. TF32 is cleared, so fp32 differs by
+#: kernel rounding only; fp16 by a few fp16 ulps; int8 by up to a quantization step, as TensorRT
+#: fuses Q/DQ into other integer kernels than ONNX Runtime (the OpenVINO self-check's limit).
+TENSORRT_SELF_CHECK_ATOL = {"fp32": 1e-3, "fp16": 1e-2, "int8": 5e-2}
 #: Default folder for engines when no --out is given.
 DEFAULT_BUILD_DIR = Path("build")
 
@@ -136,14 +143,16 @@ def resolve_precision(requested: Optional[str], graph: str, source: object = Non
 
 
 def check_options_for_backend(backend: str, *, workspace_mib=None, timing_cache=None,
-                              dla_core=None, version_compatible=False, fell_back=False) -> None:
+                              dla_core=None, version_compatible=False, allow_tf32=False,
+                              fell_back=False) -> None:
     """Refuse TensorRT-only options when the build is for ONNX Runtime or OpenVINO (never ignore them)."""
     if backend == "tensorrt":
         return
     given = [flag for flag, on in (("--workspace", workspace_mib is not None),
                                    ("--timing-cache", timing_cache is not None),
                                    ("--dla-core", dla_core is not None),
-                                   ("--version-compatible", bool(version_compatible))) if on]
+                                   ("--version-compatible", bool(version_compatible)),
+                                   ("--allow-tf32", bool(allow_tf32))) if on]
     if given:
         why = " (TensorRT is not installed here)" if fell_back else ""
         raise BadInputError(
@@ -190,6 +199,10 @@ class TrtBuildPlan:
     timing_cache: Optional[str] = None
     dla_core: Optional[int] = None
     version_compatible: bool = False
+    cleared_flags: List[str] = field(default_factory=list)  # BuilderFlag names cleared (on by default)
+    #: TensorRT 8.x fp16: layers whose outputs the parsed network types fp32 are constrained to
+    #: fp32 (layer.precision / set_output_type) and OBEY_PRECISION_CONSTRAINTS is set.
+    fp32_islands: bool = False
     notes: List[str] = field(default_factory=list)
 
     @property
@@ -199,7 +212,8 @@ class TrtBuildPlan:
 
 def plan_tensorrt_build(tensorrt_version: str, precision: str, input_name: str, profile, *,
                         workspace_mib: Optional[int] = None, timing_cache=None,
-                        dla_core: Optional[int] = None, version_compatible: bool = False) -> TrtBuildPlan:
+                        dla_core: Optional[int] = None, version_compatible: bool = False,
+                        allow_tf32: bool = False) -> TrtBuildPlan:
     """Decide network flags, builder flags and limits for this TensorRT version.
 
     - TensorRT 11: every network is strongly typed; the STRONGLY_TYPED flag is deprecated and
@@ -210,10 +224,16 @@ def plan_tensorrt_build(tensorrt_version: str, precision: str, input_name: str, 
     - TensorRT 10: networks are always explicit batch (EXPLICIT_BATCH is deprecated and ignored);
       STRONGLY_TYPED makes the graph's types binding, and precision flags must not be set with it
       (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html).
-    - TensorRT 8.5 / 8.6: EXPLICIT_BATCH is required for ONNX, and FP16 / INT8 must be enabled for
-      the builder to run the graph's fp16 casts / Q/DQ in those precisions (explicit quantization:
-      INT8 without a calibrator).
-    - DLA: default_device_type DLA on core N with GPU_FALLBACK; DLA runs fp16 / int8 only.
+    - TensorRT 8.5 (JetPack 5) / 8.6: EXPLICIT_BATCH is required for ONNX, and FP16 / INT8 must be
+      enabled for the builder to run the graph's fp16 casts / Q/DQ in those precisions (explicit
+      quantization: INT8 without a calibrator). FP16 lets the builder pick fp16 for any layer, so
+      the fp16 graph's fp32 islands (Softmax, Sigmoid, pooling, Resize) are pinned to fp32 with
+      precision constraints and OBEY_PRECISION_CONSTRAINTS.
+    - TF32 is on by default in every release; it is cleared (an "fp32" engine computes in fp32)
+      unless ``allow_tf32``.
+    - DLA: default_device_type DLA on core N with GPU_FALLBACK; DLA runs fp16 / int8 only and takes
+      no dynamic shapes, so min = opt = max batch is required (otherwise every layer would fall
+      back to the GPU while the engine claims DLA).
     - VERSION_COMPATIBLE exists from TensorRT 8.6.
     """
     ver = parse_version(tensorrt_version)
@@ -233,9 +253,12 @@ def plan_tensorrt_build(tensorrt_version: str, precision: str, input_name: str, 
     else:
         plan.network_flags.append("EXPLICIT_BATCH")
         if precision == "fp16":
-            plan.builder_flags.append("FP16")
+            plan.builder_flags += ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+            plan.fp32_islands = True
         elif precision == "int8":
             plan.builder_flags.append("INT8")
+    if not allow_tf32:
+        plan.cleared_flags.append("TF32")
     if workspace_mib is not None:
         try:
             mib = int(workspace_mib)
@@ -257,13 +280,16 @@ def plan_tensorrt_build(tensorrt_version: str, precision: str, input_name: str, 
             raise BadInputError(
                 "DLA runs fp16 and int8 only; an fp32 engine would run every layer on the GPU",
                 hint="build an fp16 or int8 engine for DLA, or drop --dla-core")
+        lo, opt, hi = (s[0] for s in plan.profile)
+        if not lo == opt == hi:
+            raise BadInputError(
+                f"DLA takes no dynamic shapes, but batch {lo}..{hi} (opt {opt}) was asked for; with it "
+                "every layer would run on the GPU", hint=f"pass --min-batch {hi} --opt-batch {hi} "
+                f"--max-batch {hi} (a fixed batch) with --dla-core, or drop --dla-core")
         plan.dla_core = core
         plan.builder_flags.append("GPU_FALLBACK")
-        lo, _, hi = plan.profile
-        if lo[0] != hi[0]:
-            plan.notes.append(f"DLA takes no dynamic shapes: with batch {lo[0]}..{hi[0]} TensorRT runs the "
-                              "layers it cannot place on DLA on the GPU (GPU fallback); equal --min-batch and "
-                              "--max-batch keep them on DLA")
+        plan.notes.append(f"DLA core {core} with GPU fallback: layers DLA cannot run go to the GPU; "
+                          "TensorRT's build log names them")
     if version_compatible:
         if ver[:2] < VERSION_COMPATIBLE_SINCE:
             raise BadInputError(
@@ -272,6 +298,49 @@ def plan_tensorrt_build(tensorrt_version: str, precision: str, input_name: str, 
         plan.version_compatible = True
         plan.builder_flags.append("VERSION_COMPATIBLE")
     return plan
+
+
+def check_tensorrt_opset(tensorrt_version: str, opset: Optional[int], source: object = None) -> None:
+    """Refuse a graph whose ONNX opset the TensorRT 8.x ONNX parser does not document
+    (covidedge.export.onnx.TENSORRT8_MAX_OPSET); TensorRT 10 and 11 parse every opset covidedge
+    exports."""
+    from covidedge.export.onnx import TENSORRT8_MAX_OPSET
+
+    ver = parse_version(tensorrt_version)
+    if opset is None or not ver or ver[0] >= 10 or int(opset) <= TENSORRT8_MAX_OPSET:
+        return
+    raise IncompatibleModelError(
+        f"this graph is ONNX opset {opset}; the TensorRT {tensorrt_version} ONNX parser documents "
+        f"opsets up to {TENSORRT8_MAX_OPSET}", path=source,
+        hint=f"re-export it with --opset {TENSORRT8_MAX_OPSET} (the default), or build with TensorRT 10 or later")
+
+
+def graph_opset(model) -> Optional[int]:
+    """The default-domain ONNX opset of a loaded model, or None when it declares none."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return None
+
+
+#: Parsed-network tensor types that make a layer part of an fp32 island (TensorRT DataType names).
+FP32_ISLAND_DTYPES = ("FLOAT",)
+
+
+def fp32_island_layers(layers: Sequence[Tuple[str, Sequence[str]]]) -> List[int]:
+    """Indices of the layers to pin to fp32 in a TensorRT 8.x fp16 build.
+
+    ``layers`` lists (layer name, output DataType names) in network order, as the ONNX parser
+    typed them from the fp16 graph: fp16 where the graph computes in fp16, FLOAT in its fp32
+    islands (the output activation, reductions, Resize, and the casts into them). Layers with
+    every output FLOAT are constrained; layers with an fp16, int32 or bool output are left to
+    the builder."""
+    chosen = []
+    for i, (_, dtypes) in enumerate(layers):
+        names = [str(d).rsplit(".", 1)[-1].upper() for d in dtypes]
+        if names and all(n in FP32_ISLAND_DTYPES for n in names):
+            chosen.append(i)
+    return chosen
 
 
 def format_trt_errors(stage: str, parser_errors: Sequence[str], records: Sequence[Tuple[str, str]],
@@ -299,6 +368,11 @@ def _strip_precision(stem: str) -> str:
     return re.sub(r"([._-](fp32|fp16|int8))+$", "", stem)
 
 
+#: File stems that say nothing about the model (a training run's best.pt); default engine names
+#: prefix them with the model's folder name.
+GENERIC_STEMS = ("best", "last", "model", "checkpoint")
+
+
 def default_engine_path(model, precision: str, backend: str, *, tensorrt_version: Optional[str] = None,
                         compute_capability: Optional[str] = None, build_dir=DEFAULT_BUILD_DIR) -> Path:
     """Where an engine goes when no --out is given: build/<model>.<precision>.<target>.<ext>.
@@ -312,6 +386,9 @@ def default_engine_path(model, precision: str, backend: str, *, tensorrt_version
             name = name[: -len(suffix)]
             break
     stem = _strip_precision(name) or "model"
+    parent = Path(os.fspath(model)).resolve().parent.name
+    if stem in GENERIC_STEMS and parent:
+        stem = f"{parent}-{stem}"  # runs/cls/best.pt and runs/seg/best.pt must not share engines
     if backend == "tensorrt":
         target = "trt"
         ver = parse_version(tensorrt_version)
@@ -414,6 +491,7 @@ def _build_tensorrt(onnx_path: Path, plan: TrtBuildPlan):
 
     Returns (plan bytes, inputs, outputs, notes). API per version: create_network(flags),
     OnnxParser.parse_from_file + num_errors / get_error, set_memory_pool_limit(WORKSPACE),
+    set_flag / clear_flag, layer.precision / set_output_type (8.x fp32 islands),
     create_optimization_profile / set_shape, create_timing_cache / set_timing_cache and
     get_timing_cache().serialize(), default_device_type / DLA_core, build_serialized_network
     https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html
@@ -443,6 +521,19 @@ def _build_tensorrt(onnx_path: Path, plan: TrtBuildPlan):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
     for name in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in plan.cleared_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, name))
+    if plan.fp32_islands:
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        typed = [(layer.name, [_severity_name(layer.get_output(j).dtype) for j in range(layer.num_outputs)])
+                 for layer in layers]
+        pinned = fp32_island_layers(typed)
+        for i in pinned:
+            layers[i].precision = trt.float32
+            for j in range(layers[i].num_outputs):
+                layers[i].set_output_type(j, trt.float32)
+        notes.append(f"{len(pinned)} of {len(layers)} layers pinned to fp32 (the fp16 graph's fp32 "
+                     "islands; OBEY_PRECISION_CONSTRAINTS)")
     profile = builder.create_optimization_profile()
     profile.set_shape(plan.input_name, *plan.profile)
     config.add_optimization_profile(profile)
@@ -552,6 +643,27 @@ def _accept_if_close(ref, got, spec, limit: float, precision: str, tmp: Path, ou
     return {"batch": int(opt_batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
 
 
+def _self_check_tensorrt(engine: Path, manifest: EngineManifest, onnx_path: Path, spec, opt_batch: int,
+                         precision: str) -> Dict[str, Any]:
+    """Run the built plan (TrtRunner, with ``manifest``) and its source graph (ONNX Runtime, CPU)
+    on one seeded batch of ``opt_batch`` images; delete the plan and raise RuntimeFailure when
+    the probabilities differ by more than :data:`TENSORRT_SELF_CHECK_ATOL`."""
+    import numpy as np
+
+    from covidedge.runtime.ort import OrtRunner
+    from covidedge.runtime.trt import TrtRunner
+
+    x = np.random.default_rng(0).random((opt_batch, spec.in_chans, *spec.input_size), dtype=np.float32)
+    try:
+        with TrtRunner(engine, manifest=manifest) as trt_run, OrtRunner(onnx_path, spec=spec) as ref_run:
+            got, ref = trt_run.infer(x), ref_run.infer(x)
+    except BaseException:
+        engine.unlink(missing_ok=True)
+        raise
+    return _accept_if_close(ref, got, spec, TENSORRT_SELF_CHECK_ATOL[precision], precision, engine, engine,
+                            opt_batch, "TensorRT's {prob} differ from ONNX Runtime's on the same graph")
+
+
 #: Largest |probability| difference accepted, per precision, between OpenVINO (f32 compute) and
 #: ONNX Runtime on the same graph: other kernels, so int8 may differ by a quantization step.
 OPENVINO_SELF_CHECK_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
@@ -586,6 +698,27 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def refuse_foreign_file(path: Path, own_engine: Path) -> None:
+    """BadInputError when ``path`` is a file that the manifest of another engine in its folder
+    refers to (its engine or its source graph): a build never overwrites another model's files."""
+    path = Path(path)
+    if not path.exists():
+        return
+    for mpath in path.parent.glob(f"*{MANIFEST_SUFFIX}"):
+        engine = engine_path_for(mpath)
+        if engine.resolve() == Path(own_engine).resolve():
+            continue
+        try:
+            opts = (json.loads(mpath.read_text()).get("build_options") or {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        refs = {engine.resolve()} | {Path(str(v)).resolve() for k, v in opts.items()
+                                     if k in ("onnx", "model") and v}
+        if path.resolve() in refs:
+            raise BadInputError(f"would overwrite {path.name}, which the engine {engine.name} was built from "
+                                "or is", path=path, hint="choose another --out")
+
+
 # -- the public entry point ------------------------------------------------------------------
 #: Activation type for int8 ONNX Runtime CPU engines. benchmarks/compare_backends.py
 #: --int8-activations measured unsigned asymmetric activations (u8s8) 1.2-3.8x faster than signed
@@ -610,10 +743,13 @@ def resolve_int8_activations(requested: str, backend: str) -> str:
 
 
 def _export_checkpoint(checkpoint: Path, onnx_out: Path, precision: str, calibration, calib_method,
-                       calib_count, progress: bool, activations: str = "int8") -> None:
-    """Export a checkpoint to a precision-bearing ONNX graph with covidedge.export (needs torch).
+                       calib_count, progress: bool, activations: str = "int8",
+                       qdq_placement: str = "onnxruntime", calib_out: Optional[Path] = None) -> None:
+    """Export a checkpoint to a precision-bearing ONNX graph with covidedge.export (needs torch),
+    at the default opset (covidedge.export.onnx.DEFAULT_OPSET, which every TensorRT parses).
     int8 calibration (a CalibrationSet, a calibration manifest or a dataset folder) is resolved
-    there, so the export and this builder pick the same images."""
+    there, so the export and this builder pick the same images; ``qdq_placement`` places the
+    Q/DQ nodes for the engine's backend (covidedge.export.precision.QDQ_PLACEMENTS)."""
     try:
         from covidedge.export import export_model
     except ImportError as exc:
@@ -626,9 +762,12 @@ def _export_checkpoint(checkpoint: Path, onnx_out: Path, precision: str, calibra
             raise BadInputError("an int8 engine from a checkpoint needs calibration images", path=checkpoint,
                                 hint="pass --calib-data DIR (a COVID-QU-Ex folder or a calibration manifest)")
         kwargs.update(calibration=calibration, method=calib_method or "entropy",
-                      activation_type=activations, symmetric_activations=activations == "int8")
+                      activation_type=activations, symmetric_activations=activations == "int8",
+                      qdq_placement=qdq_placement)
         if calib_count is not None:
             kwargs["calib_count"] = int(calib_count)
+        if calib_out is not None:
+            kwargs["calib_out"] = calib_out
     _progress(progress, f"exporting {checkpoint} to {precision} ONNX: {onnx_out}")
     export_model(checkpoint, onnx_out, **kwargs)
 
@@ -638,7 +777,7 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
                  min_batch: int = 1, opt_batch: int = 1, max_batch: int = 8,
                  workspace_mib: Optional[int] = None, timing_cache=None, dla_core: Optional[int] = None,
                  version_compatible: bool = False, int8_activations: str = "auto",
-                 progress: bool = True) -> BuildResult:
+                 allow_tf32: bool = False, progress: bool = True) -> BuildResult:
     """Build an engine (TensorRT plan, or an ONNX Runtime model where TensorRT is absent) and its
     manifest from a checkpoint (.pt/.pth, exported first) or a precision-bearing ONNX graph.
 
@@ -649,7 +788,9 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
     images; ``workspace_mib`` is MiB. ``out`` defaults to :func:`default_engine_path`.
     ``int8_activations`` (int8 from a checkpoint): "int8" (signed, symmetric: what TensorRT
     takes), "uint8" (unsigned, asymmetric: ONNX Runtime CPU engines only) or "auto" (see
-    :func:`resolve_int8_activations`)."""
+    :func:`resolve_int8_activations`). A TensorRT build clears TF32 (fp32 layers compute in fp32)
+    unless ``allow_tf32``; a TensorRT engine is self-checked against ONNX Runtime on the same
+    graph (:data:`TENSORRT_SELF_CHECK_ATOL`) before its manifest is written."""
     import covidedge
     from covidedge.engine.machine import describe_device, probe_machine
 
@@ -688,7 +829,8 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
                             "already holds its precision", path=model, hint="drop --int8-activations")
     fell_back = backend == "auto" and chosen == "onnxruntime"
     check_options_for_backend(chosen, workspace_mib=workspace_mib, timing_cache=timing_cache,
-                              dla_core=dla_core, version_compatible=version_compatible, fell_back=fell_back)
+                              dla_core=dla_core, version_compatible=version_compatible,
+                              allow_tf32=allow_tf32, fell_back=fell_back)
 
     machine = probe_machine(use_backends=chosen == "tensorrt")
     trt_version = None
@@ -712,11 +854,12 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
     # 1. the precision-bearing ONNX graph
     if from_checkpoint:
         precision = precision or "fp32"
-        onnx_path = out.with_name(f"{_strip_precision(model.stem)}.{precision}.onnx")
-        if onnx_path.resolve() == out.resolve():
-            onnx_path = out.with_name(out.name + ".src.onnx")
+        # intermediates are named after the engine, so two checkpoints never share one
+        onnx_path = out.with_name(out.name + ".src.onnx")
+        refuse_foreign_file(onnx_path, out)
         _export_checkpoint(model, onnx_path, precision, calibration, calib_method, calib_count, progress,
-                           activations)
+                           activations, qdq_placement="tensorrt" if chosen == "tensorrt" else "onnxruntime",
+                           calib_out=out.with_name(out.name + ".calibration.json"))
     else:
         onnx_path = model
     header = _load_onnx_header(onnx_path)
@@ -746,9 +889,11 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
                 "this int8 graph has asymmetric uint8 activations, which TensorRT's explicit "
                 "quantization does not take", path=onnx_path,
                 hint="re-quantize with signed int8 symmetric activations (the export default)")
+        check_tensorrt_opset(trt_version, graph_opset(header), source=onnx_path)
         plan = plan_tensorrt_build(trt_version, precision, spec.input_name, shapes,
                                    workspace_mib=workspace_mib, timing_cache=timing_cache,
-                                   dla_core=dla_core, version_compatible=version_compatible)
+                                   dla_core=dla_core, version_compatible=version_compatible,
+                                   allow_tf32=allow_tf32)
         notes += plan.notes
         _progress(progress, f"building a TensorRT {trt_version} {precision} engine for "
                             f"{describe_device(machine)}, batch {lo}..{hi} (opt {opt}); this can take minutes")
@@ -783,6 +928,9 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
         "min_batch": lo, "opt_batch": opt, "max_batch": hi, "workspace_mib": workspace_mib,
         "timing_cache": None if timing_cache is None else str(Path(os.fspath(timing_cache)).resolve()),
         "dla_core": dla_core, "version_compatible": bool(version_compatible),
+        "allow_tf32": bool(allow_tf32) if chosen == "tensorrt" else None,
+        "qdq_placement": (("tensorrt" if chosen == "tensorrt" else "onnxruntime")
+                          if precision == "int8" and from_checkpoint else None),
         "calib_data": None if not isinstance(calibration, (str, os.PathLike)) else str(Path(calibration).resolve()),
         "calib_count": calib_count, "calib_method": calib_method,
         "int8_activations": activations if precision == "int8" and from_checkpoint else None,
@@ -799,6 +947,9 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
         build_options=options, covidedge_version=covidedge.__version__,
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(seconds, 3), machine=machine)
+    if chosen == "tensorrt":
+        # the options dict is the manifest's: the self-check's numbers go into it before writing
+        verification.update(_self_check_tensorrt(out, manifest, onnx_path, spec, opt, precision))
     mpath = manifest.write(manifest_path_for(out))
 
     if chosen == "tensorrt":
@@ -817,4 +968,5 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
 __all__ = ["BuildResult", "TrtBuildPlan", "build_engine", "validate_batch_range", "resolve_backend",
            "resolve_precision", "profile_shapes", "plan_tensorrt_build", "format_trt_errors",
            "default_engine_path", "detect_onnx_precision", "onnx_io", "check_options_for_backend",
+           "check_tensorrt_opset", "fp32_island_layers", "graph_opset",
            "PRECISIONS", "BACKENDS", "CALIB_METHODS", "ORT_OFFLINE_LEVEL"]

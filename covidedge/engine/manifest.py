@@ -31,6 +31,11 @@ BACKENDS = ("tensorrt", "onnxruntime", "openvino")
 #: in https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/advanced.html and
 #: "Engine Compatibility" in https://docs.nvidia.com/deeplearning/tensorrt/11.1.0/inference-library/engine-compatibility.html
 VERSION_COMPATIBLE_SINCE = (8, 6)
+#: Major releases a version-compatible plan may cross, (built, here): "engines built with TensorRT 8
+#: work with TensorRT 9 and TensorRT 10 runtimes" (10.x "Version Compatibility"), "engines built
+#: with TensorRT 10 work with TensorRT 11" (11.1 "Engine Compatibility"); nothing else, so 8 -> 11
+#: is refused.
+VERSION_COMPATIBLE_MAJOR_STEPS = ((8, 9), (8, 10), (9, 10), (10, 11))
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -76,6 +81,27 @@ def same_release(a, b, parts: int = 3) -> bool:
     va, vb = parse_version(a), parse_version(b)
     pad = lambda v: (v + (0,) * parts)[:parts]  # noqa: E731
     return bool(va) and bool(vb) and pad(va) == pad(vb)
+
+
+def tensorrt_version_difference(built, here, version_compatible: bool) -> Optional[str]:
+    """Why a plan built with TensorRT ``built`` may not run on TensorRT ``here``, or None.
+
+    A plain plan needs the same release down to the build number ('10.3.0.30' is not
+    '10.3.0.26'); a version without a build number ('10.3.0', as some wheels report it) is
+    compared on the parts both have. A version-compatible plan runs on the same or a later
+    release of its major, or on a later major along :data:`VERSION_COMPATIBLE_MAJOR_STEPS`."""
+    vb, vh = parse_version(built), parse_version(here)
+    if not vb or not vh:
+        return f"TensorRT version: engine {built}, here {here} (a version cannot be read)"
+    n = max(3, min(len(vb), len(vh)))
+    pad = lambda v: (v + (0,) * n)[:n]  # noqa: E731
+    if not version_compatible:
+        return None if pad(vb) == pad(vh) else f"TensorRT version: engine {built}, here {here}"
+    later = [h for b, h in VERSION_COMPATIBLE_MAJOR_STEPS if b == vb[0]]
+    runs_on = f"{built} or later {vb[0]}.x" + "".join(f", {h}.x" for h in later)
+    if (vb[0] == vh[0] and pad(vh) >= pad(vb)) or vh[0] in later:
+        return None
+    return f"TensorRT version: engine built with {built} (version-compatible, runs on {runs_on}), here {here}"
 
 
 def _norm(text) -> str:
@@ -142,7 +168,9 @@ class EngineManifest:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        d = self.to_dict()
+        d[INTEGRITY_KEY] = integrity_hash(d)
+        return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], source: object = None) -> "EngineManifest":
@@ -158,6 +186,10 @@ class EngineManifest:
         if missing:
             raise IncompatibleModelError(f"manifest lacks {', '.join(missing)}", path=source,
                                          hint="rebuild the engine with 'covidedge build-engine'")
+        if not isinstance(d.get("spec"), dict):
+            raise IncompatibleModelError(f"manifest spec is a {type(d.get('spec')).__name__}, expected a JSON "
+                                         "object", path=source, hint="rebuild the engine with 'covidedge build-engine'")
+        _check_integrity(d, source)
         m = cls(**{k: v for k, v in d.items() if k in known})
         if m.backend not in BACKENDS:
             raise IncompatibleModelError(f"manifest names unknown backend {m.backend!r}; expected one "
@@ -191,6 +223,41 @@ class EngineManifest:
         return cls.from_json(text, source=path)
 
 
+#: Key of the manifest's own sha256: a hand-edited manifest (reordered labels, another input size)
+#: no longer matches it and is refused at load; a rebuild writes a new one.
+INTEGRITY_KEY = "manifest_sha256"
+
+
+def integrity_hash(d: Dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a manifest dict without its own hash."""
+    import hashlib
+
+    body = {k: v for k, v in d.items() if k != INTEGRITY_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_integrity(d: Dict[str, Any], source) -> None:
+    got = d.get(INTEGRITY_KEY)
+    if not got:
+        raise IncompatibleModelError("manifest has no manifest_sha256 (written by an older covidedge, or "
+                                     "edited)", path=source, hint="rebuild the engine with 'covidedge build-engine'")
+    if got != integrity_hash(d):
+        raise IncompatibleModelError("manifest was edited after the build (its manifest_sha256 does not "
+                                     "match its contents)", path=source,
+                                     hint="rebuild the engine with 'covidedge build-engine' instead of editing it")
+
+
+def check_embedded_spec(manifest: "EngineManifest", embedded: Optional[Dict[str, Any]], engine_path) -> None:
+    """Refuse a manifest whose spec differs from the spec inside the engine's graph (labels,
+    input size, task...): the graph's own spec is what the weights were trained for."""
+    if embedded is None:
+        return
+    if dict(embedded) != dict(manifest.spec):
+        diff = sorted(k for k in set(embedded) | set(manifest.spec) if embedded.get(k) != manifest.spec.get(k))
+        raise IncompatibleModelError(f"manifest spec differs from the spec inside the engine ({', '.join(diff)})",
+                                     path=engine_path, hint="rebuild the engine with 'covidedge build-engine'")
+
+
 # -- the rebuild command ---------------------------------------------------------------------
 def rebuild_command(manifest: EngineManifest, engine_path=None) -> str:
     """The ``covidedge build-engine`` command that rebuilds this engine on the current machine."""
@@ -216,6 +283,8 @@ def rebuild_command(manifest: EngineManifest, engine_path=None) -> str:
             args += ["--dla-core", str(opts["dla_core"])]
         if manifest.version_compatible:
             args.append("--version-compatible")
+        if opts.get("allow_tf32"):
+            args.append("--allow-tf32")
     args += ["--backend", manifest.backend]
     return " ".join(shlex.quote(a) for a in args)
 
@@ -233,13 +302,10 @@ def check_compatible(manifest: EngineManifest, machine: Dict[str, Any]) -> List[
         elif here == "unknown":
             diffs.append(f"TensorRT: engine built with {built}, the installed TensorRT's version "
                          "cannot be read")
-        elif manifest.version_compatible:
-            # A version-compatible plan runs on the TensorRT it was built with or any later one.
-            if parse_version(here)[:3] < parse_version(built)[:3]:
-                diffs.append(f"TensorRT version: engine built with {built} (version-compatible, runs "
-                             f"on {built} or later), here {here}")
-        elif not same_release(built, here):
-            diffs.append(f"TensorRT version: engine {built}, here {here}")
+        else:
+            why = tensorrt_version_difference(built, here, manifest.version_compatible)
+            if why:
+                diffs.append(why)
         dev = manifest.device or {}
         if not machine.get("gpu"):
             diffs.append(f"GPU: engine built for {dev.get('gpu') or 'an NVIDIA GPU'}, no NVIDIA GPU "

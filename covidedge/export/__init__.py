@@ -22,8 +22,9 @@ DEFAULT_CALIB_COUNT = 500
 
 # keyword arguments export_model passes on, by where they go
 _EXPORT_KW = ("parity_inputs", "check", "exporter", "parity_atol")
-_INT8_KW = ("activation_type", "symmetric_activations", "batch_size", "histogram_bins")
-_CALIB_KW = ("calib_count", "calib_split", "calib_seed")
+_INT8_KW = ("activation_type", "symmetric_activations", "batch_size", "histogram_bins",
+            "qdq_placement")
+_CALIB_KW = ("calib_count", "calib_split", "calib_seed", "calib_out")
 
 
 def resolve_calibration(calibration, input_size, *, calib_count: Optional[int] = None,
@@ -69,10 +70,12 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
 
     fp16 / int8 export fp32 first (to a temporary file, or ``fp32_out`` when given), then
     convert. int8 needs ``calibration``: a CalibrationSet, a manifest or a dataset folder
-    (``calib_count`` / ``calib_split`` / ``calib_seed`` choose its images); ``method`` is
+    (``calib_count`` / ``calib_split`` / ``calib_seed`` choose its images, and ``calib_out``
+    where the manifest of images drawn from a folder goes); ``method`` is
     minmax / entropy / percentile (``percentile`` in percent). Other keywords:
     ``parity_inputs``, ``check``, ``exporter``, ``parity_atol`` (export) and
-    ``activation_type``, ``symmetric_activations``, ``batch_size``, ``histogram_bins`` (int8).
+    ``activation_type``, ``symmetric_activations``, ``batch_size``, ``histogram_bins``,
+    ``qdq_placement`` (int8).
     The report's ``parity`` compares the final graph with the checkpoint; for fp16 / int8
     ``parity["vs_fp32_graph"]`` compares it with the fp32 graph.
     """
@@ -129,7 +132,8 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
             from covidedge.spec import ModelSpec
 
             spec = ModelSpec.from_metadata(base.metadata, source=src)
-            calib = resolve_calibration(calibration, spec.input_size, **calib_kw)
+            calib_out = calib_kw.pop("calib_out", None)
+            calib = resolve_calibration(calibration, spec.input_size, out=calib_out, **calib_kw)
             quantize_int8(src, out, calib, method=method, percentile=percentile, **int8_kw)
             details["calibration"] = calib.summary()
             details["method"] = method

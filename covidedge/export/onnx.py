@@ -36,6 +36,9 @@ from covidedge.spec import ModelSpec
 MIN_OPSET = 13
 MAX_OPSET = 20
 DEFAULT_OPSET = 17
+#: Highest opset the TensorRT 8.x ONNX parser documents (onnx-tensorrt release/8.6-GA docs/operators.md);
+#: the default opset stays at it so one export builds on every TensorRT covidedge supports.
+TENSORRT8_MAX_OPSET = 17
 
 #: Largest |probability| difference between the ONNX graph (fp32) and the torch model that
 #: still counts as the same model; float32 re-association noise is around 1e-6.
@@ -282,7 +285,8 @@ def _check_opset(opset: int) -> int:
                             hint=f"pass an opset from {MIN_OPSET} to {MAX_OPSET}") from None
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise BadInputError(f"opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}",
-                            hint=f"TensorRT 10.3 parses up to opset {MAX_OPSET}; "
+                            hint=f"TensorRT 10 parses up to opset {MAX_OPSET}, TensorRT 8.x up to "
+                                 f"{TENSORRT8_MAX_OPSET}; "
                                  f"{DEFAULT_OPSET} is the default")
     return opset
 

@@ -12,6 +12,13 @@ anywhere.
   or Percentile on a CalibrationSet. The layers that write the graph outputs (the classifier's
   final Gemm / the segmenter's 1x1 head and the output Softmax/Sigmoid) stay float, so
   ``logits`` and ``probabilities`` are never rounded to 256 levels.
+- int8 Q/DQ placement, two flavours (:data:`QDQ_PLACEMENTS`): "onnxruntime" quantizes every op
+  ONNX Runtime has an int8 kernel for (Conv -> Q/DQ -> Relu -> Q/DQ, pooling, Flatten...), what
+  its CPU kernels fuse. "tensorrt" quantizes only the inputs of the weighted ops (Conv,
+  ConvTranspose, Gemm, MatMul) and leaves their outputs, Relu, Add, MaxPool and Concat in float:
+  TensorRT honours every Q, so the ONNX Runtime placement costs it extra requantisation and
+  double rounding, while a Conv with quantized inputs fuses the following Add / Relu itself
+  ("Q/DQ placement recommendations", TensorRT developer guide, explicit quantization).
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ from covidedge.export.onnx import (KEY_PRECISION, check_onnx, file_sha256, graph
 PRECISIONS = ("fp32", "fp16", "int8")
 METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("int8", "uint8")
+#: Where the int8 Q/DQ nodes go: what ONNX Runtime's CPU kernels fuse, or what TensorRT fuses.
+QDQ_PLACEMENTS = ("onnxruntime", "tensorrt")
+#: The ops whose inputs the "tensorrt" placement quantizes (weighted ops, int8 in TensorRT).
+TRT_QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Ops whose outputs the "tensorrt" placement never quantizes: the next op fuses with them.
+TRT_FLOAT_OUTPUT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "Concat")
 
 #: Ops computed in fp32 inside an fp16 graph: the output activations, reductions (sums of many
 #: fp16 values lose precision) and Resize (its scales input must stay float).
@@ -52,6 +65,7 @@ KEY_CALIB_BINS = "covidedge.calibration_histogram_bins"
 KEY_ACT_TYPE = "covidedge.activation_type"
 KEY_ACT_SYMMETRIC = "covidedge.activation_symmetric"
 KEY_TRT_COMPATIBLE = "covidedge.tensorrt_compatible"
+KEY_QDQ_PLACEMENT = "covidedge.qdq_placement"
 
 #: Histogram bins for entropy / percentile calibration (TensorRT's entropy calibrator uses 2048;
 #: with as few bins as int8 levels, 128, entropy could only pick the full range = minmax).
@@ -180,6 +194,37 @@ def _task(model) -> str:
     meta = {p.key: p.value for p in model.metadata_props}
     return meta.get("covidedge.task") or (
         "classifier" if len(graph_io(model)["outputs"].get("logits", [])) == 2 else "segmenter")
+
+
+def _float_inputs_outside_weighted_ops(model) -> int:
+    """Give every op outside :data:`TRT_QUANTIZED_OPS` the float tensor instead of its Q/DQ copy.
+
+    ONNX Runtime quantizes a tensor once for all its readers, so where a Relu / Add / Concat /
+    pooling shares a tensor with a Conv, it would read the int8-rounded copy: rounding TensorRT
+    has to honour. The "tensorrt" placement re-points those readers to the float tensor and
+    drops Q/DQ pairs left unread. Returns the number of inputs re-pointed."""
+    nodes = list(model.graph.node)
+    inits = {t.name for t in model.graph.initializer}
+    producer = {o: n for n in nodes for o in n.output}
+    float_of = {}
+    for n in nodes:
+        if n.op_type == "DequantizeLinear":
+            q = producer.get(n.input[0])
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in inits:
+                float_of[n.output[0]] = q.input[0]
+    moved = 0
+    for n in nodes:
+        if n.op_type in TRT_QUANTIZED_OPS or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(n.input):
+            if name in float_of:
+                n.input[i] = float_of[name]
+                moved += 1
+    for op in ("DequantizeLinear", "QuantizeLinear"):  # DQs first: their Qs may become unread
+        read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        for n in [n for n in model.graph.node if n.op_type == op and n.output[0] not in read]:
+            model.graph.node.remove(n)
+    return moved
 
 
 def _output_nodes(model) -> List[str]:
@@ -562,8 +607,14 @@ def _as_calibration(calibration):
 def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "entropy",
                   percentile: float = 99.99, activation_type: str = "int8",
                   symmetric_activations: bool = True, batch_size: int = 8,
-                  histogram_bins: int = HISTOGRAM_BINS) -> Path:
+                  histogram_bins: int = HISTOGRAM_BINS, qdq_placement: str = "onnxruntime",
+                  ranges: Optional[PathLike] = None) -> Path:
     """Write a calibrated int8 Q/DQ copy of an fp32 ONNX graph and return ``dst``.
+
+    ``ranges`` (instead of ``calibration``) is a calibration cache written for this very fp32
+    graph by :func:`covidedge.export.calibration_cache.write_calibration_cache`: the activation
+    ranges are taken from it, so no image is read (``method`` and the histogram settings are
+    the cache's).
 
     ``calibration`` is a CalibrationSet (or its manifest path); ``method`` is "minmax",
     "entropy" or "percentile" (``percentile`` in percent, e.g. 99.99). The defaults give what
@@ -571,6 +622,8 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "e
     ``activation_type="uint8", symmetric_activations=False`` makes a graph for ONNX Runtime on
     CPUs only; its metadata says ``covidedge.tensorrt_compatible = false``. Entropy and
     percentile build ``histogram_bins``-bin histograms (2048, as TensorRT's entropy calibrator).
+    ``qdq_placement`` is "onnxruntime" (every op ONNX Runtime quantizes) or "tensorrt" (inputs
+    of weighted ops only; signed symmetric activations required), see :data:`QDQ_PLACEMENTS`.
     The same calibration set and options give a byte-identical file.
     """
     from covidedge.errors import require
@@ -591,6 +644,13 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "e
     if activation_type not in ACTIVATION_TYPES:
         raise BadInputError(f"activation type {activation_type!r} is unknown; "
                             f"expected one of {ACTIVATION_TYPES}")
+    if qdq_placement not in QDQ_PLACEMENTS:
+        raise BadInputError(f"Q/DQ placement {qdq_placement!r} is unknown; expected one of "
+                            f"{', '.join(QDQ_PLACEMENTS)}")
+    if qdq_placement == "tensorrt" and not (activation_type == "int8" and symmetric_activations):
+        raise BadInputError("the tensorrt Q/DQ placement needs signed symmetric int8 activations, "
+                            f"not {'symmetric' if symmetric_activations else 'asymmetric'} {activation_type}",
+                            hint="use activation_type='int8', symmetric_activations=True")
     if int(batch_size) < 1:
         raise BadInputError(f"calibration batch size {batch_size} must be at least 1")
     if int(histogram_bins) < 256:
@@ -601,25 +661,38 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "e
     _require_fp32_source(model, src)
     name, batch, chw = _input_info(model)
     task = _task(model)
-    calib = _as_calibration(calibration)
-    if tuple(calib.input_size) != tuple(chw[1:]):
+    cache = None
+    if ranges is not None:
+        from covidedge.export.calibration_cache import read_calibration_cache
+
+        if calibration is not None:
+            raise BadInputError("give a calibration set or a calibration cache (ranges), not both")
+        cache = read_calibration_cache(ranges, source=src)
+        method, histogram_bins = cache["method"], int(cache.get("histogram_bins") or histogram_bins)
+        percentile = float(cache.get("percentile") or percentile)
+    calib = _as_calibration(calibration) if cache is None else None
+    if calib is not None and tuple(calib.input_size) != tuple(chw[1:]):
         raise IncompatibleModelError(
             f"calibration images are {calib.input_size[0]}x{calib.input_size[1]} px but the "
             f"graph takes {chw[1]}x{chw[2]} px", path=calib.source,
             hint=f"make a calibration set with --input-size {chw[1]}")
     meta = {p.key: p.value for p in model.metadata_props}
     want_pre = meta.get("covidedge.preprocessing")
-    if want_pre and calib.preprocessing != want_pre:
+    if calib is not None and want_pre and calib.preprocessing != want_pre:
         raise IncompatibleModelError(
             f"calibration set uses preprocessing {calib.preprocessing!r}, the model "
             f"{want_pre!r}", path=calib.source, hint="make a new calibration set")
-    reader = CalibrationReader(calib, name, batch_size=batch or batch_size)
+    reader = CalibrationReader(calib, name, batch_size=batch or batch_size) if calib is not None else None
 
     methods = {"minmax": quant.CalibrationMethod.MinMax,
                "entropy": quant.CalibrationMethod.Entropy,
                "percentile": quant.CalibrationMethod.Percentile}
     extra = {"ActivationSymmetric": bool(symmetric_activations), "WeightSymmetric": True,
              "QuantizeBias": False}
+    op_types = None  # ONNX Runtime's choice: every op it has a Q/DQ or QLinear kernel for
+    if qdq_placement == "tensorrt":
+        op_types = list(TRT_QUANTIZED_OPS)
+        extra["OpTypesToExcludeOutputQuantization"] = list(TRT_FLOAT_OUTPUT_OPS)
     act = quant.QuantType.QInt8 if activation_type == "int8" else quant.QuantType.QUInt8
     trt_ok = activation_type == "int8" and bool(symmetric_activations)
 
@@ -634,34 +707,42 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "e
             raise RuntimeFailure(f"shape inference before quantization failed "
                                  f"({type(exc).__name__}: {exc})", path=src) from exc
         pre_model = load_onnx(pre)
-        ranges = collect_ranges(pre, reader, method=method, percentile=percentile,
-                                symmetric=bool(symmetric_activations),
-                                histogram_bins=histogram_bins, work_dir=Path(tmp))
-        quant.save_tensors_data(ranges, ranges_file)
+        if cache is None:
+            tensor_ranges = collect_ranges(pre, reader, method=method, percentile=percentile,
+                                           symmetric=bool(symmetric_activations),
+                                           histogram_bins=histogram_bins, work_dir=Path(tmp))
+            quant.save_tensors_data(tensor_ranges, ranges_file)
+        else:
+            ranges_file.write_text(json.dumps(cache["ranges"]))
         try:
             with contextlib.redirect_stdout(sys.stderr):
                 quant.quantize_static(
                     str(pre), str(out), None, quant_format=quant.QuantFormat.QDQ,
                     per_channel=True, reduce_range=False, activation_type=act,
                     weight_type=quant.QuantType.QInt8, calibrate_method=methods[method],
-                    nodes_to_exclude=_output_nodes(pre_model), extra_options=extra,
+                    nodes_to_exclude=_output_nodes(pre_model), op_types_to_quantize=op_types,
+                    extra_options=extra,
                     calibration_cache_path=str(ranges_file))
         except Exception as exc:
             raise RuntimeFailure(f"int8 quantization failed ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
                                  path=src) from exc
-        if reader.images_read == 0:  # collect_ranges raises first; never quantize blind
+        if reader is not None and reader.images_read == 0:  # collect_ranges raises first; never quantize blind
             raise BadInputError("calibration stream produced no images", path=calib.source)
         q = load_onnx(out)
+    if qdq_placement == "tensorrt":
+        _float_inputs_outside_weighted_ops(q)
     set_metadata(q, {
         KEY_PRECISION: "int8", KEY_SOURCE_SHA: file_sha256(src),
-        KEY_CALIB_SHA: calib.sha256, KEY_CALIB_METHOD: method,
+        KEY_CALIB_SHA: calib.sha256 if calib is not None else cache["calibration_sha256"],
+        KEY_CALIB_METHOD: method,
         KEY_CALIB_PERCENTILE: f"{percentile:g}" if method == "percentile" else "",
-        KEY_CALIB_COUNT: str(reader.images_read),
+        KEY_CALIB_COUNT: str(reader.images_read if reader is not None else cache["calibration_count"]),
         KEY_CALIB_BINS: str(int(histogram_bins)) if method != "minmax" else "",
         KEY_ACT_TYPE: activation_type,
         KEY_ACT_SYMMETRIC: "true" if symmetric_activations else "false",
         KEY_TRT_COMPATIBLE: "true" if trt_ok else "false",
+        KEY_QDQ_PLACEMENT: qdq_placement,
     })
     # ORT's marker entries carry nothing a reader of this file needs, and its optimizer
     # declares every domain it knows; keep the ones the nodes use
@@ -697,4 +778,5 @@ def parity_vs_fp32(onnx_path) -> Optional[Dict[str, Any]]:
 
 __all__ = ["PRECISIONS", "METHODS", "FP16_KEEP_FP32_OPS", "convert_fp16", "quantize_int8",
            "graph_precision", "inspect_qdq", "CalibrationReader", "collect_ranges",
-           "parity_vs_fp32", "HISTOGRAM_BINS", "entropy_threshold", "AbsHistogram"]
+           "parity_vs_fp32", "HISTOGRAM_BINS", "entropy_threshold", "AbsHistogram",
+           "QDQ_PLACEMENTS", "TRT_QUANTIZED_OPS", "TRT_FLOAT_OUTPUT_OPS"]

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from covidedge.data.preprocess import PREPROCESSING_ID, as_gray, resize_gray
+from covidedge.data.quality import check_quality, describe_flags
 from covidedge.errors import (EXIT_RUNTIME, BadInputError, CovidEdgeError, IncompatibleModelError,
                               RuntimeFailure)
 from covidedge.metrics import infected_fraction, lung_fraction
@@ -241,10 +242,11 @@ def _upsample_probabilities(prob: np.ndarray, size: Tuple[int, int]) -> np.ndarr
 class _Item:
     """One image in flight through a batch: its data, timings, and result or error."""
 
-    __slots__ = ("source", "gray", "inputs", "timings", "result", "error", "stage")
+    __slots__ = ("source", "gray", "inputs", "timings", "result", "error", "stage", "quality")
 
     def __init__(self, source: str):
         self.source = source
+        self.quality: List[str] = []
         self.gray: Optional[np.ndarray] = None
         self.inputs: Dict[Tuple[int, int], np.ndarray] = {}
         self.timings: Dict[str, float] = {}
@@ -270,12 +272,14 @@ class Pipeline:
     object keeps its own). ``batch_size`` is the default for :meth:`predict_many`;
     ``backend`` and ``options`` go to :func:`covidedge.runtime.load` for paths. A context
     manager: ``with Pipeline(...) as p`` activates the runners once and frees them at the end
-    (runners that were already active are left active).
+    (runners that were already active are left active). Every image goes through the input
+    quality check (covidedge.data.quality: constant, tiny, extreme aspect ratio); its flags are
+    on the result (``quality_flags``), or, with ``strict=True``, a flagged image is a failure.
     """
 
     def __init__(self, classifier: Union[ModelLike, Classifier, None] = None,
                  segmenter: Union[ModelLike, Segmenter, None] = None, threshold: float = 0.5,
-                 batch_size: int = 8, backend: str = "auto", **options):
+                 batch_size: int = 8, backend: str = "auto", strict: bool = False, **options):
         if classifier is None and segmenter is None:
             raise BadInputError("no model given", hint=_NO_MODEL_HINT)
         if isinstance(classifier, Segmenter) or isinstance(segmenter, Classifier):
@@ -284,6 +288,7 @@ class Pipeline:
                 f"is a {wrong.task} model, but it was passed as the other one", path=wrong.source,
                 hint=f"pass it as --{wrong.task} instead")
         self.batch_size = _check_batch_size(batch_size)
+        self.strict = bool(strict)
         self.classifier: Optional[Classifier] = (
             None if classifier is None else classifier if isinstance(classifier, Classifier)
             else Classifier(classifier, backend=backend, **options))
@@ -346,6 +351,11 @@ class Pipeline:
             t0 = time.perf_counter()
             gray = as_gray(item)
             it.timings["decode"] = _ms(t0)
+            it.quality = check_quality(gray)
+            if it.quality and self.strict:
+                raise BadInputError(f"fails the input quality check ({describe_flags(it.quality)})",
+                                    path=source, hint="check the file, or run without --strict to get a "
+                                                      "flagged result")
             stage = "preprocess"
             t0 = time.perf_counter()
             for size in self._sizes():
@@ -371,7 +381,7 @@ class Pipeline:
 
     def _postprocess(self, it: _Item, probs: Dict[str, np.ndarray]) -> Prediction:
         h, w = it.gray.shape
-        pred = Prediction(source=it.source, image_size=(int(h), int(w)))
+        pred = Prediction(source=it.source, image_size=(int(h), int(w)), quality_flags=list(it.quality))
         if self.classifier is not None:
             p = np.asarray(probs["classifier"], dtype=np.float64).reshape(-1)
             labels = self.classifier.labels
@@ -397,12 +407,14 @@ class Pipeline:
         return pred
 
     def _run_chunk(self, chunk: List[Tuple[ImageItem, str]], namer: Optional[OutputNamer],
-                   out_dir, overlay: bool) -> List[_Item]:
-        """Decode, infer (batched), postprocess and save one chunk; never raises for an item."""
+                   out_dir, overlay: bool) -> Iterator[_Item]:
+        """Decode, infer (batched), postprocess and save one chunk, yielding each item, in order,
+        as soon as it is finished (saved); never raises for an item."""
         items = [self._load(item, source) for item, source in chunk]
         good = [it for it in items if it.error is None]
         if not good:
-            return items
+            yield from items
+            return
         self.activate()
         try:
             t0 = time.perf_counter()
@@ -420,9 +432,12 @@ class Pipeline:
                 except Exception as exc:
                     it.fail(exc, "inference")
                     per_item.append((None, 0.0))
-        for it, (p, ms) in zip(good, per_item):
+        outcome = {id(it): po for it, po in zip(good, per_item)}
+        for it in items:
             if it.error is not None:
+                yield it
                 continue
+            p, ms = outcome[id(it)]
             it.timings["inference"] = ms
             it.inputs = {}
             stage = "postprocess"
@@ -440,7 +455,7 @@ class Pipeline:
             except Exception as exc:
                 it.fail(exc, stage)
             it.gray = None
-        return items
+            yield it
 
     # -- public ------------------------------------------------------------------------------
     def predict(self, image_or_path: ImageItem, *, out_dir=None, overlay: bool = True) -> Prediction:
@@ -449,7 +464,7 @@ class Pipeline:
         masks (and the overlay) are written there."""
         source = _source_of(image_or_path, 0)
         namer = OutputNamer() if out_dir is not None else None
-        it = self._run_chunk([(image_or_path, source)], namer, out_dir, overlay)[0]
+        it = next(self._run_chunk([(image_or_path, source)], namer, out_dir, overlay))
         if it.error is not None:
             raise it.error
         return it.result
@@ -458,7 +473,9 @@ class Pipeline:
                      out_dir=None, overlay: bool = True) -> Iterator[Result]:
         """Yield one result per item, in order: a :class:`Prediction`, or a :class:`Failure`
         (source, one-line error, exit code) for an item that could not be processed. Images are
-        decoded a batch at a time, so memory stays bounded for any number of items. With
+        decoded a batch at a time (at most :data:`MAX_BATCH`), so memory stays bounded for any
+        number of items, and each result is yielded as soon as that image is finished, so a
+        caller writing results line by line loses nothing finished when interrupted. With
         ``out_dir``, each image's masks and overlay are written as it completes, under unique
         names (``<stem>``, ``<stem>_2`` ...)."""
         bs = self.batch_size if batch_size is None else _check_batch_size(batch_size)
@@ -475,9 +492,17 @@ class Pipeline:
                 yield it.outcome()
 
 
+#: Most images decoded and held at once (a batch): a 256-px batch of 1024 holds ~0.3 GB of model
+#: input beside the decoded images.
+MAX_BATCH = 1024
+
+
 def _check_batch_size(batch_size) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise BadInputError(f"batch_size={batch_size!r}, expected a positive integer")
+    if batch_size > MAX_BATCH:
+        raise BadInputError(f"batch size {batch_size} is above {MAX_BATCH} images; a batch is decoded and "
+                            "held in memory at once", hint="use a batch of 8-64 images")
     return int(batch_size)
 
 

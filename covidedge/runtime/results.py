@@ -22,7 +22,7 @@ from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
-from covidedge.errors import BadInputError
+from covidedge.errors import BadInputError, RuntimeFailure
 
 #: Per-image stages timed by the pipeline, in order; "total" is their sum (ms).
 STAGES: Tuple[str, ...] = ("decode", "preprocess", "inference", "postprocess", "total")
@@ -58,6 +58,9 @@ class Prediction:
     infected_fraction: Optional[float] = None
     timings_ms: Dict[str, float] = field(default_factory=dict)
     outputs: Dict[str, str] = field(default_factory=dict)
+    #: Input quality flags (covidedge.data.quality): the image is constant, tiny or a strip, so
+    #: the result should not be trusted. Empty when the image passed.
+    quality_flags: List[str] = field(default_factory=list)
 
     ok = True
 
@@ -86,6 +89,7 @@ class Prediction:
             "infected_fraction": _round(self.infected_fraction),
             "timings_ms": {k: _round(v, 3) for k, v in self.timings_ms.items()},
             "outputs": dict(self.outputs),
+            "quality_flags": list(self.quality_flags),
         }
 
     def save(self, out_dir, name: Optional[str] = None, *, image: Optional[np.ndarray] = None,
@@ -166,12 +170,33 @@ class OutputNamer:
 # ---------------------------------------------------------------------------------------------
 # Flat rows (CSV) and result files
 # ---------------------------------------------------------------------------------------------
+_CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x00, 0x20), 0x7f)}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def printable(text: str) -> str:
+    """``text`` for one terminal line: control characters (newlines, escapes, tabs) shown as
+    backslash escapes, so a file name can neither split a line nor fake another."""
+    return str(text).translate(_CONTROL)
+
+
+#: First characters that make a spreadsheet read a CSV cell as a formula.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(text: str) -> str:
+    """A CSV text cell that a spreadsheet shows as text: a leading ``= + - @`` (or tab / CR) gets a
+    ``'`` in front (OWASP's advice against CSV formula injection)."""
+    text = str(text)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
 def csv_columns(labels: Sequence[str] = ()) -> List[str]:
     """Columns of a results CSV: one probability column per class label."""
     return (["source", "status", "label"] + [f"p_{lab}" for lab in labels]
             + ["lung_fraction", "infected_fraction", "height", "width"]
             + [f"{s}_ms" for s in STAGES] + [f"{k}_png" for k in OUTPUT_KINDS]
-            + ["error", "exit_code"])
+            + ["quality_flags", "error", "exit_code"])
 
 
 def flat_row(result: Result, labels: Sequence[str] = ()) -> Dict[str, Any]:
@@ -196,42 +221,86 @@ def flat_row(result: Result, labels: Sequence[str] = ()) -> Dict[str, Any]:
             row[f"{s}_ms"] = f"{result.timings_ms[s]:.3f}"
     for k in OUTPUT_KINDS:
         row[f"{k}_png"] = result.outputs.get(k, "")
+    row["quality_flags"] = " ".join(result.quality_flags)
     return row
 
 
 class ResultsWriter:
-    """Writes results one per line as they arrive, flushing after each (CSV or JSON lines).
+    """Writes results one per line as they arrive, each line whole and flushed (CSV or JSON lines).
 
-    ``target`` is a path (created, replacing an old file) or an open text stream.
+    ``target`` is a path or an open text stream. A path that already holds results (a file that
+    is not empty) is refused unless ``overwrite``: an earlier run's results are never truncated
+    by accident. A line that cannot be written (a full disk) is cut back off the file, and the
+    error says how many results the file holds, all complete.
     """
 
     kind = "base"
 
-    def __init__(self, target: Union[str, os.PathLike, IO[str]], labels: Sequence[str] = ()):
+    def __init__(self, target: Union[str, os.PathLike, IO[str]], labels: Sequence[str] = (), *,
+                 overwrite: bool = False):
         self.labels = tuple(labels)
         self.count = 0
         if isinstance(target, (str, os.PathLike)):
             self.path: Optional[Path] = Path(target)
+            if not overwrite and self.path.is_file() and self.path.stat().st_size > 0:
+                raise BadInputError("results file already holds results of an earlier run", path=self.path,
+                                    hint="pass --overwrite to replace them, or choose another --out / --results")
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh: IO[str] = open(self.path, "w", newline="", encoding="utf-8")
+                self._fh: IO = open(self.path, "wb" if overwrite else "xb")
+            except FileExistsError:
+                raise BadInputError("results file appeared while starting (another run writes it?)",
+                                    path=self.path, hint="choose another --out / --results") from None
             except OSError as exc:
                 raise BadInputError(f"results file cannot be written: {exc.strerror or exc}",
                                     path=self.path, hint="choose a writable --results path") from exc
             self._owned = True
+            self._binary = True
         else:
-            self.path, self._fh, self._owned = None, target, False
-        self._start()
+            self.path, self._fh, self._owned, self._binary = None, target, False, False
+        self._good = 0  # bytes of whole lines written (files only)
+        self._emit(self._start())
 
-    def _start(self) -> None:
-        pass
+    def _start(self) -> str:
+        return ""
 
-    def _write(self, result: Result) -> None:
+    def _line(self, result: Result) -> str:
         raise NotImplementedError
 
+    def _emit(self, text: str) -> None:
+        if not text:
+            return
+        try:
+            if self._binary:
+                self._fh.write(text.encode("utf-8"))
+            else:
+                self._fh.write(text)
+            self._fh.flush()
+        except OSError as exc:
+            self._cut_back()
+            where = self.path if self.path is not None else "the output stream"
+            raise RuntimeFailure(f"{exc.strerror or exc} writing {where} after {self.count} "
+                                 f"result{'s' if self.count != 1 else ''}; the results up to "
+                                 f"{self.count} are complete", hint="free some space and run the "
+                                 "remaining images again") from exc
+        if self._binary:
+            self._good += len(text.encode("utf-8"))
+
+    def _cut_back(self) -> None:
+        """Drop a partly written line from the file (best effort: the disk may be full)."""
+        if not self._binary:
+            return
+        try:
+            self._fh.truncate(self._good)
+            self._fh.seek(self._good)
+        except (OSError, ValueError):
+            try:
+                os.truncate(self.path, self._good)
+            except OSError:
+                pass
+
     def write(self, result: Result) -> None:
-        self._write(result)
-        self._fh.flush()
+        self._emit(self._line(result))
         self.count += 1
 
     def write_all(self, results: Iterable[Result]) -> None:
@@ -240,7 +309,10 @@ class ResultsWriter:
 
     def close(self) -> None:
         if self._owned and not self._fh.closed:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError:  # a buffered tail that no longer fits: keep whole lines only
+                self._cut_back()
 
     def __enter__(self) -> "ResultsWriter":
         return self
@@ -254,13 +326,26 @@ class CsvResultsWriter(ResultsWriter):
 
     kind = "csv"
 
-    def _start(self) -> None:
-        self._csv = csv.DictWriter(self._fh, fieldnames=csv_columns(self.labels), lineterminator="\n")
+    def _start(self) -> str:
+        buf = io.StringIO()
+        self._csv = csv.DictWriter(buf, fieldnames=csv_columns(self.labels), lineterminator="\n")
+        self._buf = buf
         self._csv.writeheader()
-        self._fh.flush()
+        return self._take()
 
-    def _write(self, result: Result) -> None:
-        self._csv.writerow(flat_row(result, self.labels))
+    def _take(self) -> str:
+        text = self._buf.getvalue()
+        self._buf.seek(0)
+        self._buf.truncate()
+        return text
+
+    def _line(self, result: Result) -> str:
+        row = flat_row(result, self.labels)
+        for key in ("source", "label", "error", *(f"{k}_png" for k in OUTPUT_KINDS)):
+            if isinstance(row.get(key), str):
+                row[key] = csv_safe(row[key])
+        self._csv.writerow(row)
+        return self._take()
 
 
 class JsonlResultsWriter(ResultsWriter):
@@ -268,8 +353,8 @@ class JsonlResultsWriter(ResultsWriter):
 
     kind = "jsonl"
 
-    def _write(self, result: Result) -> None:
-        self._fh.write(json.dumps(result.to_dict(), sort_keys=False) + "\n")
+    def _line(self, result: Result) -> str:
+        return json.dumps(result.to_dict(), sort_keys=False) + "\n"
 
 
 def results_format_for(path, default: str = "csv") -> str:
@@ -283,12 +368,121 @@ def results_format_for(path, default: str = "csv") -> str:
     return default
 
 
-def open_results_writer(path, labels: Sequence[str] = (), fmt: Optional[str] = None) -> ResultsWriter:
-    """A writer for ``path``; ``fmt`` ("csv" / "jsonl") defaults to the file's suffix."""
+def open_results_writer(path, labels: Sequence[str] = (), fmt: Optional[str] = None, *,
+                        overwrite: bool = False, protected: Iterable = ()) -> ResultsWriter:
+    """A writer for ``path``; ``fmt`` ("csv" / "jsonl") defaults to the file's suffix.
+    ``protected`` are files that must never be written (the inputs, the models and their
+    manifests): naming one of them is refused before anything is opened."""
     fmt = fmt or results_format_for(path)
     if fmt not in ("csv", "jsonl"):
-        raise BadInputError(f"results format {fmt!r} is not one of csv, jsonl", path=path)
-    return (CsvResultsWriter if fmt == "csv" else JsonlResultsWriter)(path, labels)
+        raise BadInputError(f"results file must end in .csv or .jsonl, not {Path(path).suffix or 'nothing'}",
+                            path=path, hint="e.g. --results results.csv")
+    refuse_protected(path, protected, what="results file")
+    return (CsvResultsWriter if fmt == "csv" else JsonlResultsWriter)(path, labels, overwrite=overwrite)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def refuse_protected(path, protected: Iterable, *, what: str = "output") -> None:
+    """BadInputError when ``path`` is one of ``protected`` (an input image, a model, an engine or
+    its manifest): covidedge never writes over what it reads."""
+    target = Path(os.fspath(path))
+    for p in protected:
+        if p is None:
+            continue
+        if _same_file(target, Path(os.fspath(p))):
+            raise BadInputError(f"{what} would overwrite an input or a model", path=target,
+                                hint="choose another --results / --out path")
+
+
+class OutputLock:
+    """Holds ``<folder>/.covidedge.lock`` while a run writes into ``folder``: a second run into
+    the same folder is refused, naming the first (pid, host, start); a lock left by a process
+    that is gone is taken over."""
+
+    NAME = ".covidedge.lock"
+
+    def __init__(self, folder):
+        self.folder = Path(os.fspath(folder))
+        self.path = self.folder / self.NAME
+        self._held = False
+
+    def acquire(self) -> "OutputLock":
+        import socket
+        import time as _time
+
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.folder, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as exc:
+            raise BadInputError(f"output folder cannot be written: {exc.strerror or exc}", path=self.folder,
+                                hint="choose a writable --out") from None
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": _time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                other = self._read()
+                if other is not None and not self._alive(other):
+                    try:
+                        self.path.unlink()
+                    except FileNotFoundError:
+                        pass
+                    continue
+                who = (f"pid {other.get('pid')} on {other.get('host')}, started {other.get('started')}"
+                       if other else "another process")
+                raise BadInputError(f"output folder is in use by another covidedge run ({who})",
+                                    path=self.folder, hint="wait for it to finish, or choose another --out")
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self._held = True
+            return self
+        raise BadInputError("could not lock the output folder", path=self.folder,
+                            hint="remove a stale .covidedge.lock there, or choose another --out")
+
+    def _read(self) -> Optional[Dict[str, Any]]:
+        try:
+            d = json.loads(self.path.read_text())
+            return d if isinstance(d, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _alive(other: Dict[str, Any]) -> bool:
+        import socket
+
+        if other.get("host") != socket.gethostname():
+            return True  # another machine's run (shared folder): cannot tell, assume it runs
+        try:
+            os.kill(int(other.get("pid")), 0)
+        except (ProcessLookupError, ValueError, TypeError):
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def release(self) -> None:
+        if self._held:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+            self._held = False
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +501,7 @@ class TableFormatter:
 
     def _name(self, name: str) -> str:
         w = self.name_width
+        name = printable(name)
         return name if len(name) <= w else name[: w // 2 - 1] + "..." + name[-(w - w // 2 - 2):]
 
     def header(self) -> str:
@@ -322,7 +517,7 @@ class TableFormatter:
     def row(self, result: Result) -> str:
         name = f"{self._name(result.name):<{self.name_width}}"
         if isinstance(result, Failure):
-            return f"{name}  failed: {result.error}"
+            return f"{name}  failed: {printable(result.error)}"
         parts = [name]
         if self.labels:
             parts.append(f"{result.label or '':<{self._label_w}}")

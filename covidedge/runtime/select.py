@@ -137,6 +137,14 @@ def _load_engine(p: Path, backend: str, options) -> Runner:
     if p.name.endswith(MANIFEST_SUFFIX):
         p = engine_path_for(p)
     manifest = load_manifest(p, check=False)  # reads it and verifies size + sha256 first
+    if manifest.backend != "tensorrt":  # ONNX artifacts carry their own spec: it must agree
+        from covidedge.engine.manifest import check_embedded_spec
+        from covidedge.runtime.onnxmeta import read_metadata_props
+        from covidedge.spec import METADATA_KEY, ModelSpec
+
+        meta = read_metadata_props(p)
+        check_embedded_spec(manifest, ModelSpec.from_json(meta[METADATA_KEY]).to_dict()
+                            if METADATA_KEY in meta else None, p)
     if manifest.backend == "tensorrt":
         if backend not in ("auto", "tensorrt"):
             onnx = (manifest.build_options or {}).get("onnx")

@@ -1,10 +1,16 @@
 """TensorRT backend: runs a covidedge engine on an NVIDIA GPU (or Jetson) with pycuda.
 
 The engine's manifest is checked before TensorRT sees the file (size, sha256, TensorRT version,
-GPU, compute capability, L4T release). ``activate()`` deserializes the plan once, makes one
-execution context and one CUDA stream; page-locked host buffers and device buffers are made
-once per input shape and reused. CUDA events time the copy in (h2d), the network (compute) and
-the copy out (d2h) of every call, reported in ``last_timings_ms``.
+GPU, compute capability, L4T release). ``activate()`` deserializes the plan once (on the DLA
+core the engine was built for, if any), makes one execution context and one CUDA stream, and
+allocates page-locked host buffers and device buffers once, for the engine's largest batch;
+smaller batches use the front of them. CUDA events time the copy in (h2d), the network (compute)
+and the copy out (d2h) of every call, reported in ``last_timings_ms``.
+
+CUDA context: TensorRT uses the CUDA runtime's primary context. It is retained once per device
+for the life of the process (:func:`primary_context`) and only pushed and popped around each
+use, so any number of runners on one device share it and activate / deactivate cycles leave the
+thread's context stack as they found it.
 
 API per TensorRT version: 9 / 10 / 11 use the name-based I/O API (num_io_tensors,
 get_tensor_name, get_tensor_mode, set_input_shape, set_tensor_address, execute_async_v3;
@@ -12,8 +18,8 @@ https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Co
 the binding-index API is gone in 10
 (https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-8x-to-10x-python-api-reference.html).
 Runtime.deserialize_cuda_engine returns None on failure; the recorded log says why.
-TensorRT 8.x (JetPack 5) engines run through bindings and execute_async_v2, the API that
-release documents for explicit-batch engines
+TensorRT 8.5 (JetPack 5) and 8.6 engines run through bindings and execute_async_v2, the API
+those releases document for explicit-batch engines
 (https://docs.nvidia.com/deeplearning/tensorrt/archives/tensorrt-861/api/python_api/infer/Core/ExecutionContext.html).
 tensorrt and pycuda are imported in ``activate()`` only.
 """
@@ -69,11 +75,35 @@ def _import_backends():
     return trt, cuda
 
 
-@dataclass
-class _ShapeBuffers:
-    """Host (page-locked) and device memory for one input shape."""
+#: Primary contexts retained by this process, by device index (see :func:`primary_context`).
+_PRIMARY_CONTEXTS: Dict[int, Any] = {}
 
-    shape: Tuple[int, ...]
+
+def primary_context(cuda, device_index: int):
+    """The primary CUDA context of ``device_index``, retained once per process.
+
+    pycuda's ``retain_primary_context`` adds a reference each call, and ``detach`` on a primary
+    context releases that reference without popping the context from the thread's stack, so
+    retaining and detaching per activation leaks stack entries. Retaining once and pushing /
+    popping per use does not; the context lives until the process exits."""
+    ctx = _PRIMARY_CONTEXTS.get(device_index)
+    if ctx is None:
+        ctx = cuda.Device(device_index).retain_primary_context()
+        _PRIMARY_CONTEXTS[device_index] = ctx
+    return ctx
+
+
+def dla_core_of(manifest) -> Optional[int]:
+    """The DLA core a TensorRT engine was built for (its manifest's build options), or None."""
+    core = (manifest.build_options or {}).get("dla_core")
+    return None if core is None else int(core)
+
+
+@dataclass
+class _Buffers:
+    """Host (page-locked) and device memory for every I/O tensor, at the largest batch."""
+
+    shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     host: Dict[str, np.ndarray] = field(default_factory=dict)
     device: Dict[str, Any] = field(default_factory=dict)
 
@@ -111,7 +141,7 @@ class TrtRunner(Runner):
         self._runtime = self._engine = self._context = None
         self._stream = None
         self._events = None
-        self._buffers: Dict[Tuple[int, ...], _ShapeBuffers] = {}
+        self._buffers: Optional[_Buffers] = None
         self._current: Optional[Tuple[int, ...]] = None
         self._io: List[Dict[str, Any]] = []
         self._api = "tensors"
@@ -142,7 +172,7 @@ class TrtRunner(Runner):
                 raise RuntimeFailure(f"CUDA device {self.device_index} does not exist "
                                      f"({cuda.Device.count()} found)", path=self.source)
             # The primary context is the one the CUDA runtime (and so TensorRT) uses.
-            self._cuda_ctx = cuda.Device(self.device_index).retain_primary_context()
+            self._cuda_ctx = primary_context(cuda, self.device_index)
         except RuntimeFailure:
             raise
         except Exception as exc:
@@ -152,6 +182,10 @@ class TrtRunner(Runner):
         try:
             self._logger = make_recording_logger(trt)
             self._runtime = trt.Runtime(self._logger)
+            core = dla_core_of(self.manifest)
+            if core is not None:
+                # a DLA engine deserializes onto the runtime's DLA core (default 0)
+                self._runtime.DLA_core = core
             if self.manifest.version_compatible:
                 # A version-compatible plan embeds the lean runtime (host code); TensorRT runs it
                 # only when allowed. The file's sha256 matched its manifest, so it is the plan
@@ -177,20 +211,13 @@ class TrtRunner(Runner):
             self._check_io()
             self._stream = cuda.Stream()
             self._events = [cuda.Event() for _ in range(4)]
+            self._allocate()
         except BaseException:
             self._release()
             self._pop()
-            self._detach()
             raise
         self._pop()
-
-    def _detach(self) -> None:
-        if self._cuda_ctx is not None:
-            try:
-                self._cuda_ctx.detach()
-            except Exception:
-                pass
-            self._cuda_ctx = None
+        self._logger.records.clear()  # activation is done; a later error quotes its own call
 
     def _describe_io(self) -> List[Dict[str, Any]]:
         trt, eng = self._trt, self._engine
@@ -217,59 +244,78 @@ class TrtRunner(Runner):
         if missing:
             raise IncompatibleModelError(f"engine lacks outputs {missing} (has {outs})", path=self.source)
 
-    def _buffers_for(self, shape: Tuple[int, ...]) -> _ShapeBuffers:
-        """Set the input shape and bind buffers for it, allocating them the first time."""
-        if shape == self._current:
-            return self._buffers[shape]
-        self._current = None  # until the new shape and addresses are all set
-        cuda = self._cuda
+    def _set_shape(self, shape: Tuple[int, ...]) -> Dict[str, Tuple[int, ...]]:
+        """Set the input shape on the execution context; return every output's shape."""
         ctx = self._context
         inp = next(t for t in self._io if t["input"])
         if self._api == "tensors":
-            if not ctx.set_input_shape(inp["name"], shape):
-                raise BadInputError(f"engine refused input shape {shape} for '{inp['name']}'", path=self.source,
-                                    hint=f"batch must be {self.min_batch}..{self.max_batch}")
-            out_shape = {t["name"]: tuple(ctx.get_tensor_shape(t["name"])) for t in self._io if not t["input"]}
+            ok = ctx.set_input_shape(inp["name"], shape)
         else:
-            if not ctx.set_binding_shape(inp["index"], shape):
-                raise BadInputError(f"engine refused input shape {shape} for '{inp['name']}'", path=self.source,
-                                    hint=f"batch must be {self.min_batch}..{self.max_batch}")
-            out_shape = {t["name"]: tuple(ctx.get_binding_shape(t["index"])) for t in self._io if not t["input"]}
-        bufs = self._buffers.get(shape)
-        if bufs is None:
-            bufs = _ShapeBuffers(shape)
-            for t in self._io:
-                s = shape if t["input"] else out_shape[t["name"]]
-                if any(d < 0 for d in s):
-                    raise RuntimeFailure(f"engine left output '{t['name']}' shape unresolved {s}", path=self.source)
-                host = cuda.pagelocked_empty(s, t["dtype"])
-                bufs.host[t["name"]] = host
-                bufs.device[t["name"]] = cuda.mem_alloc(max(host.nbytes, 1))
-            self._buffers[shape] = bufs
+            ok = ctx.set_binding_shape(inp["index"], shape)
+        if not ok:
+            raise BadInputError(f"engine refused input shape {shape} for '{inp['name']}'", path=self.source,
+                                hint=f"batch must be {self.min_batch}..{self.max_batch}")
+        out = {}
+        for t in self._io:
+            if not t["input"]:
+                s = (ctx.get_tensor_shape(t["name"]) if self._api == "tensors"
+                     else ctx.get_binding_shape(t["index"]))
+                out[t["name"]] = tuple(int(d) for d in s)
+                if any(d < 0 for d in out[t["name"]]):
+                    raise RuntimeFailure(f"engine left output '{t['name']}' shape unresolved {out[t['name']]}",
+                                         path=self.source)
+        return out
+
+    def _allocate(self) -> None:
+        """Allocate every I/O buffer once, for the largest batch, and bind the addresses."""
+        cuda = self._cuda
+        inp = next(t for t in self._io if t["input"])
+        top = (self.max_batch, self.spec.in_chans, *self.spec.input_size)
+        shapes = {inp["name"]: top, **self._set_shape(top)}
+        bufs = _Buffers(shapes=shapes)
+        self._buffers = bufs
+        for t in self._io:
+            s = shapes[t["name"]]
+            if not s or s[0] != self.max_batch:
+                raise RuntimeFailure(f"engine output '{t['name']}' has shape {s} at batch {self.max_batch}; "
+                                     "expected the batch first", path=self.source)
+            host = cuda.pagelocked_empty(s, t["dtype"])
+            bufs.host[t["name"]] = host
+            bufs.device[t["name"]] = cuda.mem_alloc(max(host.nbytes, 1))
         if self._api == "tensors":
             for t in self._io:
-                if not ctx.set_tensor_address(t["name"], int(bufs.device[t["name"]])):
+                if not self._context.set_tensor_address(t["name"], int(bufs.device[t["name"]])):
                     raise RuntimeFailure(f"TensorRT refused the address of '{t['name']}'", path=self.source)
-        self._current = shape
-        return bufs
+        self._current = top
+
+    def _bind(self, shape: Tuple[int, ...]) -> Dict[str, np.ndarray]:
+        """Set the input shape (when it changed) and return the host views for this batch."""
+        n = shape[0]
+        if shape != self._current:
+            self._current = None  # until the new shape is set
+            self._set_shape(shape)
+            self._current = shape
+        return {name: host[:n] for name, host in self._buffers.host.items()}
 
     def _infer(self, x: np.ndarray) -> Dict[str, np.ndarray]:
         cuda = self._cuda
         self._push()
         try:
+            self._logger.records.clear()  # only this call's messages explain its failure
             shape = tuple(int(d) for d in x.shape)
-            bufs = self._buffers_for(shape)
+            host = self._bind(shape)
+            device = self._buffers.device
             inp = next(t for t in self._io if t["input"])
-            np.copyto(bufs.host[inp["name"]], x, casting="same_kind")
+            np.copyto(host[inp["name"]], x, casting="same_kind")
             stream = self._stream
             e_start, e_h2d, e_compute, e_d2h = self._events
             e_start.record(stream)
-            cuda.memcpy_htod_async(bufs.device[inp["name"]], bufs.host[inp["name"]], stream)
+            cuda.memcpy_htod_async(device[inp["name"]], host[inp["name"]], stream)
             e_h2d.record(stream)
             if self._api == "tensors":
                 ok = self._context.execute_async_v3(stream.handle)
             else:
-                bindings = [int(bufs.device[t["name"]]) for t in sorted(self._io, key=lambda t: t["index"])]
+                bindings = [int(device[t["name"]]) for t in sorted(self._io, key=lambda t: t["index"])]
                 ok = self._context.execute_async_v2(bindings, stream.handle)
             if not ok:
                 from covidedge.engine.build import format_trt_errors
@@ -278,12 +324,12 @@ class TrtRunner(Runner):
             e_compute.record(stream)
             for t in self._io:
                 if not t["input"]:
-                    cuda.memcpy_dtoh_async(bufs.host[t["name"]], bufs.device[t["name"]], stream)
+                    cuda.memcpy_dtoh_async(host[t["name"]], device[t["name"]], stream)
             e_d2h.record(stream)
             stream.synchronize()
             self._stage_ms = {"h2d": e_h2d.time_since(e_start), "compute": e_compute.time_since(e_h2d),
                               "d2h": e_d2h.time_since(e_compute)}
-            return {name: bufs.host[name].astype(np.float32, copy=True) for name in self.spec.output_names}
+            return {name: host[name].astype(np.float32, copy=True) for name in self.spec.output_names}
         except (BadInputError, RuntimeFailure):
             raise
         except Exception as exc:
@@ -292,9 +338,9 @@ class TrtRunner(Runner):
             self._pop()
 
     def _release(self) -> None:
-        for bufs in self._buffers.values():
-            bufs.free()
-        self._buffers.clear()
+        if self._buffers is not None:
+            self._buffers.free()
+        self._buffers = None
         self._current = None
         # Order matters: the context before the engine before the runtime.
         self._events = None
@@ -309,7 +355,6 @@ class TrtRunner(Runner):
             self._release()
         finally:
             self._pop()
-            self._detach()
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()
@@ -318,8 +363,9 @@ class TrtRunner(Runner):
                   "compute_capability": dev.get("gpu_compute_capability"),
                   "device_index": self.device_index, "execution_api": self._api,
                   "version_compatible": self.manifest.version_compatible,
+                  "dla_core": dla_core_of(self.manifest),
                   "opt_batch": self.manifest.opt_batch, "engine_sha256": self.manifest.engine_sha256})
         return d
 
 
-__all__ = ["TrtRunner", "execution_api", "parse_device"]
+__all__ = ["TrtRunner", "execution_api", "parse_device", "primary_context", "dla_core_of"]

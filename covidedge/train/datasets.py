@@ -80,15 +80,20 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 
 class CachedImages:
-    """Preprocessed images of ``samples`` held in memory; ``get(i)`` returns (1, H, W) float32."""
+    """Preprocessed images of ``samples`` held in memory; ``get(i)`` returns (1, H, W) float32.
+    ``shapes[i]`` is the decoded image's own ``(H, W)`` before resizing."""
 
     def __init__(self, samples: Sequence, size=(256, 256), progress: bool = True, desc: str = "decode"):
-        from covidedge.data.preprocess import preprocess
+        from covidedge.data.preprocess import as_gray, resize_gray
 
         self.size = (int(size[0]), int(size[1]))
         self._data: List[np.ndarray] = []
+        self.shapes: List[tuple] = []
         for s in _progress(samples, len(samples), desc, progress):
-            x = preprocess(s.image, size=self.size)[0]  # (1, H, W) float32 in [0, 1]
+            gray = as_gray(s.image)  # == preprocess(s.image, size): decode, then resize
+            self.shapes.append(tuple(gray.shape))
+            x = resize_gray(gray, self.size)[None]  # (1, H, W) float32 in [0, 1]
+            del gray
             q = np.rint(x * 255.0)
             if np.abs(q / 255.0 - x).max() < 1e-6:
                 self._data.append(q.astype(np.uint8))
@@ -133,24 +138,29 @@ class SegmentationDataset(ClassificationDataset):
     """Map-style dataset of ``(image (1, H, W) float32, masks (2, H, W) float32 0/1, label index)``.
 
     Mask channel 0 is the lungs, channel 1 the infection; a sample without an infection mask
-    (Non-COVID / Normal in some copies of the data) gets an empty one. A missing lung mask is a
-    DatasetError: the lungs are a training target.
+    (Non-COVID / Normal in some copies of the data) gets an empty one. A missing lung mask, or
+    a mask whose size differs from its image's, is a DatasetError: the lungs are a training
+    target, and a resized mask would misplace the outline.
     """
 
     def __init__(self, samples: Sequence, size=(256, 256), progress: bool = True):
-        from covidedge.data.imageio import read_mask
+        from covidedge.data.imageio import check_mask_shape, read_mask
         from covidedge.data.preprocess import resize_mask
 
         super().__init__(samples, size, progress)
         self.size = self.images.size
         self._masks: List[np.ndarray] = []
-        for s in _progress(self.samples, len(self.samples), "decode masks", progress):
+        for i, s in enumerate(_progress(self.samples, len(self.samples), "decode masks", progress)):
             if s.lung_mask is None:
                 raise DatasetError(f"image {s.name} has no lung mask", path=s.image,
                                    hint="the segmenter needs 'lung masks/<name>' beside 'images/'")
-            lungs = resize_mask(read_mask(s.lung_mask), self.size)
+            lungs = read_mask(s.lung_mask)
+            check_mask_shape(lungs.shape, s.lung_mask, self.images.shapes[i], s.image)
+            lungs = resize_mask(lungs, self.size)
             if s.infection_mask is not None:
-                infection = resize_mask(read_mask(s.infection_mask), self.size)
+                infection = read_mask(s.infection_mask)
+                check_mask_shape(infection.shape, s.infection_mask, self.images.shapes[i], s.image)
+                infection = resize_mask(infection, self.size)
             else:
                 infection = np.zeros(self.size, dtype=bool)
             self._masks.append(np.packbits(np.stack([lungs, infection]).astype(bool)))

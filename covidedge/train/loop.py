@@ -6,7 +6,11 @@ images) for the segmenter, since those are the numbers the model is judged by (v
 recorded too, but a loss value is not comparable across loss functions). Optimisation: AdamW,
 a linear warm-up over the first 5 % of steps (at most one epoch), then a cosine decay to 1 % of
 the peak learning rate; early stopping after ``patience`` epochs without improvement; automatic
-mixed precision on CUDA.
+mixed precision: fp16 autocast with a gradient scaler on CUDA, bf16 autocast on CPUs with native
+bf16 (AVX512-BF16 / AMX), fp32 elsewhere (``amp="auto"``); on a CPU, weights and batches use
+channels_last memory whatever the precision. Weights stay
+fp32 (autocast only lowers the matmuls and convolutions), losses are computed in fp32, and Val runs
+in fp32, so the epoch kept as best is judged by what the fp32 model gives.
 
 Every epoch draws its shuffling, augmentation and dropout randomness from ``(seed, epoch)``
 alone, so a CPU run is deterministic and a resumed run repeats exactly what the uninterrupted
@@ -21,7 +25,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -30,14 +34,17 @@ import numpy as np
 from covidedge.errors import BadInputError, DatasetError, IncompatibleModelError, RuntimeFailure
 
 __all__ = ["TrainResult", "train_classifier", "train_segmenter", "LossStudyResult", "study_losses",
-           "OUTPUT_FILES", "resolve_device"]
+           "OUTPUT_FILES", "resolve_device", "AmpPlan", "resolve_amp", "AMP_MODES"]
 
 #: Files a training run writes into its output folder (``--overwrite`` removes only these).
 OUTPUT_FILES = ("best.pt", "last.pt", "history.json", "learning_curves.png", "metrics.json",
                 "val_report")
 
 #: Options that may change when resuming (they do not alter what is being trained).
-_RESUMABLE_CHANGES = {"epochs", "patience", "device", "num_workers", "progress"}
+_RESUMABLE_CHANGES = {"epochs", "patience", "device", "num_workers", "progress", "amp"}
+
+#: Mixed-precision modes of ``--amp``.
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 WARMUP_FRACTION = 0.05
 MIN_LR_FRACTION = 0.01
@@ -87,6 +94,66 @@ def resolve_device(device: str = "auto") -> str:
     return dev
 
 
+@dataclass(frozen=True)
+class AmpPlan:
+    """How a training step computes: ``dtype`` is "fp32", "bf16" or "fp16"; autocast runs on
+    ``device_type``; ``channels_last`` puts weights and batches in NHWC (oneDNN's fast layout on
+    CPUs, for fp32 and bf16 alike); ``grad_scaler`` guards fp16 gradients against underflow."""
+
+    mode: str
+    dtype: str
+    device_type: str
+    channels_last: bool
+    grad_scaler: bool
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype != "fp32"
+
+    def autocast(self):
+        import torch
+
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype, torch.float32)
+        return torch.autocast(device_type=self.device_type, dtype=dt, enabled=self.enabled)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"mode": self.mode, "dtype": self.dtype, "device_type": self.device_type,
+                "channels_last": self.channels_last, "grad_scaler": self.grad_scaler}
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 natively (oneDNN reports AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(mode: str, device: str) -> AmpPlan:
+    """Pick the mixed precision for ``device``: "auto" gives fp16 on CUDA, bf16 on CPUs with
+    native bf16 and fp32 otherwise; an explicit mode the device cannot run is an error."""
+    m = str(mode or "auto").lower()
+    if m not in AMP_MODES:
+        raise BadInputError(f"amp={mode!r} is not known; expected one of {', '.join(AMP_MODES)}")
+    dev_type = "cuda" if device.startswith("cuda") else ("mps" if device == "mps" else "cpu")
+    if m == "auto":
+        m_eff = "fp16" if dev_type == "cuda" else ("bf16" if dev_type == "cpu" and cpu_has_bf16() else "off")
+    else:
+        m_eff = m
+    if m_eff == "fp16" and dev_type != "cuda":
+        raise BadInputError(f"amp=fp16 needs a CUDA device, not {device!r}",
+                            hint="use --amp bf16 on a CPU with bf16 support, or --amp off")
+    if m_eff == "bf16" and dev_type == "cpu" and not cpu_has_bf16():
+        raise BadInputError("amp=bf16 was asked for, but this CPU has no native bf16 (AVX512-BF16 / AMX); "
+                            "emulated bf16 is slower than fp32", hint="use --amp off or --amp auto")
+    dtype = {"off": "fp32"}.get(m_eff, m_eff)
+    return AmpPlan(mode=m, dtype=dtype, device_type=dev_type,
+                   channels_last=dev_type == "cpu",
+                   grad_scaler=dtype == "fp16")
+
+
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine decay."""
     if step < warmup:
@@ -104,15 +171,16 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
 def _check_options(o: Dict[str, Any]) -> None:
     def positive(name, kind=int):
         v = o[name]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 or (kind is int and int(v) != v):
-            what = "a positive integer" if kind is int else "a positive number"
+        if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0
+                or (kind is int and int(v) != v)):
+            what = "a positive integer" if kind is int else "a positive finite number"
             raise BadInputError(f"{name.replace('_', '-')}={v!r} is invalid; expected {what}")
 
     for name in ("epochs", "batch_size", "image_size", "patience"):
         positive(name)
     positive("lr", float)
-    if o["weight_decay"] < 0:
-        raise BadInputError(f"weight-decay={o['weight_decay']} is negative; expected >= 0")
+    if not (math.isfinite(o["weight_decay"]) and o["weight_decay"] >= 0):
+        raise BadInputError(f"weight-decay={o['weight_decay']} is invalid; expected a finite number >= 0")
     if o["image_size"] < 32:
         raise BadInputError(f"image-size={o['image_size']} is too small; expected at least 32 px")
     if o["num_workers"] < 0:
@@ -168,7 +236,7 @@ def _log(progress: bool, text: str) -> None:
         tqdm.write(text, file=sys.stderr)
 
 
-def _load_splits(data_root, limit_per_class, seed):
+def _load_splits(data_root, limit_per_class, seed, options=None):
     from covidedge.data.covidqu import CovidQuDataset
     from covidedge.train.datasets import select_samples
 
@@ -177,6 +245,10 @@ def _load_splits(data_root, limit_per_class, seed):
         if split not in ds.splits:
             raise DatasetError(f"dataset has no {split} split (found: {', '.join(ds.splits) or 'none'})",
                                path=data_root, hint="training needs Train and Val folders")
+    allow = bool((options or {}).get("allow_missing_classes", False))
+    missing = {split: ds.check_classes(split, allow_missing=allow) for split in ("Train", "Val")}
+    if options is not None and any(missing.values()):  # recorded in the checkpoint's options
+        options["missing_classes"] = {k: v for k, v in missing.items() if v}
     train = select_samples(ds.samples("Train"), limit_per_class, seed)
     val = select_samples(ds.samples("Val"), limit_per_class, seed)
     return train, val
@@ -219,8 +291,8 @@ class _ClassifierTask:
 
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         x, _ = aug(x, None, generator=gen)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-            logits = model(x)
+        with amp.autocast():
+            logits = model(_layout(x, amp))
         return crit(logits.float(), y), x.shape[0]
 
     def validate(self, model, loader, crit, device, amp):
@@ -230,8 +302,8 @@ class _ClassifierTask:
         with torch.no_grad():
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-                    logits = model(x)
+                with amp.autocast():
+                    logits = model(_layout(x, amp))
                 total += float(crit(logits.float(), y)) * x.shape[0]
                 correct += int((logits.argmax(1) == y).sum())
                 n += x.shape[0]
@@ -270,8 +342,8 @@ class _SegmenterTask:
         x = batch[0].to(device, non_blocking=True)
         m = batch[1].to(device, non_blocking=True)
         x, m = aug(x, m, generator=gen)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-            logits = model(x)
+        with amp.autocast():
+            logits = model(_layout(x, amp))
         return crit(logits.float(), m), x.shape[0]
 
     def validate(self, model, loader, crit, device, amp):
@@ -286,8 +358,8 @@ class _SegmenterTask:
         with torch.no_grad():
             for x, m, y in loader:
                 x, m = x.to(device), m.to(device)
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-                    logits = model(x)
+                with amp.autocast():
+                    logits = model(_layout(x, amp))
                 logits = logits.float()
                 total += float(crit(logits, m)) * x.shape[0]
                 n += x.shape[0]
@@ -300,6 +372,12 @@ class _SegmenterTask:
         mean = lung if math.isnan(inf) else 0.5 * (lung + inf)
         return {"val_loss": total / n, "val_dice_lungs": lung, "val_dice_infection": inf,
                 "val_dice_mean": mean}
+
+
+def _layout(x, amp: AmpPlan):
+    import torch
+
+    return x.contiguous(memory_format=torch.channels_last) if amp.channels_last else x
 
 
 def _nanmean(values: List[float]) -> float:
@@ -334,8 +412,8 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     _prepare_out_dir(out, resume, overwrite)
     progress = bool(o["progress"])
     device = resolve_device(o["device"])
-    amp = device.startswith("cuda")
-    if amp:
+    amp = resolve_amp(o.get("amp", "auto"), device)
+    if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
 
     # the resumed run's options (besides those allowed to change) must be the stored ones
@@ -356,7 +434,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
                                 hint="pass the run's original options, or start a new run")
         state = payload
 
-    train_samples, val_samples = _load_splits(o["data_root"], o["limit_per_class"], o["seed"])
+    train_samples, val_samples = _load_splits(o["data_root"], o["limit_per_class"], o["seed"], o)
     train_ds, val_ds = task.datasets(train_samples, val_samples, progress)
     spec = task.spec()
 
@@ -364,8 +442,10 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
 
     torch.manual_seed(o["seed"])
     model = build_from_spec(spec).to(device)
+    if amp.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp.grad_scaler)
     crit = task.criterion(device)
     aug = BatchAugment(hflip=bool(o["hflip"]))
 
@@ -376,7 +456,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     steps_per_epoch = len(train_ds) // bs if drop_last else max(1, math.ceil(len(train_ds) / bs))
     total_steps = steps_per_epoch * int(o["epochs"])
     warmup = max(1, min(steps_per_epoch, int(WARMUP_FRACTION * total_steps)))
-    loader_kw = dict(num_workers=int(o["num_workers"]), pin_memory=amp,
+    loader_kw = dict(num_workers=int(o["num_workers"]), pin_memory=device.startswith("cuda"),
                      persistent_workers=False)
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=bs, shuffle=False, **loader_kw)
 
@@ -386,7 +466,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
         r = state["extra"]["resume"]
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(r["optimizer"])
-        if amp and r.get("scaler"):
+        if amp.grad_scaler and r.get("scaler"):
             scaler.load_state_dict(r["scaler"])
         step, start_epoch = int(r["step"]), int(r["epoch"]) + 1
         best_epoch, best_score, bad_epochs = int(r["best_epoch"]), float(r["best_score"]), int(r["bad_epochs"])
@@ -401,12 +481,12 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     base_extra = {"task": task.name, "train_options": plain_options,
                   "augmentation": aug.config.to_dict(), "monitor": task.monitor,
                   "train_images": len(train_ds), "val_images": len(val_ds),
-                  "device": device}
+                  "device": device, "amp": amp.to_dict()}
     if task.name == "classifier":
         base_extra["class_weights"] = [float(w) for w in task.weights]
 
-    _log(progress, f"training {task.name} on {device}: {len(train_ds)} Train / {len(val_ds)} Val "
-                   f"images at {o['image_size']} px, {o['epochs']} epochs, batch {bs}")
+    _log(progress, f"training {task.name} on {device} ({_amp_words(amp)}): {len(train_ds)} Train / "
+                   f"{len(val_ds)} Val images at {o['image_size']} px, {o['epochs']} epochs, batch {bs}")
     stopped_early = bool(history) and bad_epochs >= o["patience"] and len(history) < o["epochs"]
     epoch = start_epoch - 1
     for epoch in range(start_epoch, int(o["epochs"]) + 1):
@@ -437,7 +517,9 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
             bar.set_postfix(loss=f"{run_loss / seen:.4f}", lr=f"{lr:.2e}")
         bar.close()
         model.eval()
-        val = task.validate(model, val_loader, crit, device, amp)
+        # Val in fp32 (same layout): the epoch picked as best is judged by the numbers the
+        # exported fp32 model gives, and metrics.json (an fp32 evaluation) repeats them
+        val = task.validate(model, val_loader, crit, device, replace(amp, dtype="fp32", grad_scaler=False))
         score = val[task.monitor]
         if not math.isfinite(score):  # e.g. no image with a lung mask: never "best" over a real score
             score = -1.0
@@ -454,7 +536,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
             save_checkpoint(out / "best.pt", model, spec, {
                 **base_extra, "epoch": epoch, "metrics": val, "history": history})
         resume_state = {"optimizer": opt.state_dict(),
-                        "scaler": scaler.state_dict() if amp else None,
+                        "scaler": scaler.state_dict() if amp.grad_scaler else None,
                         "step": step, "epoch": epoch, "best_epoch": best_epoch,
                         "best_score": best_score, "bad_epochs": bad_epochs,
                         "rng": {"scheme": "per-epoch seeds from (seed, epoch)", "seed": o["seed"]}}
@@ -482,6 +564,11 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
                        monitor=task.monitor, best_score=best_score,
                        epochs_run=len(history), stopped_early=stopped_early,
                        seconds=time.perf_counter() - t_start, history=history, metrics=metrics)
+
+
+def _amp_words(amp: AmpPlan) -> str:
+    words = "fp32" if not amp.enabled else f"{amp.dtype} autocast"
+    return words + (", channels_last" if amp.channels_last else "") + (", grad scaler" if amp.grad_scaler else "")
 
 
 def _norm(v):
@@ -537,7 +624,8 @@ def _final_metrics(out: Path, o: Dict[str, Any], device: str, progress: bool) ->
     runner = TorchRunner(out / "best.pt", device=device)
     with runner:
         report = evaluate(runner, o["data_root"], split="Val", batch_size=o["batch_size"],
-                          limit_per_class=o["limit_per_class"], seed=o["seed"], progress=progress)
+                          limit_per_class=o["limit_per_class"], seed=o["seed"], progress=progress,
+                          allow_missing_classes=bool(o.get("allow_missing_classes", False)))
     metrics = report.to_dict()
     _write_json(out / "metrics.json", metrics)
     report.save(out / "val_report")
@@ -548,10 +636,11 @@ def _final_metrics(out: Path, o: Dict[str, Any], device: str, progress: bool) ->
 # -- public entry points ---------------------------------------------------------------------
 def train_classifier(data_root, out_dir, *, epochs: int = 30, batch_size: int = 16, lr: float = 1e-3,
                      weight_decay: float = 1e-4, image_size: int = 256, width_mult: float = 1.0,
-                     drop_rate: float = 0.2, device: str = "auto", seed: int = 0, patience: int = 8,
+                     drop_rate: float = 0.2, device: str = "auto", amp: str = "auto",
+                     seed: int = 0, patience: int = 8,
                      limit_per_class: Optional[int] = None, num_workers: int = 0,
                      resume: bool = False, hflip: bool = False, progress: bool = True,
-                     overwrite: bool = False,
+                     overwrite: bool = False, allow_missing_classes: bool = False,
                      on_epoch_end: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None,
                      ) -> TrainResult:
     """Train the Xception classifier (COVID-19 / Non-COVID / Normal) on ``data_root``'s Train split,
@@ -561,8 +650,9 @@ def train_classifier(data_root, out_dir, *, epochs: int = 30, batch_size: int = 
     o = dict(task="classifier", data_root=str(data_root), epochs=epochs, batch_size=batch_size,
              lr=float(lr), weight_decay=float(weight_decay), image_size=int(image_size),
              width_mult=float(width_mult), drop_rate=float(drop_rate), device=device,
-             seed=int(seed), patience=patience, limit_per_class=limit_per_class,
-             num_workers=int(num_workers), hflip=bool(hflip), progress=bool(progress))
+             amp=str(amp), seed=int(seed), patience=patience, limit_per_class=limit_per_class,
+             num_workers=int(num_workers), hflip=bool(hflip), progress=bool(progress),
+             allow_missing_classes=bool(allow_missing_classes))
     if not 0.0 <= o["drop_rate"] < 1.0:
         raise BadInputError(f"drop-rate={drop_rate} is outside [0, 1)")
     if o["width_mult"] <= 0:
@@ -575,9 +665,9 @@ def train_segmenter(data_root, out_dir, *, epochs: int = 30, batch_size: int = 1
                     weight_decay: float = 1e-4, image_size: int = 256, base_width: int = 32,
                     depth: int = 4, loss: str = "bce_dice",
                     loss_params: Optional[Dict[str, Any]] = None, device: str = "auto",
-                    seed: int = 0, patience: int = 8, limit_per_class: Optional[int] = None,
+                    amp: str = "auto", seed: int = 0, patience: int = 8, limit_per_class: Optional[int] = None,
                     num_workers: int = 0, resume: bool = False, hflip: bool = False,
-                    progress: bool = True, overwrite: bool = False,
+                    progress: bool = True, overwrite: bool = False, allow_missing_classes: bool = False,
                     on_epoch_end: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None,
                     ) -> TrainResult:
     """Train the residual U-Net (lungs + infection masks) on ``data_root``'s Train split with the
@@ -589,9 +679,10 @@ def train_segmenter(data_root, out_dir, *, epochs: int = 30, batch_size: int = 1
     o = dict(task="segmenter", data_root=str(data_root), epochs=epochs, batch_size=batch_size,
              lr=float(lr), weight_decay=float(weight_decay), image_size=int(image_size),
              base_width=int(base_width), depth=int(depth), loss=str(loss),
-             loss_params=dict(loss_params or {}), device=device, seed=int(seed),
+             loss_params=dict(loss_params or {}), device=device, amp=str(amp), seed=int(seed),
              patience=patience, limit_per_class=limit_per_class, num_workers=int(num_workers),
-             hflip=bool(hflip), progress=bool(progress))
+             hflip=bool(hflip), progress=bool(progress),
+             allow_missing_classes=bool(allow_missing_classes))
     get_loss(o["loss"], **o["loss_params"])  # unknown loss or option: fail before decoding data
     if o["base_width"] < 1 or o["depth"] < 1:
         raise BadInputError(f"base-width={base_width} and depth={depth} must be positive")
@@ -616,8 +707,28 @@ class LossStudyResult:
     rows: List[Dict[str, Any]]
     settings: Dict[str, Any]
 
+    def verdict(self) -> Dict[str, Any]:
+        """The loss with the highest Val infection Dice, its margin over the runner-up (in Dice
+        points), and whether every loss had converged (see ``CONVERGED_DELTA``)."""
+        ranked = sorted((r for r in self.rows if _finite(r["infection_dice"])),
+                        key=lambda r: r["infection_dice"], reverse=True)
+        if not ranked:
+            return {"winner": None, "runner_up": None, "margin": None,
+                    "all_converged": False, "not_converged": [r["loss"] for r in self.rows]}
+        runner = ranked[1] if len(ranked) > 1 else None
+        by_severity = sorted((r for r in self.rows if _finite(r.get("severity_mae"))),
+                             key=lambda r: r["severity_mae"])
+        return {"winner": ranked[0]["loss"], "runner_up": runner["loss"] if runner else None,
+                "margin": (ranked[0]["infection_dice"] - runner["infection_dice"]) if runner else None,
+                "best_severity": by_severity[0]["loss"] if by_severity else None,
+                "severity_margin": (by_severity[1]["severity_mae"] - by_severity[0]["severity_mae"])
+                if len(by_severity) > 1 else None,
+                "all_converged": all(r.get("converged") for r in self.rows),
+                "not_converged": [r["loss"] for r in self.rows if not r.get("converged")]}
+
     def to_dict(self) -> Dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "settings": self.settings, "rows": self.rows}
+        return {"out_dir": str(self.out_dir), "settings": self.settings, "rows": self.rows,
+                **self.verdict()}
 
     def to_markdown(self) -> str:
         s = self.settings
@@ -631,8 +742,8 @@ class LossStudyResult:
             "area = mean fraction of the image predicted infected on Non-COVID / Normal images.",
             "",
             "| loss | lung Dice | infection Dice | infection IoU | FP infected area (% of image) | "
-            "severity MAE (% of lungs) | best epoch | seconds |",
-            "|---|---|---|---|---|---|---|---|",
+            "severity MAE (% of lungs) | best epoch | last-epoch change | converged | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         best = max((r["infection_dice"] for r in self.rows if _finite(r["infection_dice"])),
                    default=None)
@@ -641,8 +752,46 @@ class LossStudyResult:
             lines.append(
                 f"| {r['loss']}{mark} | {_fmt(r['lung_dice'])} | {_fmt(r['infection_dice'])} | "
                 f"{_fmt(r['infection_iou'])} | {_fmt(_times100(r['fp_infection_fraction']), 2)} | "
-                f"{_fmt(_times100(r['severity_mae']), 2)} | {r['best_epoch']} | {r['seconds']:.0f} |")
+                f"{_fmt(_times100(r['severity_mae']), 2)} | {r['best_epoch']} | "
+                f"{_fmt(r.get('last_change'))} | {'yes' if r.get('converged') else 'no'} | "
+                f"{r['seconds']:.0f} |")
+        v = self.verdict()
+        lines.append("")
+        if v["winner"] is None:
+            lines.append("**Verdict:** none - no loss produced a finite infection Dice.")
+        else:
+            margin = (f", {100 * v['margin']:.2f} Dice points ahead of {v['runner_up']}"
+                      if v["runner_up"] else "")
+            lines.append(f"**Verdict:** {v['winner']} has the highest Val infection Dice{margin}.")
+            if v["best_severity"] is not None:
+                rows = {r["loss"]: r for r in self.rows}
+                b = rows[v["best_severity"]]
+                extra = (f", {100 * v['severity_margin']:.2f} points below the next" if v["severity_margin"] is not None
+                         else "")
+                lines.append(f"{v['best_severity']} has the lowest severity error ({_fmt(_times100(b['severity_mae']), 2)} "
+                             f"% of the lungs{extra}), the number that counts infection on COVID-19 images and "
+                             f"false positives on infection-free ones alike (FP infected area "
+                             f"{_fmt(_times100(b['fp_infection_fraction']), 2)} % of the image, against "
+                             f"{_fmt(_times100(rows[v['winner']]['fp_infection_fraction']), 2)} % for {v['winner']}).")
+        lines.append(
+            "Every loss converged (mean Val Dice changed by less than "
+            f"{CONVERGED_DELTA:.2f} over the last epoch)." if v["all_converged"] else
+            f"Not converged within the budget: {', '.join(v['not_converged'])} (mean Val Dice still "
+            f"moved by {CONVERGED_DELTA:.2f} or more over the last epoch) - train longer before "
+            "trusting the ranking.")
         return "\n".join(lines) + "\n"
+
+
+#: A run has converged when its monitored Val score moved by less than this over its last epoch.
+CONVERGED_DELTA = 0.01
+
+
+def _convergence(epochs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    scores = [e.get("val_dice_mean") for e in epochs]
+    if len(scores) < 2 or not all(_finite(x) for x in scores[-2:]):
+        return {"last_change": None, "converged": False}
+    change = float(scores[-1] - scores[-2])
+    return {"last_change": change, "converged": abs(change) < CONVERGED_DELTA}
 
 
 def _finite(v) -> bool:
@@ -660,7 +809,7 @@ def _fmt(v, nd=3) -> str:
 def study_losses(data_root, out_dir, *, losses: Optional[Sequence[str]] = None, epochs: int = 10,
                  image_size: int = 256, base_width: int = 32, depth: int = 4,
                  batch_size: int = 16, lr: float = 1e-3, limit_per_class: Optional[int] = None,
-                 seed: int = 0, device: str = "auto", num_workers: int = 0,
+                 seed: int = 0, device: str = "auto", amp: str = "auto", num_workers: int = 0,
                  progress: bool = True, overwrite: bool = False) -> LossStudyResult:
     """Train the segmenter once per loss (all of ``LOSSES`` by default) with the same seed, data and
     epoch budget (early stopping off), into ``out_dir/<loss>/``, and write comparison.md,
@@ -692,16 +841,19 @@ def study_losses(data_root, out_dir, *, losses: Optional[Sequence[str]] = None, 
         else:
             res = train_segmenter(data_root, run_dir, epochs=epochs, batch_size=batch_size, lr=lr,
                                   image_size=image_size, base_width=base_width, depth=depth,
-                                  loss=name, device=device, seed=seed, patience=int(epochs),
+                                  loss=name, device=device, amp=amp, seed=seed,
+                                  patience=int(epochs),
                                   limit_per_class=limit_per_class, num_workers=num_workers,
                                   progress=progress, overwrite=True)
             metrics, best_epoch, seconds = res.metrics, res.best_epoch, res.seconds
+            hist = json.loads((run_dir / "history.json").read_text())
         m = metrics["metrics"]
+        conv = _convergence(hist.get("epochs") or [])
         rows.append({"loss": name, "lung_dice": m["lung_dice"], "lung_iou": m["lung_iou"],
                      "infection_dice": m["infection_dice"], "infection_iou": m["infection_iou"],
                      "fp_infection_fraction": m["fp_infection_fraction"],
                      "severity_mae": m["severity_mae"], "best_epoch": best_epoch,
-                     "seconds": round(float(seconds), 1), "run_dir": str(run_dir)})
+                     "seconds": round(float(seconds), 1), "run_dir": str(run_dir), **conv})
     result = LossStudyResult(out_dir=out, rows=rows, settings=settings)
     _write_json(out / "comparison.json", result.to_dict())
     (out / "comparison.md").write_text(result.to_markdown())

@@ -187,3 +187,18 @@ def test_real_data_metric_and_end_to_end(tiny_onnx, real_data_root):
     row = json.loads(res.stdout)["rows"][0]
     assert row["metric"]["name"] == "accuracy" and row["metric"]["n_images"] == 6
     assert row["end_to_end"]["n_images"] == 6
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--duration", "inf"], "--duration inf s is outside (0, 3600] s"),
+    (["--duration", "1e9"], "is outside (0, 3600] s"),
+    (["--batch", "100000"], "batch size 100000 is above 1024 images"),
+    (["--iterations", "10000000"], "--iterations 10000000 is outside 1..1000000"),
+])
+def test_unbounded_runs_are_refused_before_any_model_is_opened(tiny_onnx, capsys, argv, message):
+    from covidedge.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", str(tiny_onnx), *argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 3 and message in err and len(err.strip().splitlines()) == 1

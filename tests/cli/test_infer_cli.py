@@ -12,6 +12,8 @@ import textwrap
 
 import numpy as np
 import pytest
+
+from covidedge.errors import BadInputError
 from click.testing import CliRunner
 from PIL import Image
 
@@ -90,9 +92,14 @@ def test_out_writes_masks_overlays_and_results_csv(models, images, tmp_path):
     c = np.asarray(Image.open(out / "c_lungs.png"))
     assert c.shape == (40, 48)
     # a second run over the same folder with --out inside it does not read its own outputs
-    out2 = images / "out"
+    out2 = images / f"out-{tmp_path.name}"
     invoke(images, "-c", cls, "-s", seg, "--out", out2)
-    res = invoke(images, "-c", cls, "-s", seg, "--out", out2)
+    before = (out2 / "results.csv").read_bytes()
+    # ... and never truncates the earlier run's results without --overwrite
+    with pytest.raises(BadInputError, match="results file already holds results of an earlier run"):
+        invoke(images, "-c", cls, "-s", seg, "--out", out2)
+    assert (out2 / "results.csv").read_bytes() == before and not (out2 / ".covidedge.lock").exists()
+    res = invoke(images, "-c", cls, "-s", seg, "--out", out2, "--overwrite")
     assert res.stderr.splitlines()[-1].startswith("3 images: 3 ok")
 
 
@@ -131,14 +138,6 @@ def test_results_file_is_written_as_it_goes(models, images, tmp_path, monkeypatc
     assert exc.value.code == 130
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["source"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.png"]
-
-
-def test_no_model_is_a_one_line_usage_error(images):
-    res = CliRunner().invoke(command, [str(images)])
-    assert res.exit_code == 2
-    assert res.stderr.strip().splitlines() == [
-        "error: no model given: pass --classifier MODEL and/or --segmenter MODEL "
-        "(make models with 'covidedge demo' or 'covidedge build-engine')"]
 
 
 def test_segmenter_as_classifier_is_refused_before_reading_images(models, tmp_path, capsys):

@@ -128,6 +128,18 @@ def test_study_losses_compares_every_loss_and_reuses_finished_runs(data_root, tm
     md = (out / "comparison.md").read_text()
     assert "| bce" in md and "| dice" in md and "infection Dice" in md
     assert json.loads((out / "comparison.json").read_text())["rows"] == payload["rows"]
+    # the verdict names the loss with the highest infection Dice and its margin over the other
+    dice = {r["loss"]: r["infection_dice"] for r in payload["rows"]}
+    if all(d == d for d in dice.values()):  # both finite
+        want = max(dice, key=dice.get)
+        assert payload["winner"] == want and f"**Verdict:** {want}" in md
+        assert abs(payload["margin"] - abs(dice["bce"] - dice["dice"])) < 1e-12
+    sev = {r["loss"]: r["severity_mae"] for r in payload["rows"]}
+    if all(v == v for v in sev.values()):
+        assert payload["best_severity"] == min(sev, key=sev.get) and "lowest severity error" in md
+    for r in payload["rows"]:  # one epoch: no last-epoch change to judge convergence by
+        assert r["converged"] is False and r["last_change"] is None
+    assert payload["all_converged"] is False and "Not converged within the budget: bce, dice" in md
     # run again: both runs are reused, not retrained, and the numbers are the same
     code, stdout2, err2 = _run_main(argv, capsys)
     assert code == 0 and err2.count("reusing the finished run") == 2

@@ -63,23 +63,39 @@ def test_16bit_png_scaled_to_full_range_equals_8bit(tmp_path):
     np.testing.assert_array_equal(read_gray(p16), read_gray(p8))
 
 
-def test_16bit_png_holding_8bit_values_equals_8bit(tmp_path):
+def test_16bit_png_holding_8bit_values_with_sbit_8_equals_8bit(tmp_path):
     a = ramp()
     p8 = save(Image.fromarray(a), tmp_path / "a8.png")
-    p16 = save(Image.fromarray(a.astype(np.uint16)), tmp_path / "a16.png")
+    p16 = write_png(tmp_path / "a16.png", a.astype(np.uint16), significant_bits=8)
     np.testing.assert_array_equal(read_gray(p16), read_gray(p8))
+    # without sBIT the 16-bit range applies: the same values are 257 times darker
+    plain = write_png(tmp_path / "plain16.png", a.astype(np.uint16))
+    np.testing.assert_array_equal(read_gray(plain), (a / 65535.0).astype(np.float32))
 
 
-def test_16bit_rescaled_by_real_bit_depth_never_clipped(tmp_path):
-    # 12-bit detector values: max 4000 -> 12 bits -> divided by 4095, nothing clipped at 255.
+def test_16bit_scaled_by_declared_bit_depth_not_by_the_hottest_pixel(tmp_path):
+    # 12-bit detector values with sBIT=12 are divided by 4095, nothing clipped at 255.
     a = np.array([[0, 256, 1000], [2000, 3000, 4000]], dtype=np.uint16)
-    out = read_gray(save(Image.fromarray(a), tmp_path / "a12.png"))
-    np.testing.assert_allclose(out, a / 4095.0, rtol=1e-6)
+    out = read_gray(write_png(tmp_path / "a12.png", a, significant_bits=12))
+    np.testing.assert_array_equal(out, (a / 4095.0).astype(np.float32))
     assert len(np.unique(out)) == 6
-    # a full 16-bit image is divided by 65535
-    b = np.array([[0, 65535, 300]], dtype=np.uint16)
-    np.testing.assert_allclose(read_gray(save(Image.fromarray(b), tmp_path / "b.png")),
-                               b / 65535.0, rtol=1e-6)
+    # one hot pixel changes no other pixel (it used to halve the whole image's brightness)
+    dim = np.array([[100, 900, 1000]], dtype=np.uint16)
+    hot = dim.copy()
+    hot[0, 0] = 65535
+    for bits in (None, 12):
+        a_dim = read_gray(write_png(tmp_path / f"dim{bits}.png", dim, significant_bits=bits))
+        a_hot = read_gray(write_png(tmp_path / f"hot{bits}.png", hot))
+        np.testing.assert_array_equal(a_hot[0, 1:], (dim[0, 1:] / 65535.0).astype(np.float32))
+        if bits is None:
+            np.testing.assert_array_equal(a_hot[0, 1:], a_dim[0, 1:])
+    # sBIT=12 but samples beyond 12 bits: scaled up as the PNG standard says -> 16-bit range
+    up = np.array([[0, 65535, 300 * 16]], dtype=np.uint16)
+    p = write_png(tmp_path / "up.png", up)
+    data = p.read_bytes()  # add sBIT=12 after IHDR by hand
+    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([12]) + struct.pack(">I", zlib.crc32(b"sBIT\x0c"))
+    p.write_bytes(data[:33] + chunk + data[33:])
+    np.testing.assert_array_equal(read_gray(p), (up / 65535.0).astype(np.float32))
 
 
 def test_16bit_big_endian_tiff(tmp_path):
@@ -87,14 +103,15 @@ def test_16bit_big_endian_tiff(tmp_path):
     img = Image.fromarray(a.astype(">u2"))
     assert img.mode == "I;16B"
     p = save(img, tmp_path / "be.tif")
-    np.testing.assert_allclose(read_gray(p), a / 4095.0, rtol=1e-6)
+    np.testing.assert_array_equal(read_gray(p), (a / 65535.0).astype(np.float32))
 
 
 def test_32bit_int_mode_i(tmp_path):
     a = np.array([[0, 1000, 4095]], dtype=np.int32)
     img = Image.fromarray(a)
     assert img.mode == "I"
-    np.testing.assert_allclose(read_gray(save(img, tmp_path / "i.tif")), a / 4095.0, rtol=1e-6)
+    np.testing.assert_array_equal(read_gray(save(img, tmp_path / "i.tif")),
+                                  (a / 65535.0).astype(np.float32))
 
 
 def test_mode_i_beyond_16_bits_is_rejected(tmp_path):
@@ -199,7 +216,7 @@ def test_first_frame_of_a_multi_page_tiff(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def write_dicom(path: Path, pixels: np.ndarray, *, photometric="MONOCHROME2", slope=None,
                 intercept=None, center=None, width=None, preamble=True, bits_stored=12,
-                frames=None) -> Path:
+                frames=None, bits_allocated=16) -> Path:
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -217,11 +234,11 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric="MONOCHROME2", sl
         ds.NumberOfFrames = frames
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
+    ds.BitsAllocated = bits_allocated
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.PixelData = pixels.astype("<u2" if bits_allocated == 16 else "u1").tobytes()
     if slope is not None:
         ds.RescaleSlope = slope
         ds.RescaleIntercept = intercept
@@ -250,7 +267,8 @@ def test_dicom_monochrome2_rescale_and_window(tmp_path):
     y_min, y_max = -100.0, 4095 * 2.0 - 100.0
     win = np.where(hu <= c - w / 2, y_min,
                    np.where(hu > c + w / 2, y_max, ((hu - c) / w + 0.5) * (y_max - y_min) + y_min))
-    expected = (win - win.min()) / (win.max() - win.min())
+    # the window's declared output range maps to [0, 1], whatever values are present
+    expected = (win - y_min) / (y_max - y_min)
     np.testing.assert_allclose(read_gray(p), expected, atol=1e-6)
 
 
@@ -262,10 +280,25 @@ def test_dicom_monochrome1_with_rescale_and_window_is_the_inverse(tmp_path):
     assert m1[0, 0] == 1.0 and m1[1, 3] == 0.0 and 0.0 < m1[0, 2] < 1.0
 
 
-def test_dicom_without_window_is_min_max_of_modality_values(tmp_path):
-    p = write_dicom(tmp_path / "b.dcm", PIX, slope=0.5, intercept=10)
-    v = PIX * 0.5 + 10
-    np.testing.assert_allclose(read_gray(p), (v - v.min()) / (v.max() - v.min()), atol=1e-6)
+def test_dicom_without_window_is_the_rescaled_stored_range(tmp_path):
+    pix = PIX.copy()
+    pix[1, 3] = 3000  # no sample at the top of the 12-bit range
+    p = write_dicom(tmp_path / "b.dcm", pix, slope=0.5, intercept=10)
+    v = pix * 0.5 + 10
+    lo, hi = 10.0, 4095 * 0.5 + 10
+    np.testing.assert_allclose(read_gray(p), (v - lo) / (hi - lo), atol=1e-6)
+
+
+def test_dicom_scaled_by_bits_stored_not_by_its_values(tmp_path):
+    dim = np.array([[100, 900], [1000, 50]], dtype=np.uint16)
+    hot = dim.copy()
+    hot[1, 1] = 4095
+    a_dim = read_gray(write_dicom(tmp_path / "dim.dcm", dim))
+    a_hot = read_gray(write_dicom(tmp_path / "hot.dcm", hot))
+    np.testing.assert_allclose(a_dim, dim / 4095.0, atol=1e-7)
+    np.testing.assert_array_equal(a_hot.ravel()[:3], a_dim.ravel()[:3])
+    a14 = read_gray(write_dicom(tmp_path / "b14.dcm", dim, bits_stored=14))
+    np.testing.assert_allclose(a14, dim / 16383.0, atol=1e-7)
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path):
@@ -288,9 +321,9 @@ def test_dicom_without_preamble_read_by_suffix(tmp_path):
     np.testing.assert_allclose(read_gray(p), PIX / 4095.0, atol=1e-6)
 
 
-def test_constant_dicom_gives_zeros(tmp_path):
-    p = write_dicom(tmp_path / "flat.dcm", np.full((3, 3), 7, np.uint16))
-    np.testing.assert_array_equal(read_gray(p), np.zeros((3, 3), np.float32))
+def test_constant_dicom_keeps_its_level(tmp_path):
+    p = write_dicom(tmp_path / "flat.dcm", np.full((3, 3), 2000, np.uint16))
+    np.testing.assert_array_equal(read_gray(p), np.full((3, 3), 2000 / 4095.0, np.float32))
 
 
 def test_dicom_overflow_to_inf_is_rejected(tmp_path):
@@ -326,7 +359,8 @@ def test_multiframe_dicom_is_rejected(tmp_path):
 
 def test_dicom_needs_pydicom(tmp_path, monkeypatch):
     p = tmp_path / "a.dcm"
-    p.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    # a file meta group length element after the marker: plausible DICOM to the header check
+    p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00" + b"\0" * 64)
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom -> ImportError
     with pytest.raises(MissingDependencyError) as info:
         read_gray(p)
@@ -461,7 +495,11 @@ def test_write_png_round_trips(tmp_path):
                                   [[0, 128, 255]])
 
     wide = np.array([[0, 4095]], dtype=np.uint16)
-    np.testing.assert_allclose(read_gray(write_png(tmp_path / "w.png", wide)), [[0.0, 1.0]])
+    np.testing.assert_allclose(read_gray(write_png(tmp_path / "w.png", wide)), [[0.0, 4095 / 65535]])
+    np.testing.assert_allclose(read_gray(write_png(tmp_path / "w12.png", wide, significant_bits=12)),
+                               [[0.0, 1.0]])
+    with pytest.raises(BadInputError, match="significant_bits"):
+        write_png(tmp_path / "w8.png", wide, significant_bits=8)
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -473,3 +511,75 @@ def test_write_png_rejects(tmp_path, bad, words):
     with pytest.raises(BadInputError, match=None) as info:
         write_png(tmp_path / "x.png", bad)
     assert words in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM header check, mask sizes
+# ---------------------------------------------------------------------------------------------
+def test_large_file_of_zeros_named_dcm_is_rejected_at_once(tmp_path):
+    import time
+
+    p = tmp_path / "zeros.dcm"
+    with open(p, "wb") as fh:  # 300 MB of zeros (sparse: no disk space used)
+        fh.truncate(300 * 1024 * 1024)
+    t0 = time.perf_counter()
+    with pytest.raises(BadInputError) as info:
+        read_gray(p)
+    assert time.perf_counter() - t0 < 2.0  # it took 75 s when pydicom parsed the zeros
+    check_error(info, p, "does not start like a DICOM file")
+    assert info.value.exit_code == 3
+
+
+def test_png_named_dcm_and_zeros_after_the_marker_are_refused(tmp_path):
+    png = tmp_path / "scan.dcm"
+    Image.fromarray(ramp()).save(png, format="PNG")
+    with pytest.raises(BadInputError) as info:
+        read_gray(png)
+    check_error(info, png, "does not start like a DICOM file", "PNG/JPEG")
+    marked = tmp_path / "marked.dcm"
+    marked.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 4096)
+    with pytest.raises(BadInputError) as info:
+        read_gray(marked)
+    check_error(info, marked, "'DICM' marker", "no DICOM element")
+
+
+def test_mask_of_another_size_than_its_image_is_refused(tmp_path):
+    from covidedge.errors import DatasetError
+
+    image = write_png(tmp_path / "img.png", ramp(20, 30))
+    good = write_png(tmp_path / "good.png", np.ones((20, 30), bool))
+    bad = write_png(tmp_path / "bad.png", np.ones((30, 20), bool))
+    assert read_mask(good, image=image).shape == (20, 30)
+    with pytest.raises(DatasetError) as info:
+        read_mask(bad, image=image)
+    check_error(info, bad, "20x30 px", "30x20 px", str(image), "re-export the mask")
+    assert info.value.exit_code == 7
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+def test_image_shape_reads_the_header_and_follows_exif(tmp_path, suffix):
+    from covidedge.data.imageio import image_shape
+
+    a = ramp(3, 5)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = save(Image.fromarray(a), tmp_path / f"e{suffix}", exif=exif)
+    assert image_shape(p) == read_gray(p).shape == (5, 3)
+    d = write_dicom(tmp_path / "d.dcm", PIX)
+    assert image_shape(d) == read_gray(d).shape == PIX.shape
+
+
+def test_is_dicom_path_needs_a_dicom_start(tmp_path):
+    from covidedge.data.imageio import is_dicom_path
+
+    zeros = tmp_path / "zeros.dcm"
+    with open(zeros, "wb") as fh:
+        fh.truncate(10 * 1024 * 1024)
+    assert not is_dicom_path(zeros)  # never handed to a DICOM parser, refused by read_gray
+    assert is_dicom_path(write_dicom(tmp_path / "a.dcm", PIX))
+    bare = write_dicom(tmp_path / "bare.dcm", PIX, preamble=False)
+    assert is_dicom_path(bare) and not is_dicom_path(bare.rename(tmp_path / "bare.bin"))
+    renamed = write_dicom(tmp_path / "b.dcm", PIX).rename(tmp_path / "IM0001")
+    assert is_dicom_path(renamed)
+    assert not is_dicom_path(write_png(tmp_path / "x.png", ramp()))
+    assert not is_dicom_path(tmp_path / "missing.dcm")

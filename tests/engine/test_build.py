@@ -58,6 +58,9 @@ def test_tensorrt_only_options_are_refused_for_onnxruntime():
     assert "TensorRT is not installed here" in str(err.value)
     with pytest.raises(BadInputError, match="--workspace, --timing-cache, --version-compatible apply"):
         B.check_options_for_backend("onnxruntime", workspace_mib=1, timing_cache="c", version_compatible=True)
+    with pytest.raises(BadInputError, match="--allow-tf32 applies to TensorRT engines only, but this build is "
+                                            "for OpenVINO"):
+        B.check_options_for_backend("openvino", allow_tf32=True)
 
 
 def test_precision_contradiction_is_refused():
@@ -101,41 +104,107 @@ def test_profile_shapes():
 PROFILE = ((1, 1, 16, 16), (2, 1, 16, 16), (8, 1, 16, 16))
 
 
-@pytest.mark.parametrize("version, precision, network, flags", [
-    ("8.6.2.3", "fp32", ["EXPLICIT_BATCH"], []),
-    ("8.6.2.3", "fp16", ["EXPLICIT_BATCH"], ["FP16"]),
-    ("8.5.2.2", "int8", ["EXPLICIT_BATCH"], ["INT8"]),
-    ("10.3.0.30", "fp16", ["STRONGLY_TYPED"], []),
-    ("10.3.0.30", "int8", ["STRONGLY_TYPED"], []),
-    ("11.1.0", "fp16", [], []),
-    ("11.1.0", "int8", [], []),
+@pytest.mark.parametrize("version, precision, network, flags, islands", [
+    ("8.6.2.3", "fp32", ["EXPLICIT_BATCH"], [], False),
+    ("8.6.2.3", "fp16", ["EXPLICIT_BATCH"], ["FP16", "OBEY_PRECISION_CONSTRAINTS"], True),
+    ("8.5.2.2", "fp16", ["EXPLICIT_BATCH"], ["FP16", "OBEY_PRECISION_CONSTRAINTS"], True),
+    ("8.5.2.2", "int8", ["EXPLICIT_BATCH"], ["INT8"], False),
+    ("10.3.0.30", "fp16", ["STRONGLY_TYPED"], [], False),
+    ("10.3.0.30", "int8", ["STRONGLY_TYPED"], [], False),
+    ("11.1.0", "fp16", [], [], False),
+    ("11.1.0", "int8", [], [], False),
 ])
-def test_tensorrt_plan_per_version(version, precision, network, flags):
+def test_tensorrt_plan_per_version(version, precision, network, flags, islands):
     plan = B.plan_tensorrt_build(version, precision, "image", PROFILE)
     assert plan.network_flags == network
     assert plan.builder_flags == flags
+    assert plan.fp32_islands is islands  # TensorRT 8.x fp16 only: strong typing keeps them elsewhere
+    assert plan.cleared_flags == ["TF32"]  # "fp32" means fp32, in every release
     assert plan.strongly_typed == (int(version.split(".")[0]) >= 10)
     assert plan.profile == PROFILE and plan.input_name == "image"
 
 
+def test_tf32_stays_on_only_when_asked_for():
+    assert B.plan_tensorrt_build("10.3.0", "fp32", "image", PROFILE, allow_tf32=True).cleared_flags == []
+    assert B.plan_tensorrt_build("8.6.1", "fp32", "image", PROFILE).cleared_flags == ["TF32"]
+
+
+FIXED = ((4, 1, 16, 16),) * 3
+
+
 def test_tensorrt_plan_options():
-    plan = B.plan_tensorrt_build("10.3.0", "fp16", "image", PROFILE, workspace_mib=256,
+    plan = B.plan_tensorrt_build("10.3.0", "fp16", "image", FIXED, workspace_mib=256,
                                  timing_cache=Path("orin.cache"), dla_core=1, version_compatible=True)
     assert plan.workspace_bytes == 256 * 1024 * 1024
     assert plan.timing_cache == "orin.cache"
     assert plan.dla_core == 1 and plan.version_compatible
     assert plan.builder_flags == ["GPU_FALLBACK", "VERSION_COMPATIBLE"]
-    assert any("DLA takes no dynamic shapes" in n for n in plan.notes)
-    fixed = ((4, 1, 16, 16),) * 3
-    assert B.plan_tensorrt_build("10.3.0", "int8", "image", fixed, dla_core=0).notes == []
+    assert plan.notes == ["DLA core 1 with GPU fallback: layers DLA cannot run go to the GPU; "
+                          "TensorRT's build log names them"]
+    assert B.plan_tensorrt_build("10.3.0", "int8", "image", PROFILE).notes == []
     with pytest.raises(BadInputError, match="DLA runs fp16 and int8 only"):
-        B.plan_tensorrt_build("10.3.0", "fp32", "image", PROFILE, dla_core=0)
+        B.plan_tensorrt_build("10.3.0", "fp32", "image", FIXED, dla_core=0)
     with pytest.raises(BadInputError, match="--version-compatible needs TensorRT 8.6 or later; this is 8.5.2"):
         B.plan_tensorrt_build("8.5.2", "fp16", "image", PROFILE, version_compatible=True)
     with pytest.raises(BadInputError, match="--workspace 0"):
         B.plan_tensorrt_build("10.3.0", "fp16", "image", PROFILE, workspace_mib=0)
     with pytest.raises(MissingDependencyError, match="TensorRT 8.2.1 is too old"):
         B.plan_tensorrt_build("8.2.1", "fp16", "image", PROFILE)
+    with pytest.raises(BadInputError, match="--dla-core -1 must be a core number"):
+        B.plan_tensorrt_build("10.3.0", "fp16", "image", FIXED, dla_core=-1)
+
+
+@pytest.mark.parametrize("profile", [PROFILE, ((1, 1, 16, 16), (4, 1, 16, 16), (4, 1, 16, 16)),
+                                     ((4, 1, 16, 16), (4, 1, 16, 16), (8, 1, 16, 16))])
+def test_dla_refuses_a_dynamic_batch_instead_of_building_a_gpu_engine(profile):
+    with pytest.raises(BadInputError) as err:
+        B.plan_tensorrt_build("8.5.2.2", "int8", "image", profile, dla_core=0)
+    lo, opt, hi = (s[0] for s in profile)
+    assert f"DLA takes no dynamic shapes, but batch {lo}..{hi} (opt {opt}) was asked for" in str(err.value)
+    assert f"--min-batch {hi} --opt-batch {hi} --max-batch {hi}" in err.value.hint
+
+
+def test_dla_with_a_fixed_batch_on_every_jetpack_release():
+    for version in ("8.5.2.2", "10.3.0.30", "11.1.0"):
+        for precision in ("fp16", "int8"):
+            plan = B.plan_tensorrt_build(version, precision, "image", FIXED, dla_core=0)
+            assert plan.dla_core == 0 and "GPU_FALLBACK" in plan.builder_flags
+
+
+def test_tensorrt8_refuses_opsets_its_parser_does_not_document():
+    B.check_tensorrt_opset("8.6.1", 17)
+    B.check_tensorrt_opset("10.3.0", 20)
+    B.check_tensorrt_opset("11.1.0", 20)
+    B.check_tensorrt_opset("8.5.2", None)  # no declared opset: the parser's own error applies
+    with pytest.raises(IncompatibleModelError) as err:
+        B.check_tensorrt_opset("8.5.2.2", 18, source="m.onnx")
+    assert "ONNX opset 18; the TensorRT 8.5.2.2 ONNX parser documents opsets up to 17" in str(err.value)
+    assert err.value.exit_code == 4 and "--opset 17" in err.value.hint
+    # what export writes by default (the CLI's and export_model's opset) builds on TensorRT 8.x
+    import inspect
+
+    from covidedge.export import export_model
+    from covidedge.export.onnx import DEFAULT_OPSET
+
+    assert inspect.signature(export_model).parameters["opset"].default == DEFAULT_OPSET
+    B.check_tensorrt_opset("8.5.2.2", DEFAULT_OPSET)
+
+
+def test_graph_opset_reads_the_default_domain():
+    from onnx import helper
+
+    graph = helper.make_graph([], "g", [], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("com.microsoft", 1),
+                                                    helper.make_opsetid("", 19)])
+    assert B.graph_opset(model) == 19
+    assert B.graph_opset(helper.make_model(graph, opset_imports=[helper.make_opsetid("x", 1)])) is None
+
+
+def test_fp32_islands_are_the_layers_the_parser_typed_float():
+    layers = [("cast_in", ["HALF"]), ("conv", ["DataType.HALF"]), ("shape", ["INT32"]),
+              ("cast_out", ["FLOAT"]), ("gap", ["FLOAT"]), ("softmax", ["DataType.FLOAT"]),
+              ("topk", ["FLOAT", "INT32"]), ("empty", [])]
+    assert B.fp32_island_layers(layers) == [3, 4, 5]
 
 
 def test_tensorrt_errors_become_one_line():
@@ -153,7 +222,9 @@ def test_tensorrt_errors_become_one_line():
 
 def test_default_engine_paths():
     assert B.default_engine_path("runs/cls/best.pt", "fp16", "tensorrt", tensorrt_version="10.3.0.30",
-                                 compute_capability="8.7") == Path("build/best.fp16.trt10.3.sm87.engine")
+                                 compute_capability="8.7") == Path("build/cls-best.fp16.trt10.3.sm87.engine")
+    # two runs' best.pt get two engines, not one that the second build overwrites
+    assert B.default_engine_path("runs/seg/best.pt", "fp32", "onnxruntime") == Path("build/seg-best.fp32.ort.onnx")
     assert B.default_engine_path("exports/cls.int8.onnx", "int8", "onnxruntime") == Path("build/cls.int8.ort.onnx")
     assert B.default_engine_path("cls-fp16.onnx", "fp16", "tensorrt") == Path("build/cls.fp16.trt.engine")
 
@@ -267,6 +338,17 @@ def test_cli_refuses_options_that_do_not_apply(tiny_onnx, tmp_path):
     assert not (tmp_path / "x.engine").exists()
 
 
+def test_cli_allow_tf32_is_a_tensorrt_option(tiny_onnx, tmp_path, capsys):
+    from covidedge.cli.main import main
+
+    src, _ = tiny_onnx("fp32")
+    with pytest.raises(SystemExit) as exit_:
+        main(["build-engine", str(src), "--out", str(tmp_path / "x.engine"), "--backend", "onnxruntime",
+              "--allow-tf32"])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    assert "--allow-tf32 applies to TensorRT engines only" in capsys.readouterr().err
+
+
 def test_cli_help_teaches():
     from covidedge.cli.build_engine import command
 
@@ -299,7 +381,7 @@ def test_build_from_a_checkpoint(tmp_path):
     m = res.manifest
     assert m.precision == "fp16" and m.build_options["from_checkpoint"]
     onnx_path = Path(m.build_options["onnx"])
-    assert onnx_path == (tmp_path / "b" / "cls.fp16.onnx").resolve() and onnx_path.is_file()
+    assert onnx_path == (tmp_path / "b" / "cls.engine.src.onnx").resolve() and onnx_path.is_file()
     assert B.detect_onnx_precision(onnx_path) == "fp16"
     x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(run_onnx(res.engine_path, x)["probabilities"],
@@ -309,7 +391,7 @@ def test_build_from_a_checkpoint(tmp_path):
 @pytest.mark.skipif(not _export_available(), reason="covidedge.export.export_model is not available")
 def test_cli_builds_int8_from_a_checkpoint_with_calibration(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    monkeypatch.chdir(tmp_path)  # the calibration manifest goes to ./calibration/
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     from covidedge.cli.build_engine import command
     from covidedge.data.synth import make_synthetic_dataset
     from covidedge.models.registry import create_model
@@ -330,7 +412,8 @@ def test_cli_builds_int8_from_a_checkpoint_with_calibration(tmp_path, monkeypatc
     assert m.build_options["calib_count"] == 3 and m.build_options["calib_method"] == "minmax"
     cmd = json.loads(res.stdout)["details"]["build_options"]
     assert cmd["calib_data"] == str(data.resolve())
-    assert len(list((tmp_path / "calibration").glob("*.json"))) == 1
+    assert not (tmp_path / "calibration").exists()  # the calibration manifest sits beside the engine
+    assert json.loads((tmp_path / "b" / "cls.int8.engine.calibration.json").read_text())["count"] == 3
     # an ONNX Runtime CPU engine gets the measured-faster unsigned activations by default
     from covidedge.export.precision import inspect_qdq
 
@@ -353,3 +436,33 @@ def test_int8_activations_option_needs_an_int8_checkpoint_build(tmp_path, tiny_o
     with pytest.raises(BadInputError, match="applies to int8 builds, this build is fp32"):
         B.build_engine(src, tmp_path / "a.onnx", int8_activations="uint8", backend="onnxruntime",
                        progress=False)
+
+
+@pytest.mark.skipif(not _export_available(), reason="covidedge.export.export_model is not available")
+def test_two_checkpoints_named_best_get_their_own_engines_and_graphs(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    from covidedge.models.registry import create_model
+    from covidedge.spec import classifier_spec, segmenter_spec
+    from covidedge.train.checkpoint import save_checkpoint
+
+    (tmp_path / "runs" / "cls").mkdir(parents=True)
+    (tmp_path / "runs" / "seg").mkdir(parents=True)
+    save_checkpoint(tmp_path / "runs" / "cls" / "best.pt",
+                    create_model("xception", num_classes=3, width_mult=0.125).eval(),
+                    classifier_spec(input_size=(32, 32), model_kwargs={"width_mult": 0.125}))
+    save_checkpoint(tmp_path / "runs" / "seg" / "best.pt",
+                    create_model("resunet", base_width=4, depth=2).eval(),
+                    segmenter_spec(input_size=(32, 32), model_kwargs={"base_width": 4, "depth": 2}))
+    a = B.build_engine("runs/cls/best.pt", backend="onnxruntime", progress=False)
+    b = B.build_engine("runs/seg/best.pt", backend="onnxruntime", progress=False)
+    assert a.engine_path != b.engine_path
+    assert a.manifest.build_options["onnx"] != b.manifest.build_options["onnx"]
+    assert EngineManifest.read(a.manifest_path).task == "classifier"  # still its own graph
+    assert B.detect_onnx_precision(a.manifest.build_options["onnx"]) == "fp32"
+    # a build whose intermediate would be another engine's source graph is refused
+    victim = Path(a.manifest.build_options["onnx"])
+    before = victim.read_bytes()
+    with pytest.raises(BadInputError, match="which the engine .* was built from"):
+        B.refuse_foreign_file(victim, tmp_path / "build" / "other.engine")
+    assert victim.read_bytes() == before

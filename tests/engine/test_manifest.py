@@ -14,6 +14,7 @@ from covidedge.engine.machine import (parse_cpuinfo, parse_l4t_release, parse_me
                                       parse_nvpmodel, probe_machine)
 from covidedge.engine.manifest import (MANIFEST_FORMAT, EngineManifest, check_compatible, engine_path_for,
                                        load_manifest, manifest_path_for, parse_version, rebuild_command,
+                                       tensorrt_version_difference,
                                        same_release, sha256_file)
 from covidedge.errors import EXIT_INCOMPATIBLE, BadInputError, IncompatibleModelError
 from covidedge.spec import classifier_spec
@@ -131,7 +132,8 @@ def test_version_compatible_engine_allows_later_tensorrt_only(engine):
     assert check_compatible(vc, orin_machine(tensorrt="10.7.0")) == []
     assert check_compatible(vc, orin_machine(tensorrt="11.1.0")) == []
     older = check_compatible(vc, orin_machine(tensorrt="10.1.0"))
-    assert len(older) == 1 and "runs on 10.3.0.30 or later" in older[0]
+    assert len(older) == 1 and "runs on 10.3.0.30 or later 10.x, 11.x), here 10.1.0" in older[0]
+    assert len(check_compatible(vc, orin_machine(tensorrt="10.3.0.26"))) == 1  # an older build
     # the GPU is still binding for a version-compatible plan
     assert any("compute capability" in d for d in check_compatible(vc, orin_machine(gpu_compute_capability="8.6")))
 
@@ -172,6 +174,10 @@ def test_rebuild_command_repeats_the_build(engine):
     assert "--dla-core" not in cmd and "--version-compatible" not in cmd
     cmd_vc = rebuild_command(dataclasses.replace(m, version_compatible=True), path)
     assert "--version-compatible" in cmd_vc
+    cmd_tf32 = rebuild_command(dataclasses.replace(m, build_options={**m.build_options, "allow_tf32": True,
+                                                                      "dla_core": 0}), path)
+    assert "--dla-core 0 --allow-tf32 --backend tensorrt" in cmd_tf32
+    assert "--allow-tf32" not in cmd_vc
 
 
 # -- refusals before deserializing ---------------------------------------------------------------
@@ -246,3 +252,31 @@ def test_probe_machine_is_cheap_and_torch_free():
 
     assert m["onnxruntime"] == onnxruntime.__version__
     assert probe_machine()["onnxruntime"] == onnxruntime.__version__
+
+
+@pytest.mark.parametrize("built, here, version_compatible, allowed", [
+    ("10.3.0.30", "10.3.0.30", False, True),
+    ("10.3.0.30", "10.3.0.26", False, False),   # the build number matters
+    ("10.3.0.30", "10.3.0", False, True),       # a version without one: the parts both have
+    ("10.3.0.30", "10.3.1.2", False, False),
+    ("8.5.2.2", "8.5.2.2", False, True),
+    ("8.6.1.6", "8.6.2.3", True, True),
+    ("8.6.1.6", "8.6.1.2", True, False),
+    ("8.6.1.6", "10.3.0.30", True, True),       # 8 -> 10
+    ("8.6.1.6", "11.1.0", True, False),         # never two majors at once
+    ("10.3.0.30", "11.1.0.106", True, True),    # 10 -> 11
+    ("10.3.0.30", "10.16.1.11", True, True),
+    ("10.16.1.11", "10.3.0.30", True, False),   # never backwards
+    ("11.1.0.106", "10.16.1.11", True, False),
+    ("11.1.0.106", "12.0.0", True, False),      # no step beyond 11 is documented
+    ("10.3.0.30", "10.16.1.11", False, False),
+])
+def test_tensorrt_version_rule(built, here, version_compatible, allowed):
+    why = tensorrt_version_difference(built, here, version_compatible)
+    assert (why is None) == allowed, why
+    if why is not None:
+        assert why.startswith("TensorRT version: engine") and why.endswith(f"here {here}")
+
+
+def test_unreadable_tensorrt_version_is_a_difference():
+    assert "cannot be read" in tensorrt_version_difference("10.3.0", "dev", True)

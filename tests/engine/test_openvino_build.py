@@ -50,4 +50,4 @@ def test_openvino_manifest_compatibility():
 
 def test_openvino_int8_from_a_graph_keeps_signed_activations():
     assert B.resolve_int8_activations("auto", "openvino") == "int8"
-    assert B.default_engine_path("runs/cls/best.pt", "int8", "openvino").name == "best.int8.ov.onnx"
+    assert B.default_engine_path("runs/cls/best.pt", "int8", "openvino").name == "cls-best.int8.ov.onnx"

@@ -58,6 +58,9 @@ def test_engine_matches_onnxruntime(build, precision, task):
     src, res = build(precision, task)
     m = res.manifest
     assert res.backend == "tensorrt" and m.backend_version == trt.__version__
+    check = m.build_options["verification"]  # the build ran the plan against ONNX Runtime
+    assert check["batch"] == 2 and check["max_abs_diff"]["probabilities"] <= ATOL[precision]
+    assert m.build_options["allow_tf32"] is False
     assert m.precision == precision and m.device["gpu"] and m.device["gpu_compute_capability"]
     assert [i["name"] for i in m.inputs] == ["image"] and m.inputs[0]["shape"][0] == -1
     runner = load(res.engine_path)
@@ -89,9 +92,19 @@ def test_timing_cache_is_written_and_reused(build, tmp_path):
     assert res.manifest.build_options["timing_cache"] == str(cache.resolve())
 
 
+def _tensorrt_version():
+    import tensorrt as trt
+
+    from covidedge.engine.manifest import parse_version
+
+    return parse_version(trt.__version__)
+
+
 def test_version_compatible_engine_loads(build):
     from covidedge.runtime import load
 
+    if _tensorrt_version()[:2] < (8, 6):
+        pytest.skip("version-compatible engines need TensorRT 8.6 or later (JetPack 5 has 8.5)")
     _, res = build("fp32", version_compatible=True, max_batch=2)
     assert res.manifest.version_compatible
     with load(res.engine_path) as runner:
@@ -122,3 +135,43 @@ def test_tampered_engine_is_refused_before_tensorrt(build):
     res.engine_path.write_bytes(data[:-16])
     with pytest.raises(IncompatibleModelError, match="truncated"):
         load(res.engine_path)
+
+
+# -- what 'covidedge export' writes, through the real converters ---------------------------------
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    pytest.importorskip("torch", reason="exporting a model needs torch")
+    from tests.engine.exported_graphs import exported_graphs
+
+    return exported_graphs(tmp_path_factory)
+
+
+@pytest.mark.parametrize("kind", ["fp16", "int8-tensorrt"])
+def test_exported_graph_builds_runs_and_reuses_its_timing_cache(exported, kind, tmp_path):
+    """The fp16 converter's and the TensorRT-placement int8 quantizer's output of a small
+    exported segmenter: built with a timing cache, built again from it, run, two runners at
+    once, deactivated and activated again."""
+    from covidedge.engine.build import TENSORRT_SELF_CHECK_ATOL, build_engine
+    from covidedge.runtime import load
+    from tests.engine.conftest import run_onnx
+
+    src = exported["segmenter"][kind]
+    cache = tmp_path / "gpu.cache"
+    first = build_engine(src, tmp_path / "a.engine", backend="tensorrt", timing_cache=cache, min_batch=1,
+                         opt_batch=2, max_batch=4, progress=False)
+    size = cache.stat().st_size
+    assert size > 0
+    second = build_engine(src, tmp_path / "b.engine", backend="tensorrt", timing_cache=cache, min_batch=1,
+                          opt_batch=2, max_batch=4, progress=False)
+    assert cache.stat().st_size == size  # every tactic came from the cache: nothing new was timed
+    assert not any("timing cache" in n for n in second.manifest.build_options["notes"])
+    x = np.random.default_rng(5).random((3, 1, 64, 64), dtype=np.float32)
+    ref = run_onnx(src, x)
+    a, b = load(first.engine_path), load(second.engine_path)
+    with a, b:  # two runners on one device at once share its primary context
+        for runner in (a, b):
+            np.testing.assert_allclose(runner.infer(x)["probabilities"], ref["probabilities"],
+                                       atol=TENSORRT_SELF_CHECK_ATOL[kind[:4]])
+    for _ in range(2):  # deactivate / activate cycles leave the context stack as they found it
+        with a:
+            assert a.infer(x[:1])["probabilities"].shape == (1, 2, 64, 64)

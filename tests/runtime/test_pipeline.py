@@ -222,6 +222,25 @@ def test_out_dir_writes_masks_and_overlay_with_unique_names(pipe, tmp_path):
     assert r.to_dict()["outputs"]["overlay"].endswith("same_overlay.png")
 
 
+def test_results_stream_out_one_by_one_within_a_batch(pipe, tmp_path):
+    for i in range(3):
+        Image.fromarray(np.roll(xray(48, 40), i, axis=1)).save(tmp_path / f"s{i}.png")
+    out = tmp_path / "out"
+    stream = pipe.predict_many([tmp_path / f"s{i}.png" for i in range(3)], batch_size=3, out_dir=out)
+    first = next(stream)
+    # the first image of the batch is finished and on disk before the others are postprocessed
+    assert first.ok and first.source.endswith("s0.png")
+    assert sorted(p.name for p in out.iterdir()) == ["s0_infection.png", "s0_lungs.png", "s0_overlay.png"]
+    assert [r.source[-6:] for r in stream] == ["s1.png", "s2.png"]
+
+
+def test_batch_size_is_bounded(models):
+    from covidedge.runtime.pipeline import MAX_BATCH
+
+    with pytest.raises(BadInputError, match=f"batch size {MAX_BATCH + 1} is above {MAX_BATCH} images"):
+        Pipeline(classifier=models[0], batch_size=MAX_BATCH + 1)
+
+
 def test_no_overlay_writes_masks_only(pipe, tmp_path):
     pipe.predict(xray(), out_dir=tmp_path, overlay=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image_0_infection.png", "image_0_lungs.png"]

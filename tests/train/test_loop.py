@@ -176,7 +176,10 @@ def test_bad_options_fail_before_any_work(data_root, tmp_path):
         train_classifier(data_root, tmp_path / "c", **{**CLS, "epochs": 0})
     with pytest.raises(BadInputError, match="drop-rate"):
         train_classifier(data_root, tmp_path / "d", **{**CLS, "drop_rate": 1.0})
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    for i, (key, value) in enumerate((("lr", float("nan")), ("lr", float("inf")), ("weight_decay", float("nan")))):
+        with pytest.raises(BadInputError, match=f"{key.replace('_', '-')}=(nan|inf) is invalid"):
+            train_classifier(data_root, tmp_path / f"e{i}", **{**CLS, key: value})
+    assert not any((tmp_path / n).exists() for n in ["a", "b", "c", "d", "e0", "e1", "e2"])
 
 
 @pytest.mark.gpu
@@ -186,3 +189,49 @@ def test_cuda_amp_run(data_root, tmp_path):
     assert read_checkpoint(res.last_checkpoint)["extra"]["device"] == "cuda"
     assert np.isfinite(res.history[0]["train_loss"])
     assert res.metrics["model"]["device"].startswith("cuda")
+
+
+# -- mixed precision -------------------------------------------------------------------------
+def test_resolve_amp_picks_per_device_and_refuses_what_cannot_run(monkeypatch):
+    from covidedge.train import loop
+
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)
+    plan = loop.resolve_amp("auto", "cpu")
+    assert (plan.dtype, plan.channels_last, plan.grad_scaler) == ("bf16", True, False)
+    assert plan.autocast().fast_dtype == torch.bfloat16
+    cuda = loop.resolve_amp("auto", "cuda:0")
+    assert (cuda.dtype, cuda.device_type, cuda.channels_last, cuda.grad_scaler) == ("fp16", "cuda", False, True)
+    off = loop.resolve_amp("off", "cpu")
+    assert (off.dtype, off.enabled, off.channels_last) == ("fp32", False, True)  # NHWC pays on a CPU in fp32 too
+    assert loop.resolve_amp("bf16", "cpu").dtype == "bf16"
+
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    assert loop.resolve_amp("auto", "cpu").dtype == "fp32"  # emulated bf16 is slower than fp32
+    with pytest.raises(BadInputError, match="no native bf16"):
+        loop.resolve_amp("bf16", "cpu")
+    with pytest.raises(BadInputError, match="fp16 needs a CUDA device"):
+        loop.resolve_amp("fp16", "cpu")
+    with pytest.raises(BadInputError, match="not known"):
+        loop.resolve_amp("int8", "cpu")
+
+
+def test_run_records_its_precision_and_may_resume_with_another(data_root, tmp_path):
+    from covidedge.train.loop import cpu_has_bf16, resolve_amp
+
+    out = tmp_path / "amp"
+    part = train_classifier(data_root, out, amp="off", on_epoch_end=lambda rec: rec["epoch"] == 1, **CLS)
+    assert read_checkpoint(part.last_checkpoint)["extra"]["amp"] == resolve_amp("off", "cpu").to_dict()
+    done = train_classifier(data_root, out, amp="auto", resume=True, **CLS)
+    extra = read_checkpoint(done.last_checkpoint)["extra"]
+    assert extra["amp"]["mode"] == "auto"
+    assert extra["amp"]["dtype"] == ("bf16" if cpu_has_bf16() else "fp32")
+    assert all(np.isfinite(e["train_loss"]) for e in done.history)
+
+
+@pytest.mark.skipif(not __import__("covidedge.train.loop", fromlist=["x"]).cpu_has_bf16(),
+                    reason="this CPU has no native bf16 (AVX512-BF16 / AMX), so the bf16 path is refused here")
+def test_bf16_segmenter_step_keeps_fp32_weights_and_losses(data_root, tmp_path):
+    res = train_segmenter(data_root, tmp_path / "bf16", amp="bf16", loss="bce_dice", **{**SEG, "epochs": 1})
+    state = read_checkpoint(res.last_checkpoint)["state_dict"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    assert np.isfinite(res.history[0]["train_loss"]) and 0.0 <= res.history[0]["val_dice_mean"] <= 1.0

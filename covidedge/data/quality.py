@@ -1,0 +1,73 @@
+"""Input quality check: flags for images no chest X-ray model should be trusted on.
+
+A decoded gray image (float in [0, 1], as :func:`covidedge.data.imageio.read_gray` returns) is
+checked for three things, each a flag named in :data:`QUALITY_FLAGS`:
+
+* ``constant``: the brightest and darkest pixels differ by less than ``min_range`` (default
+  1/255, one 8-bit level): a blank, black or white image carries no anatomy.
+* ``tiny``: the shorter side is under ``min_side`` px (default 64): upsampled to the model's
+  input it is mostly interpolation.
+* ``extreme_aspect_ratio``: the longer side is more than ``max_aspect`` (default 4) times the
+  shorter one: a strip, not a chest radiograph (which is close to square).
+
+The check only reports; callers decide whether a flagged image is a warning on its result or a
+refusal (``--strict``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from covidedge.errors import BadInputError
+
+#: The flags, in the order :func:`check_quality` reports them.
+QUALITY_FLAGS: Tuple[str, ...] = ("constant", "tiny", "extreme_aspect_ratio")
+#: Default thresholds: one 8-bit gray level, 64 px, 4:1.
+MIN_RANGE = 1.0 / 255.0
+MIN_SIDE_PX = 64
+MAX_ASPECT = 4.0
+
+#: What each flag means, for human-readable output.
+FLAG_MEANINGS: Dict[str, str] = {
+    "constant": "the image is blank (all pixels within one gray level)",
+    "tiny": "the image is too small to show a chest",
+    "extreme_aspect_ratio": "the image is a strip, far from a chest radiograph's proportions",
+}
+
+
+def check_quality(gray, *, min_range: float = MIN_RANGE, min_side: int = MIN_SIDE_PX,
+                  max_aspect: float = MAX_ASPECT) -> List[str]:
+    """Flags (a sublist of :data:`QUALITY_FLAGS`, in that order) for a 2-D gray image.
+
+    ``gray`` is an ``H x W`` array (float in [0, 1], or integer samples: only its range
+    relative to ``min_range`` in the same units matters). An empty list means no concern.
+    """
+    arr = np.asarray(gray)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise BadInputError(f"image for the quality check has shape {arr.shape}, expected a "
+                            "non-empty H x W gray image")
+    if not (min_range >= 0 and min_side >= 1 and max_aspect >= 1):
+        raise BadInputError(f"quality thresholds min_range={min_range}, min_side={min_side}, "
+                            f"max_aspect={max_aspect} are invalid; expected min_range >= 0, "
+                            "min_side >= 1, max_aspect >= 1")
+    flags: List[str] = []
+    if float(arr.max()) - float(arr.min()) < min_range:
+        flags.append("constant")
+    h, w = arr.shape
+    short, long = min(h, w), max(h, w)
+    if short < min_side:
+        flags.append("tiny")
+    if long > max_aspect * short:
+        flags.append("extreme_aspect_ratio")
+    return flags
+
+
+def describe_flags(flags) -> str:
+    """One line for human output, e.g. ``"constant: the image is blank (...); tiny: ..."``."""
+    return "; ".join(f"{f}: {FLAG_MEANINGS.get(f, f)}" for f in flags)
+
+
+__all__ = ["FLAG_MEANINGS", "MAX_ASPECT", "MIN_RANGE", "MIN_SIDE_PX", "QUALITY_FLAGS",
+           "check_quality", "describe_flags"]
