@@ -323,7 +323,8 @@ def evaluate(model, data_root, split: str = "Val", *, batch_size: int = 16,
     Runner, active or not) on ``split`` of the COVID-QU-Ex folder ``data_root``.
 
     ``limit_per_class`` takes at most that many images per class, chosen from ``seed`` exactly
-    as training does; ``threshold`` turns segmenter probabilities into masks (>= threshold).
+    as training does; ``threshold`` turns segmenter probabilities into masks with the rule
+    ``infer`` uses (covidedge.runtime.postprocess: probability > threshold), at the model's size.
     A split without images of some class is refused (DatasetError) unless
     ``allow_missing_classes``; the report's settings then list them as ``missing_classes``.
     """
@@ -422,6 +423,8 @@ def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_out
     size = tuple(spec.input_size)
     acc = SegmentationAccumulator()
     packed: List[np.ndarray] = []
+    from covidedge.runtime.postprocess import probabilities_to_mask
+
     bar = _bar(len(samples), f"evaluate {samples[0].split}", progress)
     for a, b in _batches(len(samples), bs):
         chunk = samples[a:b]
@@ -432,7 +435,7 @@ def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_out
             raise IncompatibleModelError(
                 f"output '{spec.output_names[1]}' has shape {p.shape}, expected "
                 f"({b - a}, {len(labels)}, {size[0]}, {size[1]})", path=runner.source)
-        masks = p >= threshold
+        masks = probabilities_to_mask(p, threshold)  # the rule infer uses (> threshold)
         for s, m in zip(chunk, masks):
             true_lungs = resize_mask(read_mask(s.lung_mask, image=s.image), size)
             true_inf = (resize_mask(read_mask(s.infection_mask, image=s.image), size)

@@ -268,9 +268,9 @@ def _postprocess(spec, out: Dict[str, np.ndarray], original_hw, threshold: float
     if spec.task == "classifier":
         idx = int(np.argmax(probs[0]))
         return spec.labels[idx], float(probs[0, idx])
-    from covidedge.data.preprocess import resize_mask
+    from covidedge.runtime.postprocess import probabilities_to_mask
 
-    return [resize_mask(probs[0, c] > threshold, tuple(original_hw)) for c in range(probs.shape[1])]
+    return [probabilities_to_mask(probs[0, c], threshold, tuple(original_hw)) for c in range(probs.shape[1])]
 
 
 def _pipeline_stage_times(result) -> Dict[str, float]:

@@ -131,4 +131,4 @@ def _build_defaults(out, as_json: bool) -> None:
     width = max(len(str(e.engine)) for e in built)
     for e in built:
         click.echo(f"{e.status:<7}  {str(e.engine):<{width}}  {e.task} {e.model}, {e.backend} {e.flavour}")
-    click.echo(f"'covidedge infer IMAGE' and 'covidedge bench' now use these engines", err=True)
+    click.echo("'covidedge infer IMAGE' and 'covidedge bench' now use these engines", err=True)

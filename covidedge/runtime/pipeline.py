@@ -22,7 +22,6 @@ import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
-from PIL import Image
 
 from covidedge.data.preprocess import PREPROCESSING_ID, as_gray, resize_gray
 from covidedge.data.quality import check_quality, describe_flags
@@ -30,6 +29,7 @@ from covidedge.errors import (EXIT_RUNTIME, BadInputError, CovidEdgeError, Incom
                               RuntimeFailure)
 from covidedge.metrics import infected_fraction, lung_fraction
 from covidedge.runtime.base import Runner
+from covidedge.runtime.postprocess import probabilities_to_mask
 from covidedge.runtime.results import STAGES, Failure, OutputNamer, Prediction, Result
 from covidedge.spec import MASK_CHANNELS
 
@@ -228,12 +228,6 @@ def _check_threshold(threshold) -> float:
     return t
 
 
-def _upsample_probabilities(prob: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an ``h x w`` probability map to ``size = (H, W)`` (Pillow mode F)."""
-    if prob.shape == tuple(size):
-        return prob
-    img = Image.fromarray(np.ascontiguousarray(prob, dtype=np.float32))
-    return np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,8 +393,8 @@ class Pipeline:
                 raise RuntimeFailure("segmenter output contains NaN or infinite values",
                                      path=it.source, hint="check the model and the image")
             idx, t = self.segmenter.channel_index, self.segmenter.threshold
-            lungs = _upsample_probabilities(p[idx["lungs"]], (h, w)) > t
-            infection = _upsample_probabilities(p[idx["infection"]], (h, w)) > t
+            lungs = probabilities_to_mask(p[idx["lungs"]], t, (h, w))
+            infection = probabilities_to_mask(p[idx["infection"]], t, (h, w))
             pred.lung_mask, pred.infection_mask = lungs, infection
             pred.lung_fraction = lung_fraction(lungs)
             pred.infected_fraction = infected_fraction(infection, lungs)

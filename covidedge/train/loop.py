@@ -287,8 +287,6 @@ class _ClassifierTask:
         return torch.nn.CrossEntropyLoss(weight=torch.as_tensor(self.weights, device=device))
 
     def augment_and_loss(self, model, batch, aug, gen, crit, device, amp):
-        import torch
-
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         x, _ = aug(x, None, generator=gen)
         with amp.autocast():
@@ -337,8 +335,6 @@ class _SegmenterTask:
         return get_loss(self.o["loss"], **(self.o["loss_params"] or {})).to(device)
 
     def augment_and_loss(self, model, batch, aug, gen, crit, device, amp):
-        import torch
-
         x = batch[0].to(device, non_blocking=True)
         m = batch[1].to(device, non_blocking=True)
         x, m = aug(x, m, generator=gen)
