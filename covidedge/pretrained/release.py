@@ -157,11 +157,19 @@ def _parameters(ck) -> int:
 
 
 def _update_index(path: Path, row: Dict[str, Any]) -> None:
-    doc = json.loads(path.read_text()) if path.is_file() else {"models": []}
-    models: List[Dict[str, Any]] = [m for m in doc["models"] if m["name"] != row["name"]]
-    models.append(row)
-    models.sort(key=lambda m: 0 if m["task"] == "classifier" else 1)
-    path.write_text(json.dumps({"models": models}, indent=1, sort_keys=True) + "\n")
+    """Add or replace ``row`` in models.json (under a file lock: two releases may finish together)."""
+    import fcntl
+
+    from covidedge.fileio import write_atomic
+
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text()) if path.is_file() else {"models": []}
+        models: List[Dict[str, Any]] = [m for m in doc["models"] if m["name"] != row["name"]]
+        models.append(row)
+        models.sort(key=lambda m: 0 if m["task"] == "classifier" else 1)
+        write_atomic(path, (json.dumps({"models": models}, indent=1, sort_keys=True) + "\n").encode())
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
 
 def _pct(v, nd=2) -> str:
