@@ -58,7 +58,7 @@ def build_classifier(folder: Path, width_mult: float, size: int) -> Path:
     from covidedge.export import export_model
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec
-    from covidedge.train.checkpoint import save_checkpoint
+    from covidedge.formats.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     spec = classifier_spec(input_size=(size, size), model_kwargs={"width_mult": width_mult})

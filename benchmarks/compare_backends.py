@@ -97,7 +97,7 @@ def eager_variant(ckpt: Path, spec, device: str, threads: Optional[int] = None) 
     import torch
 
     from covidedge.models.registry import InferenceWrapper
-    from covidedge.train.checkpoint import load_checkpoint
+    from covidedge.formats.checkpoint import load_checkpoint
 
     model, _, _ = load_checkpoint(ckpt, device=device)
     net = InferenceWrapper(model, spec.task).to(device).eval()
@@ -222,7 +222,7 @@ def make_checkpoint(key: str, out: Path, args) -> ModelCase:
     given = args.classifier_ckpt if key == "classifier" else args.segmenter_ckpt
     size = args.image_size
     if given:
-        from covidedge.train.checkpoint import read_checkpoint
+        from covidedge.formats.checkpoint import read_checkpoint
 
         spec = read_checkpoint(given)["spec"]
         kw = spec.get("model_kwargs") or {}
@@ -234,7 +234,7 @@ def make_checkpoint(key: str, out: Path, args) -> ModelCase:
 
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec, segmenter_spec
-    from covidedge.train.checkpoint import save_checkpoint
+    from covidedge.formats.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     if key == "classifier":
@@ -308,7 +308,7 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
     from covidedge.engine.build import build_engine
     from covidedge.runtime import load
     from covidedge.runtime.available import available_backends
-    from covidedge.train.checkpoint import read_checkpoint
+    from covidedge.formats.checkpoint import read_checkpoint
 
     from covidedge.spec import ModelSpec
 

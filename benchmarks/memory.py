@@ -121,7 +121,7 @@ def build_classifier(folder: Path) -> Path:
     from covidedge.export import export_model
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec
-    from covidedge.train.checkpoint import save_checkpoint
+    from covidedge.formats.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     spec = classifier_spec(input_size=(256, 256), model_kwargs={"width_mult": 0.25})

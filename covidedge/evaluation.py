@@ -329,7 +329,7 @@ def evaluate(model, data_root, split: str = "Val", *, batch_size: int = 16,
     ``allow_missing_classes``; the report's settings then list them as ``missing_classes``.
     """
     from covidedge.data.covidqu import CLASSES, CovidQuDataset
-    from covidedge.train.datasets import select_samples
+    from covidedge.data.covidqu import select_samples
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BadInputError(f"batch-size={batch_size!r} is invalid; expected a positive integer")

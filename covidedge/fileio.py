@@ -1,8 +1,8 @@
-"""Small file helpers every layer may use: atomic writes and sha256 of a file."""
+"""Small file helpers every layer may use: atomic writes (a file's sha256 is
+covidedge.export.onnx.file_sha256)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Union
@@ -26,13 +26,4 @@ def write_atomic(path: PathLike, data: bytes) -> Path:
     return path
 
 
-def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-__all__ = ["write_atomic", "sha256_of"]
+__all__ = ["write_atomic"]

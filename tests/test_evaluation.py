@@ -242,7 +242,7 @@ def test_checkpoint_and_its_onnx_export_agree(data_root, samples, tmp_path):
     torch = pytest.importorskip("torch")
     from covidedge.export.onnx import export_onnx
     from covidedge.models.registry import create_model
-    from covidedge.train.checkpoint import save_checkpoint
+    from covidedge.formats.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("xception", width_mult=0.125).eval()

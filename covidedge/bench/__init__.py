@@ -106,7 +106,7 @@ def _backend_of(path: str, backend: str) -> str:
         return "torch"
     if kind == "onnx":
         return "onnxruntime"
-    from covidedge.engine.manifest import load_manifest
+    from covidedge.formats.manifest import load_manifest
 
     return load_manifest(path, check=False, verify=False).backend
 

@@ -182,11 +182,11 @@ _BACKEND_KEYS = ("onnxruntime", "tensorrt", "pycuda", "torch", "openvino", "nump
 
 
 def machine_summary(machine: Dict[str, Any]) -> List[str]:
-    """Readable lines about the machine from covidedge.engine.machine.probe_machine()'s dict
+    """Readable lines about the machine from covidedge.machine.probe_machine()'s dict
     (plus ``machine_extras()``): CPU model and cores, memory, GPU name / clocks / memory, backend
     versions, Jetson power mode. Keys it does not know are listed as they are."""
     if not machine:
-        return ["unknown (covidedge.engine.machine is not available)"]
+        return ["unknown (covidedge.machine is not available)"]
     lines = []
     for key, label in _MACHINE_ORDER:
         v = machine.get(key)
@@ -301,7 +301,7 @@ class BenchReport:
 
     @classmethod
     def for_this_machine(cls, **kw) -> "BenchReport":
-        """An empty report whose ``machine`` is probed now (covidedge.engine.machine)."""
+        """An empty report whose ``machine`` is probed now (covidedge.machine)."""
         return cls(machine=probe_machine_safely(), **kw)
 
     # -- outputs --------------------------------------------------------------------------------
@@ -424,9 +424,9 @@ class BenchReport:
 
 
 def probe_machine_safely() -> Dict[str, Any]:
-    """covidedge.engine.machine.probe_machine(), or {} when that module is not available."""
+    """covidedge.machine.probe_machine(), or {} when that module is not available."""
     try:
-        from covidedge.engine.machine import probe_machine
+        from covidedge.machine import probe_machine
     except ImportError:
         return {}
     try:

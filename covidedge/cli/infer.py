@@ -192,7 +192,7 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
 
     labels = pipe.labels
     try:
-        from covidedge.engine.manifest import manifest_path_for
+        from covidedge.formats.manifest import manifest_path_for
 
         models = [Path(m) for m in (classifier, segmenter) if m]
         writer = open_results_writer(results_path, labels, fmt="jsonl" if fmt == "json" else None,

@@ -21,7 +21,7 @@ def command(as_json):
     """
     facts = available_backends()
     try:
-        from covidedge.engine.machine import probe_machine
+        from covidedge.machine import probe_machine
 
         facts["machine"] = probe_machine()
     except ImportError:

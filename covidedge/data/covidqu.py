@@ -13,13 +13,16 @@ the Train split are listed in milliseconds.
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from covidedge.data.imageio import IMAGE_SUFFIXES
-from covidedge.errors import DatasetError
+from covidedge.errors import BadInputError, DatasetError
 
 #: Class folders, in the order of the classifier's outputs.
 CLASSES: Tuple[str, ...] = ("COVID-19", "Non-COVID", "Normal")
@@ -339,7 +342,32 @@ class CovidQuDataset:
         }
 
 
-__all__ = [
+def select_samples(samples: Sequence, limit_per_class: Optional[int] = None, seed: int = 0) -> List:
+    """At most ``limit_per_class`` samples of each label, picked at random but deterministically
+    from ``seed`` (the same seed gives the same images on any machine, whatever the listing
+    order), ordered by label, then by file name in natural order (``covid_2`` before
+    ``covid_10``). ``None`` keeps everything."""
+    ordered = sorted(samples, key=lambda s: (s.label_index, _natural_key(s.name), str(s.image)))
+    if limit_per_class is None:
+        return ordered
+    limit = int(limit_per_class)
+    if limit < 1:
+        raise BadInputError(f"limit_per_class={limit_per_class} is not a positive count",
+                            hint="pass a number >= 1, or no limit")
+    by_label: Dict[int, list] = defaultdict(list)
+    for s in ordered:
+        by_label[s.label_index].append(s)
+    rng = np.random.default_rng(int(seed))
+    keep = []
+    for label_index in sorted(by_label):
+        group = by_label[label_index]
+        if len(group) > limit:
+            pick = np.sort(rng.permutation(len(group))[:limit])
+            group = [group[i] for i in pick]
+        keep.extend(group)
+    return keep
+
+__all__ = ["select_samples", 
     "CLASSES",
     "INFECTION_SUBSET",
     "LAYOUT",

@@ -84,7 +84,7 @@ class AlgorithmInfo:
     def from_pipeline(cls, pipe) -> "AlgorithmInfo":
         """From a :class:`~covidedge.runtime.pipeline.Pipeline` (its classifier and segmenter),
         or a pipeline whose models run elsewhere (no spec, no local file: named by their source)."""
-        from covidedge.engine.manifest import sha256_file
+        from covidedge.formats.manifest import sha256_file
 
         models = []
         for m in pipe.models:

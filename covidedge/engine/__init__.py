@@ -8,11 +8,11 @@ Importing this package is cheap: TensorRT, ONNX Runtime and torch load only when
 _LAZY = {
     "build_engine": "covidedge.engine.build",
     "BuildResult": "covidedge.engine.build",
-    "EngineManifest": "covidedge.engine.manifest",
-    "load_manifest": "covidedge.engine.manifest",
-    "check_compatible": "covidedge.engine.manifest",
-    "manifest_path_for": "covidedge.engine.manifest",
-    "probe_machine": "covidedge.engine.machine",
+    "EngineManifest": "covidedge.formats.manifest",
+    "load_manifest": "covidedge.formats.manifest",
+    "check_compatible": "covidedge.formats.manifest",
+    "manifest_path_for": "covidedge.formats.manifest",
+    "probe_machine": "covidedge.machine",
 }
 
 

@@ -2,7 +2,7 @@
 
 Where TensorRT is installed the result is a TensorRT plan; elsewhere an ONNX Runtime artifact
 (the same graph optimised offline), so every machine can build and run something. Either way
-the engine is written with its manifest (see covidedge.engine.manifest).
+the engine is written with its manifest (see covidedge.formats.manifest).
 
 Precision lives in the ONNX graph (fp16 weights, or int8 Q/DQ nodes). TensorRT >= 10 parses it
 into a strongly typed network, so the graph alone decides the precision; TensorRT 8.5 (JetPack 5)
@@ -28,7 +28,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from covidedge.errors import (BadInputError, IncompatibleModelError, MissingDependencyError,
                               RuntimeFailure)
 from covidedge.runtime.available import module_present
-from covidedge.engine.manifest import (MANIFEST_SUFFIX, EngineManifest, VERSION_COMPATIBLE_SINCE,
+from covidedge.runtime.trt import (TENSORRT_INSTALL_HINT, _severity_name, format_trt_errors,  # noqa: F401
+                                   make_recording_logger)
+from covidedge.formats.manifest import (MANIFEST_SUFFIX, EngineManifest, VERSION_COMPATIBLE_SINCE,
                                        engine_path_for, manifest_path_for, parse_version, sha256_file)
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -62,10 +64,6 @@ ORT_OFFLINE_LEVEL = "extended"
 #: integer kernels. A difference past these is a broken optimisation, not rounding.
 ORT_SELF_CHECK_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 2e-2}
 
-TENSORRT_INSTALL_HINT = (
-    "on a Jetson TensorRT comes with JetPack (sudo apt install nvidia-jetpack, or python3-libnvinfer); "
-    "on an x86 NVIDIA GPU: pip install tensorrt pycuda (NVIDIA's wheels) or NVIDIA's TensorRT "
-    "packages; or build for ONNX Runtime with --backend onnxruntime")
 
 
 # -- result ----------------------------------------------------------------------------------
@@ -343,27 +341,6 @@ def fp32_island_layers(layers: Sequence[Tuple[str, Sequence[str]]]) -> List[int]
     return chosen
 
 
-def format_trt_errors(stage: str, parser_errors: Sequence[str], records: Sequence[Tuple[str, str]],
-                      source: object = None, limit: int = 3) -> str:
-    """One line from TensorRT's parser errors and logged messages (errors first, else warnings)."""
-    def clean(text):
-        return " ".join(str(text).split())
-
-    msgs = [clean(e) for e in parser_errors if clean(e)]
-    errors = [clean(m) for lvl, m in records if lvl in ("internal_error", "error") and clean(m)]
-    warnings = [clean(m) for lvl, m in records if lvl == "warning" and clean(m)]
-    msgs += [m for m in errors if m not in msgs]
-    if not msgs:
-        msgs = warnings[-limit:]
-    if not msgs:
-        detail = "TensorRT logged no error"
-    else:
-        shown = [m if len(m) <= 300 else m[:297] + "..." for m in msgs[:limit]]
-        detail = " | ".join(shown) + (f" (+{len(msgs) - limit} more)" if len(msgs) > limit else "")
-    where = f" {source}" if source is not None else ""
-    return f"TensorRT could not {stage}{where}: {detail}"
-
-
 def _strip_precision(stem: str) -> str:
     return re.sub(r"([._-](fp32|fp16|int8))+$", "", stem)
 
@@ -461,29 +438,6 @@ def _calibration_sha(meta: Dict[str, str], calibration=None) -> Optional[str]:
 def _progress(enabled: bool, text: str) -> None:
     if enabled:
         print(text, file=sys.stderr, flush=True)
-
-
-def _severity_name(severity) -> str:
-    name = getattr(severity, "name", None) or str(severity).rsplit(".", 1)[-1]
-    return name.lower()
-
-
-def make_recording_logger(trt, keep: str = "warning"):
-    """A TensorRT logger that keeps errors and warnings (for error messages) instead of printing."""
-    order = ["internal_error", "error", "warning", "info", "verbose"]
-    limit = order.index(keep)
-
-    class RecordingLogger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.records: List[Tuple[str, str]] = []
-
-        def log(self, severity, msg):
-            name = _severity_name(severity)
-            if name in order and order.index(name) <= limit:
-                self.records.append((name, str(msg)))
-
-    return RecordingLogger()
 
 
 def _build_tensorrt(onnx_path: Path, plan: TrtBuildPlan):
@@ -792,7 +746,7 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
     unless ``allow_tf32``; a TensorRT engine is self-checked against ONNX Runtime on the same
     graph (:data:`TENSORRT_SELF_CHECK_ATOL`) before its manifest is written."""
     import covidedge
-    from covidedge.engine.machine import describe_device, probe_machine
+    from covidedge.machine import describe_device, probe_machine
 
     t0 = time.perf_counter()
     model = Path(os.fspath(model))

@@ -97,7 +97,7 @@ def _read_record(build_dir: Path) -> Dict[str, Any]:
 
 def _usable(entry: Dict[str, Any], machine: Optional[Dict[str, Any]]) -> Optional[str]:
     """None when the recorded engine may run here unchanged, else why not."""
-    from covidedge.engine.manifest import load_manifest
+    from covidedge.formats.manifest import load_manifest
 
     engine = Path(entry.get("engine", ""))
     if not engine.is_file():
@@ -125,11 +125,8 @@ def _graph_for(model, flavour: str, build_dir: Path, progress: bool) -> Path:
         raise MissingDependencyError(f"shipped model {model.name} has no calibration cache", path=cache,
                                      hint="reinstall covidedge, or build int8 from a checkpoint with --calib-data")
     if flavour == "int8-s8":
-        import inspect
-
-        kw = {"qdq_placement": "tensorrt"} if "qdq_placement" in inspect.signature(quantize_int8).parameters else {}
         return quantize_int8(fp32, dst, None, ranges=cache, activation_type="int8",
-                             symmetric_activations=True, **kw)
+                             symmetric_activations=True, qdq_placement="tensorrt")
     return quantize_int8(fp32, dst, None, ranges=cache, activation_type="uint8", symmetric_activations=False)
 
 
@@ -142,8 +139,8 @@ def build_default_engines(build_dir=DEFAULT_BUILD_DIR, *, rebuild: bool = False,
                           progress: bool = True) -> List[DefaultEngine]:
     """Build (or reuse) the default engines for this machine into ``build_dir``."""
     from covidedge.engine.build import build_engine
-    from covidedge.engine.machine import probe_machine
-    from covidedge.engine.manifest import manifest_path_for
+    from covidedge.machine import probe_machine
+    from covidedge.formats.manifest import manifest_path_for
     from covidedge.fileio import write_atomic
 
     build_dir = Path(os.fspath(build_dir))
@@ -180,7 +177,7 @@ def find_default_engines(build_dir=DEFAULT_BUILD_DIR, machine: Optional[Dict[str
                          ) -> Dict[str, DefaultEngine]:
     """Default engines in ``build_dir`` that were built from the shipped models of this install
     and may run on this machine, one per task (TensorRT int8 before fp16; ONNX Runtime otherwise)."""
-    from covidedge.engine.manifest import manifest_path_for
+    from covidedge.formats.manifest import manifest_path_for
     from covidedge.pretrained import shipped_models
 
     build_dir = Path(os.fspath(build_dir))

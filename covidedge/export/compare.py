@@ -123,7 +123,7 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
     """
     from covidedge.evaluation import evaluate
     from covidedge.export import CALIB_METHODS, export_model, resolve_calibration
-    from covidedge.train.checkpoint import read_checkpoint
+    from covidedge.formats.checkpoint import read_checkpoint
     from covidedge.spec import ModelSpec
 
     methods = list(dict.fromkeys(str(m).lower() for m in methods))

@@ -389,7 +389,7 @@ def export_onnx(checkpoint_path: Union[str, Path], out_path: Union[str, Path], *
     """
     from covidedge import __version__
     from covidedge.models.registry import InferenceWrapper
-    from covidedge.train.checkpoint import checkpoint_sha256, load_checkpoint
+    from covidedge.formats.checkpoint import checkpoint_sha256, load_checkpoint
 
     opset = _check_opset(opset)
     if exporter not in EXPORTERS:
@@ -471,7 +471,7 @@ def reference_outputs_for(checkpoint_path: Union[str, Path],
                           x: np.ndarray) -> Dict[str, np.ndarray]:
     """The torch model's outputs on ``x`` for a checkpoint (used by precision checks)."""
     from covidedge.models.registry import InferenceWrapper
-    from covidedge.train.checkpoint import load_checkpoint
+    from covidedge.formats.checkpoint import load_checkpoint
 
     model, spec, _ = load_checkpoint(checkpoint_path)
     return torch_outputs(InferenceWrapper(model, spec.task).eval(), x)

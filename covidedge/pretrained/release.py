@@ -63,7 +63,7 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
     from covidedge.export.calibration_cache import write_calibration_cache
     from covidedge.export.onnx import export_onnx, file_sha256, spec_from_onnx
     from covidedge.export.precision import convert_fp16, quantize_int8
-    from covidedge.train.checkpoint import read_checkpoint
+    from covidedge.formats.checkpoint import read_checkpoint
 
     def note(msg):
         if progress:
@@ -95,7 +95,7 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
         calib_seconds = time.perf_counter() - t0
         int8_trt = quantize_int8(fp32, tmp / f"{name}.int8-s8.onnx", None, ranges=cache_path,
                                  activation_type="int8", symmetric_activations=True,
-                                 **_trt_placement())
+                                 qdq_placement="tensorrt")
         int8_cpu = quantize_int8(fp32, tmp / f"{name}.int8-u8.onnx", None, ranges=cache_path,
                                  activation_type="uint8", symmetric_activations=False)
 
@@ -140,14 +140,6 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
     _update_index(out_dir / INDEX_FILE, row)
     note(f"released {name}: {compact} ({packed['bytes'] / 1e6:.1f} MB), card {out_dir / (name + '.md')}")
     return row
-
-
-def _trt_placement() -> Dict[str, Any]:
-    import inspect
-
-    from covidedge.export.precision import quantize_int8
-
-    return {"qdq_placement": "tensorrt"} if "qdq_placement" in inspect.signature(quantize_int8).parameters else {}
 
 
 def _parameters(ck) -> int:

@@ -6,6 +6,8 @@ import importlib.metadata
 import importlib.util
 from typing import Dict
 
+from covidedge.machine import module_present  # noqa: F401  (public here too)
+
 
 def _version(*dists: str):
     for d in dists:
@@ -14,14 +16,6 @@ def _version(*dists: str):
         except importlib.metadata.PackageNotFoundError:
             continue
     return None
-
-
-def module_present(name: str) -> bool:
-    """True when ``name`` can be imported (found on the path); nothing is imported."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def available_backends() -> Dict:

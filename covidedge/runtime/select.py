@@ -40,7 +40,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 def classify(path) -> str:
     """'engine', 'onnx' or 'checkpoint' for a model file; BadInputError for anything else."""
-    from covidedge.engine.manifest import MANIFEST_SUFFIX, manifest_path_for
+    from covidedge.formats.manifest import MANIFEST_SUFFIX, manifest_path_for
 
     p = Path(os.fspath(path))
     if p.name.endswith(MANIFEST_SUFFIX):
@@ -131,14 +131,14 @@ def load(path, backend: str = "auto", verbose: bool = False, **options) -> Runne
 
 
 def _load_engine(p: Path, backend: str, options) -> Runner:
-    from covidedge.engine.manifest import (MANIFEST_SUFFIX, engine_path_for, load_manifest, rebuild_command,
+    from covidedge.formats.manifest import (MANIFEST_SUFFIX, engine_path_for, load_manifest, rebuild_command,
                                            require_compatible)
 
     if p.name.endswith(MANIFEST_SUFFIX):
         p = engine_path_for(p)
     manifest = load_manifest(p, check=False)  # reads it and verifies size + sha256 first
     if manifest.backend != "tensorrt":  # ONNX artifacts carry their own spec: it must agree
-        from covidedge.engine.manifest import check_embedded_spec
+        from covidedge.formats.manifest import check_embedded_spec
         from covidedge.runtime.onnxmeta import read_metadata_props
         from covidedge.spec import METADATA_KEY, ModelSpec
 

@@ -30,7 +30,7 @@ def read_checkpoint_spec(path):
     """The ModelSpec stored in a checkpoint (loads the file with torch)."""
     _torch()  # a clear MissingDependencyError where torch is not installed
     from covidedge.spec import ModelSpec
-    from covidedge.train.checkpoint import read_checkpoint
+    from covidedge.formats.checkpoint import read_checkpoint
 
     return ModelSpec.from_dict(read_checkpoint(path)["spec"])
 
@@ -68,7 +68,7 @@ class TorchRunner(Runner):
     def _activate(self) -> None:
         torch = _torch()
         from covidedge.models.registry import InferenceWrapper
-        from covidedge.train.checkpoint import load_checkpoint
+        from covidedge.formats.checkpoint import load_checkpoint
 
         self.device = self._resolve_device(torch)
         model, spec, self.meta = load_checkpoint(self.source, device=str(self.device))

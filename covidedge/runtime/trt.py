@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,10 +36,61 @@ from covidedge.errors import BadInputError, IncompatibleModelError, MissingDepen
 from covidedge.runtime.base import Runner
 
 
+# -- TensorRT glue shared with the builder (covidedge.engine.build) -----------------------
+TENSORRT_INSTALL_HINT = (
+    "on a Jetson TensorRT comes with JetPack (sudo apt install nvidia-jetpack, or python3-libnvinfer); "
+    "on an x86 NVIDIA GPU: pip install tensorrt pycuda (NVIDIA's wheels) or NVIDIA's TensorRT "
+    "packages; or build for ONNX Runtime with --backend onnxruntime")
+
+
+def format_trt_errors(stage: str, parser_errors: Sequence[str], records: Sequence[Tuple[str, str]],
+                      source: object = None, limit: int = 3) -> str:
+    """One line from TensorRT's parser errors and logged messages (errors first, else warnings)."""
+    def clean(text):
+        return " ".join(str(text).split())
+
+    msgs = [clean(e) for e in parser_errors if clean(e)]
+    errors = [clean(m) for lvl, m in records if lvl in ("internal_error", "error") and clean(m)]
+    warnings = [clean(m) for lvl, m in records if lvl == "warning" and clean(m)]
+    msgs += [m for m in errors if m not in msgs]
+    if not msgs:
+        msgs = warnings[-limit:]
+    if not msgs:
+        detail = "TensorRT logged no error"
+    else:
+        shown = [m if len(m) <= 300 else m[:297] + "..." for m in msgs[:limit]]
+        detail = " | ".join(shown) + (f" (+{len(msgs) - limit} more)" if len(msgs) > limit else "")
+    where = f" {source}" if source is not None else ""
+    return f"TensorRT could not {stage}{where}: {detail}"
+
+
+def _severity_name(severity) -> str:
+    name = getattr(severity, "name", None) or str(severity).rsplit(".", 1)[-1]
+    return name.lower()
+
+
+def make_recording_logger(trt, keep: str = "warning"):
+    """A TensorRT logger that keeps errors and warnings (for error messages) instead of printing."""
+    order = ["internal_error", "error", "warning", "info", "verbose"]
+    limit = order.index(keep)
+
+    class RecordingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.records: List[Tuple[str, str]] = []
+
+        def log(self, severity, msg):
+            name = _severity_name(severity)
+            if name in order and order.index(name) <= limit:
+                self.records.append((name, str(msg)))
+
+    return RecordingLogger()
+
+
 def execution_api(tensorrt_version: str) -> str:
     """'tensors' (name-based, execute_async_v3) for TensorRT >= 9, 'bindings' (execute_async_v2)
     for 8.x."""
-    from covidedge.engine.manifest import parse_version
+    from covidedge.formats.manifest import parse_version
 
     ver = parse_version(tensorrt_version)
     return "bindings" if ver and ver[0] < 9 else "tensors"
@@ -63,7 +114,6 @@ def _import_backends():
     try:
         import tensorrt as trt
     except ImportError as exc:
-        from covidedge.engine.build import TENSORRT_INSTALL_HINT
 
         raise MissingDependencyError(f"TensorRT is not installed ({exc})", hint=TENSORRT_INSTALL_HINT) from exc
     try:
@@ -123,7 +173,7 @@ class TrtRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, engine_path, manifest=None, device=0):
-        from covidedge.engine.manifest import load_manifest
+        from covidedge.formats.manifest import load_manifest
 
         path = os.fspath(engine_path)
         if not os.path.isfile(path):
@@ -162,7 +212,6 @@ class TrtRunner(Runner):
 
     # -- life cycle -----------------------------------------------------------------------
     def _activate(self) -> None:
-        from covidedge.engine.build import format_trt_errors, make_recording_logger
 
         trt, cuda = _import_backends()
         self._trt, self._cuda = trt, cuda
@@ -318,7 +367,6 @@ class TrtRunner(Runner):
                 bindings = [int(device[t["name"]]) for t in sorted(self._io, key=lambda t: t["index"])]
                 ok = self._context.execute_async_v2(bindings, stream.handle)
             if not ok:
-                from covidedge.engine.build import format_trt_errors
 
                 raise RuntimeFailure(format_trt_errors("run", [], self._logger.records, source=self.source))
             e_compute.record(stream)

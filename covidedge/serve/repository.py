@@ -81,7 +81,7 @@ def describe_network(path, task: str, backend: Optional[str] = None) -> NetworkS
             "is a training checkpoint; a Triton repository serves engines and ONNX models", path=p,
             hint=f"export it first: covidedge build-engine {p}")
     if kind == "engine":
-        from covidedge.engine.manifest import MANIFEST_SUFFIX, engine_path_for, load_manifest
+        from covidedge.formats.manifest import MANIFEST_SUFFIX, engine_path_for, load_manifest
 
         if p.name.endswith(MANIFEST_SUFFIX):
             p = engine_path_for(p)
@@ -326,7 +326,7 @@ def write_repository(out, classifier=None, segmenter=None, **options) -> Reposit
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        from covidedge.engine.manifest import manifest_path_for
+        from covidedge.formats.manifest import manifest_path_for
 
         for name, c in repo.configs.items():
             folder = tmp / name

@@ -325,7 +325,7 @@ class TritonServer:
 # ---------------------------------------------------------------------------------------------
 def triton_release_for(tensorrt_version: Optional[str]) -> Optional[str]:
     """The NVIDIA Triton container release that ships this TensorRT (major.minor), or None."""
-    from covidedge.engine.manifest import parse_version
+    from covidedge.formats.manifest import parse_version
 
     v = parse_version(tensorrt_version)
     return TRITON_RELEASE_FOR_TENSORRT.get(v[:2]) if len(v) >= 2 else None

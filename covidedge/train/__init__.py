@@ -9,9 +9,9 @@ _LAZY = {
     "train_segmenter": "covidedge.train.loop",
     "study_losses": "covidedge.train.loop",
     "TrainResult": "covidedge.train.loop",
-    "save_checkpoint": "covidedge.train.checkpoint",
-    "load_checkpoint": "covidedge.train.checkpoint",
-    "checkpoint_sha256": "covidedge.train.checkpoint",
+    "save_checkpoint": "covidedge.formats.checkpoint",
+    "load_checkpoint": "covidedge.formats.checkpoint",
+    "checkpoint_sha256": "covidedge.formats.checkpoint",
     "BatchAugment": "covidedge.train.augment",
 }
 

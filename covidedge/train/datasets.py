@@ -17,47 +17,16 @@ the torch-free evaluation code.
 
 from __future__ import annotations
 
-import re
 import sys
-from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
-from covidedge.errors import BadInputError, DatasetError
+from covidedge.data.covidqu import select_samples  # noqa: F401  (public here too, see __all__)
+from covidedge.errors import DatasetError
 
 __all__ = ["select_samples", "class_weights", "CachedImages", "ClassificationDataset",
            "SegmentationDataset"]
-
-
-def _natural(name: str):
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
-
-
-def select_samples(samples: Sequence, limit_per_class: Optional[int] = None, seed: int = 0) -> List:
-    """At most ``limit_per_class`` samples of each label, picked at random but deterministically
-    from ``seed`` (the same seed gives the same images on any machine, whatever the listing
-    order), ordered by label, then by file name in natural order (``covid_2`` before
-    ``covid_10``). ``None`` keeps everything."""
-    ordered = sorted(samples, key=lambda s: (s.label_index, _natural(s.name), str(s.image)))
-    if limit_per_class is None:
-        return ordered
-    limit = int(limit_per_class)
-    if limit < 1:
-        raise BadInputError(f"limit_per_class={limit_per_class} is not a positive count",
-                            hint="pass a number >= 1, or no limit")
-    by_label: Dict[int, list] = defaultdict(list)
-    for s in ordered:
-        by_label[s.label_index].append(s)
-    rng = np.random.default_rng(int(seed))
-    keep = []
-    for label_index in sorted(by_label):
-        group = by_label[label_index]
-        if len(group) > limit:
-            pick = np.sort(rng.permutation(len(group))[:limit])
-            group = [group[i] for i in pick]
-        keep.extend(group)
-    return keep
 
 
 def class_weights(label_indices: Sequence[int], num_classes: int) -> np.ndarray:

@@ -238,7 +238,7 @@ def _log(progress: bool, text: str) -> None:
 
 def _load_splits(data_root, limit_per_class, seed, options=None):
     from covidedge.data.covidqu import CovidQuDataset
-    from covidedge.train.datasets import select_samples
+    from covidedge.data.covidqu import select_samples
 
     ds = CovidQuDataset(data_root)
     for split in ("Train", "Val"):
@@ -400,7 +400,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     import torch
 
     from covidedge.train.augment import BatchAugment
-    from covidedge.train.checkpoint import read_checkpoint, save_checkpoint
+    from covidedge.formats.checkpoint import read_checkpoint, save_checkpoint
 
     t_start = time.perf_counter()
     _check_options(o)

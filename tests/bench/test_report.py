@@ -132,7 +132,7 @@ def test_machine_summary_shows_gpu_and_jetson_facts():
     assert "L4T release: 36.4.0" in lines and "versions: tensorrt 10.3.0" in lines
     assert "GPU clocks: 1300 / 1300 MHz (now / max)" in lines
     assert lines[-1] == "something_new: kept"
-    assert machine_summary({}) == ["unknown (covidedge.engine.machine is not available)"]
+    assert machine_summary({}) == ["unknown (covidedge.machine is not available)"]
 
 
 def test_cpu_isa_and_file_size(tmp_path):

@@ -211,8 +211,8 @@ def test_nan_array_is_a_failure_record_through_the_api(models):
 def test_engine_built_for_another_gpu_is_refused_before_reading_images(tmp_path, capsys):
     """A TensorRT engine whose manifest names an A100: on any other machine (or one without
     TensorRT) infer stops with exit 4 and one line saying what differs, before any image is read."""
-    from covidedge.engine.machine import probe_machine
-    from covidedge.engine.manifest import EngineManifest, manifest_path_for, sha256_file
+    from covidedge.machine import probe_machine
+    from covidedge.formats.manifest import EngineManifest, manifest_path_for, sha256_file
     from covidedge.spec import classifier_spec
 
     if (probe_machine().get("gpu") or "").find("A100") >= 0:

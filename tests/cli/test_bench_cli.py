@@ -140,7 +140,7 @@ def tiny_checkpoint(tmp_path_factory):
     torch = pytest.importorskip("torch")
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec
-    from covidedge.train.checkpoint import save_checkpoint
+    from covidedge.formats.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     kw = {"width_mult": 0.125}

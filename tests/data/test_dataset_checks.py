@@ -95,7 +95,7 @@ def test_evaluate_cli_exit_code_for_a_missing_class(full_root, tmp_path):
 
 def test_training_refuses_a_missing_class_and_records_it_when_allowed(full_root, tmp_path):
     pytest.importorskip("torch")
-    from covidedge.train.checkpoint import read_checkpoint
+    from covidedge.formats.checkpoint import read_checkpoint
     from covidedge.train.loop import train_classifier
 
     root = _without(full_root, tmp_path, "Train", "Normal", "missing")

@@ -26,7 +26,7 @@ def exported_graphs(tmp_path_factory) -> Dict[str, Dict[str, Path]]:
     from covidedge.export.precision import convert_fp16, quantize_int8
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec, segmenter_spec
-    from covidedge.train.checkpoint import save_checkpoint
+    from covidedge.formats.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("exported")
     root = make_synthetic_dataset(folder / "data", per_class=3, size=SIZE, splits=("Train",))

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from covidedge.engine import build as B
-from covidedge.engine.manifest import EngineManifest, load_manifest, manifest_path_for, sha256_file
+from covidedge.formats.manifest import EngineManifest, load_manifest, manifest_path_for, sha256_file
 from covidedge.errors import (EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, BadInputError, IncompatibleModelError,
                               MissingDependencyError)
 from tests.engine.conftest import run_onnx
@@ -370,7 +370,7 @@ def test_build_from_a_checkpoint(tmp_path):
     pytest.importorskip("torch")
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec
-    from covidedge.train.checkpoint import save_checkpoint
+    from covidedge.formats.checkpoint import save_checkpoint
 
     spec = classifier_spec(input_size=(32, 32), model_kwargs={"width_mult": 0.125})
     model = create_model("xception", num_classes=3, in_chans=1, width_mult=0.125).eval()
@@ -396,7 +396,7 @@ def test_cli_builds_int8_from_a_checkpoint_with_calibration(tmp_path, monkeypatc
     from covidedge.data.synth import make_synthetic_dataset
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec
-    from covidedge.train.checkpoint import save_checkpoint
+    from covidedge.formats.checkpoint import save_checkpoint
 
     data = make_synthetic_dataset(tmp_path / "data", per_class=2, splits=("Train",), size=32)
     spec = classifier_spec(input_size=(32, 32), model_kwargs={"width_mult": 0.125})
@@ -444,7 +444,7 @@ def test_two_checkpoints_named_best_get_their_own_engines_and_graphs(tmp_path, m
     monkeypatch.chdir(tmp_path)
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec, segmenter_spec
-    from covidedge.train.checkpoint import save_checkpoint
+    from covidedge.formats.checkpoint import save_checkpoint
 
     (tmp_path / "runs" / "cls").mkdir(parents=True)
     (tmp_path / "runs" / "seg").mkdir(parents=True)

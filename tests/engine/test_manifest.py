@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from covidedge.engine.machine import (parse_cpuinfo, parse_l4t_release, parse_meminfo, parse_nvidia_smi,
+from covidedge.machine import (parse_cpuinfo, parse_l4t_release, parse_meminfo, parse_nvidia_smi,
                                       parse_nvpmodel, probe_machine)
-from covidedge.engine.manifest import (MANIFEST_FORMAT, EngineManifest, check_compatible, engine_path_for,
+from covidedge.formats.manifest import (MANIFEST_FORMAT, EngineManifest, check_compatible, engine_path_for,
                                        load_manifest, manifest_path_for, parse_version, rebuild_command,
                                        tensorrt_version_difference,
                                        same_release, sha256_file)
@@ -237,7 +237,7 @@ def test_probe_parsers():
 
 
 def test_probe_machine_is_cheap_and_torch_free():
-    code = ("import sys, json; from covidedge.engine.machine import probe_machine; m = probe_machine(); "
+    code = ("import sys, json; from covidedge.machine import probe_machine; m = probe_machine(); "
             "print(json.dumps({'m': m, 'heavy': [k for k in ('torch', 'tensorrt', 'pycuda') if k in sys.modules]}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     res = json.loads(out.stdout)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from covidedge.engine.build import build_engine
-from covidedge.engine.manifest import INTEGRITY_KEY, integrity_hash, manifest_path_for
+from covidedge.formats.manifest import INTEGRITY_KEY, integrity_hash, manifest_path_for
 from covidedge.errors import IncompatibleModelError
 from covidedge.runtime import load
 from tests.runtime.helpers_onnx import tiny_models

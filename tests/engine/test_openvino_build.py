@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from covidedge.engine import build as B
-from covidedge.engine.manifest import EngineManifest, check_compatible, manifest_path_for
+from covidedge.formats.manifest import EngineManifest, check_compatible, manifest_path_for
 from covidedge.errors import BadInputError, IncompatibleModelError
 from covidedge.runtime import load
 from covidedge.runtime.ort import OrtRunner

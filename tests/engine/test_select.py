@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from covidedge.engine.build import build_engine
-from covidedge.engine.manifest import manifest_path_for, sha256_file
+from covidedge.formats.manifest import manifest_path_for, sha256_file
 from covidedge.errors import EXIT_INCOMPATIBLE, BadInputError, IncompatibleModelError
 from covidedge.runtime import load
 from covidedge.runtime.select import classify
@@ -144,7 +144,7 @@ def test_tensorrt_engine_for_another_machine_is_refused_before_tensorrt_runs(ort
 
 def test_importing_the_runtime_imports_no_heavy_backend():
     code = ("import sys, json; import covidedge.runtime, covidedge.runtime.select, covidedge.runtime.trt, "
-            "covidedge.engine.build, covidedge.engine.manifest, covidedge.cli.build_engine; "
+            "covidedge.engine.build, covidedge.formats.manifest, covidedge.cli.build_engine; "
             "print(json.dumps([m for m in ('torch', 'tensorrt', 'pycuda') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout) == []

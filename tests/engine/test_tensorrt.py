@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from covidedge.engine.manifest import manifest_path_for, sha256_file
+from covidedge.formats.manifest import manifest_path_for, sha256_file
 
 
 def _tensorrt_ready() -> bool:
@@ -95,7 +95,7 @@ def test_timing_cache_is_written_and_reused(build, tmp_path):
 def _tensorrt_version():
     import tensorrt as trt
 
-    from covidedge.engine.manifest import parse_version
+    from covidedge.formats.manifest import parse_version
 
     return parse_version(trt.__version__)
 

@@ -20,7 +20,7 @@ from covidedge.export.onnx import read_metadata  # noqa: E402
 from covidedge.export.precision import graph_precision  # noqa: E402
 from covidedge.models.registry import create_model  # noqa: E402
 from covidedge.spec import classifier_spec, segmenter_spec  # noqa: E402
-from covidedge.train.checkpoint import save_checkpoint  # noqa: E402
+from covidedge.formats.checkpoint import save_checkpoint  # noqa: E402
 
 SIZE = 64
 

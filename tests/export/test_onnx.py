@@ -16,7 +16,7 @@ from covidedge.export.onnx import (ExportReport, export_onnx, parity_stats,  # n
                                    read_metadata, synthetic_images)
 from covidedge.models.registry import create_model, list_models, model_task  # noqa: E402
 from covidedge.spec import ModelSpec, classifier_spec, segmenter_spec  # noqa: E402
-from covidedge.train.checkpoint import checkpoint_sha256, save_checkpoint  # noqa: E402
+from covidedge.formats.checkpoint import checkpoint_sha256, save_checkpoint  # noqa: E402
 
 SIZE = 64
 #: Small variants of each registered model (tests stay fast on two CPU cores).

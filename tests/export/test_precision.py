@@ -23,7 +23,7 @@ from covidedge.export.precision import (convert_fp16, entropy_threshold,  # noqa
                                         graph_precision, inspect_qdq, quantize_int8)
 from covidedge.models.registry import create_model  # noqa: E402
 from covidedge.spec import classifier_spec, segmenter_spec  # noqa: E402
-from covidedge.train.checkpoint import save_checkpoint  # noqa: E402
+from covidedge.formats.checkpoint import save_checkpoint  # noqa: E402
 
 SIZE = 64
 BINS = 512  # entropy / percentile histogram bins in tests (2048 by default; fewer is faster)

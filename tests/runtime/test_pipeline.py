@@ -261,7 +261,7 @@ def exported(tmp_path_factory):
     torch = pytest.importorskip("torch", reason="torch is needed to build and export test models")
     from covidedge.export import export_model
     from covidedge.models.registry import create_model
-    from covidedge.train.checkpoint import save_checkpoint
+    from covidedge.formats.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from covidedge.engine.manifest import EngineManifest, manifest_path_for, sha256_file
+from covidedge.formats.manifest import EngineManifest, manifest_path_for, sha256_file
 from covidedge.spec import classifier_spec
 from tests.runtime.helpers_onnx import tiny_models
 

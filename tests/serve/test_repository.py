@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from covidedge.engine.manifest import manifest_path_for
+from covidedge.formats.manifest import manifest_path_for
 from covidedge.errors import BadInputError, IncompatibleModelError
 from tests.serve.conftest import needs_serve_extra
 

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from covidedge.errors import BadInputError, IncompatibleModelError  # noqa: E402
 from covidedge.models.registry import InferenceWrapper, create_model  # noqa: E402
 from covidedge.spec import classifier_spec, segmenter_spec  # noqa: E402
-from covidedge.train.checkpoint import (  # noqa: E402
+from covidedge.formats.checkpoint import (  # noqa: E402
     CHECKPOINT_FORMAT, checkpoint_sha256, load_checkpoint, save_checkpoint)
 
 

@@ -179,7 +179,7 @@ def main() -> int:
 
     sys.modules["tensorrt"] = trt  # covidedge imports "tensorrt"; the wheel's package is this one
     from covidedge.engine import build as B
-    from covidedge.engine.manifest import VERSION_COMPATIBLE_SINCE, parse_version
+    from covidedge.formats.manifest import VERSION_COMPATIBLE_SINCE, parse_version
     from covidedge.errors import BadInputError
     from covidedge.runtime.trt import execution_api
 

@@ -9,7 +9,7 @@ pycuda only when ``use_backends=True`` (the TensorRT paths, which need them anyw
 from __future__ import annotations
 
 import importlib.metadata
-from covidedge.runtime.available import module_present
+import importlib.util
 import os
 import platform
 import re
@@ -34,6 +34,14 @@ _DISTRIBUTIONS = {
 
 
 # -- plain parsers (tested on any machine) ---------------------------------------------------
+
+def module_present(name: str) -> bool:
+    """True when ``name`` can be imported (found on the path); nothing is imported."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
 def parse_l4t_release(text: str) -> Optional[str]:
     """'# R36 (release), REVISION: 3.0, ...' -> '36.3.0' (the L4T release), or None."""
     m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text or "")

@@ -292,7 +292,7 @@ def rebuild_command(manifest: EngineManifest, engine_path=None) -> str:
 # -- compatibility ---------------------------------------------------------------------------
 def check_compatible(manifest: EngineManifest, machine: Dict[str, Any]) -> List[str]:
     """What differs between the machine an engine was built for and ``machine``
-    (a :func:`covidedge.engine.machine.probe_machine` dict); empty when it may run here."""
+    (a :func:`covidedge.machine.probe_machine` dict); empty when it may run here."""
     diffs: List[str] = []
     built = manifest.backend_version
     if manifest.backend == "tensorrt":
@@ -383,7 +383,7 @@ def require_compatible(manifest: EngineManifest, engine_path, machine: Optional[
     """Raise IncompatibleModelError listing what differs from this machine (probed when not given)
     and the command that rebuilds the engine here."""
     if machine is None:
-        from covidedge.engine.machine import probe_machine
+        from covidedge.machine import probe_machine
 
         machine = probe_machine(use_backends=manifest.backend == "tensorrt")
     diffs = check_compatible(manifest, machine)
