@@ -129,7 +129,7 @@ def eager_variant(ckpt: Path, spec, device: str, threads: Optional[int] = None) 
         if cuda:
             torch.cuda.empty_cache()
 
-    from covidedge.runtime.torch import TorchRunner
+    from covidedge.backends.torch import TorchRunner
 
     if threads is not None:
         return Variant(f"PyTorch eager ({threads} thread{'s' if threads > 1 else ''})", "info", "torch",
@@ -159,7 +159,7 @@ def ort_default_variant(onnx_fp32: Path, spec) -> Variant:
         nonlocal sess
         sess = None
 
-    from covidedge.runtime.ort import OrtRunner
+    from covidedge.backends.onnxruntime import OrtRunner
 
     return Variant("ONNX Runtime default", "reference", "onnxruntime", "fp32", onnx_fp32, make, close,
                    settings={"providers": providers, "session_options": "defaults",
@@ -307,7 +307,7 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
     """Every way this machine can run the model, opened and ready to time."""
     from covidedge.engine.build import build_engine
     from covidedge.runtime import load
-    from covidedge.runtime.available import available_backends
+    from covidedge.backends.available import available_backends
     from covidedge.formats.checkpoint import read_checkpoint
 
     from covidedge.spec import ModelSpec
@@ -356,7 +356,7 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
                                            load(built.engine_path)))
             log(f"{case.key}: TensorRT {prec} engine built in {time.perf_counter() - t:.0f} s")
     elif cuda:
-        from covidedge.runtime.torch import TorchRunner
+        from covidedge.backends.torch import TorchRunner
 
         variants.append(runner_variant("covidedge torch CUDA", "covidedge", case.checkpoint,
                                        TorchRunner(case.checkpoint, device="cuda", half=True)))

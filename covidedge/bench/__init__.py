@@ -1,7 +1,7 @@
 """Latency and throughput reports for checkpoints, ONNX models and engines.
 
 ``run_bench(models, batches)`` opens each model with ``covidedge.runtime.load``, optionally scores
-it on a data split (``covidedge.evaluation.evaluate``), times it at each batch size
+it on a data split (``covidedge.evaluation.run.evaluate``), times it at each batch size
 (``covidedge.bench.timing.time_runner``) and returns a ``BenchReport`` (``covidedge.bench.report``)
 that prints as trtexec-like blocks plus one comparison table and saves JSON, Markdown and a plot.
 Nothing here imports torch unless a checkpoint is benchmarked.
@@ -152,7 +152,7 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 
     ``iterations`` and ``duration_s`` are exclusive (BadInputError when both are given). A batch
     size outside a model's batch range (an engine built for 1..8, a static-batch graph) is not
     timed: a note goes to ``notify`` and ``report.skipped``. With ``data_root`` the metric column
-    comes from covidedge.evaluation.evaluate on ``split`` (``limit_per_class`` images per class
+    comes from covidedge.evaluation.run.evaluate on ``split`` (``limit_per_class`` images per class
     when given); ``end_to_end`` adds file-to-result timing per image on that split (or on a few
     synthetic images without ``data_root``).
     """

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from covidedge.runtime.available import available_backends
+from covidedge.backends.available import available_backends
 
 
 @click.command(name="info")

@@ -52,7 +52,7 @@ def command(checkpoint, data_root, split, calib_data, calib_count, manifest, met
       covidedge parity runs/cls/best.pt --data COVID-QU-Ex --split Val --limit-per-class 100
       covidedge parity runs/seg/best.pt --data COVID-QU-Ex --methods entropy,percentile --json
     """
-    from covidedge.export.compare import compare_precisions
+    from covidedge.evaluation.parity import compare_precisions
 
     if manifest and (calib_data or calib_count is not None):
         raise BadInputError("pass --calibration, or --calib-data / --calib-count, not both")

@@ -27,8 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from covidedge.errors import (BadInputError, IncompatibleModelError, MissingDependencyError,
                               RuntimeFailure)
-from covidedge.runtime.available import module_present
-from covidedge.runtime.trt import (TENSORRT_INSTALL_HINT, _severity_name, format_trt_errors,  # noqa: F401
+from covidedge.backends.available import module_present
+from covidedge.backends.tensorrt import (TENSORRT_INSTALL_HINT, _severity_name, format_trt_errors,  # noqa: F401
                                    make_recording_logger)
 from covidedge.formats.manifest import (MANIFEST_SUFFIX, EngineManifest, VERSION_COMPATIBLE_SINCE,
                                        engine_path_for, manifest_path_for, parse_version, sha256_file)
@@ -604,8 +604,8 @@ def _self_check_tensorrt(engine: Path, manifest: EngineManifest, onnx_path: Path
     the probabilities differ by more than :data:`TENSORRT_SELF_CHECK_ATOL`."""
     import numpy as np
 
-    from covidedge.runtime.ort import OrtRunner
-    from covidedge.runtime.trt import TrtRunner
+    from covidedge.backends.onnxruntime import OrtRunner
+    from covidedge.backends.tensorrt import TrtRunner
 
     x = np.random.default_rng(0).random((opt_batch, spec.in_chans, *spec.input_size), dtype=np.float32)
     try:
@@ -629,8 +629,8 @@ def _build_openvino(onnx_path: Path, out: Path, spec, opt_batch: int, precision:
     outputs with ONNX Runtime's on one seeded batch. Returns the self-check numbers."""
     import numpy as np
 
-    from covidedge.runtime.openvino import OpenVinoRunner
-    from covidedge.runtime.ort import OrtRunner
+    from covidedge.backends.openvino import OpenVinoRunner
+    from covidedge.backends.onnxruntime import OrtRunner
 
     tmp = out.with_name(out.name + ".tmp.onnx")
     _write_atomic(tmp, Path(onnx_path).read_bytes())

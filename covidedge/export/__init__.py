@@ -176,7 +176,7 @@ def __getattr__(name):
             "inspect_qdq": "covidedge.export.precision",
             "CalibrationSet": "covidedge.export.calibration",
             "make_calibration_set": "covidedge.export.calibration",
-            "compare_precisions": "covidedge.export.compare"}
+            "compare_precisions": "covidedge.evaluation.parity"}
     if name in lazy:
         import importlib
 

@@ -4,7 +4,7 @@
 Runner. Importing this package imports none of torch, TensorRT or pycuda.
 """
 
-from covidedge.runtime.base import Runner
+from covidedge.backends.base import Runner
 
 
 def load(path, backend: str = "auto", **options) -> Runner:

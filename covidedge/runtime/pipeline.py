@@ -6,7 +6,7 @@
 >>> result.label, result.probabilities, result.infected_fraction, result.timings_ms["total"]
 
 A model is a path (TensorRT engine with its manifest, ONNX model, or checkpoint, opened with
-:func:`covidedge.runtime.load`) or a ready :class:`~covidedge.runtime.base.Runner`. Its task
+:func:`covidedge.runtime.load`) or a ready :class:`~covidedge.backends.base.Runner`. Its task
 is checked from its spec when the object is made, before any image is read. One image goes
 through decode -> preprocess (THE covidedge preprocessing, per model input size) -> inference
 -> postprocess: the class and its probabilities, and the lung and infection masks resized back
@@ -28,7 +28,7 @@ from covidedge.data.quality import check_quality, describe_flags
 from covidedge.errors import (EXIT_RUNTIME, BadInputError, CovidEdgeError, IncompatibleModelError,
                               RuntimeFailure)
 from covidedge.metrics import infected_fraction, lung_fraction
-from covidedge.runtime.base import Runner
+from covidedge.backends.base import Runner
 from covidedge.runtime.postprocess import probabilities_to_mask
 from covidedge.runtime.results import STAGES, Failure, OutputNamer, Prediction, Result
 from covidedge.spec import MASK_CHANNELS

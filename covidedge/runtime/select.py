@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError
-from covidedge.runtime.base import Runner
+from covidedge.backends.base import Runner
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -91,7 +91,7 @@ def _ort_device_providers(opts: Dict[str, Any], source) -> Dict[str, Any]:
 
 
 def _ort_runner(path, opts, source, **fixed):
-    from covidedge.runtime.ort import OrtRunner
+    from covidedge.backends.onnxruntime import OrtRunner
 
     opts = _ort_device_providers(dict(opts), source)
     kw = _take(opts, ORT_OPTIONS, "the ONNX Runtime backend", source)
@@ -139,7 +139,7 @@ def _load_engine(p: Path, backend: str, options) -> Runner:
     manifest = load_manifest(p, check=False)  # reads it and verifies size + sha256 first
     if manifest.backend != "tensorrt":  # ONNX artifacts carry their own spec: it must agree
         from covidedge.formats.manifest import check_embedded_spec
-        from covidedge.runtime.onnxmeta import read_metadata_props
+        from covidedge.formats.onnxfile import read_metadata_props
         from covidedge.spec import METADATA_KEY, ModelSpec
 
         meta = read_metadata_props(p)
@@ -152,7 +152,7 @@ def _load_engine(p: Path, backend: str, options) -> Runner:
                 f"is a TensorRT engine; it runs on TensorRT only, not {backend}", path=p,
                 hint=f"load its ONNX graph with --backend {backend}" + (f": {onnx}" if onnx else ""))
         require_compatible(manifest, p)  # now compare with this machine
-        from covidedge.runtime.trt import TrtRunner
+        from covidedge.backends.tensorrt import TrtRunner
 
         kw = _take(dict(options), TRT_OPTIONS, "the TensorRT backend", p)
         return TrtRunner(p, manifest=manifest, **kw)
@@ -162,7 +162,7 @@ def _load_engine(p: Path, backend: str, options) -> Runner:
                 f"is an OpenVINO engine (the precision graph), not for {backend}", path=p,
                 hint=f"load it with --backend openvino, or build for {backend} with covidedge build-engine")
         require_compatible(manifest, p)
-        from covidedge.runtime.openvino import OpenVinoRunner
+        from covidedge.backends.openvino import OpenVinoRunner
 
         kw = _take(dict(options), OPENVINO_OPTIONS, "the OpenVINO backend", p)
         return OpenVinoRunner(p, spec=manifest.model_spec, precision=manifest.precision,
@@ -189,7 +189,7 @@ def _load_engine(p: Path, backend: str, options) -> Runner:
 
 def _load_onnx(p: Path, backend: str, options) -> Runner:
     if backend == "openvino":
-        from covidedge.runtime.openvino import OpenVinoRunner
+        from covidedge.backends.openvino import OpenVinoRunner
 
         kw = _take(dict(options), OPENVINO_OPTIONS, "the OpenVINO backend", p)
         return OpenVinoRunner(p, **kw)
@@ -220,7 +220,7 @@ def _load_checkpoint(p: Path, backend: str, options) -> Runner:
             f"is a training checkpoint; it runs on torch, not {backend}", path=p,
             hint=f"build an engine first: covidedge build-engine {p}"
                  + (" --backend onnxruntime" if backend == "onnxruntime" else ""))
-    from covidedge.runtime.torch import TorchRunner
+    from covidedge.backends.torch import TorchRunner
 
     kw = _take(dict(options), TORCH_OPTIONS, "the torch backend", p)
     return TorchRunner(p, **kw)

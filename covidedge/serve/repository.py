@@ -96,7 +96,7 @@ def describe_network(path, task: str, backend: Optional[str] = None) -> NetworkS
         import onnx
 
         from covidedge.engine.build import onnx_io
-        from covidedge.runtime.ort import open_onnx
+        from covidedge.backends.onnxruntime import open_onnx
 
         _, meta, spec = open_onnx(p)
         ins, outs = onnx_io(onnx.load(str(p), load_external_data=False))
@@ -108,7 +108,7 @@ def describe_network(path, task: str, backend: Optional[str] = None) -> NetworkS
                             min_batch=fixed or 1, max_batch=fixed,
                             input_dtype=io.get(spec.input_name, "float32"),
                             output_dtype=io.get(spec.output_names[1], "float32"))
-    from covidedge.runtime.base import Runner
+    from covidedge.backends.base import Runner
     from covidedge.runtime.pipeline import check_model_spec
 
     check_model_spec(Runner(src.spec, p), task)

@@ -605,7 +605,7 @@ def _write_history(out: Path, task, options, history, best_epoch) -> None:
 
 
 def _plot_curves(out: Path, history, task, best_epoch: int) -> None:
-    from covidedge.train.plots import plot_learning_curves
+    from covidedge.plots import plot_learning_curves
 
     metric = "accuracy" if task.name == "classifier" else "dice_mean"
     plot_learning_curves(history, out / "learning_curves.png", metric=metric,
@@ -615,7 +615,7 @@ def _plot_curves(out: Path, history, task, best_epoch: int) -> None:
 def _final_metrics(out: Path, o: Dict[str, Any], device: str, progress: bool) -> Dict[str, Any]:
     """Evaluate best.pt on the Val images the run validated on; write metrics.json and val_report/."""
     from covidedge.evaluation import evaluate
-    from covidedge.runtime.torch import TorchRunner
+    from covidedge.backends.torch import TorchRunner
 
     runner = TorchRunner(out / "best.pt", device=device)
     with runner:

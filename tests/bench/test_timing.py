@@ -16,8 +16,8 @@ from covidedge.bench.timing import (
     summarize, time_callable, time_end_to_end, time_runner,
 )
 from covidedge.errors import BadInputError
-from covidedge.runtime.base import Runner
-from covidedge.runtime.ort import OrtRunner
+from covidedge.backends.base import Runner
+from covidedge.backends.onnxruntime import OrtRunner
 from covidedge.spec import classifier_spec, segmenter_spec
 from tests.runtime.helpers_onnx import tiny_classifier_onnx
 

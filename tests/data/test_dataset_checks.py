@@ -13,7 +13,7 @@ from covidedge.data.covidqu import CovidQuDataset
 from covidedge.data.imageio import write_png
 from covidedge.data.synth import make_synthetic_dataset
 from covidedge.errors import EXIT_DATASET, DatasetError
-from covidedge.runtime.base import Runner
+from covidedge.backends.base import Runner
 from covidedge.spec import classifier_spec
 
 SIZE = 32

@@ -7,7 +7,7 @@ from covidedge.engine import build as B
 from covidedge.formats.manifest import EngineManifest, check_compatible, manifest_path_for
 from covidedge.errors import BadInputError, IncompatibleModelError
 from covidedge.runtime import load
-from covidedge.runtime.ort import OrtRunner
+from covidedge.backends.onnxruntime import OrtRunner
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'covidedge[openvino]')")
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from covidedge.errors import BadInputError, IncompatibleModelError
-from covidedge.runtime.ort import OrtRunner
+from covidedge.backends.onnxruntime import OrtRunner
 from covidedge.runtime.pipeline import Classifier, Pipeline, Segmenter
 from covidedge.runtime.results import Failure, Prediction
 from covidedge.spec import classifier_spec, segmenter_spec

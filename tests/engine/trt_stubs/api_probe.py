@@ -22,7 +22,7 @@ import sys
 #: binding-index API), "tensors" (9 and later: the name-based API), "islands" (releases whose
 #: fp16 plans pin fp32 islands), "vc" (version-compatible plans, 8.6 and later).
 #: Used in covidedge/engine/build.py (_build_tensorrt, make_recording_logger) and
-#: covidedge/runtime/trt.py (TrtRunner).
+#: covidedge/backends/tensorrt.py (TrtRunner).
 REQUIRED = [
     # module level
     ("trt.__version__", "attr", "all", None),
@@ -181,7 +181,7 @@ def main() -> int:
     from covidedge.engine import build as B
     from covidedge.formats.manifest import VERSION_COMPATIBLE_SINCE, parse_version
     from covidedge.errors import BadInputError
-    from covidedge.runtime.trt import execution_api
+    from covidedge.backends.tensorrt import execution_api
 
     version = trt.__version__
     ver = parse_version(version)

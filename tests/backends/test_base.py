@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from covidedge.errors import BadInputError, RuntimeFailure
-from covidedge.runtime.base import Runner
+from covidedge.backends.base import Runner
 from covidedge.spec import classifier_spec
 
 

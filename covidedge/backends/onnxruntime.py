@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
-from covidedge.runtime.base import Runner
+from covidedge.backends.base import Runner
 from covidedge.spec import ModelSpec
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -27,7 +27,7 @@ def _ort():
 
 def read_onnx_metadata(path) -> Dict[str, str]:
     """``metadata_props`` of an ONNX file as a dict, read without onnx and without the weights."""
-    from covidedge.runtime.onnxmeta import read_metadata_props
+    from covidedge.formats.onnxfile import read_metadata_props
 
     try:
         return read_metadata_props(path)

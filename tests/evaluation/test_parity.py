@@ -15,7 +15,7 @@ from covidedge.cli.main import main  # noqa: E402
 from covidedge.data.synth import make_synthetic_dataset  # noqa: E402
 from covidedge.errors import BadInputError  # noqa: E402
 from covidedge.export.calibration import make_calibration_set  # noqa: E402
-from covidedge.export.compare import ParityTable, _mask_agreement, compare_precisions  # noqa: E402
+from covidedge.evaluation.parity import ParityTable, _mask_agreement, compare_precisions  # noqa: E402
 from covidedge.export.onnx import read_metadata  # noqa: E402
 from covidedge.export.precision import graph_precision  # noqa: E402
 from covidedge.models.registry import create_model  # noqa: E402

@@ -12,7 +12,7 @@ pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402
 
 from covidedge.errors import BadInputError  # noqa: E402
-from covidedge.train.plots import plot_bars, plot_confusion_matrix, plot_learning_curves  # noqa: E402
+from covidedge.plots import plot_bars, plot_confusion_matrix, plot_learning_curves  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -109,6 +109,6 @@ def test_bars_errors(tmp_path):
 
 
 def test_importing_plots_does_not_load_matplotlib():
-    code = "import sys, covidedge.train.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, covidedge.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
-from covidedge.runtime.ort import OrtRunner, resolve_providers
+from covidedge.backends.onnxruntime import OrtRunner, resolve_providers
 from tests.runtime.helpers_onnx import expected_logits, tiny_classifier_onnx
 
 
@@ -63,7 +63,7 @@ def test_unavailable_provider_is_named():
 def test_runtime_import_does_not_load_heavy_modules():
     import subprocess
 
-    code = ("import sys, covidedge.runtime, covidedge.runtime.ort, covidedge.runtime.torch;"
+    code = ("import sys, covidedge.runtime, covidedge.backends.onnxruntime, covidedge.backends.torch;"
             "print(','.join(m for m in ('torch','tensorrt','pycuda') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
@@ -77,7 +77,7 @@ def test_checkpoint_without_torch_is_a_missing_dependency(tmp_path):
     ckpt.write_bytes(b"PK\x03\x04")
     code = ("import sys; sys.modules['torch'] = None\n"
             "from covidedge.errors import MissingDependencyError\n"
-            "from covidedge.runtime.torch import TorchRunner\n"
+            "from covidedge.backends.torch import TorchRunner\n"
             "try:\n    TorchRunner(sys.argv[1])\n"
             "except MissingDependencyError as e:\n    print(e.exit_code, e)\n")
     out = subprocess.run([sys.executable, "-c", code, str(ckpt)], capture_output=True, text=True, check=True)

@@ -281,7 +281,7 @@ def _plot_confusion(path: Path, cm, labels: Sequence[str], title: str) -> bool:
 # -- evaluation -------------------------------------------------------------------------------
 def _open(model, backend: str):
     """(runner, opened_here): a Runner is used as given; a path is opened with runtime.load."""
-    from covidedge.runtime.base import Runner
+    from covidedge.backends.base import Runner
 
     if isinstance(model, Runner):
         return model, False

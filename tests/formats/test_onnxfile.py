@@ -1,7 +1,7 @@
 import onnx
 import pytest
 
-from covidedge.runtime.onnxmeta import WireError, read_metadata_props
+from covidedge.formats.onnxfile import WireError, read_metadata_props
 from tests.runtime.helpers_onnx import tiny_classifier_onnx
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from covidedge.runtime import trt as T
+from covidedge.backends import tensorrt as T
 
 
 class _Device:

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, RuntimeFailure
-from covidedge.runtime.base import Runner
+from covidedge.backends.base import Runner
 
 
 # -- TensorRT glue shared with the builder (covidedge.engine.build) -----------------------

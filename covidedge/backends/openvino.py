@@ -16,8 +16,8 @@ from typing import Dict, Optional
 import numpy as np
 
 from covidedge.errors import BadInputError, MissingDependencyError, RuntimeFailure
-from covidedge.runtime.base import Runner
-from covidedge.runtime.ort import _graph_precision, open_onnx
+from covidedge.backends.base import Runner
+from covidedge.backends.onnxruntime import _graph_precision, open_onnx
 from covidedge.spec import ModelSpec
 
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")

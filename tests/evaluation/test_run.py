@@ -16,7 +16,7 @@ from covidedge.data.preprocess import preprocess
 from covidedge.data.synth import make_synthetic_dataset
 from covidedge.errors import BadInputError, DatasetError
 from covidedge.evaluation import STUDY_CLASSIFIER_TEST, evaluate
-from covidedge.runtime.base import Runner
+from covidedge.backends.base import Runner
 from covidedge.spec import classifier_spec, segmenter_spec
 from covidedge.train.datasets import select_samples
 

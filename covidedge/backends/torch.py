@@ -13,7 +13,7 @@ from typing import Dict
 import numpy as np
 
 from covidedge.errors import BadInputError, MissingDependencyError, RuntimeFailure
-from covidedge.runtime.base import Runner
+from covidedge.backends.base import Runner
 
 
 def _torch():

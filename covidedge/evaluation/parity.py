@@ -2,7 +2,7 @@
 
 ``compare_precisions`` exports every precision (one int8 graph per calibration method),
 evaluates the checkpoint and each graph on the same split with
-:func:`covidedge.evaluation.evaluate` (graphs on ONNX Runtime, CPU), and makes one table:
+:func:`covidedge.evaluation.run.evaluate` (graphs on ONNX Runtime, CPU), and makes one table:
 precision | method | size MB | accuracy (or lung / infection Dice) | delta vs the checkpoint in
 points | agreement with the checkpoint (argmax agreement, or the mean Dice between the
 checkpoint's and the graph's masks) | the best int8 method marked.
