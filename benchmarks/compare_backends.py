@@ -46,6 +46,7 @@ import numpy as np
 from covidedge.bench.report import BenchReport, BenchRow, file_size_mb, machine_summary, probe_machine_safely
 from covidedge.bench.timing import LatencyStats, sample_batch
 from covidedge.errors import CovidEdgeError
+from covidedge.spec import CALIBRATION_METHODS, PRECISIONS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -341,7 +342,7 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
 
     trt = available_backends()["backends"]["tensorrt"]["available"]
     if trt:
-        for prec in ("fp32", "fp16", "int8"):
+        for prec in PRECISIONS:
             if prec not in graphs:
                 continue
             t = time.perf_counter()
@@ -578,7 +579,7 @@ def parse_args(argv=None):
     p.add_argument("--int8-activations", dest="int8_activations", action="store_true", default=True,
                    help="also build int8 with uint8 asymmetric activations and compare (default on)")
     p.add_argument("--no-int8-activations", dest="int8_activations", action="store_false")
-    p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
+    p.add_argument("--calib-method", default="minmax", choices=CALIBRATION_METHODS,
                    help="int8 calibration (default minmax: fastest; latency does not depend on it)")
     p.add_argument("--calib-count", type=int, default=6, help="calibration images (default 6)")
     p.add_argument("--data", type=Path, help="COVID-QU-Ex folder: calibration from Train, metric on --split")
@@ -597,7 +598,7 @@ def parse_args(argv=None):
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.precisions = [m.strip() for m in args.precisions.split(",") if m.strip()]
     args.eager_threads = [int(t) for t in args.eager_threads.split(",") if t.strip()]
-    bad = set(args.models) - {"classifier", "segmenter"} or set(args.precisions) - {"fp32", "fp16", "int8"}
+    bad = set(args.models) - {"classifier", "segmenter"} or set(args.precisions) - set(PRECISIONS)
     if bad or not args.batches or min(args.batches) < 1 or args.iterations < 1 or args.rounds < 1:
         p.error(f"bad --models / --precisions / --batches / --iterations / --rounds ({sorted(bad)})")
     if "fp32" not in args.precisions:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from covidedge.errors import BadInputError
+from covidedge.spec import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass

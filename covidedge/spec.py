@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from covidedge.errors import IncompatibleModelError
+from covidedge.errors import BadInputError, IncompatibleModelError
 
 TASKS = ("classifier", "segmenter")
 
@@ -18,6 +18,32 @@ TASKS = ("classifier", "segmenter")
 CLASS_LABELS: Tuple[str, ...] = ("COVID-19", "Non-COVID", "Normal")
 #: Channels of the segmenter's output, in order.
 MASK_CHANNELS: Tuple[str, ...] = ("lungs", "infection")
+
+# -- the vocabulary every layer shares: each list is defined here and only here ----------------
+#: Precisions a graph or engine can carry.
+PRECISIONS: Tuple[str, ...] = ("fp32", "fp16", "int8")
+#: Backends that build engines (``build-engine``, manifests).
+ENGINE_BACKENDS: Tuple[str, ...] = ("tensorrt", "onnxruntime", "openvino")
+#: Backends that run models: the engine backends plus torch for checkpoints.
+RUNNER_BACKENDS: Tuple[str, ...] = ENGINE_BACKENDS + ("torch",)
+#: The choice that lets the file and the machine decide the backend.
+AUTO = "auto"
+#: ``--backend`` choices of build-engine, and of infer / bench / evaluate.
+ENGINE_BACKEND_CHOICES: Tuple[str, ...] = (AUTO,) + ENGINE_BACKENDS
+RUNNER_BACKEND_CHOICES: Tuple[str, ...] = (AUTO,) + RUNNER_BACKENDS
+#: int8 calibration methods (``covidedge.export.calibrators``).
+CALIBRATION_METHODS: Tuple[str, ...] = ("minmax", "entropy", "percentile")
+#: Train images an int8 calibration reads unless told otherwise.
+DEFAULT_CALIBRATION_COUNT = 500
+#: Mixed-precision choices for training.
+AMP_MODES: Tuple[str, ...] = ("auto", "off", "bf16", "fp16")
+
+
+def check_choice(kind: str, value, choices) -> None:
+    """Refuse ``value`` unless it is one of ``choices``, with the one-line error every layer uses
+    (exit code 3)."""
+    if value not in choices:
+        raise BadInputError(f"{kind} {value!r} is unknown; expected one of {', '.join(choices)}")
 
 INPUT_NAME = "image"
 OUTPUT_NAMES: Tuple[str, ...] = ("logits", "probabilities")

@@ -6,7 +6,7 @@ import click
 
 from covidedge.errors import BadInputError
 
-from covidedge.runtime.select import BACKENDS
+from covidedge.spec import RUNNER_BACKEND_CHOICES
 
 
 def parse_batches(text: str):
@@ -47,7 +47,7 @@ def parse_batches(text: str):
 @click.option("--end-to-end", is_flag=True,
               help="Also time decode + preprocess + inference + postprocess per image file "
                    "(on --data images, else on a few synthetic ones).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(RUNNER_BACKEND_CHOICES), default="auto", show_default=True,
               help="Runtime to use; auto picks from the file and the machine.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads: ONNX Runtime intra-op threads, or torch threads for a checkpoint.")

@@ -6,7 +6,8 @@ import json
 
 import click
 
-from covidedge.engine.build import BACKENDS, CALIB_METHODS, INT8_ACTIVATIONS, PRECISIONS
+from covidedge.engine.build import INT8_ACTIVATIONS
+from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIONS
 
 
 @click.command(name="build-engine")
@@ -23,7 +24,7 @@ from covidedge.engine.build import BACKENDS, CALIB_METHODS, INT8_ACTIVATIONS, PR
 @click.option("--calib-count", type=click.IntRange(min=1), default=None,
               help="Calibration images to take from --calib-data when it is a folder "
                    "(default 500, or all its Train split has).")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=None,
+@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default=None,
               help="int8 calibration method (default entropy).")
 @click.option("--int8-activations", type=click.Choice(INT8_ACTIVATIONS), default="auto", show_default=True,
               help="int8 from a checkpoint: activation type. auto = signed symmetric for TensorRT, "
@@ -46,7 +47,7 @@ from covidedge.engine.build import BACKENDS, CALIB_METHODS, INT8_ACTIVATIONS, PR
               help="TensorRT >= 8.6: an engine later TensorRT releases can also run (may be slower).")
 @click.option("--allow-tf32", is_flag=True,
               help="TensorRT: let fp32 layers compute in TF32 (TensorRT's default; covidedge clears it).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(ENGINE_BACKEND_CHOICES), default="auto", show_default=True,
               help="auto builds TensorRT where it is installed, else an ONNX Runtime model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and its manifest as JSON.")
 def command(model, out, precision, calib_data, calib_count, calib_method, int8_activations, min_batch, opt_batch,

@@ -8,8 +8,7 @@ import click
 
 from covidedge.errors import BadInputError
 
-PRECISIONS = ("fp32", "fp16", "int8")
-METHODS = ("minmax", "entropy", "percentile")
+from covidedge.spec import CALIBRATION_METHODS, PRECISIONS
 
 
 @click.command(name="export")
@@ -29,7 +28,7 @@ METHODS = ("minmax", "entropy", "percentile")
               type=click.Path(exists=True, dir_okay=False, path_type=str), help="int8: calibration manifest made by 'covidedge calibrate'.")
 @click.option("--calib-count", type=int, default=None,
               help="int8 with --calib-data: number of images (default 500, or all the split has).")
-@click.option("--calib-method", type=click.Choice(METHODS), default=None,
+@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default=None,
               help="int8: how activation ranges are chosen (default entropy).")
 @click.option("--percentile", type=float, default=None,
               help="int8 with --calib-method percentile: percent of |x| kept (default 99.99).")

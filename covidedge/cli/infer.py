@@ -13,7 +13,7 @@ import click
 from covidedge.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BadInputError
 
 FORMATS = ("table", "json", "csv")
-from covidedge.runtime.select import BACKENDS
+from covidedge.spec import RUNNER_BACKEND_CHOICES
 
 
 class _OneLineUsageError(click.UsageError):
@@ -77,7 +77,7 @@ def _backend_line(pipe) -> str:
               show_default=True, help="Mask probability threshold of the segmenter.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per inference call.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(RUNNER_BACKEND_CHOICES), default="auto", show_default=True,
               help="auto: TensorRT for engines where it exists, ONNX Runtime for .onnx, torch for .pt.")
 @click.option("--server", metavar="URL",
               help="Send the images to a Triton server running a covidedge repository "

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from covidedge.spec import AMP_MODES
+
 
 @click.group(name="study")
 def command():
@@ -35,7 +37,7 @@ def command():
 @click.option("--seed", default=0, show_default=True, type=int, help="The one seed every loss trains with.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", default="auto", show_default=True,
-              type=click.Choice(["auto", "off", "bf16", "fp16"], case_sensitive=False),
+              type=click.Choice(AMP_MODES, case_sensitive=False),
               help="Mixed precision (see covidedge train --help).")
 @click.option("--overwrite", is_flag=True,
               help="Retrain every loss, even where a finished run with the same settings exists.")

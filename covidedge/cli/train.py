@@ -6,6 +6,8 @@ import json
 
 import click
 
+from covidedge.spec import AMP_MODES
+
 from covidedge.errors import BadInputError
 
 
@@ -26,7 +28,7 @@ def _common_options(f):
         click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when available), cpu, cuda or cuda:N."),
         click.option("--amp", default="auto", show_default=True,
-                     type=click.Choice(["auto", "off", "bf16", "fp16"], case_sensitive=False),
+                     type=click.Choice(AMP_MODES, case_sensitive=False),
                      help="Mixed precision: auto = fp16 on CUDA, bf16 + channels_last on CPUs with "
                           "native bf16 (AVX512-BF16/AMX), else fp32. Weights stay fp32; recorded in "
                           "the checkpoint."),

@@ -23,9 +23,10 @@ import numpy as np
 
 from covidedge.data.imageio import IMAGE_SUFFIXES
 from covidedge.errors import BadInputError, DatasetError
+from covidedge.spec import CLASS_LABELS
 
 #: Class folders, in the order of the classifier's outputs.
-CLASSES: Tuple[str, ...] = ("COVID-19", "Non-COVID", "Normal")
+CLASSES: Tuple[str, ...] = CLASS_LABELS  # the class folders are named after the labels
 #: Split folders, in the order they are reported.
 SPLITS: Tuple[str, ...] = ("Train", "Val", "Test")
 #: The two subsets of COVID-QU-Ex; the first is preferred when both are present.

@@ -27,15 +27,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from covidedge.errors import (BadInputError, IncompatibleModelError, MissingDependencyError,
                               RuntimeFailure)
+from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIONS
 from covidedge.backends.available import module_present
 from covidedge.backends.tensorrt import (TENSORRT_INSTALL_HINT, _severity_name, format_trt_errors,  # noqa: F401
                                    make_recording_logger)
 from covidedge.formats.manifest import (MANIFEST_SUFFIX, EngineManifest, VERSION_COMPATIBLE_SINCE,
                                        engine_path_for, manifest_path_for, parse_version, sha256_file)
 
-PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 #: Oldest TensorRT this builder drives: 8.5 (JetPack 5.1) has set_memory_pool_limit,
 #: build_serialized_network and the name-based I/O API.
@@ -105,8 +103,8 @@ def validate_batch_range(min_batch, opt_batch, max_batch) -> Tuple[int, int, int
 def resolve_backend(backend: str, tensorrt_present: bool, pycuda_present: bool = True) -> str:
     """'auto' -> 'tensorrt' where TensorRT and pycuda are importable, else 'onnxruntime'.
     An explicit 'tensorrt' without TensorRT is an error (never a quiet fallback)."""
-    if backend not in BACKENDS:
-        raise BadInputError(f"backend {backend!r} is unknown; expected one of {', '.join(BACKENDS)}")
+    if backend not in ENGINE_BACKEND_CHOICES:
+        raise BadInputError(f"backend {backend!r} is unknown; expected one of {', '.join(ENGINE_BACKEND_CHOICES)}")
     if backend == "auto":
         return "tensorrt" if tensorrt_present and pycuda_present else "onnxruntime"
     if backend == "tensorrt" and not tensorrt_present:
@@ -756,9 +754,9 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
     lo, opt, hi = validate_batch_range(min_batch, opt_batch, max_batch)
     if precision is not None and precision not in PRECISIONS:
         raise BadInputError(f"precision {precision!r} is unknown; expected one of {', '.join(PRECISIONS)}")
-    if calib_method is not None and calib_method not in CALIB_METHODS:
+    if calib_method is not None and calib_method not in CALIBRATION_METHODS:
         raise BadInputError(f"calibration method {calib_method!r} is unknown; expected one of "
-                            f"{', '.join(CALIB_METHODS)}")
+                            f"{', '.join(CALIBRATION_METHODS)}")
     from_checkpoint = model.suffix.lower() in CHECKPOINT_SUFFIXES
     if not from_checkpoint and model.suffix.lower() != ".onnx":
         raise BadInputError(f"cannot build from a {model.suffix or 'suffix-less'} file", path=model,
@@ -922,5 +920,4 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
 __all__ = ["BuildResult", "TrtBuildPlan", "build_engine", "validate_batch_range", "resolve_backend",
            "resolve_precision", "profile_shapes", "plan_tensorrt_build", "format_trt_errors",
            "default_engine_path", "detect_onnx_precision", "onnx_io", "check_options_for_backend",
-           "check_tensorrt_opset", "fp32_island_layers", "graph_opset",
-           "PRECISIONS", "BACKENDS", "CALIB_METHODS", "ORT_OFFLINE_LEVEL"]
+           "check_tensorrt_opset", "fp32_island_layers", "graph_opset", "ORT_OFFLINE_LEVEL"]

@@ -19,10 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from covidedge.errors import BadInputError
+from covidedge.spec import DEFAULT_CALIBRATION_COUNT
 
 DEFAULT_OUT_DIR = Path("build") / "parity"
-#: Calibration images drawn from the dataset's Train split when none are given.
-DEFAULT_CALIB_COUNT = 200
 
 
 class ParityTable(list):
@@ -122,15 +121,15 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
     ``.to_markdown()`` and ``.to_dict()``).
     """
     from covidedge.evaluation import evaluate
-    from covidedge.export import CALIB_METHODS, export_model, resolve_calibration
+    from covidedge.export import CALIBRATION_METHODS, export_model, resolve_calibration
     from covidedge.formats.checkpoint import read_checkpoint
     from covidedge.spec import ModelSpec
 
     methods = list(dict.fromkeys(str(m).lower() for m in methods))
-    bad = [m for m in methods if m not in CALIB_METHODS]
+    bad = [m for m in methods if m not in CALIBRATION_METHODS]
     if bad:
         raise BadInputError(f"calibration method(s) {', '.join(bad)} unknown; expected "
-                            f"{', '.join(CALIB_METHODS)}")
+                            f"{', '.join(CALIBRATION_METHODS)}")
     precisions = list(dict.fromkeys(precisions))
     bad = [p for p in precisions if p not in ("fp32", "fp16")]
     if bad:
@@ -164,7 +163,7 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
         if calibration is None and calib_data is None and count is None:
             from covidedge.data.covidqu import CovidQuDataset
 
-            count = min(DEFAULT_CALIB_COUNT, len(CovidQuDataset(data_root).samples("Train")))
+            count = min(DEFAULT_CALIBRATION_COUNT, len(CovidQuDataset(data_root).samples("Train")))
         calib = resolve_calibration(
             source, spec.input_size, calib_count=count,
             out=None if calibration is not None else out_dir / f"{stem}-calibration.json")

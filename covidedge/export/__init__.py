@@ -14,11 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from covidedge.errors import BadInputError
+from covidedge.spec import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT, PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
-#: Calibration images taken from a dataset folder when no count is given.
-DEFAULT_CALIB_COUNT = 500
 
 # keyword arguments export_model passes on, by where they go
 _EXPORT_KW = ("parity_inputs", "check", "exporter", "parity_atol")
@@ -56,7 +53,7 @@ def resolve_calibration(calibration, input_size, *, calib_count: Optional[int] =
             from covidedge.data.covidqu import CovidQuDataset
 
             available = len(CovidQuDataset(path).samples(calib_split))
-            count = min(DEFAULT_CALIB_COUNT, available) or 1
+            count = min(DEFAULT_CALIBRATION_COUNT, available) or 1
         return make_calibration_set(path, count, split=calib_split, seed=calib_seed,
                                     input_size=tuple(input_size), out=out)
     raise BadInputError("calibration data not found", path=path,
@@ -105,9 +102,9 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
         raise BadInputError("int8 export needs calibration images",
                             hint="pass calibration= a manifest from 'covidedge calibrate' or a "
                                  "COVID-QU-Ex folder (--calib-data DIR)")
-    if method not in CALIB_METHODS:
+    if method not in CALIBRATION_METHODS:
         raise BadInputError(f"calibration method {method!r} is unknown; expected one of "
-                            f"{CALIB_METHODS}")
+                            f"{CALIBRATION_METHODS}")
     out = Path(os.fspath(out))
     if out.suffix.lower() != ".onnx":
         raise BadInputError("output file must end in .onnx", path=out, hint="pass --out model.onnx")
@@ -184,6 +181,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'covidedge.export' has no attribute {name!r}")
 
 
-__all__ = ["PRECISIONS", "CALIB_METHODS", "export_model", "resolve_calibration", "export_onnx",
+__all__ = [ "export_model", "resolve_calibration", "export_onnx",
            "ExportReport", "convert_fp16", "quantize_int8", "graph_precision", "inspect_qdq",
            "CalibrationSet", "make_calibration_set", "compare_precisions"]

@@ -41,14 +41,14 @@ def write_calibration_cache(src: PathLike, dst: PathLike, calibration, *, method
     from covidedge.errors import require
     from covidedge.export.onnx import file_sha256, load_onnx
     from covidedge.fileio import write_atomic
-    from covidedge.export.precision import (METHODS, CalibrationReader, _as_calibration, _input_info,
+    from covidedge.export.precision import (CALIBRATION_METHODS, CalibrationReader, _as_calibration, _input_info,
                                             _require_fp32_source, collect_ranges)
 
     require("onnxruntime.quantization", purpose="int8 calibration")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method not in METHODS:
-        raise BadInputError(f"calibration method {method!r} is unknown; expected one of {METHODS}")
+    if method not in CALIBRATION_METHODS:
+        raise BadInputError(f"calibration method {method!r} is unknown; expected one of {CALIBRATION_METHODS}")
     src = Path(src)
     model = load_onnx(src)
     _require_fp32_source(model, src)

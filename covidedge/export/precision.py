@@ -34,12 +34,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.spec import CALIBRATION_METHODS, PRECISIONS
 from covidedge.export.onnx import (KEY_PRECISION, check_onnx, file_sha256, graph_io, load_onnx,
                                    parity_stats, run_onnx, save_onnx, set_metadata,
                                    synthetic_images)
 
-PRECISIONS = ("fp32", "fp16", "int8")
-METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("int8", "uint8")
 #: Where the int8 Q/DQ nodes go: what ONNX Runtime's CPU kernels fuse, or what TensorRT fuses.
 QDQ_PLACEMENTS = ("onnxruntime", "tensorrt")
@@ -632,8 +631,8 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "e
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     method = str(method).lower()
-    if method not in METHODS:
-        raise BadInputError(f"calibration method {method!r} is unknown; expected one of {METHODS}")
+    if method not in CALIBRATION_METHODS:
+        raise BadInputError(f"calibration method {method!r} is unknown; expected one of {CALIBRATION_METHODS}")
     try:
         percentile = float(percentile)
     except (TypeError, ValueError):
@@ -776,7 +775,7 @@ def parity_vs_fp32(onnx_path) -> Optional[Dict[str, Any]]:
     return None
 
 
-__all__ = ["PRECISIONS", "METHODS", "FP16_KEEP_FP32_OPS", "convert_fp16", "quantize_int8",
+__all__ = ["FP16_KEEP_FP32_OPS", "convert_fp16", "quantize_int8",
            "graph_precision", "inspect_qdq", "CalibrationReader", "collect_ranges",
            "parity_vs_fp32", "HISTOGRAM_BINS", "entropy_threshold", "AbsHistogram",
            "QDQ_PLACEMENTS", "TRT_QUANTIZED_OPS", "TRT_FLOAT_OUTPUT_OPS"]

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from covidedge.errors import BadInputError, IncompatibleModelError
+from covidedge.spec import ENGINE_BACKENDS
 from covidedge.spec import ModelSpec
 
 MANIFEST_FORMAT = "covidedge-engine-manifest-v1"
 #: The manifest of ``x.engine`` is ``x.engine.manifest.json``.
 MANIFEST_SUFFIX = ".manifest.json"
-BACKENDS = ("tensorrt", "onnxruntime", "openvino")
 
 #: Version compatibility (BuilderFlag.VERSION_COMPATIBLE) exists from TensorRT 8.6; such an
 #: engine runs on the same or a later TensorRT, never an older one. See "Version Compatibility"
@@ -191,9 +191,9 @@ class EngineManifest:
                                          "object", path=source, hint="rebuild the engine with 'covidedge build-engine'")
         _check_integrity(d, source)
         m = cls(**{k: v for k, v in d.items() if k in known})
-        if m.backend not in BACKENDS:
+        if m.backend not in ENGINE_BACKENDS:
             raise IncompatibleModelError(f"manifest names unknown backend {m.backend!r}; expected one "
-                                         f"of {', '.join(BACKENDS)}", path=source)
+                                         f"of {', '.join(ENGINE_BACKENDS)}", path=source)
         m.model_spec  # validates the spec (raises IncompatibleModelError on an unknown task)
         return m
 

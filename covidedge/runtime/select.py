@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Dict
 
 from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError
+from covidedge.spec import RUNNER_BACKEND_CHOICES
 from covidedge.backends.base import Runner
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 ONNX_SUFFIXES = (".onnx",)
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -116,8 +116,8 @@ def load(path, backend: str = "auto", verbose: bool = False, **options) -> Runne
     device, threads, performance_hint, inference_precision; torch: device, half).
     ``verbose=True`` writes one line on stderr saying which backend was picked; the runner's
     ``describe()`` says the same."""
-    if backend not in BACKENDS:
-        raise BadInputError(f"backend {backend!r} is unknown; expected one of {', '.join(BACKENDS)}")
+    if backend not in RUNNER_BACKEND_CHOICES:
+        raise BadInputError(f"backend {backend!r} is unknown; expected one of {', '.join(RUNNER_BACKEND_CHOICES)}")
     kind = classify(path)
     p = Path(os.fspath(path))
     if kind == "engine":
@@ -226,4 +226,4 @@ def _load_checkpoint(p: Path, backend: str, options) -> Runner:
     return TorchRunner(p, **kw)
 
 
-__all__ = ["load", "classify", "BACKENDS"]
+__all__ = ["load", "classify"]

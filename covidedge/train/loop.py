@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from covidedge.errors import BadInputError, DatasetError, IncompatibleModelError, RuntimeFailure
+from covidedge.spec import AMP_MODES
 
 __all__ = ["TrainResult", "train_classifier", "train_segmenter", "LossStudyResult", "study_losses",
            "OUTPUT_FILES", "resolve_device", "AmpPlan", "resolve_amp", "AMP_MODES"]
@@ -44,7 +45,6 @@ OUTPUT_FILES = ("best.pt", "last.pt", "history.json", "learning_curves.png", "me
 _RESUMABLE_CHANGES = {"epochs", "patience", "device", "num_workers", "progress", "amp"}
 
 #: Mixed-precision modes of ``--amp``.
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 WARMUP_FRACTION = 0.05
 MIN_LR_FRACTION = 0.01
