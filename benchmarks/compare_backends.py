@@ -97,8 +97,8 @@ def eager_variant(ckpt: Path, spec, device: str, threads: Optional[int] = None) 
     ``threads`` an informational variant that sets torch's intra-op threads for its own runs."""
     import torch
 
-    from covidedge.models.registry import InferenceWrapper
-    from covidedge.formats.checkpoint import load_checkpoint
+    from covidedge.models.wrapper import InferenceWrapper
+    from covidedge.models.loading import load_checkpoint
 
     model, _, _ = load_checkpoint(ckpt, device=device)
     net = InferenceWrapper(model, spec.task).to(device).eval()

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from covidedge.errors import BadInputError
+from covidedge.fileio import atomic_target
 
 #: RGB colours of the overlay (0-255).
 LUNG_COLOR: Tuple[int, int, int] = (0, 220, 0)
@@ -119,19 +120,12 @@ def _draw_caption(rgb: np.ndarray, text: str) -> np.ndarray:
 
 def _save_atomic(img: Image.Image, path) -> Path:
     path = Path(os.fspath(path))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(tmp, format="PNG", compress_level=3)
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp:
+            img.save(tmp, format="PNG", compress_level=3)
     except OSError as exc:
         raise BadInputError(f"cannot be written: {exc.strerror or exc}", path=path,
                             hint="check that the output folder is writable and has space") from exc
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
     return path
 
 

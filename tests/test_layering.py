@@ -10,10 +10,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "covidedge"
 
 #: Lowest first. A module belongs to the longest prefix that matches its name.
 LAYERS = (
-    ("covidedge", "covidedge.errors", "covidedge.spec", "covidedge.fileio", "covidedge.machine"),
-    ("covidedge.formats", "covidedge.data", "covidedge.metrics", "covidedge.overlay", "covidedge.plots",
-     "covidedge.inputs", "covidedge.pretrained"),
-    ("covidedge.models",),
+    ("covidedge", "covidedge.errors"),
+    ("covidedge.spec", "covidedge.fileio", "covidedge.machine"),
+    ("covidedge.formats", "covidedge.data", "covidedge.metrics", "covidedge.overlay", "covidedge.plots"),
+    ("covidedge.models", "covidedge.inputs", "covidedge.pretrained"),
     ("covidedge.backends",),
     ("covidedge.export",),
     ("covidedge.runtime",),
@@ -22,7 +22,8 @@ LAYERS = (
     ("covidedge.evaluation", "covidedge.engine"),
     ("covidedge.train", "covidedge.bench", "covidedge.serve", "covidedge.pretrained.release"),
     ("covidedge.demo",),
-    ("covidedge.cli", "covidedge.__main__"),
+    ("covidedge.cli",),
+    ("covidedge.__main__",),
 )
 
 

@@ -7,12 +7,12 @@ optimisation level are settable because they decide CPU latency.
 
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.formats.onnxfile import metadata_precision, open_onnx
 from covidedge.backends.base import Runner
 from covidedge.spec import ModelSpec
 
@@ -23,33 +23,6 @@ def _ort():
     import onnxruntime
 
     return onnxruntime
-
-
-def read_onnx_metadata(path) -> Dict[str, str]:
-    """``metadata_props`` of an ONNX file as a dict, read without onnx and without the weights."""
-    from covidedge.formats.onnxfile import read_metadata_props
-
-    try:
-        return read_metadata_props(path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IncompatibleModelError(f"not a readable ONNX model ({exc})", path=path,
-                                     hint="re-export it with 'covidedge export'") from exc
-    except OSError as exc:
-        raise BadInputError(f"cannot read the model file: {exc.strerror or exc}", path=path) from exc
-
-
-def _graph_precision(meta: Dict[str, str]) -> str:
-    return meta.get("covidedge.precision", "fp32")
-
-
-def open_onnx(path, spec: Optional[ModelSpec] = None):
-    """(path as str, metadata, spec) of an ONNX model file; the spec comes from its metadata
-    when not given. Shared by the runners that read ONNX graphs (ONNX Runtime, OpenVINO)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise BadInputError("model file not found", path=path)
-    meta = read_onnx_metadata(path)
-    return path, meta, spec if spec is not None else ModelSpec.from_metadata(meta, source=path)
 
 
 def resolve_providers(providers: Optional[Sequence[str]]) -> List[str]:
@@ -85,7 +58,7 @@ class OrtRunner(Runner):
         if graph_optimization_level not in OPT_LEVELS:
             raise BadInputError(f"graph optimisation level {graph_optimization_level!r} is not one of "
                                 f"{', '.join(OPT_LEVELS)}")
-        super().__init__(spec, path, precision or _graph_precision(meta), min_batch, max_batch)
+        super().__init__(spec, path, precision or metadata_precision(meta), min_batch, max_batch)
         self.metadata = meta
         self.providers = resolve_providers(providers)
         self.intra_op_threads = intra_op_threads

@@ -17,7 +17,7 @@ import numpy as np
 
 from covidedge.errors import BadInputError, MissingDependencyError, RuntimeFailure
 from covidedge.backends.base import Runner
-from covidedge.backends.onnxruntime import _graph_precision, open_onnx
+from covidedge.formats.onnxfile import metadata_precision, open_onnx
 from covidedge.spec import ModelSpec
 
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
@@ -55,7 +55,7 @@ class OpenVinoRunner(Runner):
                                 f"{', '.join(INFERENCE_PRECISIONS)}")
         if threads is not None and int(threads) < 1:
             raise BadInputError(f"threads={threads} is not a positive number")
-        super().__init__(spec, path, precision or _graph_precision(meta), min_batch, max_batch)
+        super().__init__(spec, path, precision or metadata_precision(meta), min_batch, max_batch)
         self.device = "CPU" if str(device).lower() in ("cpu", "auto") else str(device).upper()
         self.threads = None if threads is None else int(threads)
         self.performance_hint = hint

@@ -67,8 +67,8 @@ class TorchRunner(Runner):
 
     def _activate(self) -> None:
         torch = _torch()
-        from covidedge.models.registry import InferenceWrapper
-        from covidedge.formats.checkpoint import load_checkpoint
+        from covidedge.models.wrapper import InferenceWrapper
+        from covidedge.models.loading import load_checkpoint
 
         self.device = self._resolve_device(torch)
         model, spec, self.meta = load_checkpoint(self.source, device=str(self.device))

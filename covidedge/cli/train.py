@@ -6,9 +6,23 @@ import json
 
 import click
 
+from covidedge.errors import BadInputError
+from covidedge.models.registry import DEFAULT_VARIANTS, VARIANTS, list_variants
 from covidedge.spec import AMP_MODES
 
-from covidedge.errors import BadInputError
+
+def _variant_option(task: str):
+    """``--variant``: a named model size from the registry; the help lists every one."""
+    def words(name):
+        v = VARIANTS[name]
+        sizes = ", ".join(f"{k} {x:g}" for k, x in v.model_kwargs.items())
+        return f"{name} ({v.input_size} px, {sizes})"
+
+    names = "; ".join(words(n) for n in list_variants(task))
+    return click.option(
+        "--variant", default=None, metavar="NAME",
+        help=f"Named model size: {names}. Explicit --image-size and width options win over its "
+             f"values. [default: {DEFAULT_VARIANTS[task]}]")
 
 
 def _common_options(f):
@@ -23,8 +37,9 @@ def _common_options(f):
         click.option("--lr", default=1e-3, show_default=True, type=float,
                      help="Peak learning rate (AdamW; linear warm-up, then cosine decay)."),
         click.option("--weight-decay", default=1e-4, show_default=True, type=float, help="AdamW weight decay."),
-        click.option("--image-size", default=256, show_default=True, type=int,
-                     help="Square input size in px; recorded in the checkpoint's spec."),
+        click.option("--image-size", default=None, type=int,
+                     help="Square input size in px; recorded in the checkpoint's spec. "
+                          "[default: the variant's]"),
         click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when available), cpu, cuda or cuda:N."),
         click.option("--amp", default="auto", show_default=True,
@@ -107,17 +122,19 @@ def command():
 
 @command.command(name="classifier")
 @_common_options
-@click.option("--width-mult", default=1.0, show_default=True, type=float,
-              help="Channel width multiplier of Xception (0.25 for a small, fast model).")
+@_variant_option("classifier")
+@click.option("--width-mult", default=None, type=float,
+              help="Channel width multiplier of Xception (0.25 for a small, fast model). "
+                   "[default: the variant's]")
 @click.option("--drop-rate", default=0.2, show_default=True, type=float, help="Dropout before the classifier head.")
 def classifier(as_json, **kw):
     """Train the Xception classifier; the best epoch is the one with the highest Val accuracy.
     Classes are balanced with a class-weighted cross-entropy.
 
     \b
-    Example (a quick CPU run):
+    Example (a quick CPU run of the small 128-px model):
       covidedge train classifier --data COVID-QU-Ex --out runs/cls-small \\
-          --image-size 128 --width-mult 0.25 --limit-per-class 150 --epochs 8
+          --variant xception128-small --limit-per-class 150 --epochs 8
     """
     from covidedge.train.loop import train_classifier
 
@@ -127,9 +144,12 @@ def classifier(as_json, **kw):
 
 @command.command(name="segmenter")
 @_common_options
-@click.option("--base-width", default=32, show_default=True, type=int, help="Channels of the first U-Net stage.")
-@click.option("--depth", default=4, show_default=True, type=int,
-              help="Down-sampling stages; --image-size must be divisible by 2**depth.")
+@_variant_option("segmenter")
+@click.option("--base-width", default=None, type=int,
+              help="Channels of the first U-Net stage. [default: the variant's]")
+@click.option("--depth", default=None, type=int,
+              help="Down-sampling stages; --image-size must be divisible by 2**depth. "
+                   "[default: the variant's]")
 @click.option("--loss", default="bce_dice", show_default=True,
               help="bce, dice, bce_dice, focal, tversky, focal_tversky or jaccard.")
 @click.option("--loss-param", "loss_param", multiple=True, metavar="KEY=VALUE",
@@ -141,7 +161,7 @@ def segmenter(as_json, loss_param, **kw):
     \b
     Example:
       covidedge train segmenter --data COVID-QU-Ex --out runs/seg-small \\
-          --image-size 128 --base-width 8 --epochs 8 --loss focal_tversky --loss-param alpha=0.7
+          --variant resunet128-small --epochs 8 --loss focal_tversky --loss-param alpha=0.7
     """
     from covidedge.train.loop import train_segmenter
 

@@ -1,7 +1,7 @@
 """THE one preprocessing of covidedge, shared by training, calibration, evaluation and runtime.
 
-An image (a file, a Pillow image or an array) becomes a grayscale float in [0, 1] by the rules
-of :mod:`covidedge.data.imageio`, is resized to ``size = (H, W)`` pixels with Pillow's
+An image (a file, a Pillow image or an array) becomes a grayscale float in [0, 1] by the rule
+of :mod:`covidedge.data.intensity`, is resized to ``size = (H, W)`` pixels with Pillow's
 bilinear filter on 32-bit float pixels (mode ``F``; skipped when the image already has that
 size), clipped to [0, 1] and returned as a float32 NCHW array. Models record
 :data:`PREPROCESSING_ID` in their spec; a golden-image test pins the numbers, so changing this
@@ -16,8 +16,8 @@ from typing import Iterable, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from covidedge.data.imageio import (_UNIT8, _alpha, _blockwise, _luminance, _wide_to_unit,
-                                    image_to_gray, read_gray)
+from covidedge.data.imageio import read_gray
+from covidedge.data.intensity import array_to_gray, image_to_gray
 from covidedge.errors import BadInputError
 
 #: Name of this preprocessing, stored in every model spec (== ModelSpec's default).
@@ -57,35 +57,7 @@ def as_gray(item: ImageLike, reduce_for=None) -> np.ndarray:
     if not isinstance(item, np.ndarray):
         raise BadInputError(f"cannot preprocess a {type(item).__name__}",
                             hint="pass a file path, a PIL image or a numpy array")
-    arr = item
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    elif arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
-        if arr.shape[2] == 4:
-            return _blockwise(arr, lambda a: _luminance(a[..., :3]) * _alpha(a[..., 3]))
-        return _blockwise(arr, _luminance)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise BadInputError(f"image array has shape {item.shape}, expected a non-empty H x W "
-                            "grayscale (or H x W x 3 uint8 RGB) image")
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    if arr.dtype == np.uint8:
-        return _UNIT8[arr]
-    if arr.dtype in (np.uint16, np.dtype(">u2")):
-        return _wide_to_unit(arr.astype(np.uint16, copy=False), "image array")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise BadInputError("image array contains NaN or infinite values",
-                                hint="pass a finite grayscale image in [0, 1]")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0.0 or hi > 1.0:
-            raise BadInputError(f"float image array spans {lo:.4g}..{hi:.4g}, expected [0, 1]",
-                                hint="scale it to [0, 1] first, or pass the uint8/uint16 pixels")
-        return arr.astype(np.float32, copy=False)
-    raise BadInputError(f"image array has dtype {arr.dtype}, expected bool, uint8, uint16 or "
-                        "float in [0, 1]")
+    return array_to_gray(item)
 
 
 def resize_gray(gray: np.ndarray, size=DEFAULT_SIZE) -> np.ndarray:

@@ -25,7 +25,6 @@ Instance UID and the files written; patient name and ID are filled in only with
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -37,6 +36,7 @@ from covidedge.data.imageio import is_dicom_path, read_gray
 from covidedge.dicom import codes
 from covidedge.dicom.privacy import patient_identity, scrub
 from covidedge.errors import BadInputError, require
+from covidedge.fileio import atomic_target
 from covidedge.runtime.results import OutputNamer, Prediction
 
 MANUFACTURER = "covidedge"
@@ -84,7 +84,7 @@ class AlgorithmInfo:
     def from_pipeline(cls, pipe) -> "AlgorithmInfo":
         """From a :class:`~covidedge.runtime.pipeline.Pipeline` (its classifier and segmenter),
         or a pipeline whose models run elsewhere (no spec, no local file: named by their source)."""
-        from covidedge.formats.manifest import sha256_file
+        from covidedge.fileio import sha256_file
 
         models = []
         for m in pipe.models:
@@ -336,16 +336,12 @@ class DicomOutputs:
 
     @staticmethod
     def _save(obj, path: Path) -> Path:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            obj.save_as(str(tmp), enforce_file_format=True)
-            os.replace(tmp, path)
+            with atomic_target(path) as tmp:
+                obj.save_as(str(tmp), enforce_file_format=True)
         except OSError as exc:
             raise BadInputError(f"cannot be written: {exc.strerror or exc}", path=path,
                                 hint="check that the --dicom-out folder is writable and has space") from exc
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     # -- one result ------------------------------------------------------------------------------

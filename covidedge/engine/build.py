@@ -27,12 +27,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from covidedge.errors import (BadInputError, IncompatibleModelError, MissingDependencyError,
                               RuntimeFailure)
+from covidedge.fileio import write_atomic
+from covidedge.formats.onnxfile import graph_opset, graph_precision, graph_tensors, load_onnx
 from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIONS
 from covidedge.backends.available import module_present
 from covidedge.backends.tensorrt import (TENSORRT_INSTALL_HINT, _severity_name, format_trt_errors,  # noqa: F401
                                    make_recording_logger)
-from covidedge.formats.manifest import (MANIFEST_SUFFIX, EngineManifest, VERSION_COMPATIBLE_SINCE,
-                                       engine_path_for, manifest_path_for, parse_version, sha256_file)
+from covidedge.formats.manifest import MANIFEST_SUFFIX, EngineManifest, VERSION_COMPATIBLE_SINCE, engine_path_for, manifest_path_for, parse_version
+from covidedge.fileio import sha256_file
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 #: Oldest TensorRT this builder drives: 8.5 (JetPack 5.1) has set_memory_pool_limit,
@@ -311,14 +313,6 @@ def check_tensorrt_opset(tensorrt_version: str, opset: Optional[int], source: ob
         hint=f"re-export it with --opset {TENSORRT8_MAX_OPSET} (the default), or build with TensorRT 10 or later")
 
 
-def graph_opset(model) -> Optional[int]:
-    """The default-domain ONNX opset of a loaded model, or None when it declares none."""
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return None
-
-
 #: Parsed-network tensor types that make a layer part of an fp32 island (TensorRT DataType names).
 FP32_ISLAND_DTYPES = ("FLOAT",)
 
@@ -375,54 +369,6 @@ def default_engine_path(model, precision: str, backend: str, *, tensorrt_version
     if backend == "openvino":
         return Path(build_dir) / f"{stem}.{precision}.ov.onnx"
     return Path(build_dir) / f"{stem}.{precision}.ort.onnx"
-
-
-def _dtype_name(elem_type: int) -> str:
-    from onnx import helper
-
-    try:
-        import numpy as np
-
-        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
-    except Exception:
-        return f"onnx:{elem_type}"
-
-
-def onnx_io(model) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """Graph inputs and outputs as [{name, shape (-1 = dynamic), dtype}]."""
-    inits = {t.name for t in model.graph.initializer}
-
-    def info(vi):
-        dims = []
-        for d in vi.type.tensor_type.shape.dim:
-            dims.append(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else -1)
-        return {"name": vi.name, "shape": dims, "dtype": _dtype_name(vi.type.tensor_type.elem_type)}
-
-    ins = [info(v) for v in model.graph.input if v.name not in inits]
-    outs = [info(v) for v in model.graph.output]
-    return ins, outs
-
-
-def _load_onnx_header(path):
-    """The ONNX model without external weight data (structure, initializer types, metadata)."""
-    import onnx
-
-    try:
-        return onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as exc:
-        raise IncompatibleModelError(f"not a readable ONNX model ({type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else ''})", path=path,
-                                     hint="export it with 'covidedge export'") from exc
-
-
-def detect_onnx_precision(path_or_model) -> str:
-    """'int8' (Q/DQ nodes), 'fp16' (fp16 weights or casts) or 'fp32', read from the graph itself."""
-    from covidedge.export.precision import graph_precision
-
-    model = path_or_model
-    if not hasattr(model, "graph"):
-        model = _load_onnx_header(path_or_model)
-    return graph_precision(model)
 
 
 def _calibration_sha(meta: Dict[str, str], calibration=None) -> Optional[str]:
@@ -521,7 +467,7 @@ def _build_tensorrt(onnx_path: Path, plan: TrtBuildPlan):
         updated = config.get_timing_cache()
         if updated is not None:
             blob = updated.serialize()
-            _write_atomic(Path(plan.timing_cache), bytes(blob))
+            write_atomic(Path(plan.timing_cache), bytes(blob))
 
     def info(t):
         try:
@@ -631,7 +577,7 @@ def _build_openvino(onnx_path: Path, out: Path, spec, opt_batch: int, precision:
     from covidedge.backends.onnxruntime import OrtRunner
 
     tmp = out.with_name(out.name + ".tmp.onnx")
-    _write_atomic(tmp, Path(onnx_path).read_bytes())
+    write_atomic(tmp, Path(onnx_path).read_bytes())
     x = np.random.default_rng(0).random((opt_batch, spec.in_chans, *spec.input_size), dtype=np.float32)
     try:
         with OpenVinoRunner(tmp, spec=spec) as ov_run, OrtRunner(onnx_path, spec=spec) as ref_run:
@@ -641,13 +587,6 @@ def _build_openvino(onnx_path: Path, out: Path, spec, opt_batch: int, precision:
         raise
     return _accept_if_close(ref, got, spec, OPENVINO_SELF_CHECK_ATOL[precision], precision, tmp, out,
                             opt_batch, "OpenVINO's {prob} differ from ONNX Runtime's on the same graph")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def refuse_foreign_file(path: Path, own_engine: Path) -> None:
@@ -793,7 +732,7 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
         machine["tensorrt"] = trt_version
     if out is None:
         out = default_engine_path(model, precision or ("fp32" if from_checkpoint else
-                                                       detect_onnx_precision(model)), chosen,
+                                                       graph_precision(model)), chosen,
                                   tensorrt_version=trt_version,
                                   compute_capability=machine.get("gpu_compute_capability"))
     out = Path(os.fspath(out))
@@ -814,18 +753,18 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
                            calib_out=out.with_name(out.name + ".calibration.json"))
     else:
         onnx_path = model
-    header = _load_onnx_header(onnx_path)
+    header = load_onnx(onnx_path, weights=False)
     meta = {p.key: p.value for p in header.metadata_props}
     from covidedge.spec import ModelSpec
 
     spec = ModelSpec.from_metadata(meta, source=onnx_path)
-    graph_prec = detect_onnx_precision(header)
+    graph_prec = graph_precision(header)
     precision = resolve_precision(precision, graph_prec, source=onnx_path)
     labelled = meta.get("covidedge.precision")
     if labelled and labelled != graph_prec:
         raise IncompatibleModelError(f"metadata says {labelled} but the graph is {graph_prec}",
                                      path=onnx_path, hint="re-export the model with 'covidedge export'")
-    inputs, outputs = onnx_io(header)
+    inputs, outputs = graph_tensors(header)
     if [i["name"] for i in inputs] != [spec.input_name]:
         raise IncompatibleModelError(f"graph inputs are {[i['name'] for i in inputs]}, its spec says "
                                      f"['{spec.input_name}']", path=onnx_path)
@@ -851,7 +790,7 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
                             f"{describe_device(machine)}, batch {lo}..{hi} (opt {opt}); this can take minutes")
         blob, inputs, outputs, build_notes = _build_tensorrt(onnx_path, plan)
         notes += build_notes
-        _write_atomic(out, blob)
+        write_atomic(out, blob)
         backend_version = trt_version
         device = {k: machine.get(k) for k in ("gpu", "gpu_compute_capability", "gpu_memory_mib",
                                               "gpu_driver", "board")}
@@ -919,5 +858,5 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
 
 __all__ = ["BuildResult", "TrtBuildPlan", "build_engine", "validate_batch_range", "resolve_backend",
            "resolve_precision", "profile_shapes", "plan_tensorrt_build", "format_trt_errors",
-           "default_engine_path", "detect_onnx_precision", "onnx_io", "check_options_for_backend",
-           "check_tensorrt_opset", "fp32_island_layers", "graph_opset", "ORT_OFFLINE_LEVEL"]
+           "default_engine_path", "check_options_for_backend",
+           "check_tensorrt_opset", "fp32_island_layers", "ORT_OFFLINE_LEVEL"]

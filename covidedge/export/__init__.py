@@ -76,12 +76,12 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
     The report's ``parity`` compares the final graph with the checkpoint; for fp16 / int8
     ``parity["vs_fp32_graph"]`` compares it with the fp32 graph.
     """
-    from covidedge.export.onnx import (ExportReport, file_sha256, graph_io, load_onnx,
-                                       parity_stats, reference_outputs_for, run_onnx,
-                                       synthetic_images)
+    from covidedge.export.onnx import ExportReport, parity_stats, reference_outputs_for, run_onnx, synthetic_images
+    from covidedge.fileio import sha256_file
+    from covidedge.formats.onnxfile import graph_io, load_onnx
     from covidedge.export.onnx import export_onnx
-    from covidedge.export.precision import (convert_fp16, graph_precision, parity_vs_fp32,
-                                            quantize_int8)
+    from covidedge.export.precision import convert_fp16, parity_vs_fp32, quantize_int8
+    from covidedge.formats.onnxfile import graph_precision
 
     if precision not in PRECISIONS:
         raise BadInputError(f"precision {precision!r} is unknown; expected one of {PRECISIONS}")
@@ -157,7 +157,7 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
     meta = {p.key: p.value for p in model.metadata_props}
     io_ = graph_io(model)
     return ExportReport(
-        path=str(out), sha256=file_sha256(out), size_mb=round(out.stat().st_size / 1e6, 3),
+        path=str(out), sha256=sha256_file(out), size_mb=round(out.stat().st_size / 1e6, 3),
         opset=base.opset, precision=precision, task=base.task, inputs=io_["inputs"],
         outputs=io_["outputs"], parity=parity, checkpoint=base.checkpoint,
         checkpoint_sha256=base.checkpoint_sha256, dynamic_batch=dynamic_batch, metadata=meta,

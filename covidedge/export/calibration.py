@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from covidedge.errors import BadInputError, CovidEdgeError, DatasetError
+from covidedge.fileio import write_atomic
 
 FORMAT = "covidedge-calibration-v1"
 #: Folder (relative to the working directory) where manifests go by default.
@@ -197,12 +198,8 @@ class CalibrationSet:
     # -- files ---------------------------------------------------------------------------------
     def save(self, path: PathLike) -> Path:
         """Write the manifest as indented JSON (atomically) and remember the path."""
-        path = Path(os.fspath(path))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=2, sort_keys=False) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, path)
+        path = write_atomic(os.fspath(path),
+                            (json.dumps(self.manifest, indent=2, sort_keys=False) + "\n").encode("utf-8"))
         self.path = path
         return path
 

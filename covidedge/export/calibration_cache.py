@@ -39,7 +39,8 @@ def write_calibration_cache(src: PathLike, dst: PathLike, calibration, *, method
     CalibrationSet or its manifest path) and write them to ``dst``; returns what was written.
     The same graph, set and options give the same file."""
     from covidedge.errors import require
-    from covidedge.export.onnx import file_sha256, load_onnx
+    from covidedge.fileio import sha256_file
+    from covidedge.formats.onnxfile import load_onnx
     from covidedge.fileio import write_atomic
     from covidedge.export.precision import (CALIBRATION_METHODS, CalibrationReader, _as_calibration, _input_info,
                                             _require_fp32_source, collect_ranges)
@@ -70,7 +71,7 @@ def write_calibration_cache(src: PathLike, dst: PathLike, calibration, *, method
         quant.save_tensors_data(ranges, Path(tmp) / "ranges.json")
         payload = json.loads((Path(tmp) / "ranges.json").read_text())
     summary = calib.summary()
-    doc = {"format": CACHE_FORMAT, "source_sha256": file_sha256(src),
+    doc = {"format": CACHE_FORMAT, "source_sha256": sha256_file(src),
            "calibration": {k: summary[k] for k in ("sha256", "count", "split", "seed",
                                                    "class_balance", "dataset", "preprocessing")},
            "calibration_sha256": calib.sha256, "calibration_count": reader.images_read,
@@ -83,7 +84,7 @@ def write_calibration_cache(src: PathLike, dst: PathLike, calibration, *, method
 
 def read_calibration_cache(path: PathLike, *, source: PathLike) -> Dict[str, Any]:
     """Read the calibration cache ``path`` and check it belongs to the fp32 graph ``source``."""
-    from covidedge.export.onnx import file_sha256
+    from covidedge.fileio import sha256_file
 
     path = Path(path)
     try:
@@ -95,7 +96,7 @@ def read_calibration_cache(path: PathLike, *, source: PathLike) -> Dict[str, Any
     if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT or not isinstance(doc.get("ranges"), dict):
         raise BadInputError(f"not a calibration cache (expected format {CACHE_FORMAT!r})", path=path,
                             hint="write one with covidedge.export.calibration_cache.write_calibration_cache")
-    want = file_sha256(source)
+    want = sha256_file(source)
     if doc.get("source_sha256") != want:
         raise IncompatibleModelError(
             f"calibration cache was computed for another graph (sha256 {str(doc.get('source_sha256'))[:12]}, "

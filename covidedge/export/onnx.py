@@ -17,10 +17,8 @@ not the one asked for is an error, never a silent change.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,8 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.fileio import sha256_file
+from covidedge.formats.onnxfile import KEY_CHECKPOINT_SHA, KEY_DYNAMIC_BATCH, KEY_EXPORTER, KEY_OPSET, KEY_PRECISION, KEY_VERSION, check_onnx, graph_io, graph_opset, save_onnx, set_metadata
 from covidedge.spec import ModelSpec
 
 #: Opsets accepted: 13 is the first with the ops these models need in their current form;
@@ -51,106 +51,6 @@ PARITY_IMAGES = 4
 MASK_THRESHOLD = 0.5
 
 EXPORTERS = ("torchscript", "dynamo")
-
-# metadata keys written beside ModelSpec.to_metadata()
-KEY_VERSION = "covidedge.version"
-KEY_CHECKPOINT_SHA = "covidedge.checkpoint_sha256"
-KEY_PRECISION = "covidedge.precision"
-KEY_OPSET = "covidedge.opset"
-KEY_DYNAMIC_BATCH = "covidedge.dynamic_batch"
-KEY_EXPORTER = "covidedge.exporter"
-
-_TWO_GB = 2 * 1024 ** 3
-
-
-# -- small helpers shared by the export package ---------------------------------------------
-def file_sha256(path: Union[str, Path]) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_metadata(path: Union[str, Path]) -> Dict[str, str]:
-    """The ``metadata_props`` of an ONNX file as a dict."""
-    model = load_onnx(path)
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def load_onnx(path: Union[str, Path]):
-    """``onnx.load`` with a one-line BadInputError / IncompatibleModelError on failure."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError("ONNX file not found", path=path,
-                            hint="export one with 'covidedge export CHECKPOINT --out FILE'")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # DecodeError and friends
-        raise IncompatibleModelError(
-            f"not a readable ONNX model ({type(exc).__name__}: {exc})", path=path,
-            hint="re-export it with 'covidedge export'") from exc
-
-
-def set_metadata(model, values: Mapping[str, str]) -> None:
-    """Set (add or replace) ``metadata_props`` entries of an in-memory ONNX model."""
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in values.items():
-        if key in existing:
-            existing[key].value = str(value)
-        else:
-            prop = model.metadata_props.add()
-            prop.key, prop.value = key, str(value)
-
-
-def save_onnx(model, path: Union[str, Path]) -> Path:
-    """Write ``model`` as one self-contained file (no external data), atomically."""
-    import onnx
-
-    path = Path(path)
-    size = model.ByteSize()
-    if size >= _TWO_GB:
-        raise IncompatibleModelError(
-            f"graph is {size / 1e9:.1f} GB; one self-contained ONNX file must stay under 2 GB",
-            path=path, hint="export a smaller model (width_mult / base_width)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        onnx.save_model(model, str(tmp), save_as_external_data=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def check_onnx(path: Union[str, Path]) -> None:
-    """``onnx.checker.check_model(full_check=True)``; a failure is a RuntimeFailure."""
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeFailure(f"ONNX checker rejected the graph: {first[:200]}", path=path,
-                             hint="report this with the checkpoint; try another --opset") from exc
-
-
-def graph_io(model) -> Dict[str, Dict[str, List[Union[int, str]]]]:
-    """``{"inputs": {name: shape}, "outputs": {name: shape}}``; a dynamic axis shows its name."""
-    def shape(vi):
-        dims = []
-        for d in vi.type.tensor_type.shape.dim:
-            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
-        return dims
-
-    inits = {i.name for i in model.graph.initializer}
-    return {"inputs": {vi.name: shape(vi) for vi in model.graph.input if vi.name not in inits},
-            "outputs": {vi.name: shape(vi) for vi in model.graph.output}}
-
 
 def synthetic_images(n: int, size=(256, 256), seed: int = 0) -> np.ndarray:
     """``n`` deterministic smooth grayscale images (N, 1, H, W) float32 in [0, 1]: seeded noise,
@@ -339,13 +239,6 @@ def _drop_initializer_identities(model) -> int:
     return len(alias)
 
 
-def _model_opset(model) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return -1
-
-
 def _check_parity_inputs(x, spec: ModelSpec) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         try:
@@ -388,8 +281,9 @@ def export_onnx(checkpoint_path: Union[str, Path], out_path: Union[str, Path], *
     and a probability difference above ``parity_atol`` is a RuntimeFailure.
     """
     from covidedge import __version__
-    from covidedge.models.registry import InferenceWrapper
-    from covidedge.formats.checkpoint import checkpoint_sha256, load_checkpoint
+    from covidedge.models.wrapper import InferenceWrapper
+    from covidedge.formats.checkpoint import checkpoint_sha256
+    from covidedge.models.loading import load_checkpoint
 
     opset = _check_opset(opset)
     if exporter not in EXPORTERS:
@@ -418,7 +312,7 @@ def export_onnx(checkpoint_path: Union[str, Path], out_path: Union[str, Path], *
         raise RuntimeFailure(f"torch.onnx.export ({exporter}) failed: {first[:200]}",
                              path=checkpoint_path,
                              hint="try another --opset or report the checkpoint") from exc
-    got = _model_opset(proto)
+    got = graph_opset(proto)
     if got != opset:
         raise IncompatibleModelError(
             f"the {exporter} exporter wrote opset {got}, but opset {opset} was asked for",
@@ -454,7 +348,7 @@ def export_onnx(checkpoint_path: Union[str, Path], out_path: Union[str, Path], *
                              hint="try another --opset or the other exporter")
     io_ = graph_io(proto)
     return ExportReport(
-        path=str(out_path), sha256=file_sha256(out_path),
+        path=str(out_path), sha256=sha256_file(out_path),
         size_mb=round(out_path.stat().st_size / 1e6, 3), opset=opset, precision="fp32",
         task=spec.task, inputs=io_["inputs"], outputs=io_["outputs"], parity=parity,
         checkpoint=str(checkpoint_path), checkpoint_sha256=ckpt_sha, dynamic_batch=dynamic_batch,
@@ -462,23 +356,17 @@ def export_onnx(checkpoint_path: Union[str, Path], out_path: Union[str, Path], *
     )
 
 
-def spec_from_onnx(path: Union[str, Path]) -> ModelSpec:
-    """The ModelSpec stored in an ONNX file's metadata."""
-    return ModelSpec.from_metadata(read_metadata(path), source=path)
-
-
 def reference_outputs_for(checkpoint_path: Union[str, Path],
                           x: np.ndarray) -> Dict[str, np.ndarray]:
     """The torch model's outputs on ``x`` for a checkpoint (used by precision checks)."""
-    from covidedge.models.registry import InferenceWrapper
-    from covidedge.formats.checkpoint import load_checkpoint
+    from covidedge.models.wrapper import InferenceWrapper
+    from covidedge.models.loading import load_checkpoint
 
     model, spec, _ = load_checkpoint(checkpoint_path)
     return torch_outputs(InferenceWrapper(model, spec.task).eval(), x)
 
 
 __all__ = [
-    "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "ExportReport", "export_onnx", "read_metadata",
-    "set_metadata", "save_onnx", "load_onnx", "check_onnx", "run_onnx", "parity_stats",
-    "synthetic_images", "file_sha256", "graph_io", "spec_from_onnx", "torch_outputs",
+    "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "ExportReport", "export_onnx", "run_onnx", "parity_stats",
+    "synthetic_images", "torch_outputs",
 ]

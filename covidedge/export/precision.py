@@ -34,10 +34,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
-from covidedge.spec import CALIBRATION_METHODS, PRECISIONS
-from covidedge.export.onnx import (KEY_PRECISION, check_onnx, file_sha256, graph_io, load_onnx,
-                                   parity_stats, run_onnx, save_onnx, set_metadata,
-                                   synthetic_images)
+from covidedge.formats.onnxfile import as_model, graph_precision
+from covidedge.spec import CALIBRATION_METHODS
+from covidedge.export.onnx import parity_stats, run_onnx, synthetic_images
+from covidedge.formats.onnxfile import KEY_PRECISION, check_onnx, graph_io, load_onnx, save_onnx, set_metadata
+from covidedge.fileio import sha256_file
 
 ACTIVATION_TYPES = ("int8", "uint8")
 #: Where the int8 Q/DQ nodes go: what ONNX Runtime's CPU kernels fuse, or what TensorRT fuses.
@@ -79,34 +80,6 @@ PathLike = Union[str, Path]
 
 
 # -- inspection --------------------------------------------------------------------------------
-def _as_model(model_or_path):
-    import onnx
-
-    return model_or_path if isinstance(model_or_path, onnx.ModelProto) else load_onnx(model_or_path)
-
-
-def graph_precision(onnx_path) -> str:
-    """"int8" when the graph has QuantizeLinear/DequantizeLinear nodes, "fp16" when it has fp16
-    weights or casts to fp16, else "fp32". Read from the graph itself, not its metadata."""
-    import onnx
-
-    model = _as_model(onnx_path)
-    graph = model.graph
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
-        return "int8"
-    f16 = onnx.TensorProto.FLOAT16
-    if any(t.data_type == f16 for t in graph.initializer):
-        return "fp16"
-    for n in graph.node:
-        if n.op_type == "Cast" and any(a.name == "to" and a.i == f16 for a in n.attribute):
-            return "fp16"
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value" and a.t.data_type == f16:
-                    return "fp16"
-    return "fp32"
-
-
 def inspect_qdq(onnx_path) -> Dict[str, Any]:
     """What the Q/DQ nodes of a graph look like.
 
@@ -117,7 +90,7 @@ def inspect_qdq(onnx_path) -> Dict[str, Any]:
     """
     from onnx import numpy_helper
 
-    model = _as_model(onnx_path)
+    model = as_model(onnx_path)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     consts = {}
@@ -320,7 +293,7 @@ def convert_fp16(src: PathLike, dst: PathLike, *,
     if bad:
         raise RuntimeFailure(f"fp16 graph has non-fp32 inputs/outputs {bad}; expected fp32 I/O",
                              path=dst)
-    set_metadata(half, {KEY_PRECISION: "fp16", KEY_SOURCE_SHA: file_sha256(src),
+    set_metadata(half, {KEY_PRECISION: "fp16", KEY_SOURCE_SHA: sha256_file(src),
                         KEY_FP32_OPS: ",".join(keep)})
     return _save_checked(half, src, dst, task, batch, chw)
 
@@ -732,7 +705,7 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: str = "e
     if qdq_placement == "tensorrt":
         _float_inputs_outside_weighted_ops(q)
     set_metadata(q, {
-        KEY_PRECISION: "int8", KEY_SOURCE_SHA: file_sha256(src),
+        KEY_PRECISION: "int8", KEY_SOURCE_SHA: sha256_file(src),
         KEY_CALIB_SHA: calib.sha256 if calib is not None else cache["calibration_sha256"],
         KEY_CALIB_METHOD: method,
         KEY_CALIB_PERCENTILE: f"{percentile:g}" if method == "percentile" else "",
@@ -768,14 +741,13 @@ def _save_checked(model, src, dst, task, batch, chw):
 
 def parity_vs_fp32(onnx_path) -> Optional[Dict[str, Any]]:
     """The comparison with the fp32 source stored in a converted graph's metadata, if any."""
-    model = _as_model(onnx_path)
+    model = as_model(onnx_path)
     for p in model.metadata_props:
         if p.key == KEY_VS_FP32:
             return json.loads(p.value)
     return None
 
 
-__all__ = ["FP16_KEEP_FP32_OPS", "convert_fp16", "quantize_int8",
-           "graph_precision", "inspect_qdq", "CalibrationReader", "collect_ranges",
+__all__ = ["FP16_KEEP_FP32_OPS", "convert_fp16", "quantize_int8", "inspect_qdq", "CalibrationReader", "collect_ranges",
            "parity_vs_fp32", "HISTOGRAM_BINS", "entropy_threshold", "AbsHistogram",
            "QDQ_PLACEMENTS", "TRT_QUANTIZED_OPS", "TRT_FLOAT_OUTPUT_OPS"]

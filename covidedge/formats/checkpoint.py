@@ -9,17 +9,16 @@ options, epoch, metrics, history and, in ``last.pt``, the optimizer / scheduler 
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 from covidedge.errors import BadInputError, IncompatibleModelError
+from covidedge.fileio import atomic_target, sha256_file
 from covidedge.spec import ModelSpec
 
 CHECKPOINT_FORMAT = "covidedge-checkpoint-v1"
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "read_checkpoint",
            "checkpoint_sha256", "to_plain"]
 
 
@@ -81,13 +80,8 @@ def save_checkpoint(path, model, spec: ModelSpec, extra: Optional[Dict[str, Any]
         "covidedge_version": __version__,
         "extra": to_plain(dict(extra or {})),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_target(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -119,50 +113,9 @@ def read_checkpoint(path, device: str = "cpu") -> Dict[str, Any]:
     return payload
 
 
-def load_checkpoint(path, device: str = "cpu") -> Tuple[Any, ModelSpec, Dict[str, Any]]:
-    """Rebuild the model from the checkpoint's spec, load its weights and return
-    ``(model in eval mode on device, spec, meta)``. ``meta`` is the ``extra`` dict (train options,
-    epoch, metrics, history, ...) plus ``format``, ``covidedge_version`` and ``path``."""
-    from covidedge.models.registry import build_from_spec
-
-    payload = read_checkpoint(path, device=device)
-    try:
-        spec = ModelSpec.from_dict(payload["spec"])
-    except IncompatibleModelError:
-        raise
-    except Exception as exc:
-        raise IncompatibleModelError(f"checkpoint spec is invalid ({exc})", path=path,
-                                     hint="the file is damaged; train or copy it again") from exc
-    try:
-        model = build_from_spec(spec)
-    except Exception as exc:
-        raise IncompatibleModelError(
-            f"cannot rebuild model {spec.model_name!r} from the checkpoint spec ({exc})", path=path,
-            hint="this covidedge version may not know the architecture; upgrade covidedge") from exc
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
-        lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
-        raise IncompatibleModelError(
-            f"weights do not fit the {spec.model_name} architecture in its spec: {detail[:200]}",
-            path=path, hint="the spec and weights disagree; re-save the checkpoint") from exc
-    model.to(device).eval()
-    extra = payload.get("extra") or {}
-    meta = dict(extra) if isinstance(extra, dict) else {}
-    meta.update(format=payload["format"], covidedge_version=payload.get("covidedge_version"),
-                path=str(path))
-    return model, spec, meta
-
-
 def checkpoint_sha256(path) -> str:
     """Hex sha256 of the checkpoint file's bytes (what exports and manifests record)."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError("checkpoint file not found", path=path)
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
+    return sha256_file(path)

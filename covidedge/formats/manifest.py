@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from covidedge.errors import BadInputError, IncompatibleModelError
+from covidedge.fileio import write_atomic
 from covidedge.spec import ENGINE_BACKENDS
 from covidedge.spec import ModelSpec
 
@@ -208,11 +209,7 @@ class EngineManifest:
 
     def write(self, path) -> Path:
         """Write the manifest atomically (a reader never sees half a file)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, (self.to_json() + "\n").encode("utf-8"))
 
     @classmethod
     def read(cls, path) -> "EngineManifest":

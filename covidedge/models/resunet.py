@@ -10,7 +10,7 @@ the encoder's skip connection and mixes them with a residual block. A final 1x1 
 
 Input convention in covidedge: ``(N, 1, 256, 256)`` float32 grayscale scaled to [0, 1] (see
 ``covidedge.data.preprocess``); height and width must be divisible by ``2 ** depth``. The output
-is ``(N, num_classes, H, W)`` logits; ``covidedge.models.registry.InferenceWrapper`` adds the
+is ``(N, num_classes, H, W)`` logits; ``covidedge.models.wrapper.InferenceWrapper`` adds the
 per-channel sigmoid.
 """
 

@@ -10,7 +10,7 @@ average pooling, dropout and a linear classifier. At ``width_mult=1`` the model 
 
 Input convention in covidedge: ``(N, 1, 256, 256)`` float32 grayscale scaled to [0, 1] (see
 ``covidedge.data.preprocess``); any height and width of at least 32 px works. The output is
-``(N, num_classes)`` logits; ``covidedge.models.registry.InferenceWrapper`` adds the softmax.
+``(N, num_classes)`` logits; ``covidedge.models.wrapper.InferenceWrapper`` adds the softmax.
 """
 
 from __future__ import annotations

@@ -68,11 +68,11 @@ class ShippedModel:
     def fp32_onnx(self, cache: Optional[PathLike] = None) -> Path:
         """The runnable fp32 ONNX graph of this model, restored once into ``cache`` (default
         :func:`cache_dir`) and reused while its sha256 is the recorded one."""
-        from covidedge.export.onnx import file_sha256
+        from covidedge.fileio import sha256_file
 
         folder = Path(cache) if cache is not None else cache_dir()
         dst = folder / f"{self.name}-{self.fp32_sha256[:12]}.onnx"
-        if dst.is_file() and file_sha256(dst) == self.fp32_sha256:
+        if dst.is_file() and sha256_file(dst) == self.fp32_sha256:
             return dst
         if not self.compact_path.is_file():
             raise IncompatibleModelError("shipped model file is missing", path=self.compact_path,
@@ -81,7 +81,7 @@ class ShippedModel:
         with tempfile.TemporaryDirectory(dir=folder, prefix=".restore-") as tmp:
             tmp_out = Path(tmp) / dst.name
             restore_compact(self.compact_path, tmp_out)
-            got = file_sha256(tmp_out)
+            got = sha256_file(tmp_out)
             if got != self.fp32_sha256:
                 raise IncompatibleModelError(
                     f"shipped model restores to sha256 {got[:12]}, expected {self.fp32_sha256[:12]}",
@@ -166,8 +166,8 @@ def pack_compact(src: PathLike, dst: PathLike) -> Dict[str, Any]:
     import onnx
     from onnx import numpy_helper
 
-    from covidedge.export.onnx import load_onnx, save_onnx, set_metadata
-    from covidedge.export.precision import graph_precision
+    from covidedge.formats.onnxfile import load_onnx, save_onnx, set_metadata
+    from covidedge.formats.onnxfile import graph_precision
 
     model = load_onnx(src)
     if any(p.key == KEY_COMPACT for p in model.metadata_props):
@@ -204,7 +204,7 @@ def restore_compact(src: PathLike, dst: PathLike) -> Path:
     import onnx
     from onnx import numpy_helper
 
-    from covidedge.export.onnx import load_onnx, save_onnx
+    from covidedge.formats.onnxfile import load_onnx, save_onnx
 
     model = load_onnx(src)
     props = {p.key: p.value for p in model.metadata_props}

@@ -61,7 +61,9 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
     from covidedge.evaluation import evaluate
     from covidedge.export.calibration import default_manifest_path, make_calibration_set
     from covidedge.export.calibration_cache import write_calibration_cache
-    from covidedge.export.onnx import export_onnx, file_sha256, spec_from_onnx
+    from covidedge.export.onnx import export_onnx
+    from covidedge.fileio import sha256_file
+    from covidedge.formats.onnxfile import spec_from_onnx
     from covidedge.export.precision import convert_fp16, quantize_int8
     from covidedge.formats.checkpoint import read_checkpoint
 
@@ -112,7 +114,7 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
                                  ("int8-u8", "int8, unsigned activations (ONNX Runtime CPU form)", int8_cpu)):
             rows.append(_metric_row(key, label, Path(path), run(path, "onnxruntime"), ref))
         rows[0]["size_mb"] = round(raw.stat().st_size / 1e6, 2)  # the unrounded fp32 graph
-        fp32_sha = file_sha256(fp32)
+        fp32_sha = sha256_file(fp32)
 
     task = spec.task
     key = "delta_points" if task == "classifier" else "delta_infection_points"

@@ -337,10 +337,10 @@ def _read_bytes(item, source: str) -> bytes:
     if not isinstance(item, (str, os.PathLike)):
         raise BadInputError(f"cannot send a {type(item).__name__} to the server", path=source,
                             hint="pass an image file or its encoded bytes")
-    from covidedge.data.imageio import _check_file  # the local reader's own checks and messages
+    from covidedge.data.checks import check_file  # the local reader's own checks and messages
 
     p = Path(os.fspath(item))
-    _check_file(p)
+    check_file(p)
     try:
         return p.read_bytes()
     except OSError as exc:

@@ -95,11 +95,11 @@ def describe_network(path, task: str, backend: Optional[str] = None) -> NetworkS
     else:
         import onnx
 
-        from covidedge.engine.build import onnx_io
-        from covidedge.backends.onnxruntime import open_onnx
+        from covidedge.formats.onnxfile import graph_tensors
+        from covidedge.formats.onnxfile import open_onnx
 
         _, meta, spec = open_onnx(p)
-        ins, outs = onnx_io(onnx.load(str(p), load_external_data=False))
+        ins, outs = graph_tensors(onnx.load(str(p), load_external_data=False))
         batch = next((d["shape"][0] for d in ins if d["name"] == spec.input_name and d["shape"]), -1)
         io = {d["name"]: d["dtype"] for d in ins + outs}
         fixed = batch if batch and batch > 0 else None

@@ -18,15 +18,37 @@ the torch-free evaluation code.
 from __future__ import annotations
 
 import sys
-from typing import List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from covidedge.data.covidqu import select_samples  # noqa: F401  (public here too, see __all__)
 from covidedge.errors import DatasetError
 
-__all__ = ["select_samples", "class_weights", "CachedImages", "ClassificationDataset",
+__all__ = ["select_samples", "load_splits", "class_weights", "CachedImages", "ClassificationDataset",
            "SegmentationDataset"]
+
+
+def load_splits(data_root, limit_per_class: Optional[int], seed: int,
+                options: Optional[Dict[str, Any]] = None):
+    """(Train samples, Val samples) of the COVID-QU-Ex folder ``data_root``, at most
+    ``limit_per_class`` images per class of each (a seeded choice). A missing split, or a class
+    missing from one unless ``options["allow_missing_classes"]``, is a DatasetError; classes
+    allowed to be missing are recorded in ``options["missing_classes"]``."""
+    from covidedge.data.covidqu import CovidQuDataset
+
+    ds = CovidQuDataset(data_root)
+    for split in ("Train", "Val"):
+        if split not in ds.splits:
+            raise DatasetError(f"dataset has no {split} split (found: {', '.join(ds.splits) or 'none'})",
+                               path=data_root, hint="training needs Train and Val folders")
+    allow = bool((options or {}).get("allow_missing_classes", False))
+    missing = {split: ds.check_classes(split, allow_missing=allow) for split in ("Train", "Val")}
+    if options is not None and any(missing.values()):  # recorded in the checkpoint's options
+        options["missing_classes"] = {k: v for k, v in missing.items() if v}
+    train = select_samples(ds.samples("Train"), limit_per_class, seed)
+    val = select_samples(ds.samples("Val"), limit_per_class, seed)
+    return train, val
 
 
 def class_weights(label_indices: Sequence[int], num_classes: int) -> np.ndarray:

@@ -1,22 +1,21 @@
-"""Training loops for the Xception classifier and the residual U-Net segmenter, and the loss study.
+"""The training loop shared by the Xception classifier and the residual U-Net segmenter: the
+fit loop, its schedule, resume, checkpoints and history.
 
-Both loops train on the Train split and select the best epoch on Val: by accuracy for the
-classifier, and by the mean of the lung Dice (all images) and the infection Dice (COVID-19
-images) for the segmenter, since those are the numbers the model is judged by (val loss is
-recorded too, but a loss value is not comparable across loss functions). Optimisation: AdamW,
-a linear warm-up over the first 5 % of steps (at most one epoch), then a cosine decay to 1 % of
-the peak learning rate; early stopping after ``patience`` epochs without improvement; automatic
-mixed precision: fp16 autocast with a gradient scaler on CUDA, bf16 autocast on CPUs with native
-bf16 (AVX512-BF16 / AMX), fp32 elsewhere (``amp="auto"``); on a CPU, weights and batches use
-channels_last memory whatever the precision. Weights stay
-fp32 (autocast only lowers the matmuls and convolutions), losses are computed in fp32, and Val runs
-in fp32, so the epoch kept as best is judged by what the fp32 model gives.
+Both models train on the Train split and keep the epoch with the best Val score (what is scored
+is the task's, see ``covidedge.train.tasks``). Optimisation: AdamW, a linear warm-up over the
+first 5 % of steps (at most one epoch), then a cosine decay to 1 % of the peak learning rate;
+early stopping after ``patience`` epochs without improvement; mixed precision as
+``covidedge.train.amp`` plans it. Val runs in fp32, so the epoch kept as best is judged by what
+the fp32 model gives.
 
 Every epoch draws its shuffling, augmentation and dropout randomness from ``(seed, epoch)``
 alone, so a CPU run is deterministic and a resumed run repeats exactly what the uninterrupted
 run would have done. ``OUT_DIR`` receives ``best.pt``, ``last.pt`` (with the optimizer, schedule
 and scaler state for ``resume=True``), ``history.json``, ``learning_curves.png`` and
 ``metrics.json`` (the Val evaluation of ``best.pt`` through ``covidedge.evaluation``).
+
+The model's size comes from a named variant (``covidedge.models.registry.VARIANTS``) or from
+explicit ``image_size`` / width options, which win over the variant's values.
 """
 
 from __future__ import annotations
@@ -27,15 +26,17 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from covidedge.errors import BadInputError, DatasetError, IncompatibleModelError, RuntimeFailure
-from covidedge.spec import AMP_MODES
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.fileio import write_atomic
+from covidedge.train.amp import amp_words, resolve_amp, resolve_device
+from covidedge.train.tasks import ClassifierTask, SegmenterTask, resolve_sizes
 
-__all__ = ["TrainResult", "train_classifier", "train_segmenter", "LossStudyResult", "study_losses",
-           "OUTPUT_FILES", "resolve_device", "AmpPlan", "resolve_amp", "AMP_MODES"]
+__all__ = ["TrainResult", "train_classifier", "train_segmenter", "OUTPUT_FILES", "write_json",
+           "log", "same_option"]
 
 #: Files a training run writes into its output folder (``--overwrite`` removes only these).
 OUTPUT_FILES = ("best.pt", "last.pt", "history.json", "learning_curves.png", "metrics.json",
@@ -44,10 +45,10 @@ OUTPUT_FILES = ("best.pt", "last.pt", "history.json", "learning_curves.png", "me
 #: Options that may change when resuming (they do not alter what is being trained).
 _RESUMABLE_CHANGES = {"epochs", "patience", "device", "num_workers", "progress", "amp"}
 
-#: Mixed-precision modes of ``--amp``.
-
 WARMUP_FRACTION = 0.05
 MIN_LR_FRACTION = 0.01
+
+EpochCallback = Callable[[Dict[str, Any]], Optional[bool]]
 
 
 @dataclass
@@ -78,82 +79,6 @@ class TrainResult:
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def resolve_device(device: str = "auto") -> str:
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; an explicit CUDA request without a
-    GPU is an error rather than a silent CPU run."""
-    import torch
-
-    dev = str(device or "auto").lower()
-    if dev == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeFailure(f"device {device!r} was asked for, but torch sees no CUDA GPU",
-                             hint="use --device cpu or --device auto")
-    if not (dev == "cpu" or dev.startswith("cuda") or dev == "mps"):
-        raise BadInputError(f"device {device!r} is not known; expected auto, cpu, cuda or cuda:N")
-    return dev
-
-
-@dataclass(frozen=True)
-class AmpPlan:
-    """How a training step computes: ``dtype`` is "fp32", "bf16" or "fp16"; autocast runs on
-    ``device_type``; ``channels_last`` puts weights and batches in NHWC (oneDNN's fast layout on
-    CPUs, for fp32 and bf16 alike); ``grad_scaler`` guards fp16 gradients against underflow."""
-
-    mode: str
-    dtype: str
-    device_type: str
-    channels_last: bool
-    grad_scaler: bool
-
-    @property
-    def enabled(self) -> bool:
-        return self.dtype != "fp32"
-
-    def autocast(self):
-        import torch
-
-        dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype, torch.float32)
-        return torch.autocast(device_type=self.device_type, dtype=dt, enabled=self.enabled)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"mode": self.mode, "dtype": self.dtype, "device_type": self.device_type,
-                "channels_last": self.channels_last, "grad_scaler": self.grad_scaler}
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU computes bf16 natively (oneDNN reports AVX512-BF16 or AMX)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_amp(mode: str, device: str) -> AmpPlan:
-    """Pick the mixed precision for ``device``: "auto" gives fp16 on CUDA, bf16 on CPUs with
-    native bf16 and fp32 otherwise; an explicit mode the device cannot run is an error."""
-    m = str(mode or "auto").lower()
-    if m not in AMP_MODES:
-        raise BadInputError(f"amp={mode!r} is not known; expected one of {', '.join(AMP_MODES)}")
-    dev_type = "cuda" if device.startswith("cuda") else ("mps" if device == "mps" else "cpu")
-    if m == "auto":
-        m_eff = "fp16" if dev_type == "cuda" else ("bf16" if dev_type == "cpu" and cpu_has_bf16() else "off")
-    else:
-        m_eff = m
-    if m_eff == "fp16" and dev_type != "cuda":
-        raise BadInputError(f"amp=fp16 needs a CUDA device, not {device!r}",
-                            hint="use --amp bf16 on a CPU with bf16 support, or --amp off")
-    if m_eff == "bf16" and dev_type == "cpu" and not cpu_has_bf16():
-        raise BadInputError("amp=bf16 was asked for, but this CPU has no native bf16 (AVX512-BF16 / AMX); "
-                            "emulated bf16 is slower than fp32", hint="use --amp off or --amp auto")
-    dtype = {"off": "fp32"}.get(m_eff, m_eff)
-    return AmpPlan(mode=m, dtype=dtype, device_type=dev_type,
-                   channels_last=dev_type == "cpu",
-                   grad_scaler=dtype == "fp16")
-
-
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine decay."""
     if step < warmup:
@@ -166,8 +91,6 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return (int(seed) * 1_000_003 + epoch * 101 + stream) % (2 ** 63 - 1)
-
-
 def _check_options(o: Dict[str, Any]) -> None:
     def positive(name, kind=int):
         v = o[name]
@@ -223,183 +146,26 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as indented JSON (numpy values and paths as plain values), atomically."""
+    write_atomic(path, (json.dumps(data, indent=2, default=_json_default) + "\n").encode())
 
 
-def _log(progress: bool, text: str) -> None:
+def log(progress: bool, text: str) -> None:
+    """One line of the training log on stderr (above a progress bar), when ``progress``."""
     if progress:
         from tqdm.auto import tqdm
 
         tqdm.write(text, file=sys.stderr)
 
 
-def _load_splits(data_root, limit_per_class, seed, options=None):
-    from covidedge.data.covidqu import CovidQuDataset
-    from covidedge.data.covidqu import select_samples
-
-    ds = CovidQuDataset(data_root)
-    for split in ("Train", "Val"):
-        if split not in ds.splits:
-            raise DatasetError(f"dataset has no {split} split (found: {', '.join(ds.splits) or 'none'})",
-                               path=data_root, hint="training needs Train and Val folders")
-    allow = bool((options or {}).get("allow_missing_classes", False))
-    missing = {split: ds.check_classes(split, allow_missing=allow) for split in ("Train", "Val")}
-    if options is not None and any(missing.values()):  # recorded in the checkpoint's options
-        options["missing_classes"] = {k: v for k, v in missing.items() if v}
-    train = select_samples(ds.samples("Train"), limit_per_class, seed)
-    val = select_samples(ds.samples("Val"), limit_per_class, seed)
-    return train, val
-
-
-# -- per-task behaviour ----------------------------------------------------------------------
-class _ClassifierTask:
-    name = "classifier"
-    monitor = "val_accuracy"
-
-    def __init__(self, o):
-        self.o = o
-
-    def spec(self):
-        from covidedge.spec import classifier_spec
-
-        s = self.o["image_size"]
-        return classifier_spec("xception", input_size=(s, s),
-                               model_kwargs={"width_mult": float(self.o["width_mult"]),
-                                             "drop_rate": float(self.o["drop_rate"])})
-
-    def datasets(self, train, val, progress):
-        from covidedge.train.datasets import ClassificationDataset, class_weights
-
-        size = (self.o["image_size"],) * 2
-        tr = ClassificationDataset(train, size, progress)
-        va = ClassificationDataset(val, size, progress)
-        from covidedge.spec import CLASS_LABELS
-
-        self.weights = class_weights(tr.labels, len(CLASS_LABELS))
-        return tr, va
-
-    def criterion(self, device):
-        import torch
-
-        return torch.nn.CrossEntropyLoss(weight=torch.as_tensor(self.weights, device=device))
-
-    def augment_and_loss(self, model, batch, aug, gen, crit, device, amp):
-        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        x, _ = aug(x, None, generator=gen)
-        with amp.autocast():
-            logits = model(_layout(x, amp))
-        return crit(logits.float(), y), x.shape[0]
-
-    def validate(self, model, loader, crit, device, amp):
-        import torch
-
-        total, n, correct = 0.0, 0, 0
-        with torch.no_grad():
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                with amp.autocast():
-                    logits = model(_layout(x, amp))
-                total += float(crit(logits.float(), y)) * x.shape[0]
-                correct += int((logits.argmax(1) == y).sum())
-                n += x.shape[0]
-        return {"val_loss": total / n, "val_accuracy": correct / n}
-
-
-class _SegmenterTask:
-    name = "segmenter"
-    monitor = "val_dice_mean"
-
-    def __init__(self, o):
-        self.o = o
-
-    def spec(self):
-        from covidedge.spec import segmenter_spec
-
-        s = self.o["image_size"]
-        return segmenter_spec("resunet", input_size=(s, s),
-                              model_kwargs={"base_width": int(self.o["base_width"]),
-                                            "depth": int(self.o["depth"])})
-
-    def datasets(self, train, val, progress):
-        from covidedge.train.datasets import SegmentationDataset
-
-        size = (self.o["image_size"],) * 2
-        return SegmentationDataset(train, size, progress), SegmentationDataset(val, size, progress)
-
-    def criterion(self, device):
-        from covidedge.train.losses import get_loss
-
-        return get_loss(self.o["loss"], **(self.o["loss_params"] or {})).to(device)
-
-    def augment_and_loss(self, model, batch, aug, gen, crit, device, amp):
-        x = batch[0].to(device, non_blocking=True)
-        m = batch[1].to(device, non_blocking=True)
-        x, m = aug(x, m, generator=gen)
-        with amp.autocast():
-            logits = model(_layout(x, amp))
-        return crit(logits.float(), m), x.shape[0]
-
-    def validate(self, model, loader, crit, device, amp):
-        import torch
-
-        from covidedge.spec import CLASS_LABELS
-
-        covid = CLASS_LABELS.index("COVID-19")
-        total, n = 0.0, 0
-        lung_d: List[float] = []
-        inf_d: List[float] = []
-        with torch.no_grad():
-            for x, m, y in loader:
-                x, m = x.to(device), m.to(device)
-                with amp.autocast():
-                    logits = model(_layout(x, amp))
-                logits = logits.float()
-                total += float(crit(logits, m)) * x.shape[0]
-                n += x.shape[0]
-                pred = logits > 0  # sigmoid(logit) > 0.5
-                d = _dice_per_image(pred, m > 0.5)  # (N, 2)
-                lung_d.extend(d[:, 0].tolist())
-                inf_d.extend(d[(y == covid).to(d.device), 1].tolist())
-        lung = _nanmean(lung_d)
-        inf = _nanmean(inf_d)
-        mean = lung if math.isnan(inf) else 0.5 * (lung + inf)
-        return {"val_loss": total / n, "val_dice_lungs": lung, "val_dice_infection": inf,
-                "val_dice_mean": mean}
-
-
-def _layout(x, amp: AmpPlan):
-    import torch
-
-    return x.contiguous(memory_format=torch.channels_last) if amp.channels_last else x
-
-
-def _nanmean(values: List[float]) -> float:
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if v.size else float("nan")
-
-
-def _dice_per_image(pred, target):
-    """Dice per image and channel of boolean (N, C, H, W) tensors; NaN where both masks are
-    empty (undefined, and left out of the mean, as covidedge.metrics.dice does)."""
-    import torch
-
-    pred, target = pred.flatten(2).float(), target.flatten(2).float()
-    inter = (pred * target).sum(-1)
-    denom = pred.sum(-1) + target.sum(-1)
-    return torch.where(denom > 0, 2.0 * inter / denom.clamp(min=1.0),
-                       torch.full_like(denom, float("nan")))
-
-
 # -- the shared loop -------------------------------------------------------------------------
 def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
-         on_epoch_end: Optional[Callable[[Dict[str, Any]], Optional[bool]]]) -> TrainResult:
+         on_epoch_end: Optional[EpochCallback]) -> TrainResult:
     import torch
 
     from covidedge.train.augment import BatchAugment
+    from covidedge.train.datasets import load_splits
     from covidedge.formats.checkpoint import read_checkpoint, save_checkpoint
 
     t_start = time.perf_counter()
@@ -423,14 +189,14 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
                 f"last.pt is not a resumable {task.name} run", path=out / "last.pt",
                 hint="start a new run with another --out")
         diff = [k for k in o if k not in _RESUMABLE_CHANGES and k in stored
-                and _norm(stored[k]) != _norm(o[k])]
+                and not same_option(stored[k], o[k])]
         if diff:
             said = ", ".join(f"{k}={o[k]!r} (run used {stored[k]!r})" for k in diff)
             raise BadInputError(f"cannot resume with changed options: {said}", path=out,
                                 hint="pass the run's original options, or start a new run")
         state = payload
 
-    train_samples, val_samples = _load_splits(o["data_root"], o["limit_per_class"], o["seed"], o)
+    train_samples, val_samples = load_splits(o["data_root"], o["limit_per_class"], o["seed"], o)
     train_ds, val_ds = task.datasets(train_samples, val_samples, progress)
     spec = task.spec()
 
@@ -467,21 +233,19 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
         step, start_epoch = int(r["step"]), int(r["epoch"]) + 1
         best_epoch, best_score, bad_epochs = int(r["best_epoch"]), float(r["best_score"]), int(r["bad_epochs"])
         history = list(state["extra"].get("history") or [])
-        _log(progress, f"resuming {out} after epoch {start_epoch - 1} "
+        log(progress, f"resuming {out} after epoch {start_epoch - 1} "
                        f"(best so far: epoch {best_epoch}, {task.monitor} {best_score:.4f})")
         if bad_epochs >= o["patience"] or start_epoch > o["epochs"]:
-            _log(progress, "that run had already finished; evaluating its best checkpoint")
+            log(progress, "that run had already finished; evaluating its best checkpoint")
             start_epoch = o["epochs"] + 1
 
     plain_options = {k: (str(v) if isinstance(v, Path) else v) for k, v in o.items()}
     base_extra = {"task": task.name, "train_options": plain_options,
                   "augmentation": aug.config.to_dict(), "monitor": task.monitor,
                   "train_images": len(train_ds), "val_images": len(val_ds),
-                  "device": device, "amp": amp.to_dict()}
-    if task.name == "classifier":
-        base_extra["class_weights"] = [float(w) for w in task.weights]
+                  "device": device, "amp": amp.to_dict(), **task.checkpoint_extra()}
 
-    _log(progress, f"training {task.name} on {device} ({_amp_words(amp)}): {len(train_ds)} Train / "
+    log(progress, f"training {task.name} on {device} ({amp_words(amp)}): {len(train_ds)} Train / "
                    f"{len(val_ds)} Val images at {o['image_size']} px, {o['epochs']} epochs, batch {bs}")
     stopped_early = bool(history) and bad_epochs >= o["patience"] and len(history) < o["epochs"]
     epoch = start_epoch - 1
@@ -540,31 +304,29 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
             **base_extra, "epoch": epoch, "metrics": val, "history": history,
             "resume": resume_state})
         _write_history(out, task, plain_options, history, best_epoch)
-        _log(progress, _summary(record, o["epochs"], task.monitor))
+        log(progress, _summary(record, o["epochs"], task.monitor))
         if on_epoch_end is not None and on_epoch_end(dict(record)):
-            _log(progress, f"stopped by the caller after epoch {epoch}")
+            log(progress, f"stopped by the caller after epoch {epoch}")
             break
         if bad_epochs >= o["patience"]:
             stopped_early = epoch < o["epochs"]
-            _log(progress, f"early stop: no {task.monitor} gain for {bad_epochs} epochs "
+            log(progress, f"early stop: no {task.monitor} gain for {bad_epochs} epochs "
                            f"(patience {o['patience']}); best epoch {best_epoch}")
             break
 
     if not (out / "best.pt").is_file():
         raise RuntimeFailure("no epoch finished, so there is no best.pt", path=out)
     _write_history(out, task, plain_options, history, best_epoch)
-    _plot_curves(out, history, task, best_epoch)
+    from covidedge.plots import plot_learning_curves
+
+    plot_learning_curves(history, out / "learning_curves.png", metric=task.curve_metric,
+                         best_epoch=best_epoch, title=f"{task.name}: learning curves")
     metrics = _final_metrics(out, o, device, progress)
     return TrainResult(task=task.name, out_dir=out, best_checkpoint=out / "best.pt",
                        last_checkpoint=out / "last.pt", best_epoch=best_epoch,
                        monitor=task.monitor, best_score=best_score,
                        epochs_run=len(history), stopped_early=stopped_early,
                        seconds=time.perf_counter() - t_start, history=history, metrics=metrics)
-
-
-def _amp_words(amp: AmpPlan) -> str:
-    words = "fp32" if not amp.enabled else f"{amp.dtype} autocast"
-    return words + (", channels_last" if amp.channels_last else "") + (", grad scaler" if amp.grad_scaler else "")
 
 
 def _norm(v):
@@ -577,6 +339,12 @@ def _norm(v):
     if isinstance(v, float) and v.is_integer():
         return int(v)
     return v
+
+
+def same_option(a, b) -> bool:
+    """Whether two recorded option values are the same (paths as strings, 2.0 as 2, tuples as
+    lists): how a resumed or reused run's options are compared with the stored ones."""
+    return _norm(a) == _norm(b)
 
 
 def _bar(loader, epoch, epochs, progress):
@@ -599,17 +367,9 @@ def _summary(r: Dict[str, Any], epochs: int, monitor: str) -> str:
 
 
 def _write_history(out: Path, task, options, history, best_epoch) -> None:
-    _write_json(out / "history.json", {"task": task.name, "monitor": task.monitor,
+    write_json(out / "history.json", {"task": task.name, "monitor": task.monitor,
                                        "best_epoch": best_epoch, "options": options,
                                        "epochs": history})
-
-
-def _plot_curves(out: Path, history, task, best_epoch: int) -> None:
-    from covidedge.plots import plot_learning_curves
-
-    metric = "accuracy" if task.name == "classifier" else "dice_mean"
-    plot_learning_curves(history, out / "learning_curves.png", metric=metric,
-                         best_epoch=best_epoch, title=f"{task.name}: learning curves")
 
 
 def _final_metrics(out: Path, o: Dict[str, Any], device: str, progress: bool) -> Dict[str, Any]:
@@ -623,282 +383,66 @@ def _final_metrics(out: Path, o: Dict[str, Any], device: str, progress: bool) ->
                           limit_per_class=o["limit_per_class"], seed=o["seed"], progress=progress,
                           allow_missing_classes=bool(o.get("allow_missing_classes", False)))
     metrics = report.to_dict()
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     report.save(out / "val_report")
-    _log(progress, report.headline())
+    log(progress, report.headline())
     return metrics
 
 
+
 # -- public entry points ---------------------------------------------------------------------
-def train_classifier(data_root, out_dir, *, epochs: int = 30, batch_size: int = 16, lr: float = 1e-3,
-                     weight_decay: float = 1e-4, image_size: int = 256, width_mult: float = 1.0,
+def train_classifier(data_root, out_dir, *, variant: Optional[str] = None, epochs: int = 30,
+                     batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4,
+                     image_size: Optional[int] = None, width_mult: Optional[float] = None,
                      drop_rate: float = 0.2, device: str = "auto", amp: str = "auto",
                      seed: int = 0, patience: int = 8,
                      limit_per_class: Optional[int] = None, num_workers: int = 0,
                      resume: bool = False, hflip: bool = False, progress: bool = True,
                      overwrite: bool = False, allow_missing_classes: bool = False,
-                     on_epoch_end: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None,
-                     ) -> TrainResult:
+                     on_epoch_end: Optional[EpochCallback] = None) -> TrainResult:
     """Train the Xception classifier (COVID-19 / Non-COVID / Normal) on ``data_root``'s Train split,
-    keeping the epoch with the best Val accuracy. ``image_size`` in px (square); ``lr`` is the
-    peak learning rate. ``on_epoch_end(record)`` is called after each epoch with its history
-    record; returning True stops training there (``last.pt`` can then be resumed)."""
-    o = dict(task="classifier", data_root=str(data_root), epochs=epochs, batch_size=batch_size,
-             lr=float(lr), weight_decay=float(weight_decay), image_size=int(image_size),
-             width_mult=float(width_mult), drop_rate=float(drop_rate), device=device,
-             amp=str(amp), seed=int(seed), patience=patience, limit_per_class=limit_per_class,
-             num_workers=int(num_workers), hflip=bool(hflip), progress=bool(progress),
-             allow_missing_classes=bool(allow_missing_classes))
-    if not 0.0 <= o["drop_rate"] < 1.0:
-        raise BadInputError(f"drop-rate={drop_rate} is outside [0, 1)")
-    if o["width_mult"] <= 0:
-        raise BadInputError(f"width-mult={width_mult} is not positive; expected e.g. 0.25 .. 1.0")
-    return _fit(_ClassifierTask(o), o, out_dir, resume=resume, overwrite=overwrite,
-                on_epoch_end=on_epoch_end)
-
-
-def train_segmenter(data_root, out_dir, *, epochs: int = 30, batch_size: int = 16, lr: float = 1e-3,
-                    weight_decay: float = 1e-4, image_size: int = 256, base_width: int = 32,
-                    depth: int = 4, loss: str = "bce_dice",
-                    loss_params: Optional[Dict[str, Any]] = None, device: str = "auto",
-                    amp: str = "auto", seed: int = 0, patience: int = 8, limit_per_class: Optional[int] = None,
-                    num_workers: int = 0, resume: bool = False, hflip: bool = False,
-                    progress: bool = True, overwrite: bool = False, allow_missing_classes: bool = False,
-                    on_epoch_end: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None,
-                    ) -> TrainResult:
-    """Train the residual U-Net (lungs + infection masks) on ``data_root``'s Train split with the
-    loss ``loss`` (see ``covidedge.train.losses.LOSSES``), keeping the epoch with the best mean
-    of Val lung Dice and Val infection Dice (COVID-19 images). ``image_size`` in px must be
-    divisible by 2**depth."""
-    from covidedge.train.losses import get_loss
-
-    o = dict(task="segmenter", data_root=str(data_root), epochs=epochs, batch_size=batch_size,
-             lr=float(lr), weight_decay=float(weight_decay), image_size=int(image_size),
-             base_width=int(base_width), depth=int(depth), loss=str(loss),
-             loss_params=dict(loss_params or {}), device=device, amp=str(amp), seed=int(seed),
+    keeping the epoch with the best Val accuracy. ``variant`` names the model size (default
+    ``xception256``: 256 px, width 1.0); ``image_size`` (px, square) and ``width_mult``, when
+    given, win over the variant's. ``lr`` is the peak learning rate. ``on_epoch_end(record)`` is
+    called after each epoch with its history record; returning True stops training there
+    (``last.pt`` can then be resumed)."""
+    sizes = resolve_sizes("classifier", variant, image_size=image_size, width_mult=width_mult)
+    o = dict(task="classifier", variant=variant, data_root=str(data_root), epochs=epochs,
+             batch_size=batch_size, lr=float(lr), weight_decay=float(weight_decay),
+             image_size=int(sizes["image_size"]), width_mult=float(sizes["width_mult"]),
+             drop_rate=float(drop_rate), device=device, amp=str(amp), seed=int(seed),
              patience=patience, limit_per_class=limit_per_class, num_workers=int(num_workers),
              hflip=bool(hflip), progress=bool(progress),
              allow_missing_classes=bool(allow_missing_classes))
-    get_loss(o["loss"], **o["loss_params"])  # unknown loss or option: fail before decoding data
-    if o["base_width"] < 1 or o["depth"] < 1:
-        raise BadInputError(f"base-width={base_width} and depth={depth} must be positive")
-    if int(image_size) % (2 ** o["depth"]):
-        raise BadInputError(f"image-size={image_size} is not divisible by 2**depth={2 ** o['depth']}",
-                            hint="pick an image size that the U-Net can halve depth times, e.g. 128 or 256")
-    return _fit(_SegmenterTask(o), o, out_dir, resume=resume, overwrite=overwrite,
+    ClassifierTask.check_options(o)
+    return _fit(ClassifierTask(o), o, out_dir, resume=resume, overwrite=overwrite,
                 on_epoch_end=on_epoch_end)
 
 
-# -- the loss study --------------------------------------------------------------------------
-#: Bars of comparison.png: (metrics key, label).
-STUDY_BARS = (("lung_dice", "lung Dice"), ("infection_dice", "infection Dice"),
-              ("infection_iou", "infection IoU"), ("fp_infection_fraction", "FP infected area"))
-
-
-@dataclass
-class LossStudyResult:
-    """One row per loss: Val metrics of each loss's best epoch under the same seed and budget."""
-
-    out_dir: Path
-    rows: List[Dict[str, Any]]
-    settings: Dict[str, Any]
-
-    def verdict(self) -> Dict[str, Any]:
-        """The loss with the highest Val infection Dice, its margin over the runner-up (in Dice
-        points), and whether every loss had converged (see ``CONVERGED_DELTA``)."""
-        ranked = sorted((r for r in self.rows if _finite(r["infection_dice"])),
-                        key=lambda r: r["infection_dice"], reverse=True)
-        if not ranked:
-            return {"winner": None, "runner_up": None, "margin": None,
-                    "all_converged": False, "not_converged": [r["loss"] for r in self.rows]}
-        runner = ranked[1] if len(ranked) > 1 else None
-        by_severity = sorted((r for r in self.rows if _finite(r.get("severity_mae"))),
-                             key=lambda r: r["severity_mae"])
-        return {"winner": ranked[0]["loss"], "runner_up": runner["loss"] if runner else None,
-                "margin": (ranked[0]["infection_dice"] - runner["infection_dice"]) if runner else None,
-                "best_severity": by_severity[0]["loss"] if by_severity else None,
-                "severity_margin": (by_severity[1]["severity_mae"] - by_severity[0]["severity_mae"])
-                if len(by_severity) > 1 else None,
-                "all_converged": all(r.get("converged") for r in self.rows),
-                "not_converged": [r["loss"] for r in self.rows if not r.get("converged")]}
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "settings": self.settings, "rows": self.rows,
-                **self.verdict()}
-
-    def to_markdown(self) -> str:
-        s = self.settings
-        lines = [
-            "# Segmentation loss comparison (residual U-Net)",
-            "",
-            f"Same seed ({s['seed']}), data and budget ({s['epochs']} epochs, no early stopping) for "
-            f"every loss; image {s['image_size']} px, base width {s['base_width']}, depth {s['depth']}, "
-            f"limit per class {s['limit_per_class']}. Metrics on the Val split at the best epoch; "
-            "infection Dice / IoU over COVID-19 images, lung Dice over all images, FP infected "
-            "area = mean fraction of the image predicted infected on Non-COVID / Normal images.",
-            "",
-            "| loss | lung Dice | infection Dice | infection IoU | FP infected area (% of image) | "
-            "severity MAE (% of lungs) | best epoch | last-epoch change | converged | seconds |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        best = max((r["infection_dice"] for r in self.rows if _finite(r["infection_dice"])),
-                   default=None)
-        for r in self.rows:
-            mark = " **best**" if best is not None and r["infection_dice"] == best else ""
-            lines.append(
-                f"| {r['loss']}{mark} | {_fmt(r['lung_dice'])} | {_fmt(r['infection_dice'])} | "
-                f"{_fmt(r['infection_iou'])} | {_fmt(_times100(r['fp_infection_fraction']), 2)} | "
-                f"{_fmt(_times100(r['severity_mae']), 2)} | {r['best_epoch']} | "
-                f"{_fmt(r.get('last_change'))} | {'yes' if r.get('converged') else 'no'} | "
-                f"{r['seconds']:.0f} |")
-        v = self.verdict()
-        lines.append("")
-        if v["winner"] is None:
-            lines.append("**Verdict:** none - no loss produced a finite infection Dice.")
-        else:
-            margin = (f", {100 * v['margin']:.2f} Dice points ahead of {v['runner_up']}"
-                      if v["runner_up"] else "")
-            lines.append(f"**Verdict:** {v['winner']} has the highest Val infection Dice{margin}.")
-            if v["best_severity"] is not None:
-                rows = {r["loss"]: r for r in self.rows}
-                b = rows[v["best_severity"]]
-                extra = (f", {100 * v['severity_margin']:.2f} points below the next" if v["severity_margin"] is not None
-                         else "")
-                lines.append(f"{v['best_severity']} has the lowest severity error ({_fmt(_times100(b['severity_mae']), 2)} "
-                             f"% of the lungs{extra}), the number that counts infection on COVID-19 images and "
-                             f"false positives on infection-free ones alike (FP infected area "
-                             f"{_fmt(_times100(b['fp_infection_fraction']), 2)} % of the image, against "
-                             f"{_fmt(_times100(rows[v['winner']]['fp_infection_fraction']), 2)} % for {v['winner']}).")
-        lines.append(
-            "Every loss converged (mean Val Dice changed by less than "
-            f"{CONVERGED_DELTA:.2f} over the last epoch)." if v["all_converged"] else
-            f"Not converged within the budget: {', '.join(v['not_converged'])} (mean Val Dice still "
-            f"moved by {CONVERGED_DELTA:.2f} or more over the last epoch) - train longer before "
-            "trusting the ranking.")
-        return "\n".join(lines) + "\n"
-
-
-#: A run has converged when its monitored Val score moved by less than this over its last epoch.
-CONVERGED_DELTA = 0.01
-
-
-def _convergence(epochs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    scores = [e.get("val_dice_mean") for e in epochs]
-    if len(scores) < 2 or not all(_finite(x) for x in scores[-2:]):
-        return {"last_change": None, "converged": False}
-    change = float(scores[-1] - scores[-2])
-    return {"last_change": change, "converged": abs(change) < CONVERGED_DELTA}
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _times100(v):
-    return 100.0 * v if _finite(v) else v
-
-
-def _fmt(v, nd=3) -> str:
-    return f"{v:.{nd}f}" if _finite(v) else "n/a"
-
-
-def study_losses(data_root, out_dir, *, losses: Optional[Sequence[str]] = None, epochs: int = 10,
-                 image_size: int = 256, base_width: int = 32, depth: int = 4,
-                 batch_size: int = 16, lr: float = 1e-3, limit_per_class: Optional[int] = None,
-                 seed: int = 0, device: str = "auto", amp: str = "auto", num_workers: int = 0,
-                 progress: bool = True, overwrite: bool = False) -> LossStudyResult:
-    """Train the segmenter once per loss (all of ``LOSSES`` by default) with the same seed, data and
-    epoch budget (early stopping off), into ``out_dir/<loss>/``, and write comparison.md,
-    comparison.json and comparison.png. A loss whose run folder already holds a finished run
-    with the same settings is reused rather than retrained."""
-    from covidedge.train.losses import LOSSES
-
-    names = list(LOSSES) if not losses else [str(n).strip().lower().replace("-", "_") for n in losses]
-    unknown = [n for n in names if n not in LOSSES]
-    if unknown:
-        raise BadInputError(f"unknown loss(es) {', '.join(unknown)}; expected some of "
-                            f"{', '.join(LOSSES)} or 'all'")
-    if len(set(names)) != len(names):
-        raise BadInputError(f"loss list {','.join(names)} names a loss twice")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = dict(epochs=int(epochs), image_size=int(image_size), base_width=int(base_width),
-                    depth=int(depth), batch_size=int(batch_size), lr=float(lr),
-                    limit_per_class=limit_per_class, seed=int(seed), data_root=str(data_root))
-    rows = []
-    for i, name in enumerate(names, 1):
-        run_dir = out / name
-        _log(progress, f"[{i}/{len(names)}] loss {name}")
-        reused = _reusable_run(run_dir, name, settings) if not overwrite else None
-        if reused is not None:
-            _log(progress, f"reusing the finished run in {run_dir}")
-            metrics, hist = reused
-            best_epoch, seconds = hist["best_epoch"], sum(e["seconds"] for e in hist["epochs"])
-        else:
-            res = train_segmenter(data_root, run_dir, epochs=epochs, batch_size=batch_size, lr=lr,
-                                  image_size=image_size, base_width=base_width, depth=depth,
-                                  loss=name, device=device, amp=amp, seed=seed,
-                                  patience=int(epochs),
-                                  limit_per_class=limit_per_class, num_workers=num_workers,
-                                  progress=progress, overwrite=True)
-            metrics, best_epoch, seconds = res.metrics, res.best_epoch, res.seconds
-            hist = json.loads((run_dir / "history.json").read_text())
-        m = metrics["metrics"]
-        conv = _convergence(hist.get("epochs") or [])
-        rows.append({"loss": name, "lung_dice": m["lung_dice"], "lung_iou": m["lung_iou"],
-                     "infection_dice": m["infection_dice"], "infection_iou": m["infection_iou"],
-                     "fp_infection_fraction": m["fp_infection_fraction"],
-                     "severity_mae": m["severity_mae"], "best_epoch": best_epoch,
-                     "seconds": round(float(seconds), 1), "run_dir": str(run_dir), **conv})
-    result = LossStudyResult(out_dir=out, rows=rows, settings=settings)
-    _write_json(out / "comparison.json", result.to_dict())
-    (out / "comparison.md").write_text(result.to_markdown())
-    _plot_study(out / "comparison.png", rows)
-    return result
-
-
-def _reusable_run(run_dir: Path, loss: str, settings: Dict[str, Any]):
-    try:
-        hist = json.loads((run_dir / "history.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not (run_dir / "best.pt").is_file():
-        return None
-    o = hist.get("options") or {}
-    want = {**settings, "loss": loss, "loss_params": {}}
-    if any(_norm(o.get(k)) != _norm(v) for k, v in want.items()):
-        return None
-    if len(hist.get("epochs") or []) != settings["epochs"]:
-        return None
-    return metrics, hist
-
-
-def _plot_study(path: Path, rows: List[Dict[str, Any]]) -> None:
-    from covidedge.errors import require
-
-    require("matplotlib", extra="plots", purpose="comparison.png")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(rows)
-    width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(STUDY_BARS) + 0.5 * n), 4.2))
-    xs = np.arange(len(STUDY_BARS))
-    for i, r in enumerate(rows):
-        vals = [r[k] if _finite(r[k]) else 0.0 for k, _ in STUDY_BARS]
-        bars = ax.bar(xs + (i - (n - 1) / 2) * width, vals, width, label=r["loss"])
-        for b, v in zip(bars, vals):
-            ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom", fontsize=6, rotation=90)
-    ax.set_xticks(xs, [label for _, label in STUDY_BARS])
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("Val score (FP area: fraction of image)")
-    ax.set_title("Segmentation losses, same seed and budget")
-    ax.legend(fontsize=8, ncol=min(4, n), loc="upper center", bbox_to_anchor=(0.5, -0.1),
-              frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def train_segmenter(data_root, out_dir, *, variant: Optional[str] = None, epochs: int = 30,
+                    batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4,
+                    image_size: Optional[int] = None, base_width: Optional[int] = None,
+                    depth: Optional[int] = None, loss: str = "bce_dice",
+                    loss_params: Optional[Dict[str, Any]] = None, device: str = "auto",
+                    amp: str = "auto", seed: int = 0, patience: int = 8,
+                    limit_per_class: Optional[int] = None, num_workers: int = 0,
+                    resume: bool = False, hflip: bool = False, progress: bool = True,
+                    overwrite: bool = False, allow_missing_classes: bool = False,
+                    on_epoch_end: Optional[EpochCallback] = None) -> TrainResult:
+    """Train the residual U-Net (lungs + infection masks) on ``data_root``'s Train split with the
+    loss ``loss`` (see ``covidedge.train.losses.LOSSES``), keeping the epoch with the best mean
+    of Val lung Dice and Val infection Dice (COVID-19 images). ``variant`` names the model size
+    (default ``resunet256``: 256 px, base width 32, depth 4); ``image_size`` (px, divisible by
+    2**depth), ``base_width`` and ``depth``, when given, win over the variant's."""
+    sizes = resolve_sizes("segmenter", variant, image_size=image_size, base_width=base_width,
+                          depth=depth)
+    o = dict(task="segmenter", variant=variant, data_root=str(data_root), epochs=epochs,
+             batch_size=batch_size, lr=float(lr), weight_decay=float(weight_decay),
+             image_size=int(sizes["image_size"]), base_width=int(sizes["base_width"]),
+             depth=int(sizes["depth"]), loss=str(loss), loss_params=dict(loss_params or {}),
+             device=device, amp=str(amp), seed=int(seed), patience=patience,
+             limit_per_class=limit_per_class, num_workers=int(num_workers), hflip=bool(hflip),
+             progress=bool(progress), allow_missing_classes=bool(allow_missing_classes))
+    SegmenterTask.check_options(o)
+    return _fit(SegmenterTask(o), o, out_dir, resume=resume, overwrite=overwrite,
+                on_epoch_end=on_epoch_end)

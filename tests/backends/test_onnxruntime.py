@@ -6,7 +6,7 @@ import pytest
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
 from covidedge.backends.onnxruntime import OrtRunner, resolve_providers
-from tests.runtime.helpers_onnx import expected_logits, tiny_classifier_onnx
+from tests.graphs import expected_logits, tiny_classifier_onnx
 
 
 def test_runs_graph_and_reads_spec_from_metadata(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 from covidedge.errors import BadInputError, IncompatibleModelError
 from covidedge.runtime import load
 from covidedge.backends.onnxruntime import OrtRunner
-from tests.runtime.helpers_onnx import expected_logits, tiny_classifier_onnx
+from tests.graphs import expected_logits, tiny_classifier_onnx
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'covidedge[openvino]')")
 

@@ -18,8 +18,9 @@ from covidedge.bench.timing import (
 from covidedge.errors import BadInputError
 from covidedge.backends.base import Runner
 from covidedge.backends.onnxruntime import OrtRunner
-from covidedge.spec import classifier_spec, segmenter_spec
-from tests.runtime.helpers_onnx import tiny_classifier_onnx
+from covidedge.runtime.pipeline import Pipeline
+from covidedge.spec import classifier_spec
+from tests.graphs import tiny_classifier_onnx, tiny_segmenter_onnx
 
 
 # -- pure statistics ----------------------------------------------------------------------------
@@ -184,31 +185,9 @@ def test_end_to_end_classifier_stages(tmp_path):
     assert set(e2e.to_dict()["medians_ms"]) == set(e2e.stages)
 
 
-def _tiny_segmenter_onnx(path, size=8):
-    """probabilities = sigmoid(1x1 conv of the image into 2 channels: x - 0.5 and 0.5 - x)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    spec = segmenter_spec(model_name="tiny", input_size=(size, size))
-    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 2, size, size])
-            for n in ("logits", "probabilities")]
-    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 1, 1, 1], [10.0, -10.0])
-    b = helper.make_tensor("b", TensorProto.FLOAT, [2], [-5.0, 5.0])
-    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["logits"]),
-             helper.make_node("Sigmoid", ["logits"], ["probabilities"])]
-    model = helper.make_model(helper.make_graph(nodes, "tinyseg", [x], outs, initializer=[w, b]),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for k, v in spec.to_metadata().items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.save(model, str(path))
-    return spec
-
-
 def test_end_to_end_segmenter_resizes_masks(tmp_path, monkeypatch):
     path = tmp_path / "seg.onnx"
-    _tiny_segmenter_onnx(path)
+    tiny_segmenter_onnx(path, size=8)
     files = _write_pngs(tmp_path / "imgs", [(20, 30)])
     import covidedge.bench.timing as timing
 
@@ -266,10 +245,9 @@ def test_end_to_end_needs_files():
 
 
 def test_end_to_end_with_the_real_pipeline(tmp_path):
-    pipeline_mod = pytest.importorskip("covidedge.runtime.pipeline")
     path = tmp_path / "tiny.onnx"
     tiny_classifier_onnx(path, size=8)
     files = _write_pngs(tmp_path / "imgs", [(20, 30), (16, 16)])
-    e2e = time_end_to_end(pipeline_mod.Pipeline(classifier=str(path)), files, warmup=1)
+    e2e = time_end_to_end(Pipeline(classifier=str(path)), files, warmup=1)
     assert e2e.source == "pipeline" and e2e.n_images == 2
     assert {"decode", "preprocess", "inference", "postprocess", "total"} <= set(e2e.stages)

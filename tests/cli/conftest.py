@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.runtime.helpers_onnx import tiny_models
+from tests.graphs import tiny_models
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from covidedge.cli.infer import command
 from covidedge.cli.main import main
-from tests.runtime.helpers_onnx import xray
+from tests.graphs import xray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +212,8 @@ def test_engine_built_for_another_gpu_is_refused_before_reading_images(tmp_path,
     """A TensorRT engine whose manifest names an A100: on any other machine (or one without
     TensorRT) infer stops with exit 4 and one line saying what differs, before any image is read."""
     from covidedge.machine import probe_machine
-    from covidedge.formats.manifest import EngineManifest, manifest_path_for, sha256_file
+    from covidedge.formats.manifest import EngineManifest, manifest_path_for
+    from covidedge.fileio import sha256_file
     from covidedge.spec import classifier_spec
 
     if (probe_machine().get("gpu") or "").find("A100") >= 0:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from covidedge.cli.bench import command, parse_batches
 from covidedge.errors import BadInputError
-from tests.runtime.helpers_onnx import tiny_classifier_onnx
+from tests.graphs import tiny_classifier_onnx
 
 FAST = ["--warmup", "1", "--iterations", "3"]
 

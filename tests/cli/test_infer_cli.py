@@ -19,7 +19,7 @@ from PIL import Image
 
 from covidedge.cli.infer import command
 from covidedge.cli.main import main
-from tests.runtime.helpers_onnx import expected_masks, xray
+from tests.graphs import expected_masks, xray
 
 LABELS = ["COVID-19", "Non-COVID", "Normal"]
 
@@ -184,6 +184,7 @@ def test_infer_with_an_onnx_model_never_imports_torch(models, images):
     assert "TORCH_LOADED=False" in proc.stderr.splitlines()
 
 
+@pytest.mark.realdata
 def test_real_covid_qu_ex_images(real_data_root, models, tmp_path):
     """Real 256x256 PNGs from the dataset go through decode, both models and the writers."""
     from covidedge.data.covidqu import CovidQuDataset

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.runtime.helpers_onnx import xray
+from tests.graphs import xray
 
 pydicom = pytest.importorskip("pydicom", reason="pydicom is needed to write DICOM test files")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402

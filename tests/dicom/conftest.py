@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.runtime.helpers_onnx import tiny_models
+from tests.graphs import tiny_models
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from PIL import Image
 from covidedge.cli.infer import command
 from covidedge.cli.main import main
 from tests.dicom.builders import PATIENT_ID, PATIENT_NAME, STUDY_UID, radiograph, text_report
-from tests.runtime.helpers_onnx import xray
+from tests.graphs import xray
 
 pydicom = pytest.importorskip("pydicom", reason="pydicom reads the DICOM results back")
 

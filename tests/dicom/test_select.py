@@ -11,7 +11,7 @@ from PIL import Image
 from covidedge.dicom.select import SeriesFilter, select_instances
 from covidedge.errors import BadInputError, MissingDependencyError
 from tests.dicom.builders import radiograph, text_report
-from tests.runtime.helpers_onnx import xray
+from tests.graphs import xray
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from covidedge import __version__
 from covidedge.dicom.writers import AlgorithmInfo
-from covidedge.formats.manifest import sha256_file
+from covidedge.fileio import sha256_file
 from covidedge.runtime.pipeline import Pipeline
 
 

@@ -11,10 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from covidedge.engine import build as B
-from covidedge.formats.manifest import EngineManifest, load_manifest, manifest_path_for, sha256_file
+from covidedge.formats.manifest import EngineManifest, load_manifest, manifest_path_for
+from covidedge.fileio import sha256_file
+from covidedge.formats.onnxfile import graph_opset, graph_precision
 from covidedge.errors import (EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, BadInputError, IncompatibleModelError,
                               MissingDependencyError)
-from tests.engine.conftest import run_onnx
+from tests.graphs import empty_model, run_onnx
 
 HAS_TRT = B.module_present("tensorrt")
 HAS_PYCUDA = B.module_present("pycuda")
@@ -76,14 +78,14 @@ def test_precision_contradiction_is_refused():
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_onnx_precision_is_read_from_the_graph(tiny_onnx, precision):
     path, _ = tiny_onnx(precision)
-    assert B.detect_onnx_precision(path) == precision
+    assert graph_precision(path) == precision
 
 
 def test_unreadable_onnx_is_refused(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00\x01 definitely not protobuf" * 3)
     with pytest.raises(IncompatibleModelError, match="not a readable ONNX model"):
-        B.detect_onnx_precision(bad)
+        graph_precision(bad)
 
 
 def test_profile_shapes():
@@ -191,13 +193,8 @@ def test_tensorrt8_refuses_opsets_its_parser_does_not_document():
 
 
 def test_graph_opset_reads_the_default_domain():
-    from onnx import helper
-
-    graph = helper.make_graph([], "g", [], [])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("com.microsoft", 1),
-                                                    helper.make_opsetid("", 19)])
-    assert B.graph_opset(model) == 19
-    assert B.graph_opset(helper.make_model(graph, opset_imports=[helper.make_opsetid("x", 1)])) is None
+    assert graph_opset(empty_model(("com.microsoft", 1), ("", 19))) == 19
+    assert graph_opset(empty_model(("x", 1))) is None
 
 
 def test_fp32_islands_are_the_layers_the_parser_typed_float():
@@ -357,17 +354,8 @@ def test_cli_help_teaches():
     assert "Examples:" in res.output and "--calib-method [minmax|entropy|percentile]" in res.output
 
 
-def _export_available() -> bool:
-    try:
-        from covidedge.export import export_model  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _export_available(), reason="covidedge.export.export_model is not available")
 def test_build_from_a_checkpoint(tmp_path):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="exporting a checkpoint needs torch (the train extra)")
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec
     from covidedge.formats.checkpoint import save_checkpoint
@@ -382,15 +370,14 @@ def test_build_from_a_checkpoint(tmp_path):
     assert m.precision == "fp16" and m.build_options["from_checkpoint"]
     onnx_path = Path(m.build_options["onnx"])
     assert onnx_path == (tmp_path / "b" / "cls.engine.src.onnx").resolve() and onnx_path.is_file()
-    assert B.detect_onnx_precision(onnx_path) == "fp16"
+    assert graph_precision(onnx_path) == "fp16"
     x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(run_onnx(res.engine_path, x)["probabilities"],
                                run_onnx(onnx_path, x)["probabilities"], atol=1e-5)
 
 
-@pytest.mark.skipif(not _export_available(), reason="covidedge.export.export_model is not available")
 def test_cli_builds_int8_from_a_checkpoint_with_calibration(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="exporting a checkpoint needs torch (the train extra)")
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     from covidedge.cli.build_engine import command
     from covidedge.data.synth import make_synthetic_dataset
@@ -407,7 +394,7 @@ def test_cli_builds_int8_from_a_checkpoint_with_calibration(tmp_path, monkeypatc
                                        "--max-batch", "2", "--backend", "onnxruntime", "--json"])
     assert res.exit_code == 0, res.output
     m = EngineManifest.read(manifest_path_for(out))
-    assert m.precision == "int8" and B.detect_onnx_precision(m.build_options["onnx"]) == "int8"
+    assert m.precision == "int8" and graph_precision(m.build_options["onnx"]) == "int8"
     assert m.calibration_sha256 and len(m.calibration_sha256) == 64
     assert m.build_options["calib_count"] == 3 and m.build_options["calib_method"] == "minmax"
     cmd = json.loads(res.stdout)["details"]["build_options"]
@@ -438,9 +425,8 @@ def test_int8_activations_option_needs_an_int8_checkpoint_build(tmp_path, tiny_o
                        progress=False)
 
 
-@pytest.mark.skipif(not _export_available(), reason="covidedge.export.export_model is not available")
 def test_two_checkpoints_named_best_get_their_own_engines_and_graphs(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="exporting a checkpoint needs torch (the train extra)")
     monkeypatch.chdir(tmp_path)
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec, segmenter_spec
@@ -459,7 +445,7 @@ def test_two_checkpoints_named_best_get_their_own_engines_and_graphs(tmp_path, m
     assert a.engine_path != b.engine_path
     assert a.manifest.build_options["onnx"] != b.manifest.build_options["onnx"]
     assert EngineManifest.read(a.manifest_path).task == "classifier"  # still its own graph
-    assert B.detect_onnx_precision(a.manifest.build_options["onnx"]) == "fp32"
+    assert graph_precision(a.manifest.build_options["onnx"]) == "fp32"
     # a build whose intermediate would be another engine's source graph is refused
     victim = Path(a.manifest.build_options["onnx"])
     before = victim.read_bytes()

@@ -11,7 +11,7 @@ from covidedge.engine.build import build_engine
 from covidedge.formats.manifest import INTEGRITY_KEY, integrity_hash, manifest_path_for
 from covidedge.errors import IncompatibleModelError
 from covidedge.runtime import load
-from tests.runtime.helpers_onnx import tiny_models
+from tests.graphs import tiny_models
 
 
 @pytest.fixture(scope="module")

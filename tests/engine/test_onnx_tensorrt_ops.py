@@ -21,7 +21,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.engine.exported_graphs import exported_graphs
+from tests.graphs import exported_graphs, qdq_probe_model
 
 _8 = ("FP32", "FP16", "INT32", "INT8", "BOOL")
 #: {op: supported types} per table; restrictions are checked in ``restrictions`` below.
@@ -189,31 +189,19 @@ def test_every_exported_graph_is_in_the_tables(graphs, task, release):
         assert unsupported(model, release) == [], f"{task} {kind}"
 
 
-def _qdq_graph(zero_point, dtype, opset=17, extra=()):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])
-    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
-             numpy_helper.from_array(np.array(zero_point, dtype), "zp")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"]),
-             helper.make_node("Relu", ["dq"], ["y"]), *extra]
-    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
-                             opset_imports=[helper.make_opsetid("", opset)])
-
-
 def test_the_checker_finds_what_tensorrt_does_not_take():
-    assert unsupported(_qdq_graph(0, np.int8), "10.x") == []
+    assert unsupported(qdq_probe_model(0, np.int8), "10.x") == []
     # ONNX Runtime's CPU flavour (uint8, asymmetric) is outside both tables
-    cpu = unsupported(_qdq_graph(128, np.uint8), "10.x")
+    cpu = unsupported(qdq_probe_model(128, np.uint8), "10.x")
     assert any("zero point must be a zero initializer" in p for p in cpu)
     assert any("quantizes to UINT8" in p for p in cpu)
     assert any("is UINT8, supported INT8, FP8, INT4" in p for p in cpu)
     # opset 18 is past the 8.6 parser, not past 10.x
-    assert unsupported(_qdq_graph(0, np.int8, opset=18), "8.6") == ["opset 18 outside 7..17"]
-    assert unsupported(_qdq_graph(0, np.int8, opset=18), "10.x") == []
+    assert unsupported(qdq_probe_model(0, np.int8, opset=18), "8.6") == ["opset 18 outside 7..17"]
+    assert unsupported(qdq_probe_model(0, np.int8, opset=18), "10.x") == []
     # an op missing from the table, and a MaxPool with its Indices output
     extra = [helper.make_node("Bernoulli", ["dq"], ["b"]),
              helper.make_node("MaxPool", ["dq"], ["m", "idx"], kernel_shape=[2, 2])]
-    bad = unsupported(_qdq_graph(0, np.int8, extra=extra), "8.6")
+    bad = unsupported(qdq_probe_model(0, np.int8, extra=extra), "8.6")
     assert any("Bernoulli" in p and "not in the TensorRT 8.6 table" in p for p in bad)
     assert any("the Indices output is unsupported" in p for p in bad)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from covidedge.engine.build import build_engine
-from covidedge.formats.manifest import manifest_path_for, sha256_file
+from covidedge.formats.manifest import manifest_path_for
+from covidedge.fileio import sha256_file
 from covidedge.errors import EXIT_INCOMPATIBLE, BadInputError, IncompatibleModelError
 from covidedge.runtime import load
 from covidedge.runtime.select import classify
-from tests.engine.conftest import run_onnx
+from tests.graphs import run_onnx
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from covidedge.formats.manifest import manifest_path_for, sha256_file
+from covidedge.formats.manifest import manifest_path_for
+from covidedge.fileio import sha256_file
 
 
 def _tensorrt_ready() -> bool:
@@ -53,7 +54,7 @@ def test_engine_matches_onnxruntime(build, precision, task):
     import tensorrt as trt
 
     from covidedge.runtime import load
-    from tests.engine.conftest import run_onnx
+    from tests.graphs import run_onnx
 
     src, res = build(precision, task)
     m = res.manifest
@@ -141,7 +142,7 @@ def test_tampered_engine_is_refused_before_tensorrt(build):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     pytest.importorskip("torch", reason="exporting a model needs torch")
-    from tests.engine.exported_graphs import exported_graphs
+    from tests.graphs import exported_graphs
 
     return exported_graphs(tmp_path_factory)
 
@@ -153,7 +154,7 @@ def test_exported_graph_builds_runs_and_reuses_its_timing_cache(exported, kind, 
     once, deactivated and activated again."""
     from covidedge.engine.build import TENSORRT_SELF_CHECK_ATOL, build_engine
     from covidedge.runtime import load
-    from tests.engine.conftest import run_onnx
+    from tests.graphs import run_onnx
 
     src = exported["segmenter"][kind]
     cache = tmp_path / "gpu.cache"

@@ -16,8 +16,8 @@ from covidedge.data.synth import make_synthetic_dataset  # noqa: E402
 from covidedge.errors import BadInputError  # noqa: E402
 from covidedge.export.calibration import make_calibration_set  # noqa: E402
 from covidedge.evaluation.parity import ParityTable, _mask_agreement, compare_precisions  # noqa: E402
-from covidedge.export.onnx import read_metadata  # noqa: E402
-from covidedge.export.precision import graph_precision  # noqa: E402
+from covidedge.formats.onnxfile import read_onnx_metadata
+from covidedge.formats.onnxfile import graph_precision
 from covidedge.models.registry import create_model  # noqa: E402
 from covidedge.spec import classifier_spec, segmenter_spec  # noqa: E402
 from covidedge.formats.checkpoint import save_checkpoint  # noqa: E402
@@ -53,7 +53,7 @@ def test_classifier_table(setup, tmp_path):
     # calibrated on the Train split of the same folder (all 6 images: fewer than 200)
     calib = table.meta["calibration"]
     assert calib["split"] == "Train" and calib["count"] == 6
-    assert read_metadata(q["path"])["covidedge.calibration_sha256"] == calib["sha256"]
+    assert read_onnx_metadata(q["path"])["covidedge.calibration_sha256"] == calib["sha256"]
     assert table.meta["split"] == "Val" and table.meta["images"] == 6
     md = (tmp_path / "p" / "parity.md").read_text()
     assert "| precision | method | size MB | accuracy |" in md and "**best**" in md

@@ -12,8 +12,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from covidedge.errors import BadInputError, IncompatibleModelError  # noqa: E402
-from covidedge.export.onnx import (ExportReport, export_onnx, parity_stats,  # noqa: E402
-                                   read_metadata, synthetic_images)
+from covidedge.export.onnx import ExportReport, export_onnx, parity_stats, synthetic_images
+from covidedge.formats.onnxfile import read_onnx_metadata
 from covidedge.models.registry import create_model, list_models, model_task  # noqa: E402
 from covidedge.spec import ModelSpec, classifier_spec, segmenter_spec  # noqa: E402
 from covidedge.formats.checkpoint import checkpoint_sha256, save_checkpoint  # noqa: E402
@@ -105,7 +105,7 @@ def test_graph_is_clean_self_contained_and_checked(exported, name):
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_metadata_carries_spec_and_provenance(exported, name):
     ckpt, path, report, _ = exported[name]
-    meta = read_metadata(path)
+    meta = read_onnx_metadata(path)
     spec = ModelSpec.from_metadata(meta)
     assert spec.model_name == name and spec.input_size == (SIZE, SIZE)
     assert spec.model_kwargs == SMALL[name]
@@ -126,7 +126,7 @@ def test_static_batch_and_other_opset(tmp_path, exported):
     assert report.outputs["probabilities"] == [1, 2, SIZE, SIZE]
     model = onnx.load(str(path))
     assert {i.domain: i.version for i in model.opset_import}[""] == 13
-    assert read_metadata(path)["covidedge.dynamic_batch"] == "false"
+    assert read_onnx_metadata(path)["covidedge.dynamic_batch"] == "false"
     x = synthetic_images(1, (SIZE, SIZE), seed=3)
     assert _run(path, x)["probabilities"].shape == (1, 2, SIZE, SIZE)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

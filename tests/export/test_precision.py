@@ -18,9 +18,10 @@ from covidedge.data.synth import make_synthetic_dataset  # noqa: E402
 from covidedge.errors import BadInputError, IncompatibleModelError  # noqa: E402
 from covidedge.export import export_model  # noqa: E402
 from covidedge.export.calibration import CalibrationSet, make_calibration_set  # noqa: E402
-from covidedge.export.onnx import export_onnx, read_metadata, synthetic_images  # noqa: E402
-from covidedge.export.precision import (convert_fp16, entropy_threshold,  # noqa: E402
-                                        graph_precision, inspect_qdq, quantize_int8)
+from covidedge.export.onnx import export_onnx, synthetic_images  # noqa: E402
+from covidedge.formats.onnxfile import read_onnx_metadata
+from covidedge.export.precision import convert_fp16, entropy_threshold, inspect_qdq, quantize_int8
+from covidedge.formats.onnxfile import graph_precision
 from covidedge.models.registry import create_model  # noqa: E402
 from covidedge.spec import classifier_spec, segmenter_spec  # noqa: E402
 from covidedge.formats.checkpoint import save_checkpoint  # noqa: E402
@@ -99,7 +100,7 @@ def test_fp16_graph_has_fp32_io_runs_and_keeps_the_output_activation_fp32(models
     a, b = _run(src, x), _run(dst, x)
     assert b["probabilities"].dtype == np.float32
     assert np.abs(a["probabilities"] - b["probabilities"]).max() < 5e-3
-    meta = read_metadata(dst)
+    meta = read_onnx_metadata(dst)
     assert meta["covidedge.precision"] == "fp16"
     vs = json.loads(meta["covidedge.parity_vs_fp32"])
     assert vs["n"] == 4 and vs["max_abs_diff"]["probabilities"] < 5e-3
@@ -181,7 +182,7 @@ def test_int8_runs_and_records_its_calibration(int8_graphs, calib, models):
     a, b = _run(models["segmenter"][1], x), _run(path, x)
     assert b["probabilities"].shape == (3, 2, SIZE, SIZE)
     assert np.mean((a["probabilities"] > 0.5) == (b["probabilities"] > 0.5)) > 0.9
-    meta = read_metadata(path)
+    meta = read_onnx_metadata(path)
     assert meta["covidedge.precision"] == "int8"
     assert meta["covidedge.calibration_sha256"] == calib.sha256
     assert meta["covidedge.calibration_method"] == "entropy"
@@ -200,7 +201,7 @@ def test_methods_give_different_scales(models, tail_calib, tmp_path):
     for m in ("minmax", "entropy", "percentile"):
         path = quantize_int8(src, tmp_path / f"{m}.onnx", tail_calib, method=m, histogram_bins=BINS)
         scales[m] = inspect_qdq(path)["activation_scales"]
-        meta = read_metadata(path)
+        meta = read_onnx_metadata(path)
         assert meta["covidedge.calibration_method"] == m
         assert meta["covidedge.calibration_percentile"] == ("99.99" if m == "percentile" else "")
     assert scales["minmax"].keys() == scales["entropy"].keys() == scales["percentile"].keys()
@@ -218,7 +219,7 @@ def test_uint8_asymmetric_is_marked_cpu_only(models, calib, tmp_path):
     info = inspect_qdq(path)
     assert "uint8" in info["dtypes"] and not info["tensorrt_compatible"]
     assert not info["zero_points_all_zero"]
-    meta = read_metadata(path)
+    meta = read_onnx_metadata(path)
     assert meta["covidedge.tensorrt_compatible"] == "false"
     assert meta["covidedge.activation_type"] == "uint8"
     assert _run(path, synthetic_images(1, (SIZE, SIZE)))["logits"].shape == (1, 2, SIZE, SIZE)

@@ -10,9 +10,10 @@ pytest.importorskip("torch", reason="exporting the tiny models needs torch")
 ort = pytest.importorskip("onnxruntime")
 
 from covidedge.errors import BadInputError  # noqa: E402
-from covidedge.export.onnx import read_metadata, synthetic_images  # noqa: E402
+from covidedge.export.onnx import synthetic_images  # noqa: E402
+from covidedge.formats.onnxfile import read_onnx_metadata
 from covidedge.export.precision import TRT_QUANTIZED_OPS, quantize_int8  # noqa: E402
-from tests.engine.exported_graphs import SIZE, exported_graphs  # noqa: E402
+from tests.graphs import EXPORTED_SIZE, exported_graphs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_tensorrt_placement_quantizes_weighted_op_inputs_only(graphs, task):
     # no Q on pooling / Flatten outputs (they feed the float classifier head or a Conv directly)
     assert not [n for n in nodes if n.op_type == "QuantizeLinear"
                 and _fed_by(n, producer) in ("GlobalAveragePool", "Flatten", "MaxPool", "Resize")]
-    meta = read_metadata(graphs[task]["int8-tensorrt"])
+    meta = read_onnx_metadata(graphs[task]["int8-tensorrt"])
     assert meta["covidedge.qdq_placement"] == "tensorrt" and meta["covidedge.tensorrt_compatible"] == "true"
 
 
@@ -61,7 +62,7 @@ def test_onnxruntime_placement_quantizes_what_its_cpu_kernels_fuse(graphs, task)
     q = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
     q_trt = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(graphs[task]["int8-tensorrt"])).graph.node)
     assert q_trt < q
-    assert read_metadata(graphs[task]["int8-onnxruntime"])["covidedge.qdq_placement"] == "onnxruntime"
+    assert read_onnx_metadata(graphs[task]["int8-onnxruntime"])["covidedge.qdq_placement"] == "onnxruntime"
 
 
 def _run(path, x):
@@ -73,7 +74,7 @@ def _run(path, x):
 
 def test_both_placements_stay_close_to_fp32_on_onnxruntime(graphs):
     """Random-weight tiny models on 8 synthetic images; the printed numbers are the measurement."""
-    x = synthetic_images(8, (SIZE, SIZE), seed=11)
+    x = synthetic_images(8, (EXPORTED_SIZE, EXPORTED_SIZE), seed=11)
     for task in ("classifier", "segmenter"):
         ref = _run(graphs[task]["fp32"], x)
         for placement in ("onnxruntime", "tensorrt"):

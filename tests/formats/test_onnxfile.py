@@ -2,7 +2,7 @@ import onnx
 import pytest
 
 from covidedge.formats.onnxfile import WireError, read_metadata_props
-from tests.runtime.helpers_onnx import tiny_classifier_onnx
+from tests.graphs import tiny_classifier_onnx
 
 
 def test_matches_onnx_for_a_real_model(tmp_path):

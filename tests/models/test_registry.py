@@ -19,7 +19,7 @@ TINY = {"xception": dict(width_mult=0.125), "resunet": dict(base_width=4, depth=
 
 def test_package_reexports():
     assert set(models.__all__) == {"create_model", "list_models", "build_from_spec",
-                                   "InferenceWrapper"}
+                                   "InferenceWrapper", "load_checkpoint"}
     assert models.create_model is create_model
 
 

@@ -17,7 +17,8 @@ from onnx import numpy_helper  # noqa: E402
 from covidedge.cli.main import main  # noqa: E402
 from covidedge.data.synth import make_synthetic_dataset  # noqa: E402
 from covidedge.errors import BadInputError, IncompatibleModelError  # noqa: E402
-from covidedge.export.onnx import export_onnx, file_sha256  # noqa: E402
+from covidedge.export.onnx import export_onnx  # noqa: E402
+from covidedge.fileio import sha256_file
 from covidedge.pretrained import (MIN_FP16_ELEMENTS, PACKAGE_DIR, get_shipped,  # noqa: E402
                                   pack_compact, restore_compact, shipped_models)
 from covidedge.train.loop import train_classifier, train_segmenter  # noqa: E402
@@ -103,7 +104,7 @@ def test_calibration_cache_gives_the_same_int8_graph_as_the_images(checkpoints, 
     export_onnx(checkpoints[1], fp32)
     calib = make_calibration_set(data_root, 9, input_size=(64, 64), out=tmp_path / "c.json")
     doc = write_calibration_cache(fp32, tmp_path / "cache.json", calib)
-    assert doc["calibration_count"] == 9 and doc["source_sha256"] == file_sha256(fp32)
+    assert doc["calibration_count"] == 9 and doc["source_sha256"] == sha256_file(fp32)
     for act, sym in (("int8", True), ("uint8", False)):
         direct = quantize_int8(fp32, tmp_path / f"d-{act}.onnx", calib, activation_type=act,
                                symmetric_activations=sym)
@@ -136,11 +137,11 @@ def test_release_writes_card_cache_and_index(released, use_released):
 def test_fp32_graph_is_restored_once_and_checked(use_released, tmp_path):
     m = get_shipped("tiny-cls")
     path = m.fp32_onnx()
-    assert file_sha256(path) == m.fp32_sha256 and path.parent == tmp_path / "cache" / "models"
+    assert sha256_file(path) == m.fp32_sha256 and path.parent == tmp_path / "cache" / "models"
     mtime = path.stat().st_mtime_ns
     assert m.fp32_onnx() == path and path.stat().st_mtime_ns == mtime  # reused, not rewritten
     path.write_bytes(b"damaged")
-    assert file_sha256(m.fp32_onnx()) == m.fp32_sha256  # a damaged copy is restored again
+    assert sha256_file(m.fp32_onnx()) == m.fp32_sha256  # a damaged copy is restored again
     with pytest.raises(BadInputError, match="no shipped model is called 'nope'"):
         get_shipped("nope")
 

@@ -19,7 +19,7 @@ from covidedge.backends.onnxruntime import OrtRunner
 from covidedge.runtime.pipeline import Classifier, Pipeline, Segmenter
 from covidedge.runtime.results import Failure, Prediction
 from covidedge.spec import classifier_spec, segmenter_spec
-from tests.runtime.helpers_onnx import (SIZE, expected_logits, expected_masks, tiny_classifier_onnx,
+from tests.graphs import (SIZE, expected_logits, expected_masks, tiny_classifier_onnx,
                                         tiny_models, xray)
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from covidedge.cli.infer import command
 from covidedge.errors import BadInputError, RuntimeFailure
 from covidedge.runtime.results import (CsvResultsWriter, Failure, JsonlResultsWriter, OutputLock,
                                        Prediction, TableFormatter, csv_safe, printable)
-from tests.runtime.helpers_onnx import tiny_models, xray
+from tests.graphs import tiny_models, xray
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ import socket
 
 import pytest
 
-from covidedge.formats.manifest import EngineManifest, manifest_path_for, sha256_file
+from covidedge.formats.manifest import EngineManifest, manifest_path_for
+from covidedge.fileio import sha256_file
 from covidedge.spec import classifier_spec
-from tests.runtime.helpers_onnx import tiny_models
+from tests.graphs import tiny_models
 
 
 def serve_extra_missing() -> str:

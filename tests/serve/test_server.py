@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.runtime.helpers_onnx import xray
+from tests.graphs import xray
 from tests.serve.conftest import bundled_server_missing, free_port
 from tests.serve.test_cli import _invoke
 

@@ -11,10 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from covidedge.errors import BadInputError, IncompatibleModelError  # noqa: E402
-from covidedge.models.registry import InferenceWrapper, create_model  # noqa: E402
+from covidedge.models.registry import create_model  # noqa: E402
+from covidedge.models.wrapper import InferenceWrapper  # noqa: E402
 from covidedge.spec import classifier_spec, segmenter_spec  # noqa: E402
-from covidedge.formats.checkpoint import (  # noqa: E402
-    CHECKPOINT_FORMAT, checkpoint_sha256, load_checkpoint, save_checkpoint)
+from covidedge.formats.checkpoint import CHECKPOINT_FORMAT, checkpoint_sha256, save_checkpoint
+from covidedge.models.loading import load_checkpoint
 
 
 

@@ -15,7 +15,8 @@ from covidedge.data.preprocess import preprocess  # noqa: E402
 from covidedge.data.synth import make_synthetic_dataset  # noqa: E402
 from covidedge.errors import BadInputError  # noqa: E402
 from covidedge.evaluation import evaluate  # noqa: E402
-from covidedge.formats.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
+from covidedge.formats.checkpoint import read_checkpoint  # noqa: E402
+from covidedge.models.loading import load_checkpoint
 from covidedge.train.datasets import (  # noqa: E402
     ClassificationDataset, SegmentationDataset, class_weights, select_samples)
 from covidedge.train.loop import train_classifier, train_segmenter  # noqa: E402

@@ -1,0 +1,37 @@
+"""The export wrapper: a network whose forward returns ``(logits, probabilities)``.
+
+This is the module that gets exported to ONNX, with outputs named "logits" and "probabilities",
+and the one the torch runner runs, so both read a model's outputs the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from covidedge.errors import IncompatibleModelError
+from covidedge.spec import TASKS
+
+__all__ = ["InferenceWrapper"]
+
+
+class InferenceWrapper(nn.Module):
+    """Wrap a model so forward(x) returns ``(logits, probabilities)``: softmax over classes
+    (dim 1) for a classifier, a sigmoid per mask channel for a segmenter."""
+
+    def __init__(self, model: nn.Module, task: str):
+        super().__init__()
+        if task not in TASKS:
+            raise IncompatibleModelError(f"unknown task {task!r}; expected one of {TASKS}")
+        self.model = model
+        self.task = task
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        if self.task == "classifier":
+            probabilities = torch.softmax(logits, dim=1)
+        else:
+            probabilities = torch.sigmoid(logits)
+        return logits, probabilities
