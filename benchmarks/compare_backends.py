@@ -1,27 +1,33 @@
 #!/usr/bin/env python
 """Compare PyTorch eager, default ONNX Runtime, every covidedge engine and peers on this machine.
 
-In ONE run, on the same machine and the same input batch, for the full-size Xception-256 classifier
-(width 1.0) and the residual U-Net segmenter (base width 32), at batch 1 and a larger batch:
+In ONE run, on the same machine and the same input batch, for named model variants
+(``covidedge.models.registry.VARIANTS``; by default the full-size classifier xception256 and
+segmenter resunet256), at batch 1 and a larger batch:
 
 - PyTorch eager fp32: ``model.eval()`` under ``torch.inference_mode()`` with torch's default
   threads - the baseline a user starts from;
-- ONNX Runtime default: a plain ``InferenceSession`` on the fp32 export with default session
+- ONNX Runtime default: an ``InferenceSession`` on the fp32 export with default session
   options - what a user gets without covidedge;
 - every covidedge engine for this machine (``covidedge.engine.build.build_engine``): ONNX Runtime
   fp32, fp16 and int8 (signed int8 symmetric activations, TensorRT's format) and, for the
   int8-activations study, int8 with unsigned asymmetric activations (ONNX Runtime on CPUs only);
   TensorRT fp32 / fp16 / int8 where TensorRT is present; torch CUDA fp16 on a GPU without TensorRT;
-- OpenVINO on the CPU when it is installed (a peer).
+- OpenVINO on the CPU with its own defaults when it is installed (a peer).
 
-The variants are timed in interleaved rounds (each round runs every variant in turn), so that a
-change in machine load during the run hits all of them alike. Latency does not depend on the
-weights: without --classifier-ckpt / --segmenter-ckpt the models are freshly initialised (the
-table says so) and the metric column stays empty; --data with trained checkpoints fills it.
+Every row is a covidedge Runner (``covidedge.backends``; the baselines with default settings),
+timed by covidedge.bench's timing loop (``covidedge.bench.timing.time_callable`` around
+``Runner.infer``), so every row pays the same per-call input check. This script keeps only the
+list of variants, the interleaving and the tables: the variants are timed in interleaved rounds
+(each round runs every variant in turn), so that a change in machine load during the run hits
+all of them alike. Latency does not depend on the weights: without --classifier-ckpt /
+--segmenter-ckpt the models are freshly initialised (the table says so) and the metric column
+stays empty; --data with trained checkpoints fills it.
 Results go to benchmarks/results/<machine>-<date>.md / .json / .png.
 
-Example (a few minutes on a 2-core CPU):
+Examples (a few minutes on a 2-core CPU; the second under a minute):
     python benchmarks/compare_backends.py --batches 1,8 --iterations 10
+    python benchmarks/compare_backends.py --variants xception64-small,resunet64-small --batches 1 --iterations 2
 """
 
 from __future__ import annotations
@@ -39,13 +45,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from covidedge.backends.base import Runner
+from covidedge.bench import batch_skip_reason, metric_from_evaluation
 from covidedge.bench.report import BenchReport, BenchRow, file_size_mb, machine_summary, probe_machine_safely
-from covidedge.bench.timing import LatencyStats, sample_batch
+from covidedge.bench.timing import LatencyStats, percentile, sample_batch, time_callable
 from covidedge.errors import CovidEdgeError
+from covidedge.models.registry import DEFAULT_VARIANTS, VARIANTS
 from covidedge.spec import CALIBRATION_METHODS, PRECISIONS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -64,23 +73,31 @@ def log(msg: str) -> None:
 # -- what is timed ------------------------------------------------------------------------------
 @dataclass
 class Variant:
-    """One way of running one model: a label for the table and a factory of timed callables."""
+    """One row of the table: a covidedge Runner and what it stands for in the comparison."""
 
     label: str                 # e.g. "PyTorch eager", "ONNX Runtime default", "covidedge ORT"
     role: str                  # "baseline" | "reference" | "covidedge" | "peer" | "info"
-    backend: str               # torch | onnxruntime | tensorrt | openvino
-    precision: str
+    runner: Runner
     path: Path                 # the file it runs (its size is the size column)
-    make: Callable[[int], Callable[[], Any]]   # batch -> a callable running one batch
-    close: Callable[[], None] = lambda: None
-    settings: Dict[str, Any] = field(default_factory=dict)
-    runner: Any = None         # a covidedge Runner, when there is one (for --data and stage times)
-    max_batch: Optional[int] = None
+    shown_precision: Optional[str] = None   # the precision column, when not the graph's own
+    torch_threads: Optional[int] = None     # torch intra-op threads while this variant runs
+    settings: Dict[str, Any] = field(default_factory=dict)  # reported beside runner.describe()
     note: str = ""
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    @property
+    def precision(self) -> str:
+        return self.shown_precision or self.runner.precision
 
     @property
     def name(self) -> str:
         return f"{self.label} {self.precision}"
+
+    def describe(self) -> Dict[str, Any]:
+        return _jsonable({**self.runner.describe(), **self.settings})
 
 
 def _cuda_available() -> bool:
@@ -92,121 +109,48 @@ def _cuda_available() -> bool:
         return False
 
 
-def eager_variant(ckpt: Path, spec, device: str, threads: Optional[int] = None) -> Variant:
-    """The model as a user runs it in PyTorch: eval(), inference_mode, default threads. With
-    ``threads`` an informational variant that sets torch's intra-op threads for its own runs."""
-    import torch
-
-    from covidedge.models.wrapper import InferenceWrapper
-    from covidedge.models.loading import load_checkpoint
-
-    model, _, _ = load_checkpoint(ckpt, device=device)
-    net = InferenceWrapper(model, spec.task).to(device).eval()
-    cuda = device.startswith("cuda")
-
-    def make(batch):
-        x = torch.from_numpy(sample_batch(spec, batch)).to(device)
-
-        def run():
-            with torch.inference_mode():
-                logits, probs = net(x)
-                return logits.cpu().numpy(), probs.cpu().numpy()  # .cpu() waits for the GPU
-
-        if threads is None:
-            return run
-
-        def run_with_threads():
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                return run()
-            finally:
-                torch.set_num_threads(before)
-        return run_with_threads
-
-    def close():
-        nonlocal net
-        net = None
-        if cuda:
-            torch.cuda.empty_cache()
-
-    from covidedge.backends.torch import TorchRunner
-
-    if threads is not None:
-        return Variant(f"PyTorch eager ({threads} thread{'s' if threads > 1 else ''})", "info", "torch",
-                       "fp32", ckpt, make, close,
-                       settings={"device": device, "threads": threads, "version": torch.__version__},
-                       note="not the baseline: torch's thread count set for comparison")
-    return Variant("PyTorch eager", "baseline", "torch", "fp32", ckpt, make, close,
-                   settings={"device": device, "threads": torch.get_num_threads(),
-                             "version": torch.__version__},
-                   runner=TorchRunner(ckpt, device=device))
-
-
-def ort_default_variant(onnx_fp32: Path, spec) -> Variant:
-    """A plain InferenceSession on the fp32 export with default session options."""
+def baseline_variants(ckpt: Path, onnx_fp32: Path, eager_device: str, eager_threads: List[int]) -> List[Variant]:
+    """PyTorch eager (the baseline), an ONNX Runtime session with default options (the reference),
+    and with --eager-threads eager with torch's thread count set (informational rows)."""
     import onnxruntime as ort
 
-    providers = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(onnx_fp32), providers=providers)
-
-    def make(batch):
-        feed = {spec.input_name: sample_batch(spec, batch)}
-        return lambda: sess.run(None, feed)
-
-    def close():
-        nonlocal sess
-        sess = None
-
     from covidedge.backends.onnxruntime import OrtRunner
+    from covidedge.backends.torch import TorchRunner
 
-    return Variant("ONNX Runtime default", "reference", "onnxruntime", "fp32", onnx_fp32, make, close,
-                   settings={"providers": providers, "session_options": "defaults",
-                             "version": ort.__version__},
-                   runner=OrtRunner(onnx_fp32, providers=[p.replace("ExecutionProvider", "").lower()
-                                                          for p in providers if p != "CPUExecutionProvider"]))
-
-
-def runner_variant(label: str, role: str, path: Path, runner, note: str = "") -> Variant:
-    """A covidedge Runner (engine, checkpoint on CUDA) timed through ``infer``."""
-    runner.activate()
-    spec = runner.spec
-
-    def make(batch):
-        x = sample_batch(spec, batch)
-        return lambda: runner.infer(x)
-
-    return Variant(label, role, runner.backend, runner.precision, path, make, runner.deactivate,
-                   settings=runner.describe(), runner=runner, max_batch=runner.max_batch, note=note)
+    cuda = ["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else None
+    variants = [Variant("PyTorch eager", "baseline", TorchRunner(ckpt, device=eager_device), ckpt),
+                Variant("ONNX Runtime default", "reference", OrtRunner(onnx_fp32, providers=cuda), onnx_fp32,
+                        settings={"session_options": "defaults"})]
+    for n in eager_threads:
+        variants.append(Variant(f"PyTorch eager ({n} thread{'s' if n > 1 else ''})", "info",
+                                TorchRunner(ckpt, device=eager_device), ckpt, torch_threads=n,
+                                settings={"threads": {"intra_op": n}},
+                                note="not the baseline: torch's thread count set for comparison"))
+    return variants
 
 
-def openvino_variant(onnx_fp32: Path, spec) -> Optional[Variant]:
-    """OpenVINO on the CPU with default settings, when it is installed. The precision column
-    says what the CPU plugin really computes in: by default bf16 on CPUs with bf16 units."""
+#: OpenVINO's names of the precisions its CPU plugin computes in -> (runner setting, table column).
+_OPENVINO_COMPUTES = {"bf16": ("bf16", "bf16 (default)"), "f32": ("f32", "fp32"), "f16": ("f16", "fp16 (default)")}
+
+
+def openvino_default_variant(onnx_fp32: Path) -> Tuple[Optional[Variant], Optional[str]]:
+    """(variant, None) for OpenVINO on the CPU with the plugin's own defaults - its performance hint
+    and its inference precision, bf16 on CPUs with bf16 units - or (None, why not)."""
     try:
         import openvino as ov
     except ImportError:
-        return None
+        return None, "OpenVINO is not installed: no OpenVINO row (pip install openvino to add the peer)"
+    from covidedge.backends.openvino import PERFORMANCE_HINTS, OpenVinoRunner
+
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(onnx_fp32)), "CPU")
-    request = compiled.create_infer_request()
-    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # e.g. "<Type: 'bfloat16'>"
-    computes = hint.split("'")[-2] if hint.count("'") >= 2 else hint
-    precision = {"bfloat16": "bf16 (default)", "f32": "fp32", "float32": "fp32"}.get(computes, computes)
-
-    def make(batch):
-        x = sample_batch(spec, batch)
-        return lambda: request.infer({0: x})
-
-    def close():
-        nonlocal compiled, request
-        compiled = request = None
-
-    return Variant("OpenVINO default", "peer", "openvino", precision, onnx_fp32, make, close,
-                   settings={"device": "CPU", "inference_precision": computes, "version": ov.__version__ if hasattr(ov, "__version__")
-                             else ov.get_version()})
+    computes = core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()  # e.g. "bf16"
+    hint = getattr(core.get_property("CPU", "PERFORMANCE_HINT"), "name", "")
+    if computes not in _OPENVINO_COMPUTES or hint not in PERFORMANCE_HINTS:
+        return None, (f"OpenVINO's CPU defaults (precision {computes}, hint {hint or '?'}) are not "
+                      "settings covidedge's OpenVINO runner takes: no OpenVINO default row")
+    setting, shown = _OPENVINO_COMPUTES[computes]
+    runner = OpenVinoRunner(onnx_fp32, device="CPU", performance_hint=hint, inference_precision=setting)
+    return Variant("OpenVINO default", "peer", runner, onnx_fp32, shown_precision=shown), None
 
 
 # -- preparing models and engines ---------------------------------------------------------------
@@ -216,64 +160,81 @@ class ModelCase:
     title: str         # table name
     checkpoint: Path
     trained: bool
+    size: int          # input size (px)
 
 
-def make_checkpoint(key: str, out: Path, args) -> ModelCase:
-    """The user's checkpoint, or freshly initialised weights saved as one (seed 0)."""
-    given = args.classifier_ckpt if key == "classifier" else args.segmenter_ckpt
-    size = args.image_size
-    if given:
+def model_cases(args) -> List[Tuple[str, Any]]:
+    """(task, what) of each model to compare, in order: a checkpoint given with --classifier-ckpt /
+    --segmenter-ckpt takes the place of its task's --variants; other variants are freshly
+    initialised."""
+    ckpts = {"classifier": args.classifier_ckpt, "segmenter": args.segmenter_ckpt}
+    cases: List[Tuple[str, Any]] = []
+    for v in args.variants:
+        if ckpts[v.task] is None:
+            cases.append((v.task, v))
+        elif (v.task, ckpts[v.task]) not in cases:
+            cases.append((v.task, ckpts[v.task]))
+    cases += [(task, ckpt) for task, ckpt in ckpts.items() if ckpt is not None and (task, ckpt) not in cases]
+    return cases
+
+
+def make_checkpoint(task: str, what, out: Path, args) -> ModelCase:
+    """The user's checkpoint (``what`` is its path), or the named variant ``what`` freshly
+    initialised (seed 0, at --image-size when given) and saved as one."""
+    if isinstance(what, Path):
         from covidedge.formats.checkpoint import read_checkpoint
 
-        spec = read_checkpoint(given)["spec"]
+        spec = read_checkpoint(what)["spec"]
         kw = spec.get("model_kwargs") or {}
-        what = (f"width {kw.get('width_mult', 1.0)}" if key == "classifier" else
-                f"base {kw.get('base_width', 32)}")
-        title = f"{spec['model_name']}-{spec['input_size'][0]} ({what}, trained)"
-        return ModelCase(key, title, Path(given), True)
+        size = int(spec["input_size"][0])
+        shape = ", ".join(f"{k} {v}" for k, v in sorted(kw.items()))
+        title = f"{spec['model_name']}-{size} ({shape + ', ' if shape else ''}trained)"
+        return ModelCase(task, title, what, True, size)
     import torch
 
+    from covidedge.formats.checkpoint import save_checkpoint
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec, segmenter_spec
-    from covidedge.formats.checkpoint import save_checkpoint
 
+    size = args.image_size or what.input_size
+    make_spec = classifier_spec if task == "classifier" else segmenter_spec
+    spec = make_spec(what.model, input_size=(size, size), model_kwargs=dict(what.model_kwargs))
+    title = f"{what.name}{'' if size == what.input_size else f' at {size} px'} (fresh init)"
     torch.manual_seed(0)
-    if key == "classifier":
-        kw = {"width_mult": args.width_mult}
-        spec = classifier_spec("xception", input_size=(size, size), model_kwargs=kw)
-        title = f"Xception-{size} (width {args.width_mult:g}, fresh init)"
-        name = "xception"
-    else:
-        kw = {"base_width": args.base_width}
-        spec = segmenter_spec("resunet", input_size=(size, size), model_kwargs=kw)
-        title = f"ResUNet-{size} (base {args.base_width}, fresh init)"
-        name = "resunet"
-    path = out / f"{name}.pt"
-    save_checkpoint(path, create_model(name, **kw).eval(), spec, extra={"note": "freshly initialised for benchmarks"})
-    return ModelCase(key, title, path, False)
+    path = out / f"{what.name}-{size}.pt"
+    save_checkpoint(path, create_model(what.model, **what.model_kwargs).eval(), spec,
+                    extra={"note": "freshly initialised for benchmarks", "variant": what.name})
+    return ModelCase(task, title, path, False, size)
 
 
-def calibration_set(args, work: Path):
-    """Calibration images for int8: --data's Train split, or a small synthetic set."""
+_CALIBRATION: Dict[Tuple[Path, int], Any] = {}
+
+
+def calibration_set(args, work: Path, size: int):
+    """Calibration images for int8 at ``size`` px (made once per size): --data's Train split, or a
+    small synthetic set."""
     from covidedge.export.calibration import make_calibration_set
 
+    if (work, size) in _CALIBRATION:
+        return _CALIBRATION[work, size]
     root = args.data
     if root is None:
         from covidedge.data.synth import make_synthetic_dataset
 
         per_class = max(1, math.ceil(args.calib_count / 3))
-        root = make_synthetic_dataset(work / "synth", per_class=per_class, splits=("Train",),
-                                      size=args.image_size)
-    return make_calibration_set(root, args.calib_count, split="Train", out=work / "calibration.json",
-                                input_size=(args.image_size, args.image_size))
+        root = make_synthetic_dataset(work / f"synth-{size}", per_class=per_class, splits=("Train",), size=size)
+    _CALIBRATION[work, size] = make_calibration_set(root, args.calib_count, split="Train",
+                                                    out=work / f"calibration-{size}.json", input_size=(size, size))
+    return _CALIBRATION[work, size]
 
 
-def prepare_graphs(case: ModelCase, work: Path, calib, args) -> Dict[str, Path]:
+def prepare_graphs(case: ModelCase, work: Path, args) -> Dict[str, Path]:
     """fp32 export, fp16 graph, int8 Q/DQ graphs (s8 symmetric; u8 asymmetric for the study)."""
     from covidedge.export.onnx import export_onnx
-    from covidedge.export.precision import convert_fp16, quantize_int8
+    from covidedge.export.fp16 import convert_fp16
+    from covidedge.export.int8 import quantize_int8
 
-    stem = work / case.key
+    stem = work / case.checkpoint.stem
     graphs = {"fp32": stem.with_suffix(".fp32.onnx")}
     t = time.perf_counter()
     export_onnx(case.checkpoint, graphs["fp32"])
@@ -284,6 +245,7 @@ def prepare_graphs(case: ModelCase, work: Path, calib, args) -> Dict[str, Path]:
             convert_fp16(graphs["fp32"], graphs["fp16"])
     if "int8" in args.precisions:
         t = time.perf_counter()
+        calib = calibration_set(args, work, case.size)
         graphs["int8"] = stem.with_suffix(".int8.onnx")
         quantize_int8(graphs["fp32"], graphs["int8"], calib, method=args.calib_method)
         if args.int8_activations:
@@ -305,21 +267,15 @@ def _quiet_warnings():
 
 
 def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, notes: List[str]) -> List[Variant]:
-    """Every way this machine can run the model, opened and ready to time."""
+    """Every way this machine can run the model (runners created, not yet activated)."""
+    from covidedge.backends.available import available_backends
     from covidedge.engine.build import build_engine
     from covidedge.runtime import load
-    from covidedge.backends.available import available_backends
-    from covidedge.formats.checkpoint import read_checkpoint
 
-    from covidedge.spec import ModelSpec
-
-    spec = ModelSpec.from_dict(read_checkpoint(case.checkpoint)["spec"])
     max_batch = max(args.batches)
     cuda = _cuda_available()
     eager_device = args.eager_device if args.eager_device != "auto" else ("cuda" if cuda else "cpu")
-    variants = [eager_variant(case.checkpoint, spec, eager_device), ort_default_variant(graphs["fp32"], spec)]
-    for n in args.eager_threads:
-        variants.append(eager_variant(case.checkpoint, spec, eager_device, threads=n))
+    variants = baseline_variants(case.checkpoint, graphs["fp32"], eager_device, args.eager_threads)
 
     threads = {"intra_op_threads": args.threads} if args.threads else {}
     for prec, graph in graphs.items():
@@ -332,16 +288,14 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
             notes.append(f"{case.title}: the ONNX Runtime {prec} engine was not built ({exc}); "
                          f"its {prec} ONNX graph was timed with covidedge's ONNX Runtime runner instead")
             log(f"{case.key}: ONNX Runtime {prec} engine NOT built: {exc}")
-            variants.append(runner_variant(f"covidedge ORT (graph{', u8 act' if prec == 'int8-u8' else ''})",
-                                           "covidedge", graph, load(graph, **threads)))
+            variants.append(Variant(f"covidedge ORT (graph{', u8 act' if prec == 'int8-u8' else ''})",
+                                    "covidedge", load(graph, **threads), graph))
             continue
         label = "covidedge ORT" if prec != "int8-u8" else "covidedge ORT (u8 act, CPU only)"
-        runner = load(built.engine_path, **threads)
-        variants.append(runner_variant(label, "covidedge", built.engine_path, runner))
+        variants.append(Variant(label, "covidedge", load(built.engine_path, **threads), built.engine_path))
         log(f"{case.key}: ONNX Runtime {prec} engine built in {time.perf_counter() - t:.0f} s")
 
-    trt = available_backends()["backends"]["tensorrt"]["available"]
-    if trt:
+    if available_backends()["backends"]["tensorrt"]["available"]:
         for prec in PRECISIONS:
             if prec not in graphs:
                 continue
@@ -353,81 +307,99 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
                 notes.append(f"{case.title}: the TensorRT {prec} engine was not built: {exc}")
                 log(f"{case.key}: TensorRT {prec} engine NOT built: {exc}")
                 continue
-            variants.append(runner_variant("covidedge TensorRT", "covidedge", built.engine_path,
-                                           load(built.engine_path)))
+            variants.append(Variant("covidedge TensorRT", "covidedge", load(built.engine_path), built.engine_path))
             log(f"{case.key}: TensorRT {prec} engine built in {time.perf_counter() - t:.0f} s")
     elif cuda:
         from covidedge.backends.torch import TorchRunner
 
-        variants.append(runner_variant("covidedge torch CUDA", "covidedge", case.checkpoint,
-                                       TorchRunner(case.checkpoint, device="cuda", half=True)))
+        variants.append(Variant("covidedge torch CUDA", "covidedge",
+                                TorchRunner(case.checkpoint, device="cuda", half=True), case.checkpoint))
         notes.append("TensorRT is not installed: the GPU engine is torch CUDA fp16")
-    ov = openvino_variant(graphs["fp32"], spec)
-    if ov is not None:
-        variants.append(ov)
+    peer, why_not = openvino_default_variant(graphs["fp32"])
+    if peer is not None:
+        variants.append(peer)
         # covidedge's OpenVINO backend: the graph's own precision (f32 compute), fp32 and int8 Q/DQ
         for prec in ("fp32", "int8"):
             if prec in graphs:
-                variants.append(runner_variant("covidedge OpenVINO", "covidedge", graphs[prec],
-                                               load(graphs[prec], backend="openvino")))
+                variants.append(Variant("covidedge OpenVINO", "covidedge", load(graphs[prec], backend="openvino"),
+                                        graphs[prec]))
     elif case.key == "classifier":
-        notes.append("OpenVINO is not installed: no OpenVINO row (pip install openvino to add the peer)")
+        notes.append(why_not)
     return variants
 
 
 # -- timing -------------------------------------------------------------------------------------
-def measure(variants: List[Variant], batch: int, args) -> Dict[int, LatencyStats]:
-    """Time every variant at ``batch`` in interleaved rounds; returns index -> stats.
+@contextlib.contextmanager
+def _torch_threads(n: Optional[int]):
+    """torch's intra-op thread count set to ``n`` for an informational eager row, then restored."""
+    if n is None:
+        yield
+        return
+    import torch
 
-    Each round gives each variant up to ceil(iterations / rounds) runs, stopping early once that
-    variant has used max_seconds / rounds in the round (at least one run per round); the order of
-    the variants is shuffled (seeded) in every round."""
-    fns: Dict[int, Callable] = {}
-    for i, v in enumerate(variants):
-        if v.max_batch is not None and batch > v.max_batch:
-            continue
-        fns[i] = v.make(batch)
-    for i, fn in fns.items():
-        for _ in range(args.warmup):
-            fn()
-    per_round = max(1, math.ceil(args.iterations / args.rounds))
-    budget = args.max_seconds / args.rounds
-    samples: Dict[int, List[float]] = {i: [] for i in fns}
-    stages: Dict[int, Dict[str, List[float]]] = {i: {} for i in fns}
-    gc.collect()
-    gc.disable()
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
-        shuffle = np.random.default_rng(0)
-        for _ in range(args.rounds):
-            # a new (seeded) order each round, so no variant always runs right after the same one
-            # (torch's OpenMP threads, for one, spin for a while after a call)
-            for i in shuffle.permutation(list(fns)).tolist():
-                fn = fns[i]
-                start = time.perf_counter()
-                for k in range(per_round):
-                    t0 = time.perf_counter()
-                    fn()
-                    samples[i].append((time.perf_counter() - t0) * 1e3)
-                    if variants[i].role == "covidedge":  # timed through its runner: device stages
-                        for key, val in (variants[i].runner.last_timings_ms or {}).items():
-                            if key != "total":
-                                stages[i].setdefault(key, []).append(val)
-                    if time.perf_counter() - start >= budget:
-                        break
+        yield
     finally:
-        gc.enable()
-    return {i: LatencyStats.from_samples(samples[i], batch, warmup=args.warmup, stages=stages[i])
-            for i in fns}
+        torch.set_num_threads(before)
+
+
+def measure(variants: List[Variant], batch: int, args) -> Tuple[Dict[int, LatencyStats], Dict[int, str]]:
+    """Time every variant that takes ``batch`` images per call: (index -> stats, index -> why not).
+
+    Each variant runs ``Runner.infer`` on one seeded batch (``sample_batch``) under
+    covidedge.bench's ``time_callable``. After the warm-up, the variants are timed in interleaved
+    rounds, in a new seeded order each round: a round gives a variant as many runs as fit in its
+    share of the time cap (max_seconds / rounds), judged by its runs so far (the last warm-up run
+    before the first round), at most ceil(iterations / rounds) and at least one. The rounds' runs
+    and device stages (h2d / compute / d2h on GPUs) are pooled into one LatencyStats."""
+    skipped = {i: why for i, v in enumerate(variants) if (why := batch_skip_reason(v.runner, batch))}
+    feeds = {i: sample_batch(v.runner.spec, batch) for i, v in enumerate(variants) if i not in skipped}
+    samples: Dict[int, List[float]] = {i: [] for i in feeds}
+    stages: Dict[int, Dict[str, List[float]]] = {i: {} for i in feeds}
+    run_ms: Dict[int, float] = {}
+
+    def timed(i: int, iterations: int, warmup: int = 0, keep: bool = True) -> LatencyStats:
+        runner, x = variants[i].runner, feeds[i]
+
+        def stage_times():
+            for key, val in runner.last_timings_ms.items():
+                if key != "total":
+                    stages[i].setdefault(key, []).append(float(val))
+            return runner.last_timings_ms
+
+        with _torch_threads(variants[i].torch_threads):
+            return time_callable(lambda: runner.infer(x), batch, warmup=warmup, iterations=iterations,
+                                 stage_reader=stage_times if keep else None)
+
+    if args.warmup:
+        for i in feeds:
+            run_ms[i] = timed(i, 1, warmup=args.warmup - 1, keep=False).median_ms
+    per_round = max(1, math.ceil(args.iterations / args.rounds))
+    budget_ms = args.max_seconds * 1e3 / args.rounds
+    order = np.random.default_rng(0)
+    for _ in range(args.rounds):
+        # a new (seeded) order each round, so no variant always runs right after the same one
+        # (torch's OpenMP threads, for one, spin for a while after a call)
+        for i in order.permutation(list(feeds)).tolist():
+            ms = run_ms.get(i)
+            n = 1 if ms is None else per_round if ms <= 0 else max(1, min(per_round, int(budget_ms // ms)))
+            samples[i] += timed(i, n).samples_ms
+            run_ms[i] = percentile(samples[i], 50)
+    stats = {i: LatencyStats.from_samples(samples[i], batch, warmup=args.warmup, stages=stages[i])
+             for i in feeds}
+    return stats, skipped
 
 
 def evaluate_variants(case: ModelCase, variants: List[Variant], args) -> Dict[int, Dict[str, Any]]:
-    """Accuracy / Dice per variant on --data (only for trained checkpoints)."""
-    from covidedge.bench import metric_from_evaluation
+    """Accuracy / Dice per variant on --data (only for trained checkpoints; not for the
+    informational rows, which run the baseline's model)."""
     from covidedge.evaluation import evaluate
 
     out = {}
     for i, v in enumerate(variants):
-        if v.runner is None:
+        if v.role == "info":
             continue
         t = time.perf_counter()
         rep = evaluate(v.runner, args.data, split=args.split, limit_per_class=args.limit_per_class,
@@ -478,15 +450,16 @@ def check_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The fastest covidedge engine at batch 1 per model against TARGETS."""
     results = []
     for key, wanted in TARGETS.items():
-        cands = [r for r in rows if r["task"] == key and r["batch"] == 1 and r["role"] == "covidedge"]
-        if not cands:
-            continue
-        best = min(cands, key=lambda r: r["ms_per_image"])
-        for what, target in wanted.items():
-            got = best[what]
-            results.append({"task": key, "model": best["model"], "best": f"{best['runtime']} {best['precision']}",
-                            "measure": what, "target": target, "measured": got,
-                            "met": got is not None and got >= target})
+        for model in dict.fromkeys(r["model"] for r in rows if r["task"] == key):
+            cands = [r for r in rows if r["model"] == model and r["batch"] == 1 and r["role"] == "covidedge"]
+            if not cands:
+                continue
+            best = min(cands, key=lambda r: r["ms_per_image"])
+            for what, target in wanted.items():
+                got = best[what]
+                results.append({"task": key, "model": model, "best": f"{best['runtime']} {best['precision']}",
+                                "measure": what, "target": target, "measured": got,
+                                "met": got is not None and got >= target})
     return results
 
 
@@ -563,9 +536,13 @@ def study_markdown(study: Dict[str, Any]) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--classifier-ckpt", type=Path, help="trained classifier checkpoint (default: fresh Xception)")
-    p.add_argument("--segmenter-ckpt", type=Path, help="trained segmenter checkpoint (default: fresh ResUNet)")
-    p.add_argument("--models", default="classifier,segmenter", help="which of classifier,segmenter to run")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS.values()),
+                   help=f"model variants to compare, freshly initialised, comma separated (default "
+                        f"%(default)s), of: {', '.join(VARIANTS)}")
+    p.add_argument("--classifier-ckpt", type=Path,
+                   help="trained classifier checkpoint, in place of the classifier variants")
+    p.add_argument("--segmenter-ckpt", type=Path,
+                   help="trained segmenter checkpoint, in place of the segmenter variants")
     p.add_argument("--batches", default="1,8", help="batch sizes, comma separated (default 1,8)")
     p.add_argument("--iterations", type=int, default=10, help="timed runs per variant and batch (default 10)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds the runs are split over (default 3)")
@@ -588,19 +565,26 @@ def parse_args(argv=None):
     p.add_argument("--eager-threads", default="",
                    help="also time PyTorch eager with these torch thread counts, e.g. 1 (informational rows)")
     p.add_argument("--eager-device", default="auto", help="device of the PyTorch eager baseline (auto: cuda if present)")
-    p.add_argument("--image-size", type=int, default=256, help="input size in px (default 256)")
-    p.add_argument("--width-mult", type=float, default=1.0, help="Xception width for a fresh model (default 1.0)")
-    p.add_argument("--base-width", type=int, default=32, help="ResUNet base width for a fresh model (default 32)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size in px of the fresh models (default: each variant's)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
     p.add_argument("--work", type=Path, default=None, help="folder for exported graphs and engines (default: temporary)")
     args = p.parse_args(argv)
     args.batches = sorted({int(b) for b in args.batches.split(",") if b.strip()})
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"--variants {', '.join(unknown)}: unknown; known: {', '.join(VARIANTS)}")
+    args.variants = [VARIANTS[n] for n in names]
     args.precisions = [m.strip() for m in args.precisions.split(",") if m.strip()]
     args.eager_threads = [int(t) for t in args.eager_threads.split(",") if t.strip()]
-    bad = set(args.models) - {"classifier", "segmenter"} or set(args.precisions) - set(PRECISIONS)
+    bad = set(args.precisions) - set(PRECISIONS)
     if bad or not args.batches or min(args.batches) < 1 or args.iterations < 1 or args.rounds < 1:
-        p.error(f"bad --models / --precisions / --batches / --iterations / --rounds ({sorted(bad)})")
+        p.error(f"bad --precisions / --batches / --iterations / --rounds ({sorted(bad)})")
+    if not (args.variants or args.classifier_ckpt or args.segmenter_ckpt):
+        p.error("no model to compare: name --variants or give a checkpoint")
+    if args.image_size is not None and args.image_size < 32:
+        p.error(f"--image-size {args.image_size} is below 32 px")
     if "fp32" not in args.precisions:
         args.precisions.insert(0, "fp32")
     if "int8" not in args.precisions:
@@ -609,7 +593,8 @@ def parse_args(argv=None):
 
 
 def collect_rows(case: ModelCase, variants: List[Variant], batch: int, stats: Dict[int, LatencyStats],
-                 metrics: Dict[int, Dict[str, Any]], report: BenchReport) -> List[Dict[str, Any]]:
+                 skipped: Dict[int, str], metrics: Dict[int, Dict[str, Any]],
+                 report: BenchReport) -> List[Dict[str, Any]]:
     """Table rows of one model at one batch (with the ratios), also added to ``report``."""
     def ms_of(role):
         return next((stats[i].ms_per_image for i, v in enumerate(variants) if v.role == role and i in stats), None)
@@ -617,14 +602,14 @@ def collect_rows(case: ModelCase, variants: List[Variant], batch: int, stats: Di
     eager, ort_default = ms_of("baseline"), ms_of("reference")
     rows = []
     for i, v in enumerate(variants):
-        if i not in stats:
-            report.skip(f"{case.title}: {v.name}", batch, f"batch above the engine's max {v.max_batch}")
+        if i in skipped:
+            report.skip(f"{case.title}: {v.name}", batch, skipped[i])
             continue
         st = stats[i]
         metric = metrics.get(i) if metrics.get(i, {}).get("value") is not None else None
         row = BenchRow(model=case.title, backend=v.label, precision=v.precision, batch=batch, latency=st,
                        task=case.key, path=str(v.path), size_mb=file_size_mb(v.path),
-                       settings=_jsonable(v.settings), note=v.note or None)
+                       settings=v.describe(), note=v.note or None)
         if metric:
             row.metric_name, row.metric_value = metric["name"], metric["value"]
         report.add(row)
@@ -637,27 +622,25 @@ def collect_rows(case: ModelCase, variants: List[Variant], batch: int, stats: Di
     return rows
 
 
-def run_case(key: str, work: Path, calib, args, report: BenchReport, notes: List[str]) -> List[Dict[str, Any]]:
+def run_case(task: str, what, work: Path, args, report: BenchReport, notes: List[str]) -> List[Dict[str, Any]]:
     """Prepare one model's graphs and engines, score them (--data), time them at every batch."""
-    case = make_checkpoint(key, work, args)
+    case = make_checkpoint(task, what, work, args)
     if not case.trained:
         notes.append(f"{case.title}: freshly initialised weights (latency does not depend on "
                      "training; the metric needs --data and trained checkpoints)")
-    graphs = prepare_graphs(case, work, calib, args)
+    graphs = prepare_graphs(case, work, args)
     variants = build_variants(case, graphs, work, args, notes)
     rows: List[Dict[str, Any]] = []
-    try:
+    with contextlib.ExitStack() as active:
+        for v in variants:
+            active.enter_context(v.runner)
         metrics = evaluate_variants(case, variants, args) if (args.data and case.trained) else {}
         for batch in args.batches:
             t = time.perf_counter()
-            stats = measure(variants, batch, args)
+            stats, skipped = measure(variants, batch, args)
             log(f"{case.key}: batch {batch} timed in {time.perf_counter() - t:.0f} s")
-            rows += collect_rows(case, variants, batch, stats, metrics, report)
-    finally:
-        for v in variants:
-            with contextlib.suppress(Exception):
-                v.close()
-        gc.collect()
+            rows += collect_rows(case, variants, batch, stats, skipped, metrics, report)
+    gc.collect()
     return rows
 
 
@@ -672,8 +655,8 @@ def results_markdown(stem: str, rows, targets, report: BenchReport, args, second
           "'vs eager' and 'vs ORT default' = their ms/image divided by this row's (higher is faster).", ""]
     if targets:
         md += ["## Targets (batch 1, covidedge's fastest engine)", "",
-               "| task | engine | measure | target | measured | met |", "|---|---|---|---:|---:|---|"]
-        md += [f"| {t['task']} | {t['best']} | {t['measure']} | {t['target']:g}x | {_fmt_ratio(t['measured'])} "
+               "| model | engine | measure | target | measured | met |", "|---|---|---|---:|---:|---|"]
+        md += [f"| {t['model']} | {t['best']} | {t['measure']} | {t['target']:g}x | {_fmt_ratio(t['measured'])} "
                f"| {'yes' if t['met'] else 'no'} |" for t in targets]
         md.append("")
     unstable = [r for r in rows if r["unstable"]]
@@ -700,6 +683,9 @@ def main(argv=None) -> int:
             "every variant is slowed, torch's OpenMP threads most (see benchmarks/README.md)")
     notes: List[str] = []
     report = BenchReport(machine=machine, settings={
+        "variants": [v.name for v in args.variants], "image_size": args.image_size,
+        "classifier_ckpt": None if args.classifier_ckpt is None else str(args.classifier_ckpt),
+        "segmenter_ckpt": None if args.segmenter_ckpt is None else str(args.segmenter_ckpt),
         "batches": args.batches, "iterations": args.iterations, "rounds": args.rounds,
         "max_seconds": args.max_seconds, "warmup": args.warmup, "threads": args.threads,
         "calib_method": args.calib_method, "calib_count": args.calib_count,
@@ -709,13 +695,13 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidedge-compare-")))
         work.mkdir(parents=True, exist_ok=True)
-        calib = calibration_set(args, work) if "int8" in args.precisions else None
-        for key in args.models:
-            rows += run_case(key, work, calib, args, report, notes)
-    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
-    seconds = time.perf_counter() - t_start
+        for task, what in model_cases(args):
+            rows += run_case(task, what, work, args, report, notes)
+        load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+        seconds = time.perf_counter() - t_start
+        # the study reads the int8 engines, which live in the work folder
+        study = int8_activation_study(rows, machine) if args.int8_activations else None
     targets = check_targets(rows)
-    study = int8_activation_study(rows, machine) if args.int8_activations else None
     report.notes.extend(notes)
     load_text = (f"load average (1 min) {load_before[0]:.2f} at start, {load_after[0]:.2f} at end"
                  if load_before and load_after else "load average unknown")
@@ -734,7 +720,7 @@ def main(argv=None) -> int:
 
     print(comparison_markdown(rows) + "\n")
     for t in targets:
-        print(f"target {t['task']} {t['measure']} >= {t['target']:g}x: {_fmt_ratio(t['measured'])} "
+        print(f"target {t['model']} {t['measure']} >= {t['target']:g}x: {_fmt_ratio(t['measured'])} "
               f"({t['best']}) -> {'met' if t['met'] else 'MISSED'}")
     if study is not None:
         print("\n" + study_markdown(study).split("\n\n", 1)[1])

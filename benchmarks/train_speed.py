@@ -1,8 +1,9 @@
 """Training speed: fp32 against covidedge's fast mixed-precision path, in one run.
 
-For the Xception classifier and the residual U-Net segmenter it times full training steps
-(forward, loss in fp32, backward, AdamW step) on the same random batch, with the same step code
-the trainer uses (``covidedge.train.loop.resolve_amp``), for:
+For named model variants (``covidedge.models.registry.VARIANTS``; by default the full-size
+Xception classifier and residual U-Net segmenter) it times full training steps (forward, loss
+in fp32, backward, AdamW step) on the same random batch, with the same step code the trainer
+uses (``covidedge.train.amp.resolve_amp``), for:
 
 * ``fp32``          - plain fp32, NCHW (what ``--amp off`` did before channels_last);
 * ``fp32+cl``       - fp32 with channels_last memory (``--amp off`` on a CPU today);
@@ -13,9 +14,9 @@ It prints images/s per mode and the ratio to fp32. Nothing here is a test; the n
 the machine it runs on.
 
 Usage:
-    python benchmarks/train_speed.py                                  # both models at 256 px
-    python benchmarks/train_speed.py --models classifier --steps 3 --batch 16
-    python benchmarks/train_speed.py --image-size 128 --width-mult 0.5 --base-width 16 --json
+    python benchmarks/train_speed.py                                  # xception256, resunet256
+    python benchmarks/train_speed.py --variants xception256 --steps 3 --batch 16
+    python benchmarks/train_speed.py --variants xception128-small,resunet128-small --json
     python benchmarks/train_speed.py --compile                        # adds torch.compile runs
 """
 
@@ -27,6 +28,8 @@ import platform
 import statistics
 import sys
 import time
+
+from covidedge.models.registry import DEFAULT_VARIANTS, VARIANTS, get_variant
 
 
 def _step_fn(model, opt, crit, x, y, plan, scaler):
@@ -45,23 +48,23 @@ def _step_fn(model, opt, crit, x, y, plan, scaler):
     return step
 
 
-def time_mode(task: str, mode: str, args, device: str, compile_model: bool = False) -> dict:
+def time_mode(variant, mode: str, args, device: str, compile_model: bool = False) -> dict:
     import torch
 
     from covidedge.models.registry import create_model
-    from covidedge.train.loop import AmpPlan, resolve_amp
+    from covidedge.train.amp import AmpPlan, resolve_amp
 
     torch.manual_seed(0)
-    if task == "classifier":
-        model = create_model("xception", width_mult=args.width_mult)
+    size = args.image_size or variant.input_size
+    model = create_model(variant.model, **variant.model_kwargs)
+    if variant.task == "classifier":
         y = torch.randint(0, 3, (args.batch,), device=device)
         crit = torch.nn.CrossEntropyLoss()
     else:
         from covidedge.train.losses import get_loss
-        model = create_model("resunet", base_width=args.base_width)
-        y = (torch.rand(args.batch, 2, args.image_size, args.image_size, device=device) > 0.7).float()
+        y = (torch.rand(args.batch, 2, size, size, device=device) > 0.7).float()
         crit = get_loss("bce_dice")
-    x = torch.rand(args.batch, 1, args.image_size, args.image_size, device=device)
+    x = torch.rand(args.batch, 1, size, size, device=device)
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
     if mode == "fast":
         plan = resolve_amp("auto", device)
@@ -91,7 +94,8 @@ def time_mode(task: str, mode: str, args, device: str, compile_model: bool = Fal
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    return {"task": task, "mode": mode + ("+compile" if compile_model else ""),
+    return {"variant": variant.name, "task": variant.task, "image_size": size,
+            "mode": mode + ("+compile" if compile_model else ""),
             "dtype": plan.dtype, "channels_last": plan.channels_last,
             "step_s_median": med, "step_s_all": times, "warmup_s": warm_s,
             "images_per_s": args.batch / med}
@@ -99,10 +103,9 @@ def time_mode(task: str, mode: str, args, device: str, compile_model: bool = Fal
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="classifier,segmenter")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--width-mult", type=float, default=1.0, help="Xception width (1.0 = the study's)")
-    p.add_argument("--base-width", type=int, default=32, help="U-Net base width (32 = the study's)")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS.values()),
+                   help=f"comma-separated model variants, of: {', '.join(VARIANTS)}")
+    p.add_argument("--image-size", type=int, default=None, help="input size in px (default: the variant's)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode (median reported)")
     p.add_argument("--warmup", type=int, default=1)
@@ -111,41 +114,43 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
+    variants = [get_variant(n.strip()) for n in args.variants.split(",") if n.strip()]
+
     import torch
 
-    from covidedge.train.loop import cpu_has_bf16, resolve_amp, resolve_device
+    from covidedge.train.amp import cpu_has_bf16, resolve_amp, resolve_device
 
     device = resolve_device(args.device)
     fast = resolve_amp("auto", device)
     rows = []
-    for task in [t.strip() for t in args.models.split(",") if t.strip()]:
+    for variant in variants:
         modes = ["fp32", "fp32+cl"] + (["fast"] if fast.enabled else [])
         for mode in modes:
             for comp in ([False, True] if args.compile else [False]):
-                r = time_mode(task, mode, args, device, compile_model=comp)
+                r = time_mode(variant, mode, args, device, compile_model=comp)
                 rows.append(r)
                 if not args.json:
-                    print(f"  {task:10s} {r['mode']:18s} {r['step_s_median']:7.3f} s/step  "
+                    print(f"  {variant.name:18s} {r['mode']:18s} {r['step_s_median']:7.3f} s/step  "
                           f"{r['images_per_s']:7.2f} img/s", file=sys.stderr, flush=True)
-    base = {r["task"]: r["images_per_s"] for r in rows if r["mode"] == "fp32"}
+    base = {r["variant"]: r["images_per_s"] for r in rows if r["mode"] == "fp32"}
     for r in rows:
-        r["ratio_vs_fp32"] = r["images_per_s"] / base[r["task"]]
+        r["ratio_vs_fp32"] = r["images_per_s"] / base[r["variant"]]
     info = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_native_bf16": cpu_has_bf16(), "fast_path": fast.to_dict(),
             "machine": platform.processor() or platform.machine(),
-            "image_size": args.image_size, "batch": args.batch, "width_mult": args.width_mult,
-            "base_width": args.base_width, "results": rows}
+            "variants": [v.to_dict() for v in variants], "image_size": args.image_size,
+            "batch": args.batch, "results": rows}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"training speed on {device} ({info['cpu_capability']}, {info['threads']} threads, "
-          f"native bf16: {info['cpu_native_bf16']}), {args.image_size} px, batch {args.batch}")
+          f"native bf16: {info['cpu_native_bf16']}), batch {args.batch}")
     if not fast.enabled:
         print("  this machine has no fast path (no CUDA, no native bf16): fp32 only")
-    print(f"| model | mode | s/step | images/s | × fp32 |\n|---|---|---:|---:|---:|")
+    print("| variant | px | mode | s/step | images/s | × fp32 |\n|---|---:|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['task']} | {r['mode']} | {r['step_s_median']:.3f} | {r['images_per_s']:.2f} | "
+        print(f"| {r['variant']} | {r['image_size']} | {r['mode']} | {r['step_s_median']:.3f} | {r['images_per_s']:.2f} | "
               f"{r['ratio_vs_fp32']:.2f} |")
     return 0
 

@@ -22,15 +22,17 @@ from covidedge.spec import PRECISIONS
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo run. Defaults keep it to a few minutes on a 2-core CPU."""
+    """Sizes of the demo run. Defaults keep it to a few minutes on a 2-core CPU.
 
-    image_size: int = 64
+    The networks are named variants of the model registry (covidedge.models.registry.VARIANTS);
+    ``image_size``, when given, overrides the variants' input size."""
+
+    classifier_variant: str = "xception64-small"
+    segmenter_variant: str = "resunet64-small"
+    image_size: Optional[int] = None
     epochs: int = 16
     batch_size: int = 8
     lr: float = 3e-3
-    width_mult: float = 0.25
-    base_width: int = 8
-    depth: int = 3
     per_class: int = 40
     limit_per_class: Optional[int] = None
     eval_limit_per_class: Optional[int] = None
@@ -42,11 +44,22 @@ class DemoSettings:
 
     @classmethod
     def for_real_data(cls, **kw) -> "DemoSettings":
-        """Larger defaults for a real COVID-QU-Ex folder: a few hundred images at 128 px."""
-        base = dict(image_size=128, epochs=8, batch_size=16, lr=1e-3, limit_per_class=100,
-                    eval_limit_per_class=60, calib_count=60)
-        base.update(kw)
-        return cls(**base)
+        """Larger defaults for a real COVID-QU-Ex folder (:data:`REAL_DATA_SETTINGS`)."""
+        return cls(**{**REAL_DATA_SETTINGS, **kw})
+
+
+#: What a real COVID-QU-Ex folder changes in :class:`DemoSettings`: a few hundred images at 128 px.
+REAL_DATA_SETTINGS: Dict[str, Any] = dict(classifier_variant="xception128-small",
+                                          segmenter_variant="resunet128-small", epochs=8, batch_size=16,
+                                          lr=1e-3, limit_per_class=100, eval_limit_per_class=60,
+                                          calib_count=60)
+
+
+def input_size(settings: "DemoSettings") -> int:
+    """The demo's training and engine input size: ``image_size`` or the classifier variant's."""
+    from covidedge.models.registry import get_variant
+
+    return settings.image_size or get_variant(settings.classifier_variant, "classifier").input_size
 
 
 @dataclass
@@ -105,11 +118,13 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     """
     from covidedge.bench.timing import time_runner
     from covidedge.data.covidqu import CovidQuDataset
-    from covidedge.engine.build import build_engine
+    from covidedge.engine.build import build_engine, resolve_backend
+    from covidedge.engine.paths import default_engine_path
+    from covidedge.machine import module_present
     from covidedge.evaluation import evaluate
     from covidedge.export.calibration import make_calibration_set
     from covidedge.runtime import load
-    from covidedge.runtime.pipeline import Pipeline
+    from covidedge.runtime.run import run_inference
     from covidedge.train.loop import train_classifier, train_segmenter
 
     out = Path(out_dir)
@@ -145,17 +160,16 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     steps["data"] = {"root": str(ds.root), "counts": ds.counts(), "synthetic": synthetic}
 
     # 2. train -----------------------------------------------------------------------------
-    common = dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, image_size=s.image_size,
+    size = input_size(s)
+    common = dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, image_size=size,
                   seed=s.seed, progress=progress,
                   limit_per_class=s.limit_per_class, overwrite=True, patience=max(3, s.epochs))
-    log(f"[2/6] train: Xception classifier (width x{s.width_mult}, {s.image_size} px, "
-              f"{s.epochs} epochs)")
-    cls = train_classifier(result.data_root, out / "runs" / "classifier", width_mult=s.width_mult,
+    log(f"[2/6] train: classifier {s.classifier_variant} ({size} px, {s.epochs} epochs)")
+    cls = train_classifier(result.data_root, out / "runs" / "classifier", variant=s.classifier_variant,
                            **common)
-    log(f"[2/6] train: residual U-Net segmenter (base width {s.base_width}, {s.image_size} px, "
-              f"{s.epochs} epochs)")
-    seg = train_segmenter(result.data_root, out / "runs" / "segmenter", base_width=s.base_width,
-                          depth=s.depth, **common)
+    log(f"[2/6] train: segmenter {s.segmenter_variant} ({size} px, {s.epochs} epochs)")
+    seg = train_segmenter(result.data_root, out / "runs" / "segmenter", variant=s.segmenter_variant,
+                          **common)
     steps["train"] = {
         "classifier": {"checkpoint": str(cls.best_checkpoint), "best_epoch": cls.best_epoch,
                        "monitor": cls.monitor, "best_score": cls.best_score, "seconds": round(cls.seconds, 1)},
@@ -167,15 +181,17 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     calib = None
     if "int8" in s.precisions:
         calib = make_calibration_set(result.data_root, s.calib_count, split="Train", seed=s.seed,
-                                     input_size=(s.image_size, s.image_size),
+                                     input_size=(size, size),
                                      out=out / "calibration" / "calibration.json")
     engines: Dict[str, Dict[str, Path]] = {"classifier": {}, "segmenter": {}}
     build_rows: List[Dict[str, Any]] = []
+    chosen = resolve_backend(backend, module_present("tensorrt"), module_present("pycuda"))
     for task, ckpt in (("classifier", cls.best_checkpoint), ("segmenter", seg.best_checkpoint)):
         for prec in s.precisions:
             log(f"[3/6] build-engine: {task} {prec}")
-            suffix = "engine" if backend == "tensorrt" else "onnx"
-            res = build_engine(ckpt, out / "engines" / f"{task}.{prec}.{suffix}", precision=prec,
+            # named as build-engine names engines: .trt*.engine, .ort.onnx or .ov.onnx by backend
+            res = build_engine(ckpt, default_engine_path(f"{task}.pt", prec, chosen, build_dir=out / "engines"),
+                               precision=prec,
                                backend=backend, calibration=calib if prec == "int8" else None,
                                max_batch=8, progress=progress)
             engines[task][prec] = res.engine_path
@@ -204,13 +220,12 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     picks = _spread(val_images, s.infer_images)
     infer_dir = out / "infer"
     log(f"[5/6] infer: {len(picks)} Val images with the {best} engines -> {infer_dir}")
-    infer_rows = []
-    with Pipeline(classifier=engines["classifier"][best], segmenter=engines["segmenter"][best],
-                  batch_size=4) as pipe:
-        for r in pipe.predict_many(picks, out_dir=infer_dir):
-            infer_rows.append(r.to_dict())
-    (infer_dir / "results.json").write_text(json.dumps(infer_rows, indent=2))
-    steps["infer"] = {"out_dir": str(infer_dir), "results": infer_rows}
+    infer_rows: List[Dict[str, Any]] = []
+    run = run_inference(picks, classifier=engines["classifier"][best], segmenter=engines["segmenter"][best],
+                        batch_size=4, out_dir=infer_dir, on_result=lambda r: infer_rows.append(r.to_dict()),
+                        on_note=log)
+    steps["infer"] = {"out_dir": str(infer_dir), "results_file": str(run.results_path),
+                      "summary": run.to_dict(), "results": infer_rows}
 
     # 6. bench -----------------------------------------------------------------------------
     bench_rows = []
@@ -261,12 +276,12 @@ def _write_summary(out: Path, result: DemoResult, s: DemoSettings) -> Path:
                   "nothing about real X-rays).", ""]
     else:
         lines += [f"Data: `{result.data_root}`", ""]
-    lines += [f"Settings: image {s.image_size} px, {s.epochs} epochs, Xception width x{s.width_mult}, "
-              f"U-Net base width {s.base_width}, depth {s.depth}. Total {st['seconds']} s.", "",
+    lines += [f"Settings: classifier {s.classifier_variant}, segmenter {s.segmenter_variant}, "
+              f"{input_size(s)} px, {s.epochs} epochs. Total {st['seconds']} s.", "",
               "## Where everything went", "",
               f"- checkpoints: `{out / 'runs'}` (best.pt, history.json, learning_curves.png)",
               f"- engines and manifests: `{out / 'engines'}`",
-              f"- masks, overlays, results.json: `{out / 'infer'}`", "",
+              f"- masks, overlays, results.csv: `{out / 'infer'}`", "",
               "## Accuracy per precision (Val)", "",
               "| model | precision | metric | value |", "|---|---|---|---|"]
     for r in st["evaluate"]:

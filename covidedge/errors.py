@@ -39,6 +39,13 @@ class BadInputError(CovidEdgeError):
     exit_code = EXIT_BAD_INPUT
 
 
+class UsageError(BadInputError):
+    """Options that cannot be used together, or an option the call cannot honour (exit code 2, as
+    for the command line's own usage errors)."""
+
+    exit_code = EXIT_USAGE
+
+
 class DatasetError(CovidEdgeError):
     """A dataset folder that is not in the expected layout, or is empty."""
 
@@ -61,6 +68,19 @@ class MissingDependencyError(CovidEdgeError):
     """An optional library needed for this operation is not installed."""
 
     exit_code = EXIT_MISSING_DEPENDENCY
+
+
+def one_line(exc: BaseException, source: str | None = None) -> str:
+    """An exception as one line: whitespace collapsed; the exception's type in front unless it is a
+    covidedge error (which already reads as a sentence); ``source: `` in front when given and the
+    text does not name it yet."""
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, CovidEdgeError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text = text or type(exc).__name__
+    if source and source not in text:
+        text = f"{source}: {text}"
+    return text
 
 
 def require(module: str, extra: str | None = None, purpose: str | None = None):

@@ -1,6 +1,7 @@
 """What machine this is: CPU, memory, OS, backend versions, NVIDIA GPU and Jetson release.
 
-Engine manifests record it at build time and compare it at load time; bench reports print it.
+Engine manifests record it at build time and compare it at load time; bench reports print it,
+with the facts that decide latency (:func:`probe_latency_facts`: CPU ISA, clocks, governor).
 The probe is cheap and never raises: a fact it cannot read is ``None``. It imports no torch
 (a version comes from package metadata unless torch is already imported) and imports TensorRT /
 pycuda only when ``use_backends=True`` (the TensorRT paths, which need them anyway).
@@ -16,7 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 #: Where L4T (the Jetson Linux release) writes its version.
 TEGRA_RELEASE_FILE = "/etc/nv_tegra_release"
@@ -27,10 +28,17 @@ DEVICE_TREE_MODEL = "/proc/device-tree/model"
 _DISTRIBUTIONS = {
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"),
     "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"),
+    "openvino": ("openvino",),
     "pycuda": ("pycuda",),
     "torch": ("torch",),
     "numpy": ("numpy",),
 }
+#: Packages whose module ``__version__`` is a build string ('2026.4.1-22982-e213a147257-releases/
+#: 2026/4'): their version is the distribution's release whether or not they are imported.
+_RELEASE_FROM_DISTRIBUTION = ("openvino",)
+#: CPU instruction-set features that decide which fp32 / int8 / fp16 kernels a CPU backend can use.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_int8", "amx_bf16", "asimd", "asimddp", "asimdhp", "i8mm", "sve")
 
 
 # -- plain parsers (tested on any machine) ---------------------------------------------------
@@ -41,6 +49,7 @@ def module_present(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
 
 def parse_l4t_release(text: str) -> Optional[str]:
     """'# R36 (release), REVISION: 3.0, ...' -> '36.3.0' (the L4T release), or None."""
@@ -99,6 +108,27 @@ def parse_cpuinfo(text: str) -> Optional[str]:
     return None
 
 
+def parse_cpu_flags(text: str) -> List[str]:
+    """The :data:`ISA_FLAGS` a /proc/cpuinfo text reports ("flags" on x86, "Features" on ARM),
+    in the order of ISA_FLAGS."""
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            have = set(value.split())
+            return [f for f in ISA_FLAGS if f in have]
+    return []
+
+
+def parse_gpu_clocks(text: str) -> Optional[str]:
+    """First line of ``nvidia-smi --query-gpu=clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem
+    --format=csv,noheader,nounits`` -> 'SM 1980 / 1980 MHz, memory 3201 / 3201 MHz (now / max)'."""
+    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
+    parts = [p.strip() for p in lines[0].split(",")] if lines else []
+    if len(parts) != 4:
+        return None
+    return f"SM {parts[0]} / {parts[1]} MHz, memory {parts[2]} / {parts[3]} MHz (now / max)"
+
+
 def _to_int(text) -> Optional[int]:
     try:
         return int(float(str(text).strip()))
@@ -127,8 +157,10 @@ def _run(cmd: Iterable[str], timeout: float = 3.0) -> Optional[str]:
 
 
 def package_version(name: str) -> Optional[str]:
-    """Installed version of a backend package without importing it (unless already imported)."""
-    module = sys.modules.get(name)
+    """Installed version of a backend package without importing it: the imported module's
+    ``__version__`` when there is one (the version that runs), else the first distribution of
+    the package that is installed; None when none is."""
+    module = None if name in _RELEASE_FROM_DISTRIBUTION else sys.modules.get(name)
     if module is not None and getattr(module, "__version__", None):
         return str(module.__version__)
     for dist in _DISTRIBUTIONS.get(name, (name,)):
@@ -139,6 +171,11 @@ def package_version(name: str) -> Optional[str]:
         except Exception:  # a broken metadata folder must not break the probe
             continue
     return None
+
+
+def cpu_isa() -> List[str]:
+    """The :data:`ISA_FLAGS` this CPU reports in /proc/cpuinfo."""
+    return parse_cpu_flags(_read_text("/proc/cpuinfo") or "")
 
 
 def _tensorrt_version(use_backends: bool) -> Optional[str]:
@@ -230,6 +267,51 @@ def probe_machine(device: int = 0, use_backends: bool = False) -> Dict[str, Any]
     except Exception as exc:  # the probe informs; it must never stop a build or a benchmark
         facts["probe_error"] = f"{type(exc).__name__}: {exc}"
     return facts
+
+
+def probe_latency_facts(machine: Dict[str, Any]) -> Dict[str, Any]:
+    """Facts that decide latency and that :func:`probe_machine` does not record, for ``machine``
+    (its dict): CPU ISA features (VNNI / AMX / fp16 decide the int8 and fp16 kernels), CPU
+    frequency governor and clock (MHz), NVIDIA GPU clocks (nvidia-smi: SM / memory now and max,
+    MHz), and on a Jetson whether the GPU clock is locked (devfreq min == max, as jetson_clocks
+    sets it). Keys: cpu_isa, cpu_governor, cpu_mhz, gpu_clocks, jetson_gpu_clock_locked, each
+    only when known. Never raises."""
+    extras: Dict[str, Any] = {}
+    try:
+        isa = cpu_isa()
+        if isa:
+            extras["cpu_isa"] = " ".join(isa)
+        gov = _read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+        if gov:
+            extras["cpu_governor"] = gov
+        cur = _read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+        top = _read_text("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+        if cur and top and cur.isdigit() and top.isdigit():
+            extras["cpu_mhz"] = f"{int(cur) // 1000} / {int(top) // 1000}"
+        if machine.get("gpu") and not machine.get("l4t_release"):
+            clocks = parse_gpu_clocks(_run(["nvidia-smi", "--id=0", "--format=csv,noheader,nounits",
+                                            "--query-gpu=clocks.sm,clocks.max.sm,clocks.mem,"
+                                            "clocks.max.mem"]) or "")
+            if clocks:
+                extras["gpu_clocks"] = clocks
+        if machine.get("l4t_release"):
+            import glob
+
+            for dev in sorted(glob.glob("/sys/class/devfreq/*")):
+                name = _read_text(os.path.join(dev, "device/of_node/name")) or os.path.basename(dev)
+                if "gpu" not in name.lower() and "gv11b" not in name.lower() and "ga10b" not in name.lower():
+                    continue
+                lo, hi = _read_text(os.path.join(dev, "min_freq")), _read_text(os.path.join(dev, "max_freq"))
+                now = _read_text(os.path.join(dev, "cur_freq"))
+                if lo and hi:
+                    extras["jetson_gpu_clock_locked"] = lo == hi
+                    if now and now.isdigit() and hi.isdigit():
+                        extras["gpu_clocks"] = (f"{int(now) // 1_000_000} / {int(hi) // 1_000_000} MHz "
+                                                "(now / max)")
+                break
+    except Exception as exc:  # facts for a report; never a reason to fail a benchmark
+        extras["extras_error"] = f"{type(exc).__name__}: {exc}"
+    return extras
 
 
 def describe_device(machine: Dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
-"""PNG figures for training and benchmark reports: learning curves, confusion matrices and
-grouped bar charts.
+"""PNG figures for training, evaluation and benchmark reports: learning curves, confusion
+matrices, grouped bar charts and latency bars. Every figure covidedge draws is drawn here.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global backend switch),
 so they work on headless machines and in threads. matplotlib is imported inside each function:
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from covidedge.errors import BadInputError, require
 
-__all__ = ["plot_learning_curves", "plot_confusion_matrix", "plot_bars"]
+__all__ = ["plot_learning_curves", "plot_confusion_matrix", "plot_bars", "plot_latency_bars"]
 
 PathLike = Union[str, Path]
 
@@ -237,4 +237,35 @@ def plot_bars(table_rows: Sequence[Mapping[str, Any]], x_key: str, y_keys: Union
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     if title:
         ax.set_title(title)
+    return _save(fig, out_png)
+
+
+# -- latency bars -------------------------------------------------------------------------------
+def plot_latency_bars(labels: Sequence[str], ms_per_image: Sequence[float],
+                      images_per_s: Sequence[float], out_png: PathLike,
+                      title: str = "covidedge bench") -> Path:
+    """Two panels of horizontal bars, one bar per measured configuration (``labels``, listed
+    top to bottom): ms per image (lower is better) and images per second (higher is better),
+    each bar labelled with its value. Returns the PNG path."""
+    labels = [str(v) for v in labels]
+    n = len(labels)
+    if n == 0:
+        raise BadInputError("no measurements to plot", hint="pass one label, ms and FPS per row")
+    if len(ms_per_image) != n or len(images_per_s) != n:
+        raise BadInputError(f"{n} labels but {len(ms_per_image)} ms and {len(images_per_s)} FPS values; "
+                            "expected one of each per label")
+    fig = _new_figure(11.0, max(2.5, 0.55 * n + 1.2))
+    ax1, ax2 = fig.subplots(1, 2, sharey=True)
+    ypos = list(range(n))[::-1]
+    panels = ((ax1, ms_per_image, "#4c72b0", "ms per image (lower is better)"),
+              (ax2, images_per_s, "#55a868", "images per second (higher is better)"))
+    for ax, values, colour, xlabel in panels:
+        vals = [_number(v) for v in values]
+        ax.barh(ypos, [v if v is not None else 0.0 for v in vals], color=colour)
+        for y, v in zip(ypos, vals):
+            ax.text(v or 0.0, y, f" {v:.3g}" if v is not None else " n/a", va="center", fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, axis="x", alpha=0.3)
+    ax1.set_yticks(ypos, labels, fontsize=8)
+    fig.suptitle(title)
     return _save(fig, out_png)

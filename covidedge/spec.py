@@ -35,6 +35,8 @@ RUNNER_BACKEND_CHOICES: Tuple[str, ...] = (AUTO,) + RUNNER_BACKENDS
 CALIBRATION_METHODS: Tuple[str, ...] = ("minmax", "entropy", "percentile")
 #: Train images an int8 calibration reads unless told otherwise.
 DEFAULT_CALIBRATION_COUNT = 500
+#: Probability above which a segmenter pixel is in the mask, unless told otherwise.
+MASK_THRESHOLD = 0.5
 #: Mixed-precision choices for training.
 AMP_MODES: Tuple[str, ...] = ("auto", "off", "bf16", "fp16")
 

@@ -236,7 +236,8 @@ def exported_graphs(tmp_path_factory) -> Dict[str, Dict[str, Path]]:
     from covidedge.data.synth import make_synthetic_dataset
     from covidedge.export.calibration import make_calibration_set
     from covidedge.export.onnx import export_onnx
-    from covidedge.export.precision import convert_fp16, quantize_int8
+    from covidedge.export.fp16 import convert_fp16
+    from covidedge.export.int8 import quantize_int8
     from covidedge.formats.checkpoint import save_checkpoint
     from covidedge.models.registry import create_model
 

@@ -23,14 +23,18 @@ def test_demo_runs_every_stage_and_writes_a_summary(tmp_path):
     for task in ("classifier", "segmenter"):
         assert (out / "runs" / task / "best.pt").is_file()
         for prec in ("fp32", "int8"):
-            engine = out / "engines" / f"{task}.{prec}.onnx"
-            assert engine.is_file() and (out / "engines" / f"{task}.{prec}.onnx.manifest.json").is_file()
+            engine = out / "engines" / f"{task}.{prec}.ort.onnx"  # an ONNX Runtime engine, named so
+            assert engine.is_file() and (out / "engines" / f"{task}.{prec}.ort.onnx.manifest.json").is_file()
     assert {(r["task"], r["precision"]) for r in res.steps["evaluate"]} == {
         (t, p) for t in ("classifier", "segmenter") for p in ("checkpoint", "fp32", "int8")}
     assert len(res.steps["bench"]) == 6 and all(r["median_ms"] > 0 for r in res.steps["bench"])
-    results = json.loads((out / "infer" / "results.json").read_text())
+    results = res.steps["infer"]["results"]
     assert len(results) == 2 and all(r["status"] == "ok" for r in results)
     assert all(r["outputs"].get("overlay") for r in results)
+    # the results file is the one covidedge infer writes: a header and one line per image
+    assert res.steps["infer"]["results_file"] == str(out / "infer" / "results.csv")
+    assert len((out / "infer" / "results.csv").read_text().splitlines()) == 3
+    assert res.steps["infer"]["summary"]["exit_code"] == 0
     summary = (out / "summary.md").read_text()
     assert "synthetic" in summary and "## Accuracy per precision (Val)" in summary
     assert json.loads((out / "summary.json").read_text())["synthetic"] is True
@@ -68,3 +72,16 @@ def test_overwrite_deletes_only_what_a_demo_marked_as_its_own(tmp_path):
     _remove_previous_demo(ours)
     assert not (ours / "runs").exists() and not (ours / "summary.md").exists()
     assert (ours / "keep.txt").read_text() == "mine"
+
+
+def test_demo_help_states_the_defaults_the_code_uses():
+    from click.testing import CliRunner
+
+    from covidedge.cli.main import cli
+    from covidedge.demo import REAL_DATA_SETTINGS, input_size
+
+    text = " ".join(CliRunner().invoke(cli, ["demo", "--help"]).output.split())
+    synth = DemoSettings()
+    assert f"(default {synth.epochs} synthetic, {REAL_DATA_SETTINGS['epochs']} real)" in text
+    assert f"{input_size(synth)} synthetic, {input_size(DemoSettings(**REAL_DATA_SETTINGS))} real)" in text
+    assert input_size(synth) == 64

@@ -12,7 +12,8 @@ pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402
 
 from covidedge.errors import BadInputError  # noqa: E402
-from covidedge.plots import plot_bars, plot_confusion_matrix, plot_learning_curves  # noqa: E402
+from covidedge.plots import (  # noqa: E402
+    plot_bars, plot_confusion_matrix, plot_latency_bars, plot_learning_curves)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -112,3 +113,30 @@ def test_importing_plots_does_not_load_matplotlib():
     code = "import sys, covidedge.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_latency_bars(tmp_path):
+    labels = ["cls\nonnxruntime fp32 b1", "cls\nonnxruntime int8 b1", "cls\nopenvino fp32 b8"]
+    out = plot_latency_bars(labels, [4.5, 1.8, float("nan")], [222.0, 555.0, 410.0],
+                            tmp_path / "bench.png", title="bench")
+    assert_png(out, min_bytes=5_000, min_size=(1000, 250))
+    with pytest.raises(BadInputError, match="3 labels but 2 ms"):
+        plot_latency_bars(labels, [1.0, 2.0], [1.0, 2.0, 3.0], tmp_path / "x.png")
+    with pytest.raises(BadInputError, match="no measurements"):
+        plot_latency_bars([], [], [], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_every_figure_is_drawn_in_covidedge_plots():
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "covidedge"
+    drawing = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "matplotlib" or n.startswith("matplotlib.") for n in names):
+                drawing.append(path.relative_to(package).as_posix())
+    assert sorted(set(drawing)) == ["plots.py"]

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 from typing import Dict
 
-from covidedge.machine import module_present  # noqa: F401  (public here too)
-
-
-def _version(*dists: str):
-    for d in dists:
-        try:
-            return importlib.metadata.version(d)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+from covidedge.machine import module_present, package_version
 
 
 def available_backends() -> Dict:
@@ -24,8 +13,7 @@ def available_backends() -> Dict:
     trt = module_present("tensorrt")
     out["tensorrt"] = {
         "available": trt and module_present("pycuda"),
-        "version": _version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs")
-        or ("present" if trt else None),
+        "version": package_version("tensorrt") or ("present" if trt else None),
         "reason": "" if trt and module_present("pycuda") else (
             "pycuda is not installed" if trt else "tensorrt is not installed"),
     }
@@ -38,13 +26,13 @@ def available_backends() -> Dict:
             providers = onnxruntime.get_available_providers()
         except Exception:  # a broken install still reports as absent
             ort_ok = False
-    out["onnxruntime"] = {"available": ort_ok, "version": _version("onnxruntime", "onnxruntime-gpu"),
+    out["onnxruntime"] = {"available": ort_ok, "version": package_version("onnxruntime"),
                           "providers": providers, "reason": "" if ort_ok else "onnxruntime is not installed"}
     torch_ok = module_present("torch")
-    out["torch"] = {"available": torch_ok, "version": _version("torch"),
+    out["torch"] = {"available": torch_ok, "version": package_version("torch"),
                     "reason": "" if torch_ok else "torch is not installed; pip install covidedge[train]"}
     ov = module_present("openvino")
-    out["openvino"] = {"available": ov, "version": _version("openvino"),
+    out["openvino"] = {"available": ov, "version": package_version("openvino"),
                        "reason": "" if ov else "openvino is not installed; an optional peer for benchmarks"}
     default = "tensorrt" if out["tensorrt"]["available"] else "onnxruntime"
     return {"backends": out, "default_backend": default}

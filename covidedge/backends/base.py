@@ -1,14 +1,20 @@
-"""The one Runner interface every backend implements (TensorRT, ONNX Runtime, torch).
+"""The one Runner interface every backend implements (TensorRT, ONNX Runtime, OpenVINO, torch).
 
 A runner is created cheaply, does its heavy work in ``activate()`` and frees it in
 ``deactivate()``; it is also a context manager. ``infer`` takes an NCHW float32 batch (or a
 ``{input_name: array}`` feed) and returns ``{output_name: array}``. Input checks name the
 tensor, what arrived and what was expected.
+
+Two things every backend shares live here too: :func:`infer_fitted` fits a batch of any size
+to a runner's batch range, and :func:`self_check` accepts or deletes an engine just built by
+comparing it with ONNX Runtime on its source graph.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
@@ -121,3 +127,69 @@ class Runner:
 
     def _deactivate(self) -> None:
         pass
+
+
+# -- shared by every backend -----------------------------------------------------------------
+def infer_fitted(runner: Runner, batch: np.ndarray) -> Dict[str, np.ndarray]:
+    """``runner.infer`` for a batch of any size: it runs in pieces of at most
+    ``runner.max_batch`` images, and a piece below ``runner.min_batch`` (a fixed-batch engine)
+    is padded up to it with copies of its last image (an image like the others, never a blank
+    one a model may treat oddly). The padding is dropped from the outputs, which come back
+    joined in order along the batch axis, one row per image of ``batch``."""
+    n = int(batch.shape[0])
+    lo = max(1, int(getattr(runner, "min_batch", 1) or 1))
+    hi = getattr(runner, "max_batch", None)
+    step = n if hi is None else max(1, int(hi))
+    if n == 0 or lo <= n <= step:  # as it is (an empty batch: the runner says what it accepts)
+        return runner.infer(batch)
+    pieces = []
+    for i in range(0, n, step):
+        x = batch[i:i + step]
+        m = int(x.shape[0])
+        if m < lo:
+            x = np.concatenate([x, np.repeat(x[-1:], lo - m, axis=0)], axis=0)
+        pieces.append({k: np.asarray(v)[:m] for k, v in runner.infer(x).items()})
+    if len(pieces) == 1:
+        return pieces[0]
+    return {k: np.concatenate([p[k] for p in pieces], axis=0) for k in pieces[0]}
+
+
+#: Seed of the batch a build's self-check runs: uniform noise in [0, 1), the input range.
+SELF_CHECK_SEED = 0
+
+
+def self_check(built: Runner, source_onnx, precision: str, limits: Mapping[str, float], *,
+               batch: int, out, engine_name: str) -> Dict[str, Any]:
+    """Accept or delete an engine just built: run ``built`` (a runner on the engine file) and
+    ONNX Runtime (CPU) on its source graph ``source_onnx`` with one seeded batch of ``batch``
+    images, and compare the probabilities.
+
+    Within ``limits[precision]`` (largest |probability| difference) the engine file moves to
+    ``out`` (it may be there already) and the numbers for the manifest are returned. Otherwise,
+    or when either side fails to run, the engine file is deleted and RuntimeFailure (or the
+    runner's own error) is raised; ``engine_name`` ('TensorRT') names the engine in the message."""
+    from covidedge.backends.onnxruntime import OrtRunner
+
+    spec = built.spec
+    engine = Path(built.source)
+    x = np.random.default_rng(SELF_CHECK_SEED).random((int(batch), spec.in_chans, *spec.input_size),
+                                                       dtype=np.float32)
+    try:
+        with built as run, OrtRunner(source_onnx, spec=spec) as reference:
+            got, ref = run.infer(x), reference.infer(x)
+    except BaseException:
+        engine.unlink(missing_ok=True)
+        raise
+    diffs = {k: float(np.max(np.abs(ref[k].astype(np.float64) - got[k].astype(np.float64))))
+             for k in spec.output_names}
+    prob, limit = spec.output_names[1], float(limits[precision])
+    if not np.isfinite(diffs[prob]) or diffs[prob] > limit:
+        engine.unlink(missing_ok=True)
+        raise RuntimeFailure(f"the {engine_name} engine's {prob} differ from ONNX Runtime's on its source "
+                             f"graph by {diffs[prob]:.3g} (limit {limit:g} for {precision})", path=out)
+    if engine.resolve() != Path(os.fspath(out)).resolve():
+        os.replace(engine, out)
+    return {"batch": int(batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
+
+
+__all__ = ["Feed", "Runner", "infer_fitted", "self_check", "SELF_CHECK_SEED"]

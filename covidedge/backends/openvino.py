@@ -6,18 +6,22 @@ backend="openvino")``, ``--backend openvino`` on infer / bench / evaluate, or an
 ``covidedge build-engine --backend openvino``. It reads the precision-bearing ONNX export
 directly (fp32, fp16, int8 Q/DQ); ONNX Runtime engine artifacts hold ONNX Runtime's own fused
 operators and are refused by the selector. openvino is imported on
-activation only.
+activation only. :func:`build_engine_file` makes the OpenVINO engine.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from covidedge.errors import BadInputError, MissingDependencyError, RuntimeFailure
-from covidedge.backends.base import Runner
+from covidedge.backends.base import Runner, self_check
+from covidedge.fileio import write_atomic
 from covidedge.formats.onnxfile import metadata_precision, open_onnx
+from covidedge.machine import package_version
 from covidedge.spec import ModelSpec
 
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
@@ -25,6 +29,10 @@ PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 #: which moves fp32 logits by ~1e-3. covidedge asks for f32 unless told otherwise, so a graph
 #: runs at the precision it carries; "bf16" is the opt-in speed-up.
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
+#: Largest |probability| difference accepted, per precision, between OpenVINO (f32 compute) and
+#: ONNX Runtime on the same graph in the build's self-check: other kernels, so int8 may differ
+#: by a quantization step.
+SELF_CHECK_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
 
 
 def _openvino():
@@ -98,10 +106,19 @@ class OpenVinoRunner(Runner):
         d.update({"device": self.device.lower(), "performance_hint": self.performance_hint,
                   "inference_precision": self.inference_precision,
                   "threads": {"inference": self.threads or 0}})
-        try:
-            import importlib.metadata
-
-            d["version"] = importlib.metadata.version("openvino")
-        except Exception:
-            pass
+        version = package_version("openvino")
+        if version:
+            d["version"] = version
         return d
+
+
+def build_engine_file(onnx_path, out, spec: ModelSpec, opt_batch: int, precision: str) -> Dict[str, Any]:
+    """The OpenVINO engine is the precision graph itself (OpenVINO compiles it for the CPU it runs
+    on when loaded): a copy of ``onnx_path`` at ``out``, accepted by
+    :func:`~covidedge.backends.base.self_check` (compiled by OpenVINO, on a batch of ``opt_batch``
+    images, within :data:`SELF_CHECK_ATOL`). Returns the self-check's numbers."""
+    out = Path(os.fspath(out))
+    tmp = out.with_name(out.name + ".tmp.onnx")
+    write_atomic(tmp, Path(os.fspath(onnx_path)).read_bytes())
+    return self_check(OpenVinoRunner(tmp, spec=spec, precision=precision), onnx_path, precision,
+                      SELF_CHECK_ATOL, batch=opt_batch, out=out, engine_name="OpenVINO")

@@ -21,7 +21,7 @@ from covidedge.bench.report import BenchReport, BenchRow, file_size_mb, probe_ma
 from covidedge.bench.timing import (
     EndToEndStats, LatencyStats, UNSTABLE_CV, percentile, summarize, time_end_to_end, time_runner,
 )
-from covidedge.errors import BadInputError
+from covidedge.errors import BadInputError, UsageError
 
 __all__ = ["run_bench", "batch_skip_reason", "metric_from_evaluation", "BenchReport", "BenchRow",
            "LatencyStats", "EndToEndStats", "time_runner", "time_end_to_end", "percentile",
@@ -144,12 +144,14 @@ MAX_ITERATIONS = 1_000_000
 
 def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 10,
               iterations: Optional[int] = None, duration_s: Optional[float] = None,
-              data_root=None, split: str = "Val", limit_per_class: Optional[int] = None,
+              data_root=None, split: Optional[str] = None, limit_per_class: Optional[int] = None,
               end_to_end: bool = False, backend: str = "auto", threads: Optional[int] = None,
               progress: bool = False, notify: Optional[Callable[[str], None]] = None) -> BenchReport:
     """Benchmark each model file at each batch size and return the report.
 
-    ``iterations`` and ``duration_s`` are exclusive (BadInputError when both are given). A batch
+    ``iterations`` and ``duration_s`` are exclusive (UsageError when both are given), and so are
+    ``split`` (default Val) / ``limit_per_class`` without ``data_root`` (``split`` also picks the
+    ``end_to_end`` images). A batch
     size outside a model's batch range (an engine built for 1..8, a static-batch graph) is not
     timed: a note goes to ``notify`` and ``report.skipped``. With ``data_root`` the metric column
     comes from covidedge.evaluation.run.evaluate on ``split`` (``limit_per_class`` images per class
@@ -157,8 +159,13 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 
     synthetic images without ``data_root``).
     """
     if iterations is not None and duration_s is not None:
-        raise BadInputError("--iterations and --duration are exclusive: give one or the other",
-                            hint="--iterations N counts timed runs, --duration S times for S seconds")
+        raise UsageError("--iterations and --duration are exclusive: give one or the other",
+                         hint="--iterations N counts timed runs, --duration S times for S seconds")
+    if data_root is None and limit_per_class is not None:
+        raise UsageError("--limit-per-class picks images of --data; give --data DIR or drop it")
+    if data_root is None and split is not None and not end_to_end:
+        raise UsageError(f"--split {split} picks images of --data (or --end-to-end); give --data DIR or drop it")
+    split = split or "Val"
     if not models:
         raise BadInputError("no model to benchmark", hint="pass a checkpoint, an ONNX model or an engine")
     batches = [int(b) for b in batches]

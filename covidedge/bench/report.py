@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from covidedge.bench.timing import EndToEndStats, LatencyStats
+from covidedge.machine import probe_latency_facts, probe_machine
 
 TABLE_COLUMNS = ("model", "backend", "precision", "size MB", "batch", "metric", "ms/image",
                  "p50", "p99", "FPS")
@@ -183,10 +184,10 @@ _BACKEND_KEYS = ("onnxruntime", "tensorrt", "pycuda", "torch", "openvino", "nump
 
 def machine_summary(machine: Dict[str, Any]) -> List[str]:
     """Readable lines about the machine from covidedge.machine.probe_machine()'s dict
-    (plus ``machine_extras()``): CPU model and cores, memory, GPU name / clocks / memory, backend
+    (plus ``probe_latency_facts()``): CPU model and cores, memory, GPU name / clocks / memory, backend
     versions, Jetson power mode. Keys it does not know are listed as they are."""
     if not machine:
-        return ["unknown (covidedge.machine is not available)"]
+        return ["unknown (the machine was not probed)"]
     lines = []
     for key, label in _MACHINE_ORDER:
         v = machine.get(key)
@@ -201,79 +202,6 @@ def machine_summary(machine: Dict[str, Any]) -> List[str]:
         if v not in (None, "", [], {}):
             lines.append(f"{k}: {v}")
     return lines
-
-
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-#: CPU instruction-set features that decide which fp32 / int8 / fp16 kernels a CPU backend can use.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-             "amx_int8", "amx_bf16", "asimd", "asimddp", "asimdhp", "i8mm", "sve")
-
-
-def cpu_isa() -> List[str]:
-    """The ISA_FLAGS this CPU reports in /proc/cpuinfo ("flags" on x86, "Features" on ARM)."""
-    text = _read("/proc/cpuinfo") or ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            have = set(value.split())
-            return [f for f in ISA_FLAGS if f in have]
-    return []
-
-
-def machine_extras(machine: Dict[str, Any]) -> Dict[str, Any]:
-    """Facts that decide latency and that the engine probe does not record: CPU ISA features
-    (VNNI / AMX / fp16 decide the int8 and fp16 kernels), CPU frequency governor
-    and clock (MHz), NVIDIA GPU clocks (nvidia-smi: SM / memory now and max, MHz), and on a Jetson
-    whether the GPU clock is locked (devfreq min == max, as jetson_clocks sets it). Never raises."""
-    extras: Dict[str, Any] = {}
-    try:
-        isa = cpu_isa()
-        if isa:
-            extras["cpu_isa"] = " ".join(isa)
-        gov = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
-        if gov:
-            extras["cpu_governor"] = gov
-        cur = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
-        top = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
-        if cur and top and cur.isdigit() and top.isdigit():
-            extras["cpu_mhz"] = f"{int(cur) // 1000} / {int(top) // 1000}"
-        if machine.get("gpu") and not machine.get("l4t_release"):
-            import shutil
-            import subprocess
-
-            if shutil.which("nvidia-smi"):
-                out = subprocess.run(
-                    ["nvidia-smi", "--id=0", "--format=csv,noheader,nounits",
-                     "--query-gpu=clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem"],
-                    capture_output=True, text=True, timeout=3, check=False).stdout.strip()
-                parts = [p.strip() for p in out.splitlines()[0].split(",")] if out else []
-                if len(parts) == 4:
-                    extras["gpu_clocks"] = (f"SM {parts[0]} / {parts[1]} MHz, "
-                                            f"memory {parts[2]} / {parts[3]} MHz (now / max)")
-        if machine.get("l4t_release"):
-            import glob
-
-            for dev in sorted(glob.glob("/sys/class/devfreq/*")):
-                name = _read(os.path.join(dev, "device/of_node/name")) or os.path.basename(dev)
-                if "gpu" not in name.lower() and "gv11b" not in name.lower() and "ga10b" not in name.lower():
-                    continue
-                lo, hi = _read(os.path.join(dev, "min_freq")), _read(os.path.join(dev, "max_freq"))
-                now = _read(os.path.join(dev, "cur_freq"))
-                if lo and hi:
-                    extras["jetson_gpu_clock_locked"] = lo == hi
-                    if now and now.isdigit() and hi.isdigit():
-                        extras["gpu_clocks"] = f"{int(now) // 1_000_000} / {int(hi) // 1_000_000} MHz (now / max)"
-                break
-    except Exception as exc:  # facts for a report; never a reason to fail a benchmark
-        extras["extras_error"] = f"{type(exc).__name__}: {exc}"
-    return extras
 
 
 @dataclass
@@ -375,39 +303,19 @@ class BenchReport:
         return "\n\n".join(blocks)
 
     def plot(self, out_png, title: str = "covidedge bench") -> Optional[Path]:
-        """ms per image and FPS as horizontal bars, one per row; None when matplotlib is absent."""
+        """ms per image and FPS as horizontal bars, one per row (``covidedge.plots``); None when
+        matplotlib is absent."""
         if not self.rows:
             return None
-        try:
-            import matplotlib
-        except ImportError:
-            return None
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from covidedge.errors import MissingDependencyError
+        from covidedge.plots import plot_latency_bars
 
         labels = [f"{r.model}\n{r.backend} {r.precision} b{r.batch}" for r in self.rows]
-        ms = [r.latency.ms_per_image for r in self.rows]
-        fps = [r.latency.throughput for r in self.rows]
-        height = max(2.5, 0.55 * len(self.rows) + 1.2)
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, height), sharey=True)
-        ypos = list(range(len(self.rows)))[::-1]
-        ax1.barh(ypos, ms, color="#4c72b0")
-        ax1.set_xlabel("ms per image (lower is better)")
-        ax1.set_yticks(ypos)
-        ax1.set_yticklabels(labels, fontsize=8)
-        ax2.barh(ypos, fps, color="#55a868")
-        ax2.set_xlabel("images per second (higher is better)")
-        for ax, vals in ((ax1, ms), (ax2, fps)):
-            for y, v in zip(ypos, vals):
-                ax.text(v, y, f" {v:.3g}", va="center", fontsize=7)
-            ax.grid(axis="x", alpha=0.3)
-        fig.suptitle(title)
-        fig.tight_layout(rect=(0, 0, 1, 0.97))
-        out_png = Path(out_png)
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_png, dpi=110)
-        plt.close(fig)
-        return out_png
+        try:
+            return plot_latency_bars(labels, [r.latency.ms_per_image for r in self.rows],
+                                     [r.latency.throughput for r in self.rows], out_png, title=title)
+        except MissingDependencyError:
+            return None
 
     def save(self, out_dir, stem: str = "bench") -> Dict[str, Optional[Path]]:
         """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``; returns the
@@ -424,21 +332,11 @@ class BenchReport:
 
 
 def probe_machine_safely() -> Dict[str, Any]:
-    """covidedge.machine.probe_machine(), or {} when that module is not available."""
-    try:
-        from covidedge.machine import probe_machine
-    except ImportError:
-        return {}
+    """covidedge.machine.probe_machine() with its probe_latency_facts(): the machine a report
+    was measured on. Never raises."""
     try:
         machine = dict(probe_machine())
     except Exception as exc:  # the probe is documented never to raise; keep a report anyway
         machine = {"probe_error": f"{type(exc).__name__}: {exc}"}
-    machine.update(machine_extras(machine))
-    if "openvino" not in machine:
-        try:
-            import importlib.metadata
-
-            machine["openvino"] = importlib.metadata.version("openvino")
-        except Exception:
-            pass
+    machine.update(probe_latency_facts(machine))
     return machine

@@ -25,7 +25,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from covidedge.errors import BadInputError
+from covidedge.backends.base import infer_fitted
+from covidedge.errors import BadInputError, UsageError
+from covidedge.spec import MASK_THRESHOLD
 
 #: Coefficient of variation (standard deviation / mean of the per-batch latency) above which a
 #: measurement is flagged unstable: 0.10 = 10 %.
@@ -156,7 +158,7 @@ class LatencyStats:
 
 def _check_budget(iterations: Optional[int], duration_s: Optional[float], warmup: int) -> None:
     if iterations is not None and duration_s is not None:
-        raise BadInputError("iterations and duration are exclusive: give one or the other",
+        raise UsageError("iterations and duration are exclusive: give one or the other",
                             hint="--iterations N counts runs, --duration S times for S seconds")
     if iterations is not None and iterations < 1:
         raise BadInputError(f"iterations {iterations} is not positive")
@@ -282,14 +284,15 @@ def _pipeline_stage_times(result) -> Dict[str, float]:
 
 
 def time_end_to_end(target, files: Iterable, *, warmup: int = 1, repeats: int = 1,
-                    threshold: float = 0.5) -> EndToEndStats:
+                    threshold: Optional[float] = None) -> EndToEndStats:
     """Time each image of ``files`` from disk to result, one image at a time.
 
     ``target`` is a Runner (stages timed here: covidedge.data.imageio.read_gray, covidedge.data.
     preprocess.preprocess, ``infer``, then argmax or masks thresholded at ``threshold`` and resized
-    back to the image size) or a Pipeline-like object with ``predict(path)`` whose results carry
-    ``timings_ms`` per stage. A runner whose smallest batch is above 1 (a fixed-batch engine) gets
-    the image repeated to that batch, as a caller must. ``warmup`` images are run untimed first; each file is timed
+    back to the image size; ``threshold`` defaults to 0.5 and applies to a segmenter runner only) or
+    a Pipeline-like object with ``predict(path)`` whose results carry ``timings_ms`` per stage (its
+    own threshold applies; a different ``threshold`` is refused). A runner whose smallest batch is above 1 (a fixed-batch engine) gets
+    the image padded to that batch (covidedge.backends.base.infer_fitted). ``warmup`` images are run untimed first; each file is timed
     ``repeats`` times.
     """
     files = [os.fspath(f) for f in files]
@@ -301,6 +304,10 @@ def time_end_to_end(target, files: Iterable, *, warmup: int = 1, repeats: int = 
 
     if hasattr(target, "predict") and not hasattr(target, "infer"):
         source = "pipeline"
+        if threshold is not None and threshold != getattr(target, "threshold", None):
+            raise UsageError(f"threshold={threshold!r} does not apply to a pipeline, which keeps its "
+                             f"own ({getattr(target, 'threshold', None)})",
+                             hint="set the threshold when making the pipeline")
 
         def one(path):
             t0 = time.perf_counter()
@@ -317,6 +324,9 @@ def time_end_to_end(target, files: Iterable, *, warmup: int = 1, repeats: int = 
         from covidedge.data.preprocess import preprocess
 
         spec = target.spec
+        if threshold is not None and spec.task != "segmenter":
+            raise UsageError(f"threshold={threshold!r} applies to a segmenter; this runner is a {spec.task}")
+        threshold = MASK_THRESHOLD if threshold is None else threshold
 
         def one(path):
             t0 = time.perf_counter()
@@ -324,9 +334,7 @@ def time_end_to_end(target, files: Iterable, *, warmup: int = 1, repeats: int = 
             t1 = time.perf_counter()
             x = preprocess(image, size=tuple(spec.input_size))
             t2 = time.perf_counter()
-            if x.shape[0] < target.min_batch:  # a fixed-batch engine: pad with copies, as callers must
-                x = np.repeat(x, target.min_batch, axis=0)
-            out = target.infer(x)
+            out = infer_fitted(target, x)  # a fixed-batch engine gets the image padded, as callers do
             t3 = time.perf_counter()
             _postprocess(spec, out, image.shape[:2], threshold)
             t4 = time.perf_counter()

@@ -41,7 +41,7 @@ def parse_batches(text: str):
               help="Time each batch size for this many seconds (at least 10 runs). Exclusive with --iterations.")
 @click.option("--data", "data_root", type=click.Path(file_okay=False, exists=True), default=None,
               help="COVID-QU-Ex folder: adds accuracy (classifier) or Dice (segmenter) on --split.")
-@click.option("--split", default="Val", show_default=True, help="Data split for --data and --end-to-end.")
+@click.option("--split", default=None, help="Data split for --data and --end-to-end [default: Val].")
 @click.option("--limit-per-class", type=click.IntRange(min=1), default=None,
               help="Use at most N images per class of the split.")
 @click.option("--end-to-end", is_flag=True,
@@ -73,8 +73,6 @@ def command(models, batch_text, warmup, iterations, duration_s, data_root, split
     """
     from covidedge.bench import run_bench
 
-    if iterations is not None and duration_s is not None:
-        raise click.UsageError("--iterations and --duration are exclusive: give one or the other")
     batches = parse_batches(batch_text)
     if not models:
         from covidedge.engine.defaults import default_models

@@ -123,7 +123,8 @@ def command(model, out, precision, calib_data, calib_count, calib_method, int8_a
 
 
 def _build_defaults(out, as_json: bool) -> None:
-    from covidedge.engine.defaults import DEFAULT_BUILD_DIR, build_default_engines
+    from covidedge.engine.defaults import build_default_engines
+    from covidedge.engine.paths import DEFAULT_BUILD_DIR
 
     built = build_default_engines(out or DEFAULT_BUILD_DIR, progress=not as_json)
     if as_json:

@@ -7,7 +7,10 @@ import sys
 
 import click
 
-from covidedge.demo import DemoSettings, run_demo
+from covidedge.demo import REAL_DATA_SETTINGS, DemoSettings, input_size, run_demo
+from covidedge.spec import ENGINE_BACKEND_CHOICES, PRECISIONS
+
+_SYNTH, _REAL = DemoSettings(), REAL_DATA_SETTINGS
 
 
 @click.command(name="demo")
@@ -16,14 +19,16 @@ from covidedge.demo import DemoSettings, run_demo
 @click.option("--data", type=click.Path(exists=True, file_okay=False),
               help="A COVID-QU-Ex folder. Without it a small synthetic dataset is made.")
 @click.option("--image-size", type=int, help="Training and engine input size in px "
-              "(default 64 synthetic, 128 real).")
-@click.option("--epochs", type=int, help="Training epochs per model (default 6 synthetic, 8 real).")
+              f"(default: the variants' own, {input_size(_SYNTH)} synthetic, "
+              f"{input_size(DemoSettings(**_REAL))} real).")
+@click.option("--epochs", type=int, help=f"Training epochs per model (default {_SYNTH.epochs} synthetic, {_REAL['epochs']} real).")
 @click.option("--limit-per-class", type=int, help="Train on at most this many images per class "
-              "(default: all synthetic, 100 real).")
-@click.option("--precisions", default="fp32,fp16,int8", show_default=True,
+              f"(default: all synthetic, {_REAL['limit_per_class']} real).")
+@click.option("--precisions", default=",".join(PRECISIONS), show_default=True,
               help="Engine precisions to build, comma-separated.")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto",
-              show_default=True, help="Engine backend; auto = TensorRT where present, else ONNX Runtime.")
+@click.option("--backend", type=click.Choice(ENGINE_BACKEND_CHOICES), default="auto",
+              show_default=True, help="Engine backend; auto = TensorRT where present, else ONNX Runtime "
+                                      "(OpenVINO: its CPU engines, with the openvino extra).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def command(out_dir, data, image_size, epochs, limit_per_class, precisions, backend, overwrite, as_json):

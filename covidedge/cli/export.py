@@ -7,8 +7,20 @@ import json
 import click
 
 from covidedge.errors import BadInputError
-
 from covidedge.spec import CALIBRATION_METHODS, PRECISIONS
+
+
+def _option_names(calibration_flag: str):
+    """The export API's error messages in this command's flags."""
+    from covidedge.export import OptionNames
+
+    return OptionNames({
+        "calibration": calibration_flag, "calib_count": "--calib-count",
+        "method": "--calib-method", "percentile": "--percentile", "method=": "--calib-method {}",
+        "add": "add", "int8": "--precision int8", "choose_int8": "add --precision int8",
+        "calibration_folder": "--calib-data", "calibration_manifest": "--calibration",
+        "give_calibration": "pass --calib-data DIR or --calibration MANIFEST "
+                            "(make one with 'covidedge calibrate')"})
 
 
 @click.command(name="export")
@@ -50,37 +62,21 @@ def command(checkpoint, out, precision, opset, dynamic_batch, calib_data, manife
       covidedge export runs/cls/best.pt --out build/cls-int8.onnx --precision int8 \\
           --calibration calibration/covid-qu-ex-train-500-seed0.json --calib-method entropy
     """
-    from covidedge.export import export_model
+    from covidedge.export import check_export_options, export_model
+    from covidedge.export.calibrators import DEFAULT_METHOD
 
-    int8_opts = {"--calib-data": calib_data, "--calibration": manifest,
-                 "--calib-count": calib_count, "--calib-method": calib_method,
-                 "--percentile": percentile}
-    given = [k for k, v in int8_opts.items() if v is not None]
-    if precision != "int8" and given:
-        one = len(given) == 1
-        raise BadInputError(f"{', '.join(given)} appl{'ies' if one else 'y'} to --precision int8 "
-                            f"only", hint=f"drop {'it' if one else 'them'} or add --precision int8")
-    kwargs = {}
+    if calib_data and manifest:
+        raise BadInputError("pass either --calib-data or --calibration, not both")
+    names = _option_names(calibration_flag="--calib-data" if calib_data else "--calibration")
+    options = {"calibration": calib_data or manifest, "method": calib_method,
+               "percentile": percentile}
+    if calib_count is not None:
+        options["calib_count"] = calib_count
+    check_export_options(precision, options, names)  # before the progress line below
     if precision == "int8":
-        if calib_data and manifest:
-            raise BadInputError("pass either --calib-data or --calibration, not both")
-        if not (calib_data or manifest):
-            raise BadInputError("int8 export needs calibration images",
-                                hint="pass --calib-data DIR or --calibration MANIFEST "
-                                     "(make one with 'covidedge calibrate')")
-        if calib_count is not None and not calib_data:
-            raise BadInputError("--calib-count applies with --calib-data, not --calibration")
-        method = calib_method or "entropy"
-        if percentile is not None and method != "percentile":
-            raise BadInputError("--percentile applies with --calib-method percentile",
-                                hint="drop --percentile or add --calib-method percentile")
-        kwargs = {"calibration": calib_data or manifest, "method": method,
-                  "percentile": 99.99 if percentile is None else percentile}
-        if calib_count is not None:
-            kwargs["calib_count"] = calib_count
-        click.echo(f"calibrating int8 ({method}) ...", err=True)
+        click.echo(f"calibrating int8 ({calib_method or DEFAULT_METHOD}) ...", err=True)
     report = export_model(checkpoint, out, precision=precision, opset=opset,
-                          dynamic_batch=dynamic_batch, **kwargs)
+                          dynamic_batch=dynamic_batch, option_names=names, **options)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

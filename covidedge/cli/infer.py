@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import click
 
-from covidedge.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BadInputError
+from covidedge.errors import EXIT_BAD_INPUT, UsageError
 
-FORMATS = ("table", "json", "csv")
 from covidedge.spec import RUNNER_BACKEND_CHOICES
 
-
-class _OneLineUsageError(click.UsageError):
-    """A usage error shown as one ``error: ...`` line (exit code 2), without the usage block."""
-
-    exit_code = EXIT_USAGE
-
-    def show(self, file=None):
-        click.echo(f"error: {self.format_message()}", err=True)
+FORMATS = ("table", "json", "csv")
 
 
 class _EchoStream:
@@ -131,20 +121,20 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
       covidedge infer pacs_export/ -c cls.onnx -s seg.onnx --view-position PA --dicom-out to_pacs/
 
     \b
-    Exit codes: 0 all images done, 1 some inputs failed, 3 all failed or no images found,
-      4 a model that does not fit (e.g. a segmenter given as --classifier).
+    Exit codes: 0 all images done, 1 some inputs failed, 2 options that cannot be used together,
+      3 all failed or no images found, 4 a model that does not fit (e.g. a segmenter given as
+      --classifier).
     """
-    from covidedge.inputs import expand_inputs
-    from covidedge.runtime.pipeline import Pipeline
-    from covidedge.runtime.results import (CsvResultsWriter, OutputLock, TableFormatter, open_results_writer,
-                                           printable)
+    from covidedge.dicom import SeriesFilter
+    from covidedge.runtime.results import CsvResultsWriter, TableFormatter
+    from covidedge.runtime.run import run_inference
 
     if server and strict:
-        raise _OneLineUsageError("--strict applies to local models; the server does not run the input "
-                                 "quality check", ctx=ctx)
+        raise UsageError("--strict applies to local models; the server does not run the input "
+                                 "quality check")
     if server and (classifier or segmenter or backend != "auto"):
-        raise _OneLineUsageError("--server runs the models the server serves; drop --classifier / "
-                                 "--segmenter / --backend", ctx=ctx)
+        raise UsageError("--server runs the models the server serves; drop --classifier / "
+                                 "--segmenter / --backend")
     if not classifier and not segmenter and not server:
         from covidedge.engine.defaults import default_models
 
@@ -154,128 +144,66 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
         segmenter = str(chosen.segmenter) if chosen.segmenter else None
     if as_json:
         fmt = "json"
+    # the default threshold is the models' own; only a threshold the user gave is passed on
+    explicit_threshold = threshold if ctx.get_parameter_source("threshold").name != "DEFAULT" else None
 
     # Models first: a model that does not fit stops the run before any image is read.
     if server:
         from covidedge.serve.client import server_pipeline
 
-        explicit = ctx.get_parameter_source("threshold").name != "DEFAULT"
-        pipe = server_pipeline(server, threshold=threshold if explicit else None, batch_size=batch_size)
+        pipe = server_pipeline(server, threshold=explicit_threshold, batch_size=batch_size)
     else:
-        pipe = Pipeline(classifier=classifier or None, segmenter=segmenter or None, threshold=threshold,
-                        batch_size=batch_size, backend=backend, strict=strict)
+        from covidedge.runtime.pipeline import Pipeline
+
+        pipe = Pipeline(classifier=classifier or None, segmenter=segmenter or None,
+                        threshold=explicit_threshold, batch_size=batch_size, backend=backend, strict=strict)
     click.echo(_backend_line(pipe), err=True)
-
-    from covidedge.dicom import AlgorithmInfo, DicomOutputs, SeriesFilter, select_instances
-
     series_filter = SeriesFilter.parse(modality, view_position, body_part)
-    dicom = (DicomOutputs(dicom_out, AlgorithmInfo.from_pipeline(pipe), show_patient_ids=show_patient_ids,
-                          overlay=not no_overlay) if dicom_out else None)
-    expanded = expand_inputs(inputs, exclude=[d for d in (out_dir, dicom_out) if d])
-    for problem in expanded.problems:
-        click.echo(f"skipped: {printable(problem)}", err=True)
-    selection = select_instances(expanded.files, series_filter)
-    for line in selection.lines():
-        click.echo(line, err=True)
-    files = selection.files
-    if not files:
-        raise BadInputError("no images to process in " + ", ".join(repr(i) for i in inputs),
-                            hint="pass image files (.png .jpg .jpeg .bmp .tif .tiff .dcm) or "
-                                 "folders holding them")
 
-    saving = out_dir is not None
-    if pipe.segmenter is not None and not saving and not no_overlay:
-        click.echo("note: masks and overlays are not saved without --out DIR", err=True)
-    if results_path is None and saving:
-        results_path = str(Path(out_dir) / ("results.jsonl" if fmt == "json" else "results.csv"))
-    lock = OutputLock(out_dir).acquire() if saving else None  # one run at a time per --out
+    stdout_csv = CsvResultsWriter(_EchoStream(), pipe.labels) if fmt == "csv" else None
+    collected, shown = [], [0]
+    state = {"bar": _NoBar(), "table": None}
 
-    labels = pipe.labels
-    try:
-        from covidedge.formats.manifest import manifest_path_for
+    def on_files(files) -> None:
+        state["table"] = TableFormatter(pipe.labels, segmentation=pipe.segmenter is not None,
+                                        name_width=max(len(f.name) for f in files))
+        if len(files) > 1 and sys.stderr.isatty():  # tqdm is imported only when a bar is shown
+            from tqdm import tqdm
 
-        models = [Path(m) for m in (classifier, segmenter) if m]
-        writer = open_results_writer(results_path, labels, fmt="jsonl" if fmt == "json" else None,
-                                     overwrite=overwrite,
-                                     protected=[*files, *models, *(manifest_path_for(m) for m in models)]) \
-            if results_path else None
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    table = TableFormatter(labels, segmentation=pipe.segmenter is not None,
-                           name_width=max(len(f.name) for f in files))
-    stdout_csv = CsvResultsWriter(_EchoStream(), labels) if fmt == "csv" else None
-    collected = []
-    ok = failed = 0
-    t_start = time.perf_counter()
-
-    show_bar = len(files) > 1 and sys.stderr.isatty()
-    if show_bar:  # tqdm is imported only when a bar is shown: it costs start-up time
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(files), unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
-    else:
-        bar = _NoBar()
+            state["bar"] = tqdm(total=len(files), unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
 
     def note(msg: str) -> None:
-        if show_bar:
-            bar.write(msg, file=sys.stderr)
-        else:
+        if isinstance(state["bar"], _NoBar):
             click.echo(msg, err=True)
+        else:
+            state["bar"].write(msg, file=sys.stderr)
+
+    def on_result(result) -> None:
+        state["bar"].update(1)
+        if fmt == "json":
+            collected.append(result.to_dict())
+        elif fmt == "csv":
+            stdout_csv.write(result)
+        elif result.ok:
+            shown[0] += 1
+            if shown[0] == 1:
+                click.echo(state["table"].header())
+            click.echo(state["table"].row(result))
 
     debug = bool((ctx.find_root().obj or {}).get("debug"))
     try:
-        with pipe, warnings.catch_warnings():
-            if not debug:  # decoders' warnings (e.g. pydicom's) would break "one line per file"
-                warnings.simplefilter("ignore")
-            for result in pipe.predict_many(files, batch_size=batch_size, out_dir=out_dir,
-                                            overlay=not no_overlay):
-                bar.update(1)
-                for line in (dicom.write(result) if dicom is not None else ()):
-                    note(line)
-                if writer is not None:
-                    writer.write(result)
-                if result.ok:
-                    ok += 1
-                    if result.quality_flags:
-                        from covidedge.data.quality import describe_flags
-
-                        note(f"warning: {printable(result.name)}: do not trust this result, the input fails the "
-                             f"quality check ({describe_flags(result.quality_flags)}; --strict refuses such images)")
-                else:
-                    failed += 1
-                    note(f"skipped: {printable(result.error)}")
-                if fmt == "json":
-                    collected.append(result.to_dict())
-                elif fmt == "csv":
-                    stdout_csv.write(result)
-                elif result.ok:
-                    if ok == 1:
-                        click.echo(table.header())
-                    click.echo(table.row(result))
+        summary = run_inference(
+            inputs, pipeline=pipe, batch_size=batch_size, out_dir=out_dir, results=results_path,
+            results_format="jsonl" if fmt == "json" and out_dir and not results_path else None,
+            overlay=not no_overlay, overwrite=overwrite, dicom_out=dicom_out, series_filter=series_filter,
+            show_patient_ids=show_patient_ids, on_files=on_files, on_result=on_result, on_note=note,
+            suppress_warnings=not debug)
     finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-        if lock is not None:
-            lock.release()
-        if dicom is not None:
-            dicom.close()
+        state["bar"].close()
     if fmt == "json":
         click.echo(json.dumps(collected, indent=2))
-
-    failed_total = failed + len(expanded.problems) + (dicom.failed if dicom is not None else 0)
-    seconds = time.perf_counter() - t_start
-    plural = "s" if len(files) != 1 else ""
-    summary = f"{len(files)} image{plural}: {ok} ok, {failed} failed in {seconds:.1f} s"
-    if writer is not None:
-        summary += f"; results in {writer.path}"
-    if saving and pipe.segmenter is not None:
-        summary += f"; masks in {out_dir}"
-    summary += selection.summary() + (dicom.summary() if dicom is not None else "")
-    click.echo(summary, err=True)
-    if ok == 0:
-        click.echo(f"error: all {len(files)} input image{plural} failed", err=True)
-        ctx.exit(EXIT_BAD_INPUT)
-    ctx.exit(EXIT_PARTIAL if failed_total else EXIT_OK)
+    click.echo(summary.line(), err=True)
+    if summary.exit_code == EXIT_BAD_INPUT:
+        plural = "s" if summary.images != 1 else ""
+        click.echo(f"error: all {summary.images} input image{plural} failed", err=True)
+    ctx.exit(summary.exit_code)

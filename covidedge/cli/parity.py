@@ -7,6 +7,7 @@ import json
 import click
 
 from covidedge.errors import BadInputError
+from covidedge.spec import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT
 
 
 def _methods(value: str):
@@ -26,10 +27,10 @@ def _methods(value: str):
               default=None,
               help="Folder to draw int8 calibration images from [default: --data, Train split].")
 @click.option("--calib-count", type=int, default=None,
-              help="Calibration images [default: 200, or all the Train split has].")
+              help=f"Calibration images [default: {DEFAULT_CALIBRATION_COUNT}, or all the Train split has].")
 @click.option("--calibration", "manifest", default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=str), help="A calibration manifest from 'covidedge calibrate' instead.")
-@click.option("--methods", default="minmax,entropy,percentile", show_default=True,
+@click.option("--methods", default=",".join(CALIBRATION_METHODS), show_default=True,
               help="int8 calibration methods, comma-separated (one int8 graph each).")
 @click.option("--percentile", type=float, default=99.99, show_default=True,
               help="Percent of |x| kept by the percentile method.")
@@ -54,8 +55,6 @@ def command(checkpoint, data_root, split, calib_data, calib_count, manifest, met
     """
     from covidedge.evaluation.parity import compare_precisions
 
-    if manifest and (calib_data or calib_count is not None):
-        raise BadInputError("pass --calibration, or --calib-data / --calib-count, not both")
     table = compare_precisions(checkpoint, data_root, split, calibration=manifest,
                                methods=_methods(methods), limit_per_class=limit_per_class,
                                out_dir=out_dir, calib_data=calib_data, calib_count=calib_count,

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from covidedge.cli.train import variant_option
 from covidedge.spec import AMP_MODES
 
 
@@ -28,9 +29,11 @@ def command():
 @click.option("--losses", default="all", show_default=True,
               help="Comma-separated loss names (bce,dice,bce_dice,focal,tversky,focal_tversky,jaccard) or 'all'.")
 @click.option("--epochs", default=10, show_default=True, type=int, help="Epochs per loss (no early stopping).")
-@click.option("--image-size", default=256, show_default=True, type=int, help="Square input size in px.")
-@click.option("--base-width", default=32, show_default=True, type=int, help="Channels of the first U-Net stage.")
-@click.option("--depth", default=4, show_default=True, type=int, help="U-Net down-sampling stages.")
+@variant_option("segmenter")
+@click.option("--image-size", default=None, type=int, help="Square input size in px. [default: the variant's]")
+@click.option("--base-width", default=None, type=int,
+              help="Channels of the first U-Net stage. [default: the variant's]")
+@click.option("--depth", default=None, type=int, help="U-Net down-sampling stages. [default: the variant's]")
 @click.option("--batch-size", default=16, show_default=True, type=int, help="Images per step.")
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Peak learning rate.")
 @click.option("--limit-per-class", default=None, type=int, help="At most N images per class (quick studies).")
@@ -52,9 +55,9 @@ def losses(data_root, out_dir, losses, as_json, **kw):
     \b
     Example (a quick CPU study):
       covidedge study losses --data COVID-QU-Ex --out runs/loss-study \\
-          --losses bce,dice,focal_tversky --epochs 5 --image-size 128 --base-width 8 --limit-per-class 100
+          --losses bce,dice,focal_tversky --epochs 5 --variant resunet128-small --limit-per-class 100
     """
-    from covidedge.train.loop import study_losses
+    from covidedge.train.study import study_losses
 
     names = None if losses.strip().lower() == "all" else [n for n in losses.split(",") if n.strip()]
     result = study_losses(data_root, out_dir, losses=names, **kw)

@@ -11,7 +11,7 @@ from covidedge.models.registry import DEFAULT_VARIANTS, VARIANTS, list_variants
 from covidedge.spec import AMP_MODES
 
 
-def _variant_option(task: str):
+def variant_option(task: str):
     """``--variant``: a named model size from the registry; the help lists every one."""
     def words(name):
         v = VARIANTS[name]
@@ -19,14 +19,16 @@ def _variant_option(task: str):
         return f"{name} ({v.input_size} px, {sizes})"
 
     names = "; ".join(words(n) for n in list_variants(task))
+    explicit = "--image-size and --width-mult" if task == "classifier" else \
+        "--image-size, --base-width and --depth"
     return click.option(
         "--variant", default=None, metavar="NAME",
-        help=f"Named model size: {names}. Explicit --image-size and width options win over its "
-             f"values. [default: {DEFAULT_VARIANTS[task]}]")
+        help=f"Named model size: {names}. {explicit}, when given, win over "
+             f"its values. [default: {DEFAULT_VARIANTS[task]}]")
 
 
-def _common_options(f):
-    """Options shared by both models, applied in help order."""
+def _common_options(task: str):
+    """Options shared by both models, in help order; ``--variant`` lists ``task``'s variants."""
     options = [
         click.option("--data", "data_root", required=True, type=click.Path(file_okay=False, path_type=str),
                      help="COVID-QU-Ex folder (the one holding Train/ and Val/, or a parent of it)."),
@@ -37,6 +39,7 @@ def _common_options(f):
         click.option("--lr", default=1e-3, show_default=True, type=float,
                      help="Peak learning rate (AdamW; linear warm-up, then cosine decay)."),
         click.option("--weight-decay", default=1e-4, show_default=True, type=float, help="AdamW weight decay."),
+        variant_option(task),
         click.option("--image-size", default=None, type=int,
                      help="Square input size in px; recorded in the checkpoint's spec. "
                           "[default: the variant's]"),
@@ -64,9 +67,12 @@ def _common_options(f):
                           "otherwise); recorded in the checkpoint and the Val report."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
     ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
+
+    def apply(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return apply
 
 
 def _parse_loss_params(pairs):
@@ -121,8 +127,7 @@ def command():
 
 
 @command.command(name="classifier")
-@_common_options
-@_variant_option("classifier")
+@_common_options("classifier")
 @click.option("--width-mult", default=None, type=float,
               help="Channel width multiplier of Xception (0.25 for a small, fast model). "
                    "[default: the variant's]")
@@ -143,8 +148,7 @@ def classifier(as_json, **kw):
 
 
 @command.command(name="segmenter")
-@_common_options
-@_variant_option("segmenter")
+@_common_options("segmenter")
 @click.option("--base-width", default=None, type=int,
               help="Channels of the first U-Net stage. [default: the variant's]")
 @click.option("--depth", default=None, type=int,

@@ -49,8 +49,6 @@ def command(classifier, segmenter, out, target, max_batch, instances, queue_dela
     from covidedge.serve.config import model_config_schema
     from covidedge.serve.repository import write_repository
 
-    if not classifier and not segmenter:
-        raise click.UsageError("no model given: pass --classifier MODEL and/or --segmenter MODEL")
     model_config_schema()  # the serve extra first: exit 6 with the install command
     repo = write_repository(out, classifier or None, segmenter or None, target=target, max_batch=max_batch,
                             dynamic_batching=not no_dynamic_batching, queue_delay_us=queue_delay_us,

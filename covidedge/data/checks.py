@@ -11,19 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Tuple
 
-from covidedge.errors import BadInputError
+from covidedge.errors import BadInputError, one_line
 
 #: The hint of a file that is no readable image.
 FORMATS_HINT = "expected a PNG, JPEG, BMP, TIFF or DICOM chest X-ray"
 #: Bytes of a file's start that :func:`check_file` returns: enough for the DICOM preamble, its
 #: ``DICM`` marker and the first data element.
 HEAD_BYTES = 140
-
-
-def one_line(exc: BaseException) -> str:
-    """``"ExceptionType: message"`` on one line, for the error a decoder raised."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_file(path: Path) -> Tuple[bytes, int]:
@@ -55,4 +49,4 @@ def check_pixel_count(path: Path, pixels: int, max_pixels: int, what: str) -> No
             path=path, hint="downscale the image, or pass a larger max_pixels if it is genuine")
 
 
-__all__ = ["FORMATS_HINT", "HEAD_BYTES", "check_file", "check_pixel_count", "one_line"]
+__all__ = ["FORMATS_HINT", "HEAD_BYTES", "check_file", "check_pixel_count"]

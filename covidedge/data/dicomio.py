@@ -24,9 +24,9 @@ from typing import Tuple
 
 import numpy as np
 
-from covidedge.data.checks import check_pixel_count, one_line
+from covidedge.data.checks import check_pixel_count
 from covidedge.data.intensity import LUMA_WEIGHTS, blockwise, finish_gray
-from covidedge.errors import BadInputError, require
+from covidedge.errors import BadInputError, require, one_line
 
 #: The marker at byte 128 of a DICOM file (after the 128-byte preamble).
 DICOM_MAGIC = b"DICM"

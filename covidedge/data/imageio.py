@@ -23,11 +23,11 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from covidedge.data.checks import HEAD_BYTES, check_file, one_line
+from covidedge.data.checks import HEAD_BYTES, check_file
 from covidedge.data.dicomio import (DICOM_SUFFIXES, check_dicom_header, has_dicom_magic, read_dicom,
                                     starts_like_dicom)
 from covidedge.data.rasterio import read_raster
-from covidedge.errors import BadInputError, DatasetError
+from covidedge.errors import BadInputError, DatasetError, one_line
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -84,7 +84,7 @@ def _dispatch(path: PathLike, max_pixels, reduce_for=None, header_only: bool = F
 
 def read_gray(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
               reduce_for: Optional[Sequence[int]] = None) -> np.ndarray:
-    """Decode an image file into a float32 ``H x W`` array in [0, 1] (see the module rules).
+    """Decode an image file into a float32 ``H x W`` array in [0, 1] by the intensity rule.
 
     ``max_pixels`` bounds the pixel count read from the header before decoding.
     ``reduce_for = (H, W)``: the caller only needs an input of that size, so an image at least

@@ -21,9 +21,9 @@ from typing import Optional, Tuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from covidedge.data.checks import FORMATS_HINT, check_pixel_count, one_line
+from covidedge.data.checks import FORMATS_HINT, check_pixel_count
 from covidedge.data.intensity import WIDE_MODES, image_to_gray
-from covidedge.errors import BadInputError
+from covidedge.errors import BadInputError, one_line
 
 #: Pillow formats the reader opens; anything else is reported as not an image.
 PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")

@@ -35,7 +35,7 @@ from covidedge import __version__
 from covidedge.data.imageio import is_dicom_path, read_gray
 from covidedge.dicom import codes
 from covidedge.dicom.privacy import patient_identity, scrub
-from covidedge.errors import BadInputError, require
+from covidedge.errors import BadInputError, require, one_line
 from covidedge.fileio import atomic_target
 from covidedge.runtime.results import OutputNamer, Prediction
 
@@ -61,10 +61,6 @@ def _concept(code: codes.Code):
     from highdicom.sr import CodedConcept
 
     return CodedConcept(*code)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +274,7 @@ def read_source(path) -> Any:
             warnings.simplefilter("ignore")
             return pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
     except Exception as exc:
-        raise BadInputError(f"DICOM header cannot be read: {_one_line(exc)}", path=path) from exc
+        raise BadInputError(f"DICOM header cannot be read: {one_line(exc)}", path=path) from exc
 
 
 class DicomOutputs:
@@ -364,7 +360,7 @@ class DicomOutputs:
                              **{k: written.get(k, "") for k in SERIES}, **who})
         except Exception as exc:  # one image's objects must not stop the run
             self.failed += 1
-            return [f"skipped DICOM outputs: {result.source}: {scrub(_one_line(exc), ds)}"]
+            return [f"skipped DICOM outputs: {result.source}: {scrub(one_line(exc), ds)}"]
         self.written += 1
         result.outputs.update({f"dicom_{k}": v for k, v in written.items()})
         if self.show_patient_ids:

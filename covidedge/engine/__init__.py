@@ -1,6 +1,8 @@
-"""Engines: build a TensorRT plan (or, without TensorRT, an ONNX Runtime model) from a
-precision-bearing ONNX graph or a checkpoint, with the manifest that says what it was built
-from and for, and probe the machine it runs on.
+"""Engines: build a TensorRT plan (or, without TensorRT, an ONNX Runtime model; OpenVINO on
+request) from a precision-bearing ONNX graph or a checkpoint, with the manifest that says what
+it was built from and for. ``build`` holds the options and the orchestration, ``paths`` where
+engines go, ``defaults`` the shipped models' engines; each backend's own build is in
+covidedge.backends.
 
 Importing this package is cheap: TensorRT, ONNX Runtime and torch load only when a build runs.
 """

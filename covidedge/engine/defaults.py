@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from covidedge.engine.build import say
+from covidedge.engine.paths import DEFAULT_BUILD_DIR
 from covidedge.errors import BadInputError, CovidEdgeError, MissingDependencyError
 
-DEFAULT_BUILD_DIR = Path("build")
 RECORD_FILE = "defaults.json"
 RECORD_FORMAT = "covidedge-default-engines/1"
 
@@ -79,7 +79,7 @@ def plan_default_engines(tensorrt: bool) -> List[Tuple[Any, str]]:
 
 
 def _tensorrt_here() -> bool:
-    from covidedge.engine.build import module_present
+    from covidedge.machine import module_present
 
     return module_present("tensorrt") and module_present("pycuda")
 
@@ -111,13 +111,14 @@ def _usable(entry: Dict[str, Any], machine: Optional[Dict[str, Any]]) -> Optiona
 
 def _graph_for(model, flavour: str, build_dir: Path, progress: bool) -> Path:
     """The precision-bearing ONNX graph of a shipped model for ``flavour``, in ``build_dir``."""
-    from covidedge.export.precision import convert_fp16, quantize_int8
+    from covidedge.export.fp16 import convert_fp16
+    from covidedge.export.int8 import quantize_int8
 
     fp32 = model.fp32_onnx()
     if flavour == "fp32":
         return fp32
     dst = build_dir / f"{model.name}.{flavour}.onnx"
-    _say(progress, f"making the {flavour} graph of {model.name}: {dst}")
+    say(progress, f"making the {flavour} graph of {model.name}: {dst}")
     if flavour == "fp16":
         return convert_fp16(fp32, dst)
     cache = model.calibration_cache_path
@@ -128,11 +129,6 @@ def _graph_for(model, flavour: str, build_dir: Path, progress: bool) -> Path:
         return quantize_int8(fp32, dst, None, ranges=cache, activation_type="int8",
                              symmetric_activations=True, qdq_placement="tensorrt")
     return quantize_int8(fp32, dst, None, ranges=cache, activation_type="uint8", symmetric_activations=False)
-
-
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(text, file=sys.stderr, flush=True)
 
 
 def build_default_engines(build_dir=DEFAULT_BUILD_DIR, *, rebuild: bool = False,
@@ -157,12 +153,12 @@ def build_default_engines(build_dir=DEFAULT_BUILD_DIR, *, rebuild: bool = False,
         prev = kept.get((model.name, flavour, backend))
         if (not rebuild and prev and prev.get("fp32_sha256") == model.fp32_sha256
                 and Path(prev.get("engine", "")) == engine and _usable(prev, machine) is None):
-            _say(progress, f"reusing {engine} ({model.name}, {flavour}): unchanged since it was built")
+            say(progress, f"reusing {engine} ({model.name}, {flavour}): unchanged since it was built")
             out.append(DefaultEngine(model.name, model.task, precision, flavour, backend, engine,
                                      manifest_path_for(engine), model.fp32_sha256, status="reused"))
             continue
         graph = _graph_for(model, flavour, build_dir, progress)
-        _say(progress, f"building {engine} ({model.name}, {flavour}, {backend})")
+        say(progress, f"building {engine} ({model.name}, {flavour}, {backend})")
         res = build_engine(graph, engine, backend=backend, progress=progress)
         out.append(DefaultEngine(model.name, model.task, precision, flavour, res.backend,
                                  Path(res.engine_path), Path(res.manifest_path), model.fp32_sha256))
@@ -230,4 +226,4 @@ def default_models(build_dir=DEFAULT_BUILD_DIR) -> DefaultModels:
 
 
 __all__ = ["DefaultEngine", "DefaultModels", "plan_default_engines", "build_default_engines",
-           "find_default_engines", "default_models", "DEFAULT_BUILD_DIR", "RECORD_FILE"]
+           "find_default_engines", "default_models", "RECORD_FILE"]

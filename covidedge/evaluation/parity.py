@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from covidedge.errors import BadInputError
-from covidedge.spec import DEFAULT_CALIBRATION_COUNT
+from covidedge.errors import BadInputError, UsageError
+from covidedge.spec import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT
 
 DEFAULT_OUT_DIR = Path("build") / "parity"
 
@@ -107,7 +107,7 @@ def _points(a, b):
 
 
 def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=None, *,
-                       methods: Sequence[str] = ("minmax", "entropy", "percentile"),
+                       methods: Sequence[str] = CALIBRATION_METHODS,
                        limit_per_class: Optional[int] = None, out_dir=DEFAULT_OUT_DIR,
                        calib_data=None, calib_count: Optional[int] = None,
                        percentile: float = 99.99, precisions: Sequence[str] = ("fp32", "fp16"),
@@ -116,12 +116,12 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
 
     int8 graphs (one per ``methods`` entry) are calibrated on ``calibration`` (a CalibrationSet
     or manifest), else on ``calib_data`` (a dataset folder), else on the Train split of
-    ``data_root`` (``calib_count`` images, default 200 or all it has). Graphs, ``parity.md`` and
+    ``data_root`` (``calib_count`` images, default DEFAULT_CALIBRATION_COUNT or all it has). Graphs, ``parity.md`` and
     ``parity.json`` go to ``out_dir``. Returns the table rows (a list of dicts with ``.meta``,
     ``.to_markdown()`` and ``.to_dict()``).
     """
     from covidedge.evaluation import evaluate
-    from covidedge.export import CALIBRATION_METHODS, export_model, resolve_calibration
+    from covidedge.export import export_model, resolve_calibration
     from covidedge.formats.checkpoint import read_checkpoint
     from covidedge.spec import ModelSpec
 
@@ -135,7 +135,8 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
     if bad:
         raise BadInputError(f"precisions {bad} are not fp32 / fp16 (int8 comes from methods)")
     if calibration is not None and (calib_data is not None or calib_count is not None):
-        raise BadInputError("pass either a calibration set or calibration data with a count")
+        raise UsageError("pass a calibration set (--calibration), or calibration data and a count "
+                         "(--calib-data / --calib-count), not both")
     checkpoint = Path(os.fspath(checkpoint))
     spec = ModelSpec.from_dict(read_checkpoint(checkpoint)["spec"])
     out_dir = Path(os.fspath(out_dir))
@@ -176,7 +177,9 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
         note(f"exporting {precision}{' ' + method if method else ''} -> {path}")
         kw: Dict[str, Any] = {}
         if precision == "int8":
-            kw = {"calibration": calib, "method": method, "percentile": percentile}
+            kw = {"calibration": calib, "method": method}
+            if method == "percentile":  # export_model refuses a percentile for other methods
+                kw["percentile"] = percentile
         export_model(checkpoint, path, precision=precision, **kw)
         report = run_eval(path, "onnxruntime")
         row = _row(precision, method, path, report)

@@ -25,7 +25,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from covidedge.errors import BadInputError, DatasetError, IncompatibleModelError
+from covidedge.backends.base import infer_fitted
+from covidedge.errors import BadInputError, DatasetError, IncompatibleModelError, UsageError
+from covidedge.spec import MASK_THRESHOLD
 
 __all__ = ["EvaluationReport", "evaluate", "STUDY_CLASSIFIER_TEST"]
 
@@ -171,6 +173,21 @@ class EvaluationReport:
             lines += self._markdown_segmenter()
         return "\n".join(lines) + "\n"
 
+    def _study_note(self) -> str:
+        """How this evaluation's images relate to the study's Test set."""
+        s = STUDY_CLASSIFIER_TEST
+        supports = {label: self.metrics["per_class"][label]["support"] for label in self.labels}
+        same_supports = supports == {k: v["support"] for k, v in s["per_class"].items()}
+        if self.split == s["split"] and same_supports:
+            return (f"Both columns are on the {s['split']} split with the same images per class "
+                    f"({s['support']} in all): a like-for-like comparison of the two models.")
+        if self.split == s["split"]:
+            return (f"Both columns are on the {s['split']} split, but this evaluation used "
+                    f"{self.metrics['support']} of its images (the study: {s['support']}), so the "
+                    "comparison is close but not exact.")
+        return (f"The study's numbers are on its {s['split']} split ({s['support']} images); ours are "
+                f"on {self.split}, so they are a reference, not a like-for-like comparison.")
+
     def _markdown_classifier(self) -> List[str]:
         m, s = self.metrics, STUDY_CLASSIFIER_TEST
         ours = f"this model, {self.split}"
@@ -192,8 +209,7 @@ class EvaluationReport:
             a = m[key]
             lines.append(f"| {name} | {a['precision']:.2f} | {a['recall']:.2f} | {a['f1']:.2f} | "
                          f"{a['support']} | - | - | - | - |")
-        lines += ["", f"The study's numbers are on its Test split ({s['support']} images); "
-                      f"ours are on {self.split}, so they are a reference, not a like-for-like comparison.", ""]
+        lines += ["", self._study_note(), ""]
         auc = m.get("roc_auc") or {}
         lines += ["## ROC-AUC (one vs rest)", "",
                   "| " + " | ".join([*self.labels, "macro"]) + " |",
@@ -249,32 +265,15 @@ class EvaluationReport:
 
 
 def _plot_confusion(path: Path, cm, labels: Sequence[str], title: str) -> bool:
-    """Confusion matrix heat map with counts and row percentages; False when matplotlib is
-    missing (the text and Markdown reports still carry the matrix)."""
-    try:
-        import matplotlib
-    except ImportError:
-        return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Confusion matrix heat map with counts and row percentages (``covidedge.plots``); False
+    when matplotlib is missing (the text and Markdown reports still carry the matrix)."""
+    from covidedge.errors import MissingDependencyError
+    from covidedge.plots import plot_confusion_matrix
 
-    cm = np.asarray(cm, dtype=np.int64)
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{cm[i, j]}\n{100 * frac[i, j]:.0f}%", ha="center", va="center",
-                    color="white" if frac[i, j] > 0.6 else "black", fontsize=9)
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        plot_confusion_matrix(cm, labels, path, normalize=True, title=title)
+    except MissingDependencyError:
+        return False
     return True
 
 
@@ -284,6 +283,9 @@ def _open(model, backend: str):
     from covidedge.backends.base import Runner
 
     if isinstance(model, Runner):
+        if backend not in ("auto", model.backend):
+            raise UsageError(f"backend={backend!r} does not apply to a ready {model.backend} runner",
+                             hint="pass the model's path to choose its backend")
         return model, False
     if not isinstance(model, (str, Path)):
         raise BadInputError(f"model is a {type(model).__name__}; expected a path to a checkpoint, "
@@ -305,18 +307,8 @@ def _bar(total: int, desc: str, enabled: bool):
                 disable=not (enabled and sys.stderr.isatty()))
 
 
-def _run_batch(runner, x: np.ndarray) -> Dict[str, np.ndarray]:
-    """Infer a batch, padding it up to the runner's minimum batch (fixed-batch engines)."""
-    n = x.shape[0]
-    if n < runner.min_batch:
-        pad = np.repeat(x[-1:], runner.min_batch - n, axis=0)
-        out = runner.infer(np.concatenate([x, pad]))
-        return {k: v[:n] for k, v in out.items()}
-    return runner.infer(x)
-
-
 def evaluate(model, data_root, split: str = "Val", *, batch_size: int = 16,
-             limit_per_class: Optional[int] = None, threshold: float = 0.5, backend: str = "auto",
+             limit_per_class: Optional[int] = None, threshold: float = MASK_THRESHOLD, backend: str = "auto",
              progress: bool = True, keep_outputs: bool = False, seed: int = 0,
              allow_missing_classes: bool = False) -> EvaluationReport:
     """Evaluate ``model`` (a path opened with ``covidedge.runtime.load(path, backend)``, or a
@@ -324,7 +316,8 @@ def evaluate(model, data_root, split: str = "Val", *, batch_size: int = 16,
 
     ``limit_per_class`` takes at most that many images per class, chosen from ``seed`` exactly
     as training does; ``threshold`` turns segmenter probabilities into masks with the rule
-    ``infer`` uses (covidedge.runtime.postprocess: probability > threshold), at the model's size.
+    ``infer`` uses (covidedge.runtime.postprocess: probabilities resized bilinearly to the image's
+    own size, then probability > threshold), so the scores are those of the masks ``infer`` writes.
     A split without images of some class is refused (DatasetError) unless
     ``allow_missing_classes``; the report's settings then list them as ``missing_classes``.
     """
@@ -383,7 +376,7 @@ def _evaluate_classifier(runner, spec, samples, bs, progress, keep_outputs, clas
     bar = _bar(len(samples), f"evaluate {samples[0].split}", progress)
     for a, b in _batches(len(samples), bs):
         x = preprocess_batch([s.image for s in samples[a:b]], size=spec.input_size)
-        out = _run_batch(runner, x)
+        out = infer_fitted(runner, x)
         p = np.asarray(out[spec.output_names[1]], dtype=np.float32)
         if p.shape != (b - a, len(labels)):
             raise IncompatibleModelError(
@@ -407,7 +400,7 @@ def _evaluate_classifier(runner, spec, samples, bs, progress, keep_outputs, clas
 
 def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_outputs):
     from covidedge.data.imageio import read_mask
-    from covidedge.data.preprocess import preprocess_batch, resize_mask
+    from covidedge.data.preprocess import preprocess_batch
     from covidedge.metrics import SegmentationAccumulator
 
     labels = list(spec.labels)
@@ -429,20 +422,22 @@ def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_out
     for a, b in _batches(len(samples), bs):
         chunk = samples[a:b]
         x = preprocess_batch([s.image for s in chunk], size=size)
-        out = _run_batch(runner, x)
+        out = infer_fitted(runner, x)
         p = np.asarray(out[spec.output_names[1]])
         if p.ndim != 4 or p.shape[0] != b - a or p.shape[1] != len(labels) or tuple(p.shape[2:]) != size:
             raise IncompatibleModelError(
                 f"output '{spec.output_names[1]}' has shape {p.shape}, expected "
                 f"({b - a}, {len(labels)}, {size[0]}, {size[1]})", path=runner.source)
-        masks = probabilities_to_mask(p, threshold)  # the rule infer uses (> threshold)
-        for s, m in zip(chunk, masks):
-            true_lungs = resize_mask(read_mask(s.lung_mask, image=s.image), size)
-            true_inf = (resize_mask(read_mask(s.infection_mask, image=s.image), size)
-                        if s.infection_mask is not None
-                        else np.zeros(size, dtype=bool))
-            acc.update(m[li], true_lungs, m[ii], true_inf, label=s.label, name=s.name)
-        if keep_outputs:  # one packed row per image
+        for s, prob in zip(chunk, p):
+            # scored at the image's own size, with the masks infer writes for it
+            true_lungs = read_mask(s.lung_mask, image=s.image)
+            hw = true_lungs.shape
+            true_inf = (read_mask(s.infection_mask, image=s.image) if s.infection_mask is not None
+                        else np.zeros(hw, dtype=bool))
+            acc.update(probabilities_to_mask(prob[li], threshold, hw), true_lungs,
+                       probabilities_to_mask(prob[ii], threshold, hw), true_inf, label=s.label, name=s.name)
+        if keep_outputs:  # one packed row per image, at the model's size
+            masks = probabilities_to_mask(p, threshold)
             packed.append(np.packbits(masks.reshape(masks.shape[0], -1), axis=1))
         bar.update(b - a)
     bar.close()

@@ -1,9 +1,10 @@
 """Export: checkpoint -> ONNX with the precision in the graph (fp32, fp16, calibrated int8 Q/DQ).
 
-``export_model`` is the one call the CLI and the engine builder use: it exports fp32 with
-:func:`covidedge.export.onnx.export_onnx`, then converts with
-:mod:`covidedge.export.precision`, and returns an :class:`ExportReport` of the final file.
-Needs torch (the ``train`` extra); importing this package does not import it.
+``export_model`` is the one call the CLI and the engine builder use: it refuses options it
+cannot honour, exports fp32 with :func:`covidedge.export.onnx.export_onnx`, then converts with
+:mod:`covidedge.export.fp16` or :mod:`covidedge.export.int8` (ranges from a
+:mod:`covidedge.export.calibrators` calibrator), and returns an :class:`ExportReport` of the
+final file. Needs torch (the ``train`` extra); importing this package does not import it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from covidedge.errors import BadInputError
-from covidedge.spec import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT, PRECISIONS
+from covidedge.export.options import KEYWORDS, OptionNames
+from covidedge.spec import DEFAULT_CALIBRATION_COUNT, PRECISIONS, check_choice
 
 
 # keyword arguments export_model passes on, by where they go
@@ -22,6 +24,41 @@ _EXPORT_KW = ("parity_inputs", "check", "exporter", "parity_atol")
 _INT8_KW = ("activation_type", "symmetric_activations", "batch_size", "histogram_bins",
             "qdq_placement")
 _CALIB_KW = ("calib_count", "calib_split", "calib_seed", "calib_out")
+#: Options that only int8 export uses, in the order an error lists them.
+_INT8_ONLY = ("calibration", "calib_count", "method", "percentile") + tuple(
+    k for k in _INT8_KW + _CALIB_KW if k != "calib_count")
+
+
+def check_export_options(precision: str, options: Dict[str, Any],
+                         names: OptionNames = KEYWORDS) -> None:
+    """Refuse export options that do not go together, before any work is done.
+
+    ``options`` holds the options given (``calibration``, ``method``, ``percentile`` and the
+    int8 / calibration keywords of :func:`export_model`; None means not given). ``names`` spells
+    them in the messages: keywords for Python, flags for the command line.
+    """
+    check_choice("precision", precision, PRECISIONS)
+    given = [k for k in _INT8_ONLY if options.get(k) is not None]
+    if precision != "int8":
+        if given:
+            one = len(given) == 1
+            raise BadInputError(f"{', '.join(names(k) for k in given)} appl{'ies' if one else 'y'} "
+                                f"to {names('int8')} only",
+                                hint=f"drop {'it' if one else 'them'} or {names('choose_int8')}")
+        return
+    calibration = options.get("calibration")
+    if calibration is None:
+        raise BadInputError("int8 export needs calibration images", hint=names("give_calibration"))
+    ready = (not isinstance(calibration, (str, os.PathLike))
+             or Path(os.fspath(calibration)).is_file())  # a CalibrationSet or a manifest
+    if options.get("calib_count") is not None and ready:
+        raise BadInputError(f"{names('calib_count')} applies with {names('calibration_folder')}, "
+                            f"not {names('calibration_manifest')}")
+    from covidedge.export.calibrators import DEFAULT_METHOD, check_calibration_options
+
+    method = options.get("method") or DEFAULT_METHOD
+    check_calibration_options(method, [k for k in ("percentile", "histogram_bins")
+                                       if options.get(k) is not None], names)
 
 
 def resolve_calibration(calibration, input_size, *, calib_count: Optional[int] = None,
@@ -61,30 +98,36 @@ def resolve_calibration(calibration, input_size, *, calib_count: Optional[int] =
 
 
 def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
-                 method: str = "entropy", percentile: float = 99.99, opset: int = 17,
-                 dynamic_batch: bool = True, **kw: Any):
+                 method: Optional[str] = None, percentile: Optional[float] = None, opset: int = 17,
+                 dynamic_batch: bool = True, *, option_names: OptionNames = KEYWORDS, **kw: Any):
     """Export ``checkpoint`` to the ONNX file ``out`` in ``precision`` and return its report.
 
     fp16 / int8 export fp32 first (to a temporary file, or ``fp32_out`` when given), then
     convert. int8 needs ``calibration``: a CalibrationSet, a manifest or a dataset folder
     (``calib_count`` / ``calib_split`` / ``calib_seed`` choose its images, and ``calib_out``
     where the manifest of images drawn from a folder goes); ``method`` is
-    minmax / entropy / percentile (``percentile`` in percent). Other keywords:
+    minmax / entropy (the default) / percentile (``percentile`` in percent, default 99.99,
+    percentile only). Other keywords:
     ``parity_inputs``, ``check``, ``exporter``, ``parity_atol`` (export) and
     ``activation_type``, ``symmetric_activations``, ``batch_size``, ``histogram_bins``,
     ``qdq_placement`` (int8).
     The report's ``parity`` compares the final graph with the checkpoint; for fp16 / int8
     ``parity["vs_fp32_graph"]`` compares it with the fp32 graph.
+
+    Options the export cannot honour (calibration options with fp32 / fp16, ``percentile``
+    with another method, ``calib_count`` with a ready calibration set) are refused before any
+    work, with one-line errors that name them as ``option_names`` spells them (the command
+    line passes its flags).
     """
     from covidedge.export.onnx import ExportReport, parity_stats, reference_outputs_for, run_onnx, synthetic_images
     from covidedge.fileio import sha256_file
-    from covidedge.formats.onnxfile import graph_io, load_onnx
+    from covidedge.formats.onnxfile import graph_io, load_onnx, read_onnx_metadata
     from covidedge.export.onnx import export_onnx
-    from covidedge.export.precision import convert_fp16, parity_vs_fp32, quantize_int8
+    from covidedge.export.converted import parity_vs_fp32
+    from covidedge.export.fp16 import FP16_KEEP_FP32_OPS, convert_fp16
+    from covidedge.export.int8 import KEY_CALIB_METHOD, KEY_CALIB_PERCENTILE, quantize_int8
     from covidedge.formats.onnxfile import graph_precision
 
-    if precision not in PRECISIONS:
-        raise BadInputError(f"precision {precision!r} is unknown; expected one of {PRECISIONS}")
     fp32_out = kw.pop("fp32_out", None)
     unknown = sorted(set(kw) - set(_EXPORT_KW) - set(_INT8_KW) - set(_CALIB_KW))
     if unknown:
@@ -93,18 +136,8 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
     export_kw = {k: kw[k] for k in _EXPORT_KW if k in kw}
     int8_kw = {k: kw[k] for k in _INT8_KW if k in kw}
     calib_kw = {k: kw[k] for k in _CALIB_KW if k in kw}
-    if precision != "int8" and (calibration is not None or int8_kw or calib_kw):
-        given = ["calibration"] * (calibration is not None) + sorted(int8_kw) + sorted(calib_kw)
-        raise BadInputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to int8 "
-                            f"export only, not {precision}",
-                            hint="drop them or pass precision='int8'")
-    if precision == "int8" and calibration is None:
-        raise BadInputError("int8 export needs calibration images",
-                            hint="pass calibration= a manifest from 'covidedge calibrate' or a "
-                                 "COVID-QU-Ex folder (--calib-data DIR)")
-    if method not in CALIBRATION_METHODS:
-        raise BadInputError(f"calibration method {method!r} is unknown; expected one of "
-                            f"{CALIBRATION_METHODS}")
+    check_export_options(precision, dict(kw, calibration=calibration, method=method,
+                                         percentile=percentile), option_names)
     out = Path(os.fspath(out))
     if out.suffix.lower() != ".onnx":
         raise BadInputError("output file must end in .onnx", path=out, hint="pass --out model.onnx")
@@ -121,8 +154,6 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
         details = {"fp32_graph": str(src) if fp32_out is not None else None,
                    "fp32_sha256": base.sha256, "exporter": base.details.get("exporter")}
         if precision == "fp16":
-            from covidedge.export.precision import FP16_KEEP_FP32_OPS
-
             convert_fp16(src, out)
             details["fp32_ops"] = list(FP16_KEEP_FP32_OPS)
         else:
@@ -133,9 +164,10 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
             calib = resolve_calibration(calibration, spec.input_size, out=calib_out, **calib_kw)
             quantize_int8(src, out, calib, method=method, percentile=percentile, **int8_kw)
             details["calibration"] = calib.summary()
-            details["method"] = method
-            if method == "percentile":
-                details["percentile"] = float(percentile)
+            written = read_onnx_metadata(out)
+            details["method"] = written[KEY_CALIB_METHOD]
+            if written.get(KEY_CALIB_PERCENTILE):
+                details["percentile"] = float(written[KEY_CALIB_PERCENTILE])
         got = graph_precision(out)
         if got != precision:
             raise BadInputError(f"converted graph reads as {got}, expected {precision}", path=out)
@@ -149,7 +181,10 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
             if shape[1] != 1:
                 x = np.repeat(x, shape[1], axis=1)
         x = np.asarray(x, np.float32)
-        ref = reference_outputs_for(checkpoint, x)
+        if base.reference is not None and np.array_equal(base.reference[0], x):
+            ref = base.reference[1]  # the fp32 export ran the checkpoint on these images already
+        else:
+            ref = reference_outputs_for(checkpoint, x)
         got_out = run_onnx(out, x, static_batch=None if dynamic_batch else 1)
         parity = parity_stats(base.task, ref, got_out)
         parity["vs_fp32_graph"] = parity_vs_fp32(out)
@@ -167,13 +202,12 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
 def __getattr__(name):
     # the submodules' main entry points, loaded on first use (they import onnx / torch lazily)
     lazy = {"export_onnx": "covidedge.export.onnx", "ExportReport": "covidedge.export.onnx",
-            "convert_fp16": "covidedge.export.precision",
-            "quantize_int8": "covidedge.export.precision",
-            "graph_precision": "covidedge.export.precision",
-            "inspect_qdq": "covidedge.export.precision",
+            "convert_fp16": "covidedge.export.fp16",
+            "quantize_int8": "covidedge.export.int8",
+            "inspect_qdq": "covidedge.export.int8",
+            "create_calibrator": "covidedge.export.calibrators",
             "CalibrationSet": "covidedge.export.calibration",
-            "make_calibration_set": "covidedge.export.calibration",
-            "compare_precisions": "covidedge.evaluation.parity"}
+            "make_calibration_set": "covidedge.export.calibration"}
     if name in lazy:
         import importlib
 
@@ -181,6 +215,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'covidedge.export' has no attribute {name!r}")
 
 
-__all__ = [ "export_model", "resolve_calibration", "export_onnx",
-           "ExportReport", "convert_fp16", "quantize_int8", "graph_precision", "inspect_qdq",
-           "CalibrationSet", "make_calibration_set", "compare_precisions"]
+__all__ = ["export_model", "check_export_options", "resolve_calibration", "export_onnx",
+           "ExportReport", "convert_fp16", "quantize_int8", "inspect_qdq", "create_calibrator",
+           "CalibrationSet", "make_calibration_set", "OptionNames"]

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from covidedge.errors import BadInputError, CovidEdgeError, DatasetError
-from covidedge.fileio import write_atomic
+from covidedge.fileio import sha256_file, write_atomic
 
 FORMAT = "covidedge-calibration-v1"
 #: Folder (relative to the working directory) where manifests go by default.
@@ -33,14 +33,6 @@ DEFAULT_DIR = Path("calibration")
 _UNHASHED = ("created", "data_root", "sha256")
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_sha256(manifest: Dict[str, Any]) -> str:
@@ -267,7 +259,7 @@ class CalibrationSet:
                     "calibration image is missing", path=p,
                     hint="pass the data root the set was made from, or make a new set with "
                          "'covidedge calibrate'")
-            got = _sha256_file(p)
+            got = sha256_file(p)
             if got != entry["sha256"]:
                 raise BadInputError(
                     f"calibration image changed since the manifest was made (sha256 {got[:12]}, "
@@ -327,7 +319,7 @@ def make_calibration_set(data_root: PathLike, count: int, *, split: str = "Train
             except ValueError:
                 rel = Path(os.path.relpath(s.image, given))
             entries.append({"path": rel.as_posix(), "label": label,
-                            "sha256": _sha256_file(s.image)})
+                            "sha256": sha256_file(s.image)})
 
     name = dataset or dataset_slug(given)
     manifest: Dict[str, Any] = {
@@ -351,5 +343,64 @@ def make_calibration_set(data_root: PathLike, count: int, *, split: str = "Train
     return cset
 
 
+def as_calibration_set(calibration) -> CalibrationSet:
+    """A CalibrationSet from a CalibrationSet or the path of its manifest (verified on load)."""
+    if isinstance(calibration, CalibrationSet):
+        return calibration
+    if isinstance(calibration, (str, os.PathLike)):
+        return CalibrationSet.load(calibration)
+    raise BadInputError(f"calibration is a {type(calibration).__name__}, expected a "
+                        f"CalibrationSet or the path of a calibration manifest",
+                        hint="make one with 'covidedge calibrate --data DIR --count N'")
+
+
+class CalibrationReader:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` fed from a CalibrationSet.
+
+    Yields ``{input_name: (N, 1, H, W)}`` batches; an empty set, or a stream that ends before its
+    first batch, raises BadInputError; an unreadable image raises BadInputError naming the file
+    (from ``CalibrationSet.batches``). It never ends calibration early in silence.
+    """
+
+    def __init__(self, calibration, input_name: str, batch_size: int = 8):
+        if len(calibration) == 0:
+            raise BadInputError("calibration set has no images", path=calibration.source,
+                                hint="make one with 'covidedge calibrate --data DIR --count N'")
+        self.calibration = calibration
+        self.input_name = input_name
+        self.batch_size = int(batch_size)
+        self.batches_read = 0
+        self.images_read = 0
+        self._it: Optional[Iterator] = None
+
+    def get_next(self):
+        if self._it is None:
+            self._it = iter(self.calibration.batches(self.batch_size))
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            if self.batches_read == 0:
+                raise BadInputError("calibration stream produced no images",
+                                    path=self.calibration.source,
+                                    hint="check the manifest lists images and they are readable")
+            return None
+        x = batch["image"]
+        self.batches_read += 1
+        self.images_read += len(x)
+        return {self.input_name: x}
+
+    def __iter__(self):
+        while True:
+            item = self.get_next()
+            if item is None:
+                return
+            yield item
+
+    def rewind(self) -> None:
+        self._it = None
+        self.batches_read = 0
+        self.images_read = 0
+
+
 __all__ = ["FORMAT", "CalibrationSet", "make_calibration_set", "manifest_sha256",
-           "default_manifest_path", "dataset_slug"]
+           "default_manifest_path", "dataset_slug", "as_calibration_set", "CalibrationReader"]

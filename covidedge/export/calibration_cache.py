@@ -10,9 +10,11 @@ image, so a shipped model can be quantized on a machine that has no dataset. The
 * ``method``, ``percentile``, ``histogram_bins`` - how the ranges were chosen;
 * ``ranges`` - ONNX Runtime's ``TensorsData`` as ``save_tensors_data`` writes it.
 
-Ranges are chosen as :func:`covidedge.export.precision.collect_ranges` does (histogram methods
-give thresholds on |x| clipped to the values seen), so one cache serves signed symmetric
-(TensorRT) and unsigned asymmetric (ONNX Runtime CPU) activations alike.
+Ranges are chosen by a :mod:`covidedge.export.calibrators` calibrator, as for
+:func:`covidedge.export.int8.quantize_int8` with signed symmetric activations (histogram methods
+give thresholds on |x| clipped to the values seen, so one cache serves signed symmetric
+(TensorRT) and unsigned asymmetric (ONNX Runtime CPU) activations alike; minmax ranges are
+±max|x|).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 from covidedge.errors import BadInputError, IncompatibleModelError
 
@@ -33,28 +35,32 @@ CACHE_FORMAT = "covidedge-calibration-cache/1"
 
 
 def write_calibration_cache(src: PathLike, dst: PathLike, calibration, *, method: str = "entropy",
-                            percentile: float = 99.99, histogram_bins: int = 2048,
+                            percentile: Optional[float] = None, histogram_bins: Optional[int] = None,
                             batch_size: int = 8) -> Dict[str, Any]:
     """Compute the activation ranges of the fp32 graph ``src`` on ``calibration`` (a
     CalibrationSet or its manifest path) and write them to ``dst``; returns what was written.
-    The same graph, set and options give the same file."""
+    ``method`` and its options are those of :func:`covidedge.export.int8.quantize_int8` (an
+    option the method cannot honour is refused). The same graph, set and options give the same
+    file."""
     from covidedge.errors import require
     from covidedge.fileio import sha256_file
     from covidedge.formats.onnxfile import load_onnx
     from covidedge.fileio import write_atomic
-    from covidedge.export.precision import (CALIBRATION_METHODS, CalibrationReader, _as_calibration, _input_info,
-                                            _require_fp32_source, collect_ranges)
+    from covidedge.export.calibration import CalibrationReader, as_calibration_set
+    from covidedge.export.calibrators import collect_ranges
+    from covidedge.export.converted import input_info, require_fp32_source
+    from covidedge.export.int8 import calibrator_for
 
     require("onnxruntime.quantization", purpose="int8 calibration")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method not in CALIBRATION_METHODS:
-        raise BadInputError(f"calibration method {method!r} is unknown; expected one of {CALIBRATION_METHODS}")
+    calibrator = calibrator_for(method, symmetric_activations=True, percentile=percentile,
+                                histogram_bins=histogram_bins)
     src = Path(src)
     model = load_onnx(src)
-    _require_fp32_source(model, src)
-    name, batch, chw = _input_info(model)
-    calib = _as_calibration(calibration)
+    require_fp32_source(model, src)
+    name, batch, chw = input_info(model)
+    calib = as_calibration_set(calibration)
     if tuple(calib.input_size) != tuple(chw[1:]):
         raise IncompatibleModelError(
             f"calibration images are {calib.input_size[0]}x{calib.input_size[1]} px but the "
@@ -64,19 +70,19 @@ def write_calibration_cache(src: PathLike, dst: PathLike, calibration, *, method
         pre = Path(tmp) / "pre.onnx"
         with contextlib.redirect_stdout(sys.stderr):
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        ranges = collect_ranges(pre, reader, method=method, percentile=percentile,
-                                symmetric=True, histogram_bins=histogram_bins, work_dir=Path(tmp))
+        ranges = collect_ranges(pre, reader, calibrator, work_dir=Path(tmp))
         from onnxruntime import quantization as quant
 
         quant.save_tensors_data(ranges, Path(tmp) / "ranges.json")
         payload = json.loads((Path(tmp) / "ranges.json").read_text())
     summary = calib.summary()
+    settings = calibrator.settings()
     doc = {"format": CACHE_FORMAT, "source_sha256": sha256_file(src),
            "calibration": {k: summary[k] for k in ("sha256", "count", "split", "seed",
                                                    "class_balance", "dataset", "preprocessing")},
            "calibration_sha256": calib.sha256, "calibration_count": reader.images_read,
-           "method": method, "percentile": float(percentile) if method == "percentile" else None,
-           "histogram_bins": int(histogram_bins) if method != "minmax" else None,
+           "method": calibrator.method, "percentile": settings.get("percentile"),
+           "histogram_bins": settings.get("histogram_bins"),
            "ranges": payload}
     write_atomic(dst, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
     return doc

@@ -20,25 +20,23 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
 from covidedge.fileio import sha256_file
 from covidedge.formats.onnxfile import KEY_CHECKPOINT_SHA, KEY_DYNAMIC_BATCH, KEY_EXPORTER, KEY_OPSET, KEY_PRECISION, KEY_VERSION, check_onnx, graph_io, graph_opset, save_onnx, set_metadata
-from covidedge.spec import ModelSpec
+from covidedge.backends.tensorrt.plan import TENSORRT8_MAX_OPSET
+from covidedge.spec import MASK_THRESHOLD, ModelSpec
 
 #: Opsets accepted: 13 is the first with the ops these models need in their current form;
 #: 20 is the newest that TensorRT 10.3 (JetPack 6) parses.
 MIN_OPSET = 13
 MAX_OPSET = 20
 DEFAULT_OPSET = 17
-#: Highest opset the TensorRT 8.x ONNX parser documents (onnx-tensorrt release/8.6-GA docs/operators.md);
-#: the default opset stays at it so one export builds on every TensorRT covidedge supports.
-TENSORRT8_MAX_OPSET = 17
 
 #: Largest |probability| difference between the ONNX graph (fp32) and the torch model that
 #: still counts as the same model; float32 re-association noise is around 1e-6.
@@ -47,8 +45,6 @@ PARITY_ATOL = 1e-3
 #: Images in the default parity batch (seeded, smooth synthetic images).
 PARITY_IMAGES = 4
 
-#: Threshold that turns a segmenter's probabilities into masks (fraction, 0..1).
-MASK_THRESHOLD = 0.5
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -147,9 +143,15 @@ class ExportReport:
     dynamic_batch: bool = True
     metadata: Dict[str, str] = field(default_factory=dict)
     details: Dict[str, Any] = field(default_factory=dict)
+    #: (parity inputs, the torch model's outputs on them) of an fp32 export, kept in memory so a
+    #: conversion of this export compares with the checkpoint without running it again.
+    reference: Optional[Tuple[np.ndarray, Dict[str, np.ndarray]]] = field(default=None, repr=False,
+                                                                           compare=False)
 
     def to_dict(self) -> Dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        d = asdict(replace(self, reference=None))
+        d.pop("reference")
+        return json.loads(json.dumps(d))
 
     def summary_lines(self) -> List[str]:
         """A short human-readable description, one fact per line."""
@@ -352,7 +354,7 @@ def export_onnx(checkpoint_path: Union[str, Path], out_path: Union[str, Path], *
         size_mb=round(out_path.stat().st_size / 1e6, 3), opset=opset, precision="fp32",
         task=spec.task, inputs=io_["inputs"], outputs=io_["outputs"], parity=parity,
         checkpoint=str(checkpoint_path), checkpoint_sha256=ckpt_sha, dynamic_batch=dynamic_batch,
-        metadata=meta, details={"exporter": exporter, "parity_atol": parity_atol},
+        metadata=meta, details={"exporter": exporter, "parity_atol": parity_atol}, reference=(x, ref),
     )
 
 

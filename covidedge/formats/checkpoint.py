@@ -17,8 +17,10 @@ from covidedge.fileio import atomic_target, sha256_file
 from covidedge.spec import ModelSpec
 
 CHECKPOINT_FORMAT = "covidedge-checkpoint-v1"
+#: File suffixes of a covidedge checkpoint.
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "read_checkpoint",
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_SUFFIXES", "save_checkpoint", "read_checkpoint",
            "checkpoint_sha256", "to_plain"]
 
 

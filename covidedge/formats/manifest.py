@@ -9,7 +9,6 @@ differs together with the exact command that rebuilds the engine here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from covidedge.errors import BadInputError, IncompatibleModelError
-from covidedge.fileio import write_atomic
+from covidedge.fileio import sha256_file, write_atomic
 from covidedge.spec import ENGINE_BACKENDS
 from covidedge.spec import ModelSpec
 
@@ -52,14 +51,6 @@ def engine_path_for(manifest_path) -> Path:
         raise BadInputError(f"is not an engine manifest (expected a name ending in {MANIFEST_SUFFIX})",
                             path=text)
     return Path(text[: -len(MANIFEST_SUFFIX)])
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_version(text) -> Tuple[int, ...]:

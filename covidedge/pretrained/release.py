@@ -64,7 +64,8 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
     from covidedge.export.onnx import export_onnx
     from covidedge.fileio import sha256_file
     from covidedge.formats.onnxfile import spec_from_onnx
-    from covidedge.export.precision import convert_fp16, quantize_int8
+    from covidedge.export.fp16 import convert_fp16
+    from covidedge.export.int8 import quantize_int8
     from covidedge.formats.checkpoint import read_checkpoint
 
     def note(msg):

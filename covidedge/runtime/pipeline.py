@@ -26,12 +26,12 @@ import numpy as np
 from covidedge.data.preprocess import PREPROCESSING_ID, as_gray, resize_gray
 from covidedge.data.quality import check_quality, describe_flags
 from covidedge.errors import (EXIT_RUNTIME, BadInputError, CovidEdgeError, IncompatibleModelError,
-                              RuntimeFailure)
+                              RuntimeFailure, UsageError, one_line)
 from covidedge.metrics import infected_fraction, lung_fraction
-from covidedge.backends.base import Runner
+from covidedge.backends.base import Runner, infer_fitted
 from covidedge.runtime.postprocess import probabilities_to_mask
 from covidedge.runtime.results import STAGES, Failure, OutputNamer, Prediction, Result
-from covidedge.spec import MASK_CHANNELS
+from covidedge.spec import MASK_CHANNELS, MASK_THRESHOLD
 
 ModelLike = Union[str, "os.PathLike[str]", Runner]
 ImageItem = Union[str, "os.PathLike[str]", np.ndarray, Any]
@@ -50,17 +50,9 @@ def _source_of(item: ImageItem, index: int) -> str:
     return f"<image {index}>"
 
 
-def _error_line(exc: BaseException, source: str) -> str:
-    """The error as one line that names the source."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if not isinstance(exc, CovidEdgeError):
-        text = f"{type(exc).__name__}: {text}"
-    return text if source in text else f"{source}: {text}"
-
-
 def _failure(exc: BaseException, source: str, stage: str) -> Failure:
     code = exc.exit_code if isinstance(exc, CovidEdgeError) else EXIT_RUNTIME
-    return Failure(source=source, error=_error_line(exc, source), exit_code=code, stage=stage)
+    return Failure(source=source, error=one_line(exc, source), exit_code=code, stage=stage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,8 +68,11 @@ class _Model:
             raise BadInputError(f"got a {type(model).__name__}; pass its path or runner instead")
         if isinstance(model, Runner):
             if opts:
-                raise BadInputError(f"options {sorted(opts)} apply only when the model is a path, "
+                raise UsageError(f"options {sorted(opts)} apply only when the model is a path, "
                                     "not a ready runner")
+            if backend not in ("auto", model.backend):
+                raise UsageError(f"backend={backend!r} does not apply to a ready {model.backend} runner",
+                                 hint="pass the model's path to choose its backend")
             runner = model
         elif isinstance(model, (str, os.PathLike)):
             from covidedge.runtime import load
@@ -134,27 +129,17 @@ class _Model:
 
     # -- inference ---------------------------------------------------------------------------
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a preprocessed NCHW batch, in pieces that fit the runner's batch
-        range (a short piece is padded with zeros up to ``min_batch``, padding dropped after)."""
+        """Probabilities for a preprocessed NCHW batch of any size, fitted to the runner's batch
+        range by :func:`covidedge.backends.base.infer_fitted`."""
         r = self.runner
         if not r.is_active:
             r.activate()
-        n = batch.shape[0]
-        step = n if r.max_batch is None else max(1, r.max_batch)
-        pieces = []
         prob_name = r.spec.output_names[1]
-        for i in range(0, n, step):
-            x = batch[i:i + step]
-            m = x.shape[0]
-            if m < r.min_batch:
-                pad = np.zeros((r.min_batch - m, *x.shape[1:]), dtype=x.dtype)
-                x = np.concatenate([x, pad], axis=0)
-            out = r.infer(x)
-            if prob_name not in out:
-                raise IncompatibleModelError(f"runner returned {sorted(out)}, expected '{prob_name}'",
-                                             path=r.source)
-            pieces.append(np.asarray(out[prob_name])[:m])
-        return np.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
+        out = infer_fitted(r, batch)
+        if prob_name not in out:
+            raise IncompatibleModelError(f"runner returned {sorted(out)}, expected '{prob_name}'",
+                                         path=r.source)
+        return np.asarray(out[prob_name])
 
     def _single_pipeline(self) -> "Pipeline":
         if self._pipeline is None:
@@ -208,13 +193,33 @@ class Segmenter(_Model):
 
     task = "segmenter"
 
-    def __init__(self, model: ModelLike, threshold: float = 0.5, backend: str = "auto", **opts):
+    def __init__(self, model: ModelLike, threshold: float = MASK_THRESHOLD, backend: str = "auto", **opts):
         self.threshold = _check_threshold(threshold)
         super().__init__(model, backend=backend, **opts)
 
     @property
     def channel_index(self) -> Dict[str, int]:
         return {c: self.labels.index(c) for c in MASK_CHANNELS}
+
+
+def _refuse_unused(classifier, segmenter, threshold, backend, options) -> None:
+    """Options a Pipeline could not honour are errors, never silently dropped."""
+    if threshold is not None:
+        if segmenter is None:
+            raise UsageError(f"threshold={threshold!r} applies to a segmenter, and none is given",
+                             hint="drop the threshold or add a segmenter")
+        if isinstance(segmenter, Segmenter) and _check_threshold(threshold) != segmenter.threshold:
+            raise UsageError(f"threshold={threshold!r} does not apply to a ready Segmenter (it has "
+                             f"threshold {segmenter.threshold})",
+                             hint="set the threshold when making the Segmenter")
+    ready = [m for m in (classifier, segmenter) if isinstance(m, _Model)]
+    if ready and options:
+        raise UsageError(f"options {sorted(options)} do not apply to a ready "
+                         f"{type(ready[0]).__name__}; pass them when making it")
+    for m in ready:
+        if backend not in ("auto", m.backend):
+            raise UsageError(f"backend={backend!r} does not apply to a ready {type(m).__name__} "
+                             f"running on {m.backend}", hint="pass the model's path to choose its backend")
 
 
 def _check_threshold(threshold) -> float:
@@ -262,9 +267,10 @@ class Pipeline:
     """Classifier and/or segmenter over the same images, with one decode per image.
 
     ``classifier`` / ``segmenter``: a path, a Runner, or a Classifier / Segmenter (at least
-    one). ``threshold`` applies to a segmenter made here from a path or runner (a Segmenter
-    object keeps its own). ``batch_size`` is the default for :meth:`predict_many`;
-    ``backend`` and ``options`` go to :func:`covidedge.runtime.load` for paths. A context
+    one). ``threshold`` (default 0.5) applies to a segmenter made here from a path or runner; a
+    Segmenter object keeps its own, and a different ``threshold``, ``backend`` or ``options``
+    given with ready objects is refused rather than ignored. ``batch_size`` is the default for
+    :meth:`predict_many`; ``backend`` and ``options`` go to :func:`covidedge.runtime.load` for paths. A context
     manager: ``with Pipeline(...) as p`` activates the runners once and frees them at the end
     (runners that were already active are left active). Every image goes through the input
     quality check (covidedge.data.quality: constant, tiny, extreme aspect ratio); its flags are
@@ -272,10 +278,12 @@ class Pipeline:
     """
 
     def __init__(self, classifier: Union[ModelLike, Classifier, None] = None,
-                 segmenter: Union[ModelLike, Segmenter, None] = None, threshold: float = 0.5,
+                 segmenter: Union[ModelLike, Segmenter, None] = None, threshold: Optional[float] = None,
                  batch_size: int = 8, backend: str = "auto", strict: bool = False, **options):
         if classifier is None and segmenter is None:
             raise BadInputError("no model given", hint=_NO_MODEL_HINT)
+        _refuse_unused(classifier, segmenter, threshold, backend, options)
+        threshold = MASK_THRESHOLD if threshold is None else threshold
         if isinstance(classifier, Segmenter) or isinstance(segmenter, Classifier):
             wrong = classifier if isinstance(classifier, Segmenter) else segmenter
             raise IncompatibleModelError(

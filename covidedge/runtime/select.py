@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict
 
-from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError
+from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, UsageError
 from covidedge.spec import RUNNER_BACKEND_CHOICES
 from covidedge.backends.base import Runner
+from covidedge.formats.checkpoint import CHECKPOINT_SUFFIXES
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 ONNX_SUFFIXES = (".onnx",)
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 #: Options each runner takes (beyond the path); anything else is refused by name.
 ORT_OPTIONS = ("providers", "intra_op_threads", "inter_op_threads", "graph_optimization_level",
@@ -86,7 +86,7 @@ def _ort_device_providers(opts: Dict[str, Any], source) -> Dict[str, Any]:
         if not opts.get("providers"):
             opts["providers"] = ["CUDAExecutionProvider"]
         return opts
-    raise BadInputError(f"device {device!r} does not apply to ONNX Runtime", path=source,
+    raise UsageError(f"device {device!r} does not apply to ONNX Runtime", path=source,
                         hint="use device 'cpu' or 'cuda'")
 
 
@@ -152,7 +152,7 @@ def _load_engine(p: Path, backend: str, options) -> Runner:
                 f"is a TensorRT engine; it runs on TensorRT only, not {backend}", path=p,
                 hint=f"load its ONNX graph with --backend {backend}" + (f": {onnx}" if onnx else ""))
         require_compatible(manifest, p)  # now compare with this machine
-        from covidedge.backends.tensorrt import TrtRunner
+        from covidedge.backends.tensorrt.runner import TrtRunner
 
         kw = _take(dict(options), TRT_OPTIONS, "the TensorRT backend", p)
         return TrtRunner(p, manifest=manifest, **kw)
@@ -208,7 +208,7 @@ def _load_onnx(p: Path, backend: str, options) -> Runner:
         if opts.get("providers"):
             raise BadInputError("providers cannot be combined with backend 'tensorrt'", path=p)
         if opts.get("device") not in (None, "auto") and not str(opts.get("device")).startswith("cuda"):
-            raise BadInputError(f"device {opts['device']!r} does not apply to TensorRT", path=p)
+            raise UsageError(f"device {opts['device']!r} does not apply to TensorRT", path=p)
         opts.pop("device", None)
         opts["providers"] = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     return _ort_runner(p, opts, p)

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from covidedge.errors import (EXIT_BAD_INPUT, EXIT_RUNTIME, BadInputError, CovidEdgeError,
-                              IncompatibleModelError, RuntimeFailure, require)
+                              IncompatibleModelError, RuntimeFailure, require, one_line)
 from covidedge.runtime.results import Failure, OutputNamer, Prediction, Result
 from covidedge.serve import models as names
 from covidedge.serve.config import SERVE_EXTRA
@@ -291,12 +291,8 @@ class ServerPipeline:
                           overlay=overlay)
             return pred
         except Exception as exc:
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            if not isinstance(exc, CovidEdgeError):
-                text = f"{type(exc).__name__}: {text}"
             code = exc.exit_code if isinstance(exc, CovidEdgeError) else EXIT_RUNTIME
-            return Failure(source=source, error=text if source in text else f"{source}: {text}",
-                           exit_code=code, stage=stage)
+            return Failure(source=source, error=one_line(exc, source), exit_code=code, stage=stage)
 
     def predict(self, image_or_path, *, out_dir=None, overlay: bool = True) -> Prediction:
         """One image file (path or encoded bytes) -> Prediction; raises for a bad image."""

@@ -47,14 +47,12 @@ def _pb_utils():
 def error_text(exc: BaseException) -> str:
     """One line for the client: the error without the server-side temporary path (the client
     puts its own file name in front), keeping covidedge's hint."""
-    from covidedge.errors import CovidEdgeError
+    from covidedge.errors import one_line
 
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(exc)
     path = getattr(exc, "path", None)
     if path and text.startswith(f"{path}: "):
         text = text[len(path) + 2:]
-    if not isinstance(exc, CovidEdgeError):
-        text = f"{type(exc).__name__}: {text}"
     return text
 
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from covidedge.errors import BadInputError, IncompatibleModelError
+from covidedge.errors import BadInputError, IncompatibleModelError, UsageError
+from covidedge.spec import MASK_THRESHOLD
 from covidedge.serve import config as cfg
 from covidedge.serve import models as names
 
@@ -166,7 +167,7 @@ def _network_file(src: NetworkSource, target: str) -> str:
 def plan_repository(out, classifier=None, segmenter=None, *, target: str = "cpu",
                     max_batch: int = DEFAULT_MAX_BATCH, dynamic_batching: bool = True,
                     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, instances: int = 1,
-                    threshold: float = 0.5, threads: Optional[int] = None,
+                    threshold: float = MASK_THRESHOLD, threads: Optional[int] = None,
                     backend: Optional[str] = None) -> Repository:
     """Every model's config (checked against Triton's schema) for a repository at ``out``;
     nothing is written. ``backend`` ("onnxruntime" / "openvino") picks the runtime of plain ONNX
@@ -176,7 +177,7 @@ def plan_repository(out, classifier=None, segmenter=None, *, target: str = "cpu"
     if target not in TARGETS:
         raise BadInputError(f"target {target!r} is unknown; expected one of {', '.join(TARGETS)}")
     if classifier is None and segmenter is None:
-        raise BadInputError("no model given", hint="pass --classifier MODEL and/or --segmenter MODEL")
+        raise UsageError("no model given", hint="pass --classifier MODEL and/or --segmenter MODEL")
     for name, v in (("max_batch", max_batch), ("instances", instances)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise BadInputError(f"{name}={v!r}, expected a positive integer")
@@ -184,11 +185,11 @@ def plan_repository(out, classifier=None, segmenter=None, *, target: str = "cpu"
         raise BadInputError(f"queue_delay_us={queue_delay_us!r}, expected microseconds >= 0")
     threshold = _check_threshold(threshold)
     if backend not in (None, "onnxruntime", "openvino"):
-        raise BadInputError(f"backend {backend!r} does not apply to a Triton repository",
+        raise UsageError(f"backend {backend!r} does not apply to a Triton repository",
                             hint="use onnxruntime or openvino (cpu target)")
     if backend == "openvino" and target == "gpu":
-        raise BadInputError("--backend openvino applies to --target cpu only",
-                            hint="the gpu target serves ONNX graphs with Triton's onnxruntime backend")
+        raise UsageError("--backend openvino applies to --target cpu only",
+                         hint="the gpu target serves ONNX graphs with Triton's onnxruntime backend")
 
     sources = {}
     for task, path in (("classifier", classifier), ("segmenter", segmenter)):

@@ -11,8 +11,7 @@ than a weighted sampler, so every epoch is one pass over every image (epochs sta
 and resumable, and no minority image is repeated inside an epoch) while each class contributes
 the same total weight to the loss (COVID-19 has twice the images of each other class).
 
-This module imports torch only when items are fetched, so ``select_samples`` is usable from
-the torch-free evaluation code.
+This module imports torch only when items are fetched.
 """
 
 from __future__ import annotations
@@ -22,10 +21,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from covidedge.data.covidqu import select_samples  # noqa: F401  (public here too, see __all__)
+from covidedge.data.covidqu import select_samples
 from covidedge.errors import DatasetError
 
-__all__ = ["select_samples", "load_splits", "class_weights", "CachedImages", "ClassificationDataset",
+__all__ = ["load_splits", "class_weights", "CachedImages", "ClassificationDataset",
            "SegmentationDataset"]
 
 

@@ -91,6 +91,8 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return (int(seed) * 1_000_003 + epoch * 101 + stream) % (2 ** 63 - 1)
+
+
 def _check_options(o: Dict[str, Any]) -> None:
     def positive(name, kind=int):
         v = o[name]
@@ -164,9 +166,11 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
          on_epoch_end: Optional[EpochCallback]) -> TrainResult:
     import torch
 
+    from covidedge.formats.checkpoint import read_checkpoint, save_checkpoint
+    from covidedge.models.registry import build_from_spec
+    from covidedge.plots import plot_learning_curves
     from covidedge.train.augment import BatchAugment
     from covidedge.train.datasets import load_splits
-    from covidedge.formats.checkpoint import read_checkpoint, save_checkpoint
 
     t_start = time.perf_counter()
     _check_options(o)
@@ -199,9 +203,6 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     train_samples, val_samples = load_splits(o["data_root"], o["limit_per_class"], o["seed"], o)
     train_ds, val_ds = task.datasets(train_samples, val_samples, progress)
     spec = task.spec()
-
-    from covidedge.models.registry import build_from_spec
-
     torch.manual_seed(o["seed"])
     model = build_from_spec(spec).to(device)
     if amp.channels_last:
@@ -317,8 +318,6 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     if not (out / "best.pt").is_file():
         raise RuntimeFailure("no epoch finished, so there is no best.pt", path=out)
     _write_history(out, task, plain_options, history, best_epoch)
-    from covidedge.plots import plot_learning_curves
-
     plot_learning_curves(history, out / "learning_curves.png", metric=task.curve_metric,
                          best_epoch=best_epoch, title=f"{task.name}: learning curves")
     metrics = _final_metrics(out, o, device, progress)
@@ -368,8 +367,8 @@ def _summary(r: Dict[str, Any], epochs: int, monitor: str) -> str:
 
 def _write_history(out: Path, task, options, history, best_epoch) -> None:
     write_json(out / "history.json", {"task": task.name, "monitor": task.monitor,
-                                       "best_epoch": best_epoch, "options": options,
-                                       "epochs": history})
+                                      "best_epoch": best_epoch, "options": options,
+                                      "epochs": history})
 
 
 def _final_metrics(out: Path, o: Dict[str, Any], device: str, progress: bool) -> Dict[str, Any]:

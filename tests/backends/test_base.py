@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from covidedge.errors import BadInputError, RuntimeFailure
-from covidedge.backends.base import Runner
+from covidedge.backends.base import Runner, infer_fitted, self_check
 from covidedge.spec import classifier_spec
 
 
@@ -13,6 +13,7 @@ class EchoRunner(Runner):
         self.activations = getattr(self, "activations", 0) + 1
 
     def _infer(self, x):
+        self.batches = getattr(self, "batches", []) + [x.shape[0]]
         return {"logits": x.mean(axis=(1, 2, 3))[:, None].repeat(3, 1), "probabilities": x[:, 0, 0, :3]}
 
 
@@ -67,3 +68,79 @@ def test_float64_is_converted():
     with make() as r:
         out = r.infer(np.full((1, 1, 4, 4), 0.5))
         assert out["logits"].dtype == np.float32
+
+
+# -- batch fitting -----------------------------------------------------------------------------
+def _numbered(n):
+    """n images, image i filled with the value i + 1 (so each output row says which image it is)."""
+    return np.arange(1, n + 1, dtype=np.float32)[:, None, None, None] * np.ones((n, 1, 4, 4), np.float32)
+
+
+@pytest.mark.parametrize("lo, hi, n, batches", [
+    (1, None, 7, [7]),        # any batch: one call, as it is
+    (1, 3, 7, [3, 3, 1]),     # split to the largest batch
+    (4, 4, 9, [4, 4, 4]),     # a fixed batch: the last piece (1 image) padded to 4
+    (2, 8, 1, [2]),           # below the smallest batch: padded
+    (2, 3, 5, [3, 2]),
+])
+def test_infer_fitted_splits_pads_and_drops_the_padding(lo, hi, n, batches):
+    with make(min_batch=lo, max_batch=hi) as r:
+        out = infer_fitted(r, _numbered(n))
+        assert r.batches == batches
+    assert out["logits"].shape == (n, 3) and out["probabilities"].shape == (n, 3)
+    np.testing.assert_array_equal(out["logits"][:, 0], np.arange(1, n + 1))  # every image once, in order
+
+
+def test_infer_fitted_pads_with_copies_of_the_last_image():
+    class Seen(EchoRunner):
+        def _infer(self, x):
+            self.seen = x.copy()
+            return super()._infer(x)
+
+    with Seen(classifier_spec(input_size=(4, 4)), "model.echo", min_batch=3, max_batch=3) as r:
+        out = infer_fitted(r, _numbered(4))
+    assert r.seen.shape == (3, 1, 4, 4) and (r.seen[:, 0, 0, 0] == [4, 4, 4]).all()  # image 4, twice more
+    np.testing.assert_array_equal(out["logits"][:, 0], [1, 2, 3, 4])
+
+
+def test_infer_fitted_leaves_input_errors_to_the_runner():
+    with make(max_batch=2) as r, pytest.raises(BadInputError, match="NaN or infinite"):
+        infer_fitted(r, np.full((3, 1, 4, 4), np.nan, np.float32))
+
+
+# -- the build's self-check --------------------------------------------------------------------
+def _graph(tmp_path):
+    from tests.graphs import tiny_precision_onnx
+
+    src = tmp_path / "src.onnx"
+    return src, tiny_precision_onnx(src, "fp32", "classifier", 16, None)
+
+
+def test_self_check_moves_a_matching_engine_into_place(tmp_path):
+    from covidedge.backends.onnxruntime import OrtRunner
+
+    src, spec = _graph(tmp_path)
+    tmp, out = tmp_path / "e.tmp.onnx", tmp_path / "e.onnx"
+    tmp.write_bytes(src.read_bytes())
+    check = self_check(OrtRunner(tmp, spec=spec), src, "fp32", {"fp32": 1e-6}, batch=2, out=out,
+                       engine_name="copied")
+    assert out.is_file() and not tmp.exists()
+    assert check["batch"] == 2 and check["max_abs_diff"] == {"logits": 0.0, "probabilities": 0.0}
+
+
+def test_self_check_deletes_an_engine_past_the_limit(tmp_path):
+    from covidedge.backends.onnxruntime import OrtRunner
+
+    class Shifted(OrtRunner):
+        def _infer(self, x):
+            out = super()._infer(x)
+            return {**out, "probabilities": out["probabilities"] + 0.25}
+
+    src, spec = _graph(tmp_path)
+    tmp, out = tmp_path / "e.tmp.onnx", tmp_path / "e.onnx"
+    tmp.write_bytes(src.read_bytes())
+    with pytest.raises(RuntimeFailure) as err:
+        self_check(Shifted(tmp, spec=spec), src, "fp16", {"fp16": 1e-2}, batch=1, out=out, engine_name="shifted")
+    assert str(err.value) == (f"{out}: the shifted engine's probabilities differ from ONNX Runtime's on its "
+                              "source graph by 0.25 (limit 0.01 for fp16)")
+    assert not tmp.exists() and not out.exists()

@@ -24,6 +24,9 @@ def test_openvino_matches_onnxruntime_on_the_same_graph(tmp_path):
     np.testing.assert_allclose(out["probabilities"], expected["probabilities"], atol=1e-6)
     np.testing.assert_allclose(out1["logits"], out["logits"][:1], atol=1e-6)
     assert desc["device"] == "cpu" and desc["threads"] == {"inference": 1}
+    import importlib.metadata
+
+    assert desc["version"] == importlib.metadata.version("openvino")  # the release, not the build string
 
 
 def test_openvino_options_are_checked(tmp_path):

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from covidedge.backends import tensorrt as T
+from covidedge.backends.tensorrt import runner as T
 
 
 class _Device:

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from covidedge.bench.report import (
-    ISA_FLAGS, TABLE_COLUMNS, BenchReport, BenchRow, cpu_isa, file_size_mb, machine_summary,
+    TABLE_COLUMNS, BenchReport, BenchRow, file_size_mb, machine_summary,
 )
 from covidedge.bench.timing import EndToEndStats, LatencyStats, summarize
+from covidedge.machine import ISA_FLAGS, cpu_isa
 
 MACHINE = {"cpu": "Test CPU 3000", "cpu_cores": 4, "memory_mib": 8192, "onnxruntime": "1.32.0",
            "tensorrt": None, "torch": "2.13.0", "gpu": None, "os": "Linux", "python": "3.11.7"}
@@ -132,7 +133,7 @@ def test_machine_summary_shows_gpu_and_jetson_facts():
     assert "L4T release: 36.4.0" in lines and "versions: tensorrt 10.3.0" in lines
     assert "GPU clocks: 1300 / 1300 MHz (now / max)" in lines
     assert lines[-1] == "something_new: kept"
-    assert machine_summary({}) == ["unknown (covidedge.machine is not available)"]
+    assert machine_summary({}) == ["unknown (the machine was not probed)"]
 
 
 def test_cpu_isa_and_file_size(tmp_path):

@@ -61,10 +61,19 @@ def test_text_output_and_report_files(tiny_onnx, tmp_path):
     assert "report written:" in res.stderr
 
 
-def test_iterations_and_duration_are_exclusive(tiny_onnx):
-    res = CliRunner().invoke(command, [str(tiny_onnx), "--iterations", "3", "--duration", "1"])
-    assert res.exit_code == 2
-    assert "--iterations and --duration are exclusive" in res.output
+@pytest.mark.parametrize("argv, message", [
+    (["--iterations", "3", "--duration", "1"], "--iterations and --duration are exclusive"),
+    (["--limit-per-class", "5"], "--limit-per-class picks images of --data"),
+    (["--split", "Test"], "--split Test picks images of --data"),
+])
+def test_options_that_cannot_be_honoured_are_usage_errors(tiny_onnx, capsys, argv, message):
+    from covidedge.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", str(tiny_onnx), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
 
 
 def test_duration_runs_at_least_ten_times(tiny_onnx):

@@ -10,16 +10,21 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from covidedge.backends.onnxruntime import SELF_CHECK_ATOL as ORT_SELF_CHECK_ATOL
+from covidedge.backends.tensorrt import plan as P
+from covidedge.backends.tensorrt.logger import format_trt_errors
 from covidedge.engine import build as B
+from covidedge.engine.paths import default_engine_path, refuse_foreign_file
 from covidedge.formats.manifest import EngineManifest, load_manifest, manifest_path_for
 from covidedge.fileio import sha256_file
 from covidedge.formats.onnxfile import graph_opset, graph_precision
 from covidedge.errors import (EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, BadInputError, IncompatibleModelError,
                               MissingDependencyError)
+from covidedge.machine import module_present
 from tests.graphs import empty_model, run_onnx
 
-HAS_TRT = B.module_present("tensorrt")
-HAS_PYCUDA = B.module_present("pycuda")
+HAS_TRT = module_present("tensorrt")
+HAS_PYCUDA = module_present("pycuda")
 no_trt = pytest.mark.skipif(HAS_TRT, reason="this machine has TensorRT; the fallback path is not taken")
 
 
@@ -117,7 +122,7 @@ PROFILE = ((1, 1, 16, 16), (2, 1, 16, 16), (8, 1, 16, 16))
     ("11.1.0", "int8", [], [], False),
 ])
 def test_tensorrt_plan_per_version(version, precision, network, flags, islands):
-    plan = B.plan_tensorrt_build(version, precision, "image", PROFILE)
+    plan = P.plan_tensorrt_build(version, precision, "image", PROFILE)
     assert plan.network_flags == network
     assert plan.builder_flags == flags
     assert plan.fp32_islands is islands  # TensorRT 8.x fp16 only: strong typing keeps them elsewhere
@@ -127,15 +132,15 @@ def test_tensorrt_plan_per_version(version, precision, network, flags, islands):
 
 
 def test_tf32_stays_on_only_when_asked_for():
-    assert B.plan_tensorrt_build("10.3.0", "fp32", "image", PROFILE, allow_tf32=True).cleared_flags == []
-    assert B.plan_tensorrt_build("8.6.1", "fp32", "image", PROFILE).cleared_flags == ["TF32"]
+    assert P.plan_tensorrt_build("10.3.0", "fp32", "image", PROFILE, allow_tf32=True).cleared_flags == []
+    assert P.plan_tensorrt_build("8.6.1", "fp32", "image", PROFILE).cleared_flags == ["TF32"]
 
 
 FIXED = ((4, 1, 16, 16),) * 3
 
 
 def test_tensorrt_plan_options():
-    plan = B.plan_tensorrt_build("10.3.0", "fp16", "image", FIXED, workspace_mib=256,
+    plan = P.plan_tensorrt_build("10.3.0", "fp16", "image", FIXED, workspace_mib=256,
                                  timing_cache=Path("orin.cache"), dla_core=1, version_compatible=True)
     assert plan.workspace_bytes == 256 * 1024 * 1024
     assert plan.timing_cache == "orin.cache"
@@ -143,24 +148,24 @@ def test_tensorrt_plan_options():
     assert plan.builder_flags == ["GPU_FALLBACK", "VERSION_COMPATIBLE"]
     assert plan.notes == ["DLA core 1 with GPU fallback: layers DLA cannot run go to the GPU; "
                           "TensorRT's build log names them"]
-    assert B.plan_tensorrt_build("10.3.0", "int8", "image", PROFILE).notes == []
+    assert P.plan_tensorrt_build("10.3.0", "int8", "image", PROFILE).notes == []
     with pytest.raises(BadInputError, match="DLA runs fp16 and int8 only"):
-        B.plan_tensorrt_build("10.3.0", "fp32", "image", FIXED, dla_core=0)
+        P.plan_tensorrt_build("10.3.0", "fp32", "image", FIXED, dla_core=0)
     with pytest.raises(BadInputError, match="--version-compatible needs TensorRT 8.6 or later; this is 8.5.2"):
-        B.plan_tensorrt_build("8.5.2", "fp16", "image", PROFILE, version_compatible=True)
+        P.plan_tensorrt_build("8.5.2", "fp16", "image", PROFILE, version_compatible=True)
     with pytest.raises(BadInputError, match="--workspace 0"):
-        B.plan_tensorrt_build("10.3.0", "fp16", "image", PROFILE, workspace_mib=0)
+        P.plan_tensorrt_build("10.3.0", "fp16", "image", PROFILE, workspace_mib=0)
     with pytest.raises(MissingDependencyError, match="TensorRT 8.2.1 is too old"):
-        B.plan_tensorrt_build("8.2.1", "fp16", "image", PROFILE)
+        P.plan_tensorrt_build("8.2.1", "fp16", "image", PROFILE)
     with pytest.raises(BadInputError, match="--dla-core -1 must be a core number"):
-        B.plan_tensorrt_build("10.3.0", "fp16", "image", FIXED, dla_core=-1)
+        P.plan_tensorrt_build("10.3.0", "fp16", "image", FIXED, dla_core=-1)
 
 
 @pytest.mark.parametrize("profile", [PROFILE, ((1, 1, 16, 16), (4, 1, 16, 16), (4, 1, 16, 16)),
                                      ((4, 1, 16, 16), (4, 1, 16, 16), (8, 1, 16, 16))])
 def test_dla_refuses_a_dynamic_batch_instead_of_building_a_gpu_engine(profile):
     with pytest.raises(BadInputError) as err:
-        B.plan_tensorrt_build("8.5.2.2", "int8", "image", profile, dla_core=0)
+        P.plan_tensorrt_build("8.5.2.2", "int8", "image", profile, dla_core=0)
     lo, opt, hi = (s[0] for s in profile)
     assert f"DLA takes no dynamic shapes, but batch {lo}..{hi} (opt {opt}) was asked for" in str(err.value)
     assert f"--min-batch {hi} --opt-batch {hi} --max-batch {hi}" in err.value.hint
@@ -169,17 +174,17 @@ def test_dla_refuses_a_dynamic_batch_instead_of_building_a_gpu_engine(profile):
 def test_dla_with_a_fixed_batch_on_every_jetpack_release():
     for version in ("8.5.2.2", "10.3.0.30", "11.1.0"):
         for precision in ("fp16", "int8"):
-            plan = B.plan_tensorrt_build(version, precision, "image", FIXED, dla_core=0)
+            plan = P.plan_tensorrt_build(version, precision, "image", FIXED, dla_core=0)
             assert plan.dla_core == 0 and "GPU_FALLBACK" in plan.builder_flags
 
 
 def test_tensorrt8_refuses_opsets_its_parser_does_not_document():
-    B.check_tensorrt_opset("8.6.1", 17)
-    B.check_tensorrt_opset("10.3.0", 20)
-    B.check_tensorrt_opset("11.1.0", 20)
-    B.check_tensorrt_opset("8.5.2", None)  # no declared opset: the parser's own error applies
+    P.check_tensorrt_opset("8.6.1", 17)
+    P.check_tensorrt_opset("10.3.0", 20)
+    P.check_tensorrt_opset("11.1.0", 20)
+    P.check_tensorrt_opset("8.5.2", None)  # no declared opset: the parser's own error applies
     with pytest.raises(IncompatibleModelError) as err:
-        B.check_tensorrt_opset("8.5.2.2", 18, source="m.onnx")
+        P.check_tensorrt_opset("8.5.2.2", 18, source="m.onnx")
     assert "ONNX opset 18; the TensorRT 8.5.2.2 ONNX parser documents opsets up to 17" in str(err.value)
     assert err.value.exit_code == 4 and "--opset 17" in err.value.hint
     # what export writes by default (the CLI's and export_model's opset) builds on TensorRT 8.x
@@ -189,7 +194,7 @@ def test_tensorrt8_refuses_opsets_its_parser_does_not_document():
     from covidedge.export.onnx import DEFAULT_OPSET
 
     assert inspect.signature(export_model).parameters["opset"].default == DEFAULT_OPSET
-    B.check_tensorrt_opset("8.5.2.2", DEFAULT_OPSET)
+    P.check_tensorrt_opset("8.5.2.2", DEFAULT_OPSET)
 
 
 def test_graph_opset_reads_the_default_domain():
@@ -201,29 +206,29 @@ def test_fp32_islands_are_the_layers_the_parser_typed_float():
     layers = [("cast_in", ["HALF"]), ("conv", ["DataType.HALF"]), ("shape", ["INT32"]),
               ("cast_out", ["FLOAT"]), ("gap", ["FLOAT"]), ("softmax", ["DataType.FLOAT"]),
               ("topk", ["FLOAT", "INT32"]), ("empty", [])]
-    assert B.fp32_island_layers(layers) == [3, 4, 5]
+    assert P.fp32_island_layers(layers) == [3, 4, 5]
 
 
 def test_tensorrt_errors_become_one_line():
     records = [("warning", "weights truncated"), ("error", "  Conv_3: kernel\nweights missing "),
                ("info", "ignored")]
-    text = B.format_trt_errors("parse", ["In node 3 (Conv): INVALID_NODE"], records, source="m.onnx")
+    text = format_trt_errors("parse", ["In node 3 (Conv): INVALID_NODE"], records, source="m.onnx")
     assert text == ("TensorRT could not parse m.onnx: In node 3 (Conv): INVALID_NODE | "
                     "Conv_3: kernel weights missing")
-    many = B.format_trt_errors("build an engine from", [], [("error", f"e{i}") for i in range(5)])
+    many = format_trt_errors("build an engine from", [], [("error", f"e{i}") for i in range(5)])
     assert many.endswith("e0 | e1 | e2 (+2 more)")
-    only_warn = B.format_trt_errors("deserialize", [], [("warning", "old plan version")])
+    only_warn = format_trt_errors("deserialize", [], [("warning", "old plan version")])
     assert only_warn.endswith(": old plan version")
-    assert B.format_trt_errors("run", [], []).endswith("TensorRT logged no error")
+    assert format_trt_errors("run", [], []).endswith("TensorRT logged no error")
 
 
 def test_default_engine_paths():
-    assert B.default_engine_path("runs/cls/best.pt", "fp16", "tensorrt", tensorrt_version="10.3.0.30",
+    assert default_engine_path("runs/cls/best.pt", "fp16", "tensorrt", tensorrt_version="10.3.0.30",
                                  compute_capability="8.7") == Path("build/cls-best.fp16.trt10.3.sm87.engine")
     # two runs' best.pt get two engines, not one that the second build overwrites
-    assert B.default_engine_path("runs/seg/best.pt", "fp32", "onnxruntime") == Path("build/seg-best.fp32.ort.onnx")
-    assert B.default_engine_path("exports/cls.int8.onnx", "int8", "onnxruntime") == Path("build/cls.int8.ort.onnx")
-    assert B.default_engine_path("cls-fp16.onnx", "fp16", "tensorrt") == Path("build/cls.fp16.trt.engine")
+    assert default_engine_path("runs/seg/best.pt", "fp32", "onnxruntime") == Path("build/seg-best.fp32.ort.onnx")
+    assert default_engine_path("exports/cls.int8.onnx", "int8", "onnxruntime") == Path("build/cls.int8.ort.onnx")
+    assert default_engine_path("cls-fp16.onnx", "fp16", "tensorrt") == Path("build/cls.fp16.trt.engine")
 
 
 # -- the ONNX Runtime build, end to end ----------------------------------------------------------
@@ -249,7 +254,7 @@ def test_onnxruntime_build_matches_its_source_graph(tiny_onnx, tmp_path, precisi
     assert m.backend_version == onnxruntime.__version__
     assert datetime.fromisoformat(m.built_at).utcoffset().total_seconds() == 0
     assert m.build_seconds > 0 and m.device["cpu"] and m.build_options["ort_offline_level"] == "extended"
-    assert m.build_options["verification"]["max_abs_diff"]["probabilities"] <= B.ORT_SELF_CHECK_ATOL[precision]
+    assert m.build_options["verification"]["max_abs_diff"]["probabilities"] <= ORT_SELF_CHECK_ATOL[precision]
 
     x = np.random.default_rng(1).random((3, 1, 16, 16), dtype=np.float32)
     ref, got = run_onnx(src, x), run_onnx(out, x)
@@ -263,12 +268,21 @@ def test_onnxruntime_build_matches_its_source_graph(tiny_onnx, tmp_path, precisi
 def test_auto_falls_back_with_one_line_on_stderr(tiny_onnx, tmp_path, capsys, monkeypatch):
     src, _ = tiny_onnx("fp16")
     monkeypatch.chdir(tmp_path)
-    res = B.build_engine(src, progress=False)
+    res = B.build_engine(src)
     assert res.engine_path == Path("build/tiny-classifier.fp16.ort.onnx") and res.engine_path.is_file()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("note: TensorRT is not installed here; built an ONNX Runtime")
     assert str(res.engine_path) in err[0]
+
+
+@no_trt
+def test_progress_false_prints_nothing(tiny_onnx, tmp_path, capsys):
+    src, _ = tiny_onnx("fp16")
+    res = B.build_engine(src, tmp_path / "quiet.ort.onnx", progress=False)  # auto: falls back
+    assert res.backend == "onnxruntime" and res.engine_path.is_file()
+    assert capsys.readouterr() == ("", "")
+    assert res.note.startswith("ONNX Runtime ") and " fp16 model (CPU), batch 1..8, built in " in res.note
 
 
 @no_trt
@@ -354,8 +368,10 @@ def test_cli_help_teaches():
     assert "Examples:" in res.output and "--calib-method [minmax|entropy|percentile]" in res.output
 
 
-def test_build_from_a_checkpoint(tmp_path):
+def test_build_from_a_checkpoint(tmp_path, monkeypatch):
     pytest.importorskip("torch", reason="exporting a checkpoint needs torch (the train extra)")
+    import covidedge.export.onnx as export_onnx
+    import covidedge.models.loading as loading
     from covidedge.models.registry import create_model
     from covidedge.spec import classifier_spec
     from covidedge.formats.checkpoint import save_checkpoint
@@ -364,8 +380,20 @@ def test_build_from_a_checkpoint(tmp_path):
     model = create_model("xception", num_classes=3, in_chans=1, width_mult=0.125).eval()
     ckpt = tmp_path / "cls.pt"
     save_checkpoint(ckpt, model, spec)
+    calls = {"load_checkpoint": 0, "torch_outputs": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(loading, "load_checkpoint", counted("load_checkpoint", loading.load_checkpoint))
+    monkeypatch.setattr(export_onnx, "torch_outputs", counted("torch_outputs", export_onnx.torch_outputs))
     res = B.build_engine(ckpt, tmp_path / "b" / "cls.engine", precision="fp16", backend="onnxruntime",
                          max_batch=2, progress=False)
+    # the checkpoint is read once, and its parity reference (the torch model's outputs) computed once
+    assert calls == {"load_checkpoint": 1, "torch_outputs": 1}
     m = res.manifest
     assert m.precision == "fp16" and m.build_options["from_checkpoint"]
     onnx_path = Path(m.build_options["onnx"])
@@ -402,7 +430,7 @@ def test_cli_builds_int8_from_a_checkpoint_with_calibration(tmp_path, monkeypatc
     assert not (tmp_path / "calibration").exists()  # the calibration manifest sits beside the engine
     assert json.loads((tmp_path / "b" / "cls.int8.engine.calibration.json").read_text())["count"] == 3
     # an ONNX Runtime CPU engine gets the measured-faster unsigned activations by default
-    from covidedge.export.precision import inspect_qdq
+    from covidedge.export.int8 import inspect_qdq
 
     assert m.build_options["int8_activations"] == "uint8"
     assert inspect_qdq(m.build_options["onnx"])["dtypes"].get("uint8", 0) > 0
@@ -450,5 +478,41 @@ def test_two_checkpoints_named_best_get_their_own_engines_and_graphs(tmp_path, m
     victim = Path(a.manifest.build_options["onnx"])
     before = victim.read_bytes()
     with pytest.raises(BadInputError, match="which the engine .* was built from"):
-        B.refuse_foreign_file(victim, tmp_path / "build" / "other.engine")
+        refuse_foreign_file(victim, tmp_path / "build" / "other.engine")
     assert victim.read_bytes() == before
+
+
+def test_tensorrt_orchestration_with_a_stand_in_builder(tiny_onnx, tmp_path, monkeypatch, capsys):
+    """The TensorRT branch of build_engine on any machine: the plan for the version found, the
+    builder's bytes written, the self-check's numbers in the manifest, notes said only with
+    progress. TensorRT's own calls are checked by test_tensorrt_api_surface.py and run by
+    test_tensorrt.py; here they are replaced."""
+    import covidedge.backends.tensorrt.build as trt_build
+
+    seen = {}
+
+    def build_serialized(onnx_path, plan):
+        seen["plan"] = plan
+        return b"plan bytes", [{"name": "image", "shape": [-1, 1, 16, 16], "dtype": "float32"}], [], ["built"]
+
+    def self_check_plan(engine, manifest, onnx_path, opt_batch):
+        seen["checked"] = (engine.read_bytes(), manifest.backend, opt_batch)
+        return {"batch": opt_batch, "max_abs_diff": {"probabilities": 0.0}}
+
+    monkeypatch.setattr(B, "module_present", lambda name: True)
+    monkeypatch.setattr(B, "package_version", lambda name: "10.3.0.30" if name == "tensorrt" else None)
+    monkeypatch.setattr(trt_build, "build_serialized", build_serialized)
+    monkeypatch.setattr(trt_build, "self_check_plan", self_check_plan)
+    src, _ = tiny_onnx("fp16")
+    quiet = B.build_engine(src, tmp_path / "a.engine", min_batch=1, opt_batch=2, max_batch=4, progress=False)
+    assert capsys.readouterr() == ("", "")
+    assert quiet.backend == "tensorrt" and quiet.manifest.backend_version == "10.3.0.30"
+    assert seen["plan"].network_flags == ["STRONGLY_TYPED"] and seen["plan"].profile[2] == (4, 1, 16, 16)
+    assert seen["checked"] == (b"plan bytes", "tensorrt", 2)
+    m = EngineManifest.read(quiet.manifest_path)
+    assert m.build_options["verification"]["batch"] == 2 and m.build_options["notes"] == ["built"]
+    assert m.engine_sha256 == sha256_file(tmp_path / "a.engine") and m.build_options["allow_tf32"] is False
+    assert quiet.note.startswith("TensorRT 10.3.0.30 fp16 engine for ")
+    B.build_engine(src, tmp_path / "b.engine", progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("building a TensorRT 10.3.0.30 fp16 engine for ") and err[-1] == "note: built"

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+from covidedge.backends.openvino import SELF_CHECK_ATOL as OPENVINO_SELF_CHECK_ATOL
 from covidedge.engine import build as B
+from covidedge.engine.paths import default_engine_path
 from covidedge.formats.manifest import EngineManifest, check_compatible, manifest_path_for
 from covidedge.errors import BadInputError, IncompatibleModelError
 from covidedge.runtime import load
@@ -20,12 +22,13 @@ def test_openvino_engine_builds_loads_and_matches_onnxruntime(tiny_onnx, tmp_pat
                          progress=False)
     m = EngineManifest.read(manifest_path_for(res.engine_path))
     assert res.backend == m.backend == "openvino" and m.precision == precision
-    assert m.build_options["verification"]["max_abs_diff"]["probabilities"] <= B.OPENVINO_SELF_CHECK_ATOL[precision]
+    assert res.note.startswith(f"OpenVINO {m.backend_version} {precision} model (CPU), batch 1..4, built in ")
+    assert m.build_options["verification"]["max_abs_diff"]["probabilities"] <= OPENVINO_SELF_CHECK_ATOL[precision]
     x = np.random.default_rng(2).random((3, 1, *spec.input_size), dtype=np.float32)
     with load(res.engine_path) as r, OrtRunner(src) as ref:
         assert r.backend == "openvino" and (r.min_batch, r.max_batch) == (1, 4)
         np.testing.assert_allclose(r.infer(x)["probabilities"], ref.infer(x)["probabilities"],
-                                   atol=B.OPENVINO_SELF_CHECK_ATOL[precision])
+                                   atol=OPENVINO_SELF_CHECK_ATOL[precision])
         with pytest.raises(BadInputError, match="accepts batch 1..4"):
             r.infer(np.zeros((5, 1, *spec.input_size), np.float32))
 
@@ -50,4 +53,4 @@ def test_openvino_manifest_compatibility():
 
 def test_openvino_int8_from_a_graph_keeps_signed_activations():
     assert B.resolve_int8_activations("auto", "openvino") == "int8"
-    assert B.default_engine_path("runs/cls/best.pt", "int8", "openvino").name == "cls-best.int8.ov.onnx"
+    assert default_engine_path("runs/cls/best.pt", "int8", "openvino").name == "cls-best.int8.ov.onnx"

@@ -144,8 +144,8 @@ def test_tensorrt_engine_for_another_machine_is_refused_before_tensorrt_runs(ort
 
 
 def test_importing_the_runtime_imports_no_heavy_backend():
-    code = ("import sys, json; import covidedge.runtime, covidedge.runtime.select, covidedge.backends.tensorrt, "
-            "covidedge.engine.build, covidedge.formats.manifest, covidedge.cli.build_engine; "
+    code = ("import sys, json; import covidedge.runtime, covidedge.runtime.select, covidedge.backends.tensorrt.runner, "
+            "covidedge.backends.tensorrt.build, covidedge.engine.build, covidedge.formats.manifest, covidedge.cli.build_engine; "
             "print(json.dumps([m for m in ('torch', 'tensorrt', 'pycuda') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout) == []

@@ -152,7 +152,8 @@ def test_exported_graph_builds_runs_and_reuses_its_timing_cache(exported, kind, 
     """The fp16 converter's and the TensorRT-placement int8 quantizer's output of a small
     exported segmenter: built with a timing cache, built again from it, run, two runners at
     once, deactivated and activated again."""
-    from covidedge.engine.build import TENSORRT_SELF_CHECK_ATOL, build_engine
+    from covidedge.backends.tensorrt.build import SELF_CHECK_ATOL as TENSORRT_SELF_CHECK_ATOL
+    from covidedge.engine.build import build_engine
     from covidedge.runtime import load
     from tests.graphs import run_onnx
 

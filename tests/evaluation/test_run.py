@@ -18,7 +18,7 @@ from covidedge.errors import BadInputError, DatasetError
 from covidedge.evaluation import STUDY_CLASSIFIER_TEST, evaluate
 from covidedge.backends.base import Runner
 from covidedge.spec import classifier_spec, segmenter_spec
-from covidedge.train.datasets import select_samples
+from covidedge.data.covidqu import select_samples
 
 SIZE = 64
 

@@ -20,7 +20,9 @@ from covidedge.export import export_model  # noqa: E402
 from covidedge.export.calibration import CalibrationSet, make_calibration_set  # noqa: E402
 from covidedge.export.onnx import export_onnx, synthetic_images  # noqa: E402
 from covidedge.formats.onnxfile import read_onnx_metadata
-from covidedge.export.precision import convert_fp16, entropy_threshold, inspect_qdq, quantize_int8
+from covidedge.export.fp16 import convert_fp16
+from covidedge.export.calibrators import entropy_threshold
+from covidedge.export.int8 import inspect_qdq, quantize_int8
 from covidedge.formats.onnxfile import graph_precision
 from covidedge.models.registry import create_model  # noqa: E402
 from covidedge.spec import classifier_spec, segmenter_spec  # noqa: E402
@@ -199,7 +201,8 @@ def test_methods_give_different_scales(models, tail_calib, tmp_path):
     src = models["segmenter"][1]
     scales = {}
     for m in ("minmax", "entropy", "percentile"):
-        path = quantize_int8(src, tmp_path / f"{m}.onnx", tail_calib, method=m, histogram_bins=BINS)
+        bins = {} if m == "minmax" else {"histogram_bins": BINS}  # minmax takes no histogram
+        path = quantize_int8(src, tmp_path / f"{m}.onnx", tail_calib, method=m, **bins)
         scales[m] = inspect_qdq(path)["activation_scales"]
         meta = read_onnx_metadata(path)
         assert meta["covidedge.calibration_method"] == m
@@ -256,6 +259,19 @@ def test_int8_options_are_checked(models, calib, tmp_path):
         quantize_int8(src, tmp_path / "x.onnx", calib, activation_type="int4")
     with pytest.raises(BadInputError, match="calibration manifest not found"):
         quantize_int8(src, tmp_path / "x.onnx", tmp_path / "none.json")
+
+
+def test_int8_refuses_options_the_calibration_cannot_honour(models, calib, tmp_path):
+    src = models["segmenter"][1]
+    with pytest.raises(BadInputError, match="percentile applies with method='percentile'"):
+        quantize_int8(src, tmp_path / "x.onnx", calib, method="minmax", percentile=99.9)
+    with pytest.raises(BadInputError, match="histogram_bins applies with method='entropy' or"):
+        quantize_int8(src, tmp_path / "x.onnx", calib, method="minmax", histogram_bins=512)
+    # a calibration cache brings its own method and options
+    with pytest.raises(BadInputError, match="method, percentile come from the calibration cache"):
+        quantize_int8(src, tmp_path / "x.onnx", None, ranges=tmp_path / "c.json",
+                      method="percentile", percentile=99.9)
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_calibration_must_match_the_input_size(models, calib, tmp_path):

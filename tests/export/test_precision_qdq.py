@@ -12,7 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 from covidedge.errors import BadInputError  # noqa: E402
 from covidedge.export.onnx import synthetic_images  # noqa: E402
 from covidedge.formats.onnxfile import read_onnx_metadata
-from covidedge.export.precision import TRT_QUANTIZED_OPS, quantize_int8  # noqa: E402
+from covidedge.export.int8 import TRT_QUANTIZED_OPS, quantize_int8
 from tests.graphs import EXPORTED_SIZE, exported_graphs  # noqa: E402
 
 

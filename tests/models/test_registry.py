@@ -120,3 +120,72 @@ def test_inference_wrapper_segmenter(batch):
 def test_inference_wrapper_rejects_unknown_task():
     with pytest.raises(IncompatibleModelError, match=r"unknown task 'detector'"):
         InferenceWrapper(create_model("resunet", **TINY["resunet"]), "detector")
+
+
+# -- variants ----------------------------------------------------------------------------------
+def test_variants_are_data_the_models_accept():
+    from covidedge.models.registry import VARIANTS, get_entry
+
+    assert VARIANTS, "no variants"
+    for name, v in VARIANTS.items():
+        entry = get_entry(v.model)
+        assert v.name == name and v.task == entry.task
+        assert set(v.model_kwargs) <= set(entry.options()), name
+        assert v.input_size >= 32, name
+        if v.model == "resunet":
+            assert v.input_size % 2 ** v.model_kwargs["depth"] == 0, name
+        assert v.to_dict()["input_size"] == v.input_size
+
+
+def test_named_sizes():
+    from covidedge.models.registry import DEFAULT_VARIANTS, get_variant
+
+    full = get_variant("xception256", "classifier")
+    assert (full.model, full.input_size, dict(full.model_kwargs)) == ("xception", 256, {"width_mult": 1.0})
+    small = get_variant("xception128-small")
+    assert (small.input_size, dict(small.model_kwargs)) == (128, {"width_mult": 0.25})
+    seg = get_variant("resunet256-b16", "segmenter")
+    assert (seg.input_size, dict(seg.model_kwargs)) == (256, {"base_width": 16, "depth": 4})
+    assert dict(get_variant("resunet256").model_kwargs) == {"base_width": 32, "depth": 4}
+    assert dict(DEFAULT_VARIANTS) == {"classifier": "xception256", "segmenter": "resunet256"}
+    with pytest.raises(TypeError):  # the table is read-only
+        full.model_kwargs["width_mult"] = 0.5
+
+
+def test_list_and_unknown_variants():
+    from covidedge.errors import EXIT_BAD_INPUT, BadInputError
+    from covidedge.models.registry import get_variant, list_variants
+
+    cls, seg = list_variants("classifier"), list_variants("segmenter")
+    assert cls[0] == "xception256" and seg[0] == "resunet256"
+    assert sorted(list_variants()) == sorted(cls + seg) and not set(cls) & set(seg)
+    with pytest.raises(BadInputError, match=r"unknown model variant 'vit-b'; known: xception256, ") as info:
+        get_variant("vit-b")
+    assert info.value.exit_code == EXIT_BAD_INPUT
+    with pytest.raises(BadInputError, match=r"unknown segmenter variant 'xception256' \('xception256' is a "
+                                            r"classifier variant\); known: resunet256"):
+        get_variant("xception256", "segmenter")
+
+
+def test_shipped_models_are_named_variants():
+    from covidedge.models.registry import VARIANTS
+    from covidedge.pretrained import shipped_models
+
+    found = []
+    for m in shipped_models():
+        s = m.summary
+        kwargs = {k: v for k, v in s["model_kwargs"].items() if k != "drop_rate"}  # training-only
+        match = [n for n, v in VARIANTS.items() if v.model == s["architecture"]
+                 and [v.input_size] * 2 == list(s["input_size"]) and dict(v.model_kwargs) == kwargs]
+        assert match, f"{m.name} ({s['input_size']}, {kwargs}) is no named variant"
+        found += match
+    assert sorted(found) == ["resunet256-b16", "xception256"]
+
+
+def test_registry_reads_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from covidedge.models.registry import list_variants, get_entry; "
+            "list_variants(); get_entry('xception').task; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -98,7 +98,7 @@ def test_compact_graph_stores_large_weights_as_fp16_and_restores_them(checkpoint
 def test_calibration_cache_gives_the_same_int8_graph_as_the_images(checkpoints, data_root, tmp_path):
     from covidedge.export.calibration import make_calibration_set
     from covidedge.export.calibration_cache import write_calibration_cache
-    from covidedge.export.precision import quantize_int8
+    from covidedge.export.int8 import quantize_int8
 
     fp32 = tmp_path / "m.onnx"
     export_onnx(checkpoints[1], fp32)

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from covidedge.data.covidqu import CovidQuDataset  # noqa: E402
+from covidedge.data.covidqu import CovidQuDataset, select_samples  # noqa: E402
 from covidedge.data.preprocess import preprocess  # noqa: E402
 from covidedge.data.synth import make_synthetic_dataset  # noqa: E402
 from covidedge.errors import BadInputError  # noqa: E402
@@ -18,7 +18,7 @@ from covidedge.evaluation import evaluate  # noqa: E402
 from covidedge.formats.checkpoint import read_checkpoint  # noqa: E402
 from covidedge.models.loading import load_checkpoint
 from covidedge.train.datasets import (  # noqa: E402
-    ClassificationDataset, SegmentationDataset, class_weights, select_samples)
+    ClassificationDataset, SegmentationDataset, class_weights)
 from covidedge.train.loop import train_classifier, train_segmenter  # noqa: E402
 
 CLS = dict(epochs=2, batch_size=4, image_size=64, width_mult=0.125, progress=False)
@@ -96,6 +96,7 @@ def test_classifier_run_writes_every_file(cls_run):
     assert spec.model_kwargs == {"width_mult": 0.125, "drop_rate": 0.2}
     assert spec.preprocessing == "gray-unit-bilinear-v1"
     assert meta["epoch"] == cls_run.best_epoch and meta["train_options"]["lr"] == 1e-3
+    assert meta["train_options"]["variant"] is None  # explicit sizes, no variant named
     assert meta["class_weights"] == [1.0, 1.0, 1.0] and "resume" not in meta
     assert model(torch.rand(1, 1, 64, 64)).shape == (1, 3)
 
@@ -180,7 +181,25 @@ def test_bad_options_fail_before_any_work(data_root, tmp_path):
     for i, (key, value) in enumerate((("lr", float("nan")), ("lr", float("inf")), ("weight_decay", float("nan")))):
         with pytest.raises(BadInputError, match=f"{key.replace('_', '-')}=(nan|inf) is invalid"):
             train_classifier(data_root, tmp_path / f"e{i}", **{**CLS, key: value})
-    assert not any((tmp_path / n).exists() for n in ["a", "b", "c", "d", "e0", "e1", "e2"])
+    with pytest.raises(BadInputError, match=r"unknown classifier variant 'xception999'; known: xception256"):
+        train_classifier(data_root, tmp_path / "f", variant="xception999", **CLS)
+    with pytest.raises(BadInputError, match=r"'resunet256' is a segmenter variant"):
+        train_classifier(data_root, tmp_path / "g", variant="resunet256", **CLS)
+    with pytest.raises(BadInputError, match="not divisible by 2\\*\\*depth=16"):  # resunet256: depth 4
+        train_segmenter(data_root, tmp_path / "h", variant="resunet256", image_size=72, progress=False)
+    assert not any((tmp_path / n).exists() for n in ["a", "b", "c", "d", "e0", "e1", "e2", "f", "g", "h"])
+
+
+def test_variant_supplies_sizes_and_explicit_values_win():
+    from covidedge.train.tasks import resolve_sizes
+
+    assert resolve_sizes("classifier", None) == {"image_size": 256, "width_mult": 1.0}
+    assert resolve_sizes("classifier", "xception128-small") == {"image_size": 128, "width_mult": 0.25}
+    assert resolve_sizes("classifier", "xception128-small", image_size=96, width_mult=None) == \
+        {"image_size": 96, "width_mult": 0.25}
+    assert resolve_sizes("segmenter", "resunet256-b16", depth=3) == \
+        {"image_size": 256, "base_width": 16, "depth": 3}
+    assert resolve_sizes("segmenter", None, base_width=8) == {"image_size": 256, "base_width": 8, "depth": 4}
 
 
 @pytest.mark.gpu
@@ -194,30 +213,30 @@ def test_cuda_amp_run(data_root, tmp_path):
 
 # -- mixed precision -------------------------------------------------------------------------
 def test_resolve_amp_picks_per_device_and_refuses_what_cannot_run(monkeypatch):
-    from covidedge.train import loop
+    from covidedge.train import amp
 
-    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)
-    plan = loop.resolve_amp("auto", "cpu")
+    monkeypatch.setattr(amp, "cpu_has_bf16", lambda: True)
+    plan = amp.resolve_amp("auto", "cpu")
     assert (plan.dtype, plan.channels_last, plan.grad_scaler) == ("bf16", True, False)
     assert plan.autocast().fast_dtype == torch.bfloat16
-    cuda = loop.resolve_amp("auto", "cuda:0")
+    cuda = amp.resolve_amp("auto", "cuda:0")
     assert (cuda.dtype, cuda.device_type, cuda.channels_last, cuda.grad_scaler) == ("fp16", "cuda", False, True)
-    off = loop.resolve_amp("off", "cpu")
+    off = amp.resolve_amp("off", "cpu")
     assert (off.dtype, off.enabled, off.channels_last) == ("fp32", False, True)  # NHWC pays on a CPU in fp32 too
-    assert loop.resolve_amp("bf16", "cpu").dtype == "bf16"
+    assert amp.resolve_amp("bf16", "cpu").dtype == "bf16"
 
-    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
-    assert loop.resolve_amp("auto", "cpu").dtype == "fp32"  # emulated bf16 is slower than fp32
+    monkeypatch.setattr(amp, "cpu_has_bf16", lambda: False)
+    assert amp.resolve_amp("auto", "cpu").dtype == "fp32"  # emulated bf16 is slower than fp32
     with pytest.raises(BadInputError, match="no native bf16"):
-        loop.resolve_amp("bf16", "cpu")
+        amp.resolve_amp("bf16", "cpu")
     with pytest.raises(BadInputError, match="fp16 needs a CUDA device"):
-        loop.resolve_amp("fp16", "cpu")
+        amp.resolve_amp("fp16", "cpu")
     with pytest.raises(BadInputError, match="not known"):
-        loop.resolve_amp("int8", "cpu")
+        amp.resolve_amp("int8", "cpu")
 
 
 def test_run_records_its_precision_and_may_resume_with_another(data_root, tmp_path):
-    from covidedge.train.loop import cpu_has_bf16, resolve_amp
+    from covidedge.train.amp import cpu_has_bf16, resolve_amp
 
     out = tmp_path / "amp"
     part = train_classifier(data_root, out, amp="off", on_epoch_end=lambda rec: rec["epoch"] == 1, **CLS)
@@ -229,7 +248,7 @@ def test_run_records_its_precision_and_may_resume_with_another(data_root, tmp_pa
     assert all(np.isfinite(e["train_loss"]) for e in done.history)
 
 
-@pytest.mark.skipif(not __import__("covidedge.train.loop", fromlist=["x"]).cpu_has_bf16(),
+@pytest.mark.skipif(not __import__("covidedge.train.amp", fromlist=["x"]).cpu_has_bf16(),
                     reason="this CPU has no native bf16 (AVX512-BF16 / AMX), so the bf16 path is refused here")
 def test_bf16_segmenter_step_keeps_fp32_weights_and_losses(data_root, tmp_path):
     res = train_segmenter(data_root, tmp_path / "bf16", amp="bf16", loss="bce_dice", **{**SEG, "epochs": 1})

@@ -21,8 +21,8 @@ import sys
 #: ``when`` names the TensorRT releases that need it: "all", "bindings" (8.x: the runner's
 #: binding-index API), "tensors" (9 and later: the name-based API), "islands" (releases whose
 #: fp16 plans pin fp32 islands), "vc" (version-compatible plans, 8.6 and later).
-#: Used in covidedge/engine/build.py (_build_tensorrt, make_recording_logger) and
-#: covidedge/backends/tensorrt.py (TrtRunner).
+#: Used in covidedge/backends/tensorrt/: build.py (build_serialized), logger.py
+#: (make_recording_logger) and runner.py (TrtRunner).
 REQUIRED = [
     # module level
     ("trt.__version__", "attr", "all", None),
@@ -178,10 +178,12 @@ def main() -> int:
     import tensorrt_bindings as trt
 
     sys.modules["tensorrt"] = trt  # covidedge imports "tensorrt"; the wheel's package is this one
-    from covidedge.engine import build as B
-    from covidedge.formats.manifest import VERSION_COMPATIBLE_SINCE, parse_version
+    from covidedge.backends.tensorrt.logger import enum_name, make_recording_logger
+    from covidedge.backends.tensorrt.plan import fp32_island_layers, plan_tensorrt_build
+    from covidedge.backends.tensorrt.runner import execution_api
     from covidedge.errors import BadInputError
-    from covidedge.backends.tensorrt import execution_api
+    from covidedge.formats.manifest import VERSION_COMPATIBLE_SINCE, parse_version
+    from covidedge.spec import PRECISIONS
 
     version = trt.__version__
     ver = parse_version(version)
@@ -190,12 +192,12 @@ def main() -> int:
     # every plan covidedge can make for this release: precision x DLA x version-compatible
     plans = []
     fixed = ((2, 1, 16, 16),) * 3
-    for precision in B.PRECISIONS:
+    for precision in PRECISIONS:
         for dla in (None, 0):
             for vc in (False, True):
                 for tf32 in (False, True):
                     try:
-                        plans.append(B.plan_tensorrt_build(version, precision, "image", fixed, dla_core=dla,
+                        plans.append(plan_tensorrt_build(version, precision, "image", fixed, dla_core=dla,
                                                            version_compatible=vc, allow_tf32=tf32))
                     except BadInputError as exc:
                         if not (dla is not None and precision == "fp32"):
@@ -238,7 +240,7 @@ def main() -> int:
                     problems.append(f"{path} {why}")
 
     # the logger: a real trt.ILogger subclass that records what TensorRT logs
-    logger = B.make_recording_logger(trt)
+    logger = make_recording_logger(trt)
     checked += 4
     if not isinstance(logger, trt.ILogger):
         problems.append("make_recording_logger does not return a trt.ILogger")
@@ -258,8 +260,8 @@ def main() -> int:
                 problems.append(f"trt.{cls.__name__}(logger) refused covidedge's logger: {exc}")
     # type names as covidedge reads them: DataType for fp32 islands, numpy dtypes for I/O
     checked += 3
-    islands = B.fp32_island_layers([("a", [trt.DataType.FLOAT]), ("b", [trt.DataType.HALF]),
-                                    ("c", [B._severity_name(trt.DataType.FLOAT)])])
+    islands = fp32_island_layers([("a", [trt.DataType.FLOAT]), ("b", [trt.DataType.HALF]),
+                                    ("c", [enum_name(trt.DataType.FLOAT)])])
     if islands != [0, 2]:
         problems.append(f"fp32_island_layers reads DataType as {islands}, expected [0, 2]")
     if trt.float32 != trt.DataType.FLOAT:

@@ -1,0 +1,218 @@
+"""``run_inference``: a set of inputs through a pipeline, with results streamed to a file.
+
+This is what ``covidedge infer`` runs, and what any program that wants the same behaviour
+calls::
+
+    from covidedge.runtime.run import run_inference
+    summary = run_inference(["scans/"], classifier="build/cls.onnx", segmenter="build/seg.onnx",
+                            out_dir="results")
+    print(summary.line(), summary.exit_code)
+
+Inputs are files, folders (searched recursively) and globs. Bad inputs never stop the run: each
+becomes a ``Failure`` with a one-line reason, reported through ``on_note``, and the run goes on.
+With ``out_dir`` the masks and overlays are written there, together with a results file that
+grows one complete line per image (an interrupted run keeps what it finished); one run at a time
+holds an output folder. Nothing that exists is overwritten without ``overwrite=True``, and an
+input, a model or its manifest never is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, List, Optional, Union
+
+from covidedge.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, BadInputError, UsageError
+from covidedge.runtime.results import Result
+
+PathLike = Union[str, "os.PathLike[str]"]
+#: Results file formats by name; the default follows the file's suffix (.jsonl, else CSV).
+RESULT_FORMATS = ("csv", "jsonl")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class RunSummary:
+    """What a run did: counts, where things went, and the exit code it earns."""
+
+    images: int = 0
+    ok: int = 0
+    failed: int = 0
+    input_problems: int = 0
+    not_selected: int = 0
+    dicom_failed: int = 0
+    flagged: int = 0
+    seconds: float = 0.0
+    results_path: Optional[Path] = None
+    out_dir: Optional[Path] = None
+    masks_written: bool = False
+    dicom_summary: str = ""
+    selection_summary: str = ""
+    problems: List[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 every image done; 1 some inputs failed; 3 every image failed."""
+        if self.images and self.ok == 0:
+            return EXIT_BAD_INPUT
+        return EXIT_PARTIAL if (self.failed or self.input_problems or self.dicom_failed) else EXIT_OK
+
+    def line(self) -> str:
+        """The run's one summary line."""
+        plural = "s" if self.images != 1 else ""
+        text = f"{self.images} image{plural}: {self.ok} ok, {self.failed} failed in {self.seconds:.1f} s"
+        if self.results_path is not None:
+            text += f"; results in {self.results_path}"
+        if self.masks_written:
+            text += f"; masks in {self.out_dir}"
+        return text + self.selection_summary + self.dicom_summary
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("images", "ok", "failed", "input_problems", "not_selected",
+                                            "dicom_failed", "flagged", "seconds")}
+        d.update(results=str(self.results_path) if self.results_path else None,
+                 out_dir=str(self.out_dir) if self.out_dir else None, exit_code=self.exit_code)
+        return d
+
+
+def _results_format(results_format: Optional[str], path: Optional[Path]) -> Optional[str]:
+    if results_format is None:
+        return None
+    if results_format not in RESULT_FORMATS:
+        raise BadInputError(f"results format {results_format!r} is unknown; expected one of "
+                            f"{', '.join(RESULT_FORMATS)}")
+    if path is None:
+        raise UsageError("results_format applies to a results file; give out_dir or results too")
+    return results_format
+
+
+def run_inference(inputs: Union[PathLike, Iterable[PathLike]], *, pipeline=None, classifier=None,
+                  segmenter=None, threshold: Optional[float] = None, batch_size: int = 8,
+                  backend: str = "auto", strict: bool = False, out_dir: Optional[PathLike] = None,
+                  results: Optional[PathLike] = None, results_format: Optional[str] = None,
+                  overlay: bool = True, overwrite: bool = False, dicom_out: Optional[PathLike] = None,
+                  series_filter=None, show_patient_ids: bool = False,
+                  on_files: Optional[Callable[[List[Path]], Any]] = None,
+                  on_result: Optional[Callable[[Result], Any]] = None,
+                  on_note: Callable[[str], Any] = _quiet, suppress_warnings: bool = True) -> RunSummary:
+    """Run ``inputs`` through a pipeline and return a :class:`RunSummary`.
+
+    The models come from ``pipeline`` (a ready :class:`~covidedge.runtime.pipeline.Pipeline`, or
+    any object with its ``predict_many`` / ``labels`` / ``segmenter`` / context manager, such as
+    a Triton client pipeline) or from ``classifier`` / ``segmenter`` paths or runners, made with
+    ``threshold``, ``batch_size``, ``backend`` and ``strict``; not both. ``results`` is the results
+    file (``.csv`` or ``.jsonl``; ``results_format`` forces one); with ``out_dir`` and no
+    ``results`` it is ``out_dir/results.csv`` (``results.jsonl`` with ``results_format="jsonl"``).
+    ``dicom_out`` writes DICOM SEG / SR / Secondary Capture objects for DICOM inputs chosen by
+    ``series_filter`` (a :class:`covidedge.dicom.SeriesFilter`; default CR/DX, PA/AP).
+    ``on_files`` gets the list of image files once they are found (before the first is read);
+    ``on_result`` gets every result (a Prediction or a Failure) as it is done; ``on_note`` gets
+    one-line notes (skipped inputs, quality warnings, DICOM outputs). Inputs, models and their
+    manifests are never overwritten. Raises BadInputError when
+    there is no image to process, before anything is written.
+    """
+    from covidedge.dicom import AlgorithmInfo, DicomOutputs, SeriesFilter, select_instances
+    from covidedge.formats.manifest import manifest_path_for
+    from covidedge.inputs import expand_inputs
+    from covidedge.runtime.pipeline import Pipeline
+    from covidedge.runtime.results import OutputLock, open_results_writer, printable
+
+    if pipeline is not None:
+        given = [n for n, v in (("classifier", classifier), ("segmenter", segmenter), ("threshold", threshold))
+                 if v is not None] + (["backend"] if backend != "auto" else []) + (["strict"] if strict else [])
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to models made here; with a ready pipeline, "
+                             "set them when making it")
+        pipe = pipeline
+    else:
+        pipe = Pipeline(classifier=classifier, segmenter=segmenter, threshold=threshold,
+                        batch_size=batch_size, backend=backend, strict=strict)
+    models = [Path(m.source) for m in getattr(pipe, "models", ()) if os.path.isfile(str(m.source))]
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [os.fspath(i) for i in inputs]
+    out_path = Path(out_dir) if out_dir is not None else None
+    results_path = Path(results) if results is not None else None
+    fmt = _results_format(results_format, results_path or out_path)
+    if results_path is None and out_path is not None:
+        results_path = out_path / ("results.jsonl" if fmt == "jsonl" else "results.csv")
+    series_filter = series_filter if series_filter is not None else SeriesFilter()
+
+    summary = RunSummary(out_dir=out_path)
+    dicom = (DicomOutputs(dicom_out, AlgorithmInfo.from_pipeline(pipe), show_patient_ids=show_patient_ids,
+                          overlay=overlay) if dicom_out is not None else None)
+    expanded = expand_inputs(inputs, exclude=[os.fspath(d) for d in (out_dir, dicom_out) if d is not None])
+    for problem in expanded.problems:
+        summary.problems.append(str(problem))
+        on_note(f"skipped: {printable(str(problem))}")
+    summary.input_problems = len(expanded.problems)
+    selection = select_instances(expanded.files, series_filter)
+    for line in selection.lines():
+        on_note(line)
+    summary.not_selected, summary.selection_summary = len(selection.not_selected), selection.summary()
+    files = selection.files
+    if not files:
+        raise BadInputError("no images to process in " + ", ".join(repr(i) for i in inputs),
+                            hint="pass image files (.png .jpg .jpeg .bmp .tif .tiff .dcm) or "
+                                 "folders holding them")
+    summary.images = len(files)
+    if on_files is not None:
+        on_files(list(files))
+    if pipe.segmenter is not None and out_path is None and overlay:
+        on_note("note: masks and overlays are not saved without an output folder (out_dir, --out DIR)")
+
+    lock = OutputLock(out_path).acquire() if out_path is not None else None  # one run per folder
+    try:
+        writer = (open_results_writer(results_path, pipe.labels, fmt=fmt, overwrite=overwrite,
+                                      protected=[*files, *models, *(manifest_path_for(m) for m in models)])
+                  if results_path is not None else None)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    summary.results_path = writer.path if writer is not None else None
+
+    t_start = time.perf_counter()
+    try:
+        with pipe, warnings.catch_warnings():
+            if suppress_warnings:  # decoders' warnings (pydicom's) would break "one line per file"
+                warnings.simplefilter("ignore")
+            for result in pipe.predict_many(files, batch_size=batch_size, out_dir=out_dir, overlay=overlay):
+                for line in (dicom.write(result) if dicom is not None else ()):
+                    on_note(line)
+                if writer is not None:
+                    writer.write(result)
+                if result.ok:
+                    summary.ok += 1
+                    if result.quality_flags:
+                        from covidedge.data.quality import describe_flags
+
+                        summary.flagged += 1
+                        on_note(f"warning: {printable(result.name)}: do not trust this result, the input "
+                                f"fails the quality check ({describe_flags(result.quality_flags)}; "
+                                "--strict refuses such images)")
+                else:
+                    summary.failed += 1
+                    on_note(f"skipped: {printable(result.error)}")
+                if on_result is not None:
+                    on_result(result)
+    finally:
+        if writer is not None:
+            writer.close()
+        if lock is not None:
+            lock.release()
+        if dicom is not None:
+            dicom.close()
+            summary.dicom_failed, summary.dicom_summary = dicom.failed, dicom.summary()
+        summary.seconds = time.perf_counter() - t_start
+    summary.masks_written = out_path is not None and pipe.segmenter is not None
+    return summary
+
+
+__all__ = ["run_inference", "RunSummary", "RESULT_FORMATS"]
