@@ -41,6 +41,25 @@ MASK_THRESHOLD = 0.5
 AMP_MODES: Tuple[str, ...] = ("auto", "off", "bf16", "fp16")
 
 
+#: Largest batch any covidedge call takes (a 256-px float32 batch of 1024 is 256 MiB).
+MAX_BATCH = 1024
+
+
+def as_size(size, what: str = "size") -> Tuple[int, int]:
+    """``(height, width)`` from an int or a pair of positive whole numbers; anything else is a
+    one-line BadInputError naming ``what``."""
+    if isinstance(size, int) or type(size).__name__.startswith(("int", "uint")):
+        size = (size, size)
+    try:
+        h, w = (int(v) for v in size)
+        ok = all(float(v) == int(v) for v in size)
+    except (TypeError, ValueError):
+        ok, h, w = False, 0, 0
+    if not ok or h <= 0 or w <= 0:
+        raise BadInputError(f"{what}={size!r}, expected (height, width) in positive pixels")
+    return h, w
+
+
 def check_choice(kind: str, value, choices) -> None:
     """Refuse ``value`` unless it is one of ``choices``, with the one-line error every layer uses
     (exit code 3)."""

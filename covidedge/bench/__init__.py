@@ -22,6 +22,7 @@ from covidedge.bench.timing import (
     EndToEndStats, LatencyStats, UNSTABLE_CV, percentile, summarize, time_end_to_end, time_runner,
 )
 from covidedge.errors import BadInputError, UsageError
+from covidedge.spec import MAX_BATCH
 
 __all__ = ["run_bench", "batch_skip_reason", "metric_from_evaluation", "BenchReport", "BenchRow",
            "LatencyStats", "EndToEndStats", "time_runner", "time_end_to_end", "percentile",
@@ -137,7 +138,6 @@ def _torch_threads(backend: str, threads: Optional[int]):
 
 #: Bounds on what one bench run may ask for: a batch in images, a duration per batch size in
 #: seconds, timed runs per batch size. Beyond them a run would exhaust memory or never end.
-MAX_BATCH = 1024
 MAX_DURATION_S = 3600.0
 MAX_ITERATIONS = 1_000_000
 

@@ -7,6 +7,7 @@ import json
 import click
 
 from covidedge.errors import BadInputError
+from covidedge.export.calibrators import DEFAULT_PERCENTILE
 from covidedge.spec import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT
 
 
@@ -32,8 +33,8 @@ def _methods(value: str):
               type=click.Path(exists=True, dir_okay=False, path_type=str), help="A calibration manifest from 'covidedge calibrate' instead.")
 @click.option("--methods", default=",".join(CALIBRATION_METHODS), show_default=True,
               help="int8 calibration methods, comma-separated (one int8 graph each).")
-@click.option("--percentile", type=float, default=99.99, show_default=True,
-              help="Percent of |x| kept by the percentile method.")
+@click.option("--percentile", type=float, default=None,
+              help=f"Percent of |x| kept by the percentile method [default: {DEFAULT_PERCENTILE}].")
 @click.option("--limit-per-class", type=int, default=None,
               help="At most N evaluation images per class (picked with seed 0).")
 @click.option("--out", "out_dir", default="build/parity", show_default=True,

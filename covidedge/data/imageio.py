@@ -28,6 +28,7 @@ from covidedge.data.dicomio import (DICOM_SUFFIXES, check_dicom_header, has_dico
                                     starts_like_dicom)
 from covidedge.data.rasterio import read_raster
 from covidedge.errors import BadInputError, DatasetError, one_line
+from covidedge.spec import as_size
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -63,13 +64,6 @@ def is_dicom_path(path: PathLike) -> bool:
     return starts_like_dicom(head, size, has_magic)
 
 
-def _as_size(size) -> Tuple[int, int]:
-    h, w = (int(v) for v in size)
-    if h <= 0 or w <= 0:
-        raise BadInputError(f"reduce_for={tuple(size)!r}, expected (height, width) in positive pixels")
-    return h, w
-
-
 def _dispatch(path: PathLike, max_pixels, reduce_for=None, header_only: bool = False):
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels <= 0:
         raise BadInputError(f"max_pixels={max_pixels!r}, expected a positive integer")
@@ -93,7 +87,7 @@ def read_gray(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     read at full size. Raises BadInputError for anything that cannot be decoded safely, and
     MissingDependencyError for DICOM when pydicom is not installed.
     """
-    target = None if reduce_for is None else _as_size(reduce_for)
+    target = None if reduce_for is None else as_size(reduce_for, "reduce_for")
     return _dispatch(path, max_pixels, target)
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from covidedge.data.imageio import read_gray
 from covidedge.data.intensity import array_to_gray, image_to_gray
 from covidedge.errors import BadInputError
+from covidedge.spec import as_size
 
 #: Name of this preprocessing, stored in every model spec (== ModelSpec's default).
 PREPROCESSING_ID = "gray-unit-bilinear-v1"
@@ -26,20 +27,6 @@ PREPROCESSING_ID = "gray-unit-bilinear-v1"
 DEFAULT_SIZE: Tuple[int, int] = (256, 256)
 
 ImageLike = Union[str, "os.PathLike[str]", np.ndarray, Image.Image]
-
-
-def _as_size(size) -> Tuple[int, int]:
-    """``(H, W)`` from an int or a pair of positive ints."""
-    if isinstance(size, (int, np.integer)):
-        size = (size, size)
-    try:
-        h, w = (int(v) for v in size)
-        ok = all(float(v) == int(v) for v in size)
-    except (TypeError, ValueError):
-        ok, h, w = False, 0, 0
-    if not ok or h <= 0 or w <= 0:
-        raise BadInputError(f"size={size!r}, expected (height, width) in positive pixels")
-    return h, w
 
 
 def as_gray(item: ImageLike, reduce_for=None) -> np.ndarray:
@@ -62,7 +49,7 @@ def as_gray(item: ImageLike, reduce_for=None) -> np.ndarray:
 
 def resize_gray(gray: np.ndarray, size=DEFAULT_SIZE) -> np.ndarray:
     """Bilinear resize of a float ``H x W`` image to ``size = (H, W)``; no-op at that size."""
-    h, w = _as_size(size)
+    h, w = as_size(size)
     gray = np.asarray(gray, dtype=np.float32)
     if gray.shape == (h, w):
         return np.ascontiguousarray(gray)
@@ -80,7 +67,7 @@ def preprocess(image_or_path: ImageLike, size=DEFAULT_SIZE) -> np.ndarray:
 
 def preprocess_batch(items: Iterable[ImageLike], size=DEFAULT_SIZE) -> np.ndarray:
     """Several images -> float32 ``(N, 1, H, W)``; each one exactly as :func:`preprocess`."""
-    h, w = _as_size(size)
+    h, w = as_size(size)
     items = list(items)
     if not items:
         raise BadInputError("no images to preprocess", hint="pass at least one image")
@@ -92,7 +79,7 @@ def preprocess_batch(items: Iterable[ImageLike], size=DEFAULT_SIZE) -> np.ndarra
 
 def resize_mask(mask: np.ndarray, size=DEFAULT_SIZE) -> np.ndarray:
     """Nearest-neighbour resize of a bool ``H x W`` mask to ``size = (H, W)``; returns bool."""
-    h, w = _as_size(size)
+    h, w = as_size(size)
     m = np.asarray(mask)
     if m.ndim != 2:
         raise BadInputError(f"mask has shape {m.shape}, expected H x W")

@@ -24,13 +24,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from covidedge.backends.onnxruntime import ORT_OFFLINE_LEVEL
 from covidedge.backends.tensorrt.logger import TENSORRT_INSTALL_HINT
 from covidedge.engine.paths import default_engine_path, refuse_foreign_file
-from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError
+from covidedge.export.calibrators import DEFAULT_METHOD
+from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, UsageError
 from covidedge.fileio import sha256_file, write_atomic
 from covidedge.formats.checkpoint import CHECKPOINT_SUFFIXES
 from covidedge.formats.manifest import EngineManifest, manifest_path_for
 from covidedge.formats.onnxfile import graph_opset, graph_precision, graph_tensors, load_onnx
 from covidedge.machine import describe_device, module_present, package_version, probe_machine
-from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIONS, ModelSpec
+from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIONS, ModelSpec, check_choice
 
 #: How the build's messages name each engine backend.
 BACKEND_NAMES = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
@@ -123,7 +124,7 @@ def check_options_for_backend(backend: str, *, workspace_mib=None, timing_cache=
                                    ("--allow-tf32", bool(allow_tf32))) if on]
     if given:
         why = " (TensorRT is not installed here)" if fell_back else ""
-        raise BadInputError(
+        raise UsageError(
             f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to TensorRT engines only, "
             f"but this build is for {BACKEND_NAMES.get(backend, backend)}{why}",
             hint=f"drop {', '.join(given)}" + (", or install TensorRT" if fell_back else ""))
@@ -220,7 +221,7 @@ def _export_checkpoint(checkpoint: Path, onnx_out: Path, precision: str, calibra
         if calibration is None:
             raise BadInputError("an int8 engine from a checkpoint needs calibration images", path=checkpoint,
                                 hint="pass --calib-data DIR (a COVID-QU-Ex folder or a calibration manifest)")
-        kwargs.update(calibration=calibration, method=calib_method or "entropy",
+        kwargs.update(calibration=calibration, method=calib_method or DEFAULT_METHOD,
                       activation_type=activations, symmetric_activations=activations == "int8",
                       qdq_placement=qdq_placement)
         if calib_count is not None:
@@ -317,30 +318,29 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
     lo, opt, hi = validate_batch_range(min_batch, opt_batch, max_batch)
     if precision is not None and precision not in PRECISIONS:
         raise BadInputError(f"precision {precision!r} is unknown; expected one of {', '.join(PRECISIONS)}")
-    if calib_method is not None and calib_method not in CALIBRATION_METHODS:
-        raise BadInputError(f"calibration method {calib_method!r} is unknown; expected one of "
-                            f"{', '.join(CALIBRATION_METHODS)}")
+    if calib_method is not None:
+        check_choice("calibration method", calib_method, CALIBRATION_METHODS)
     from_checkpoint = model.suffix.lower() in CHECKPOINT_SUFFIXES
     if not from_checkpoint and model.suffix.lower() != ".onnx":
         raise BadInputError(f"cannot build from a {model.suffix or 'suffix-less'} file", path=model,
                             hint="pass a checkpoint (.pt/.pth) or an ONNX graph (.onnx)")
     calib_given = calibration is not None or calib_method is not None or calib_count is not None
     if calib_given and not from_checkpoint:
-        raise BadInputError("calibration options apply when building int8 from a checkpoint; this ONNX "
+        raise UsageError("calibration options apply when building int8 from a checkpoint; this ONNX "
                             "graph already holds its precision", path=model,
                             hint="drop --calib-data / --calib-count / --calib-method")
     if calib_given and (precision or "fp32") != "int8":
-        raise BadInputError(f"calibration options apply to int8 only, this build is {precision or 'fp32'}",
+        raise UsageError(f"calibration options apply to int8 only, this build is {precision or 'fp32'}",
                             hint="add --precision int8, or drop the calibration options")
 
     trt_present, cuda_present = module_present("tensorrt"), module_present("pycuda")
     chosen = resolve_backend(backend, trt_present, cuda_present)
     activations = resolve_int8_activations(int8_activations, chosen)
     if int8_activations != "auto" and (precision or "fp32") != "int8":
-        raise BadInputError(f"--int8-activations applies to int8 builds, this build is {precision or 'fp32'}",
+        raise UsageError(f"--int8-activations applies to int8 builds, this build is {precision or 'fp32'}",
                             hint="add --precision int8, or drop --int8-activations")
     if int8_activations != "auto" and not from_checkpoint:
-        raise BadInputError("--int8-activations applies when quantizing a checkpoint; this ONNX graph "
+        raise UsageError("--int8-activations applies when quantizing a checkpoint; this ONNX graph "
                             "already holds its precision", path=model, hint="drop --int8-activations")
     fell_back = backend == "auto" and chosen == "onnxruntime"
     check_options_for_backend(chosen, workspace_mib=workspace_mib, timing_cache=timing_cache,

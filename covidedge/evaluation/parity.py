@@ -20,6 +20,7 @@ import numpy as np
 
 from covidedge.errors import BadInputError, UsageError
 from covidedge.spec import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT
+from covidedge.export.calibrators import DEFAULT_PERCENTILE
 
 DEFAULT_OUT_DIR = Path("build") / "parity"
 
@@ -110,7 +111,7 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
                        methods: Sequence[str] = CALIBRATION_METHODS,
                        limit_per_class: Optional[int] = None, out_dir=DEFAULT_OUT_DIR,
                        calib_data=None, calib_count: Optional[int] = None,
-                       percentile: float = 99.99, precisions: Sequence[str] = ("fp32", "fp16"),
+                       percentile: Optional[float] = None, precisions: Sequence[str] = ("fp32", "fp16"),
                        batch_size: int = 16, seed: int = 0, progress: bool = True) -> ParityTable:
     """Export and evaluate every precision of ``checkpoint`` on ``split`` of ``data_root``.
 
@@ -134,6 +135,9 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
     bad = [p for p in precisions if p not in ("fp32", "fp16")]
     if bad:
         raise BadInputError(f"precisions {bad} are not fp32 / fp16 (int8 comes from methods)")
+    if percentile is not None and "percentile" not in methods:
+        raise UsageError(f"percentile={percentile} applies with the percentile method, and methods are "
+                         f"{', '.join(methods) or 'none'}", hint="add percentile to the methods or drop it")
     if calibration is not None and (calib_data is not None or calib_count is not None):
         raise UsageError("pass a calibration set (--calibration), or calibration data and a count "
                          "(--calib-data / --calib-count), not both")
@@ -178,7 +182,7 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
         kw: Dict[str, Any] = {}
         if precision == "int8":
             kw = {"calibration": calib, "method": method}
-            if method == "percentile":  # export_model refuses a percentile for other methods
+            if method == "percentile" and percentile is not None:
                 kw["percentile"] = percentile
         export_model(checkpoint, path, precision=precision, **kw)
         report = run_eval(path, "onnxruntime")
@@ -211,7 +215,8 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
             "split": ref.split, "images": ref.num_images, "limit_per_class": limit_per_class,
             "seed": seed, "backend_graphs": "onnxruntime (CPU)", "backend_checkpoint": "torch",
             "calibration": None if calib is None else calib.summary(),
-            "percentile": float(percentile) if "percentile" in methods else None}
+            "percentile": (float(percentile if percentile is not None else DEFAULT_PERCENTILE)
+                           if "percentile" in methods else None)}
     table = ParityTable(rows, meta)
     (out_dir / "parity.md").write_text(table.to_markdown(), encoding="utf-8")
     (out_dir / "parity.json").write_text(json.dumps(table.to_dict(), indent=2) + "\n",

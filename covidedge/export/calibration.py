@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from covidedge.errors import BadInputError, CovidEdgeError, DatasetError
+from covidedge.spec import as_size
 from covidedge.fileio import sha256_file, write_atomic
 
 FORMAT = "covidedge-calibration-v1"
@@ -44,12 +45,7 @@ def manifest_sha256(manifest: Dict[str, Any]) -> str:
 
 
 def _size(input_size) -> Tuple[int, int]:
-    if isinstance(input_size, (int, np.integer)):
-        input_size = (input_size, input_size)
-    try:
-        h, w = (int(v) for v in input_size)
-    except (TypeError, ValueError):
-        raise BadInputError(f"input size {input_size!r} is not (height, width) in px") from None
+    h, w = as_size(input_size, "input size")
     if h < 8 or w < 8:
         raise BadInputError(f"input size {h}x{w} px is too small", hint="pass e.g. 256")
     return h, w

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from covidedge.errors import BadInputError, IncompatibleModelError
+from covidedge.export.calibrators import DEFAULT_METHOD
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 CACHE_FORMAT = "covidedge-calibration-cache/1"
 
 
-def write_calibration_cache(src: PathLike, dst: PathLike, calibration, *, method: str = "entropy",
+def write_calibration_cache(src: PathLike, dst: PathLike, calibration, *, method: str = DEFAULT_METHOD,
                             percentile: Optional[float] = None, histogram_bins: Optional[int] = None,
                             batch_size: int = 8) -> Dict[str, Any]:
     """Compute the activation ranges of the fp32 graph ``src`` on ``calibration`` (a

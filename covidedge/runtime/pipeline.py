@@ -31,7 +31,7 @@ from covidedge.metrics import infected_fraction, lung_fraction
 from covidedge.backends.base import Runner, infer_fitted
 from covidedge.runtime.postprocess import probabilities_to_mask
 from covidedge.runtime.results import STAGES, Failure, OutputNamer, Prediction, Result
-from covidedge.spec import MASK_CHANNELS, MASK_THRESHOLD
+from covidedge.spec import MASK_CHANNELS, MASK_THRESHOLD, MAX_BATCH
 
 ModelLike = Union[str, "os.PathLike[str]", Runner]
 ImageItem = Union[str, "os.PathLike[str]", np.ndarray, Any]
@@ -496,7 +496,6 @@ class Pipeline:
 
 #: Most images decoded and held at once (a batch): a 256-px batch of 1024 holds ~0.3 GB of model
 #: input beside the decoded images.
-MAX_BATCH = 1024
 
 
 def _check_batch_size(batch_size) -> int:

@@ -18,7 +18,7 @@ from covidedge.engine.paths import default_engine_path, refuse_foreign_file
 from covidedge.formats.manifest import EngineManifest, load_manifest, manifest_path_for
 from covidedge.fileio import sha256_file
 from covidedge.formats.onnxfile import graph_opset, graph_precision
-from covidedge.errors import (EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, BadInputError, IncompatibleModelError,
+from covidedge.errors import (EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MISSING_DEPENDENCY, BadInputError, IncompatibleModelError,
                               MissingDependencyError)
 from covidedge.machine import module_present
 from tests.graphs import empty_model, run_onnx
@@ -341,7 +341,7 @@ def test_cli_refuses_options_that_do_not_apply(tiny_onnx, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["build-engine", str(src), "--out", str(tmp_path / "x.engine"), "--backend", "onnxruntime",
               "--dla-core", "0"])
-    assert exit_.value.code == EXIT_BAD_INPUT
+    assert exit_.value.code == EXIT_USAGE  # an option that cannot apply: a usage error
     with pytest.raises(SystemExit) as exit_:
         main(["build-engine", str(src), "--out", str(tmp_path / "x.engine"), "--precision", "fp16",
               "--backend", "onnxruntime"])
@@ -356,7 +356,7 @@ def test_cli_allow_tf32_is_a_tensorrt_option(tiny_onnx, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["build-engine", str(src), "--out", str(tmp_path / "x.engine"), "--backend", "onnxruntime",
               "--allow-tf32"])
-    assert exit_.value.code == EXIT_BAD_INPUT
+    assert exit_.value.code == EXIT_USAGE
     assert "--allow-tf32 applies to TensorRT engines only" in capsys.readouterr().err
 
 

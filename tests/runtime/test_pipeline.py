@@ -235,7 +235,7 @@ def test_results_stream_out_one_by_one_within_a_batch(pipe, tmp_path):
 
 
 def test_batch_size_is_bounded(models):
-    from covidedge.runtime.pipeline import MAX_BATCH
+    from covidedge.spec import MAX_BATCH
 
     with pytest.raises(BadInputError, match=f"batch size {MAX_BATCH + 1} is above {MAX_BATCH} images"):
         Pipeline(classifier=models[0], batch_size=MAX_BATCH + 1)
