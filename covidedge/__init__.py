@@ -15,6 +15,7 @@ _LAZY = {
     "Classifier": "covidedge.runtime.pipeline",
     "Segmenter": "covidedge.runtime.pipeline",
     "load": "covidedge.runtime",
+    "run_inference": "covidedge.runtime.run",
 }
 
 

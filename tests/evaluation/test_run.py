@@ -265,3 +265,22 @@ def test_checkpoint_and_its_onnx_export_agree(data_root, samples, tmp_path):
     assert rep_onnx.model["backend"] == "onnxruntime"
     np.testing.assert_allclose(rep_onnx.probabilities, rep_pt.probabilities, atol=1e-4)
     assert rep_onnx.metrics["confusion_matrix"] == rep_pt.metrics["confusion_matrix"]
+
+
+def test_the_study_comparison_says_like_for_like_only_when_it_is():
+    from types import SimpleNamespace
+
+    from covidedge.evaluation.run import STUDY_CLASSIFIER_TEST, EvaluationReport
+
+    study = STUDY_CLASSIFIER_TEST["per_class"]
+    labels = list(study)
+
+    def note(split, supports):
+        fake = SimpleNamespace(split=split, labels=labels, metrics={
+            "support": sum(supports.values()), "per_class": {k: {"support": v} for k, v in supports.items()}})
+        return EvaluationReport._study_note(fake)
+
+    same = {k: v["support"] for k, v in study.items()}
+    assert "a like-for-like comparison" in note("Test", same)
+    assert "not exact" in note("Test", {k: 10 for k in labels})
+    assert "not a like-for-like comparison" in note("Val", same)
