@@ -138,3 +138,12 @@ def test_help_teaches_with_an_example(verb, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "Example" in out and f"covidedge {verb}" in out
+
+
+def test_a_percentile_without_the_percentile_method_is_refused(tmp_path):
+    from covidedge.errors import EXIT_USAGE, UsageError
+    from covidedge.evaluation.parity import compare_precisions
+
+    with pytest.raises(UsageError, match="applies with the percentile method") as exc:
+        compare_precisions(tmp_path / "never-read.pt", tmp_path, methods=("entropy",), percentile=99.9)
+    assert exc.value.exit_code == EXIT_USAGE
