@@ -223,6 +223,24 @@ def empty_model(*opsets) -> onnx.ModelProto:
 _EXPORTED: Dict[str, Dict[str, Path]] = {}
 
 
+#: The tiny networks the tests train nothing with: registry name and constructor arguments per task.
+TINY_NETWORKS = {"classifier": ("xception", {"width_mult": 0.125}),
+                 "segmenter": ("resunet", {"base_width": 8, "depth": 2})}
+
+
+def tiny_checkpoint(path, task: str, size: int, **model_kwargs) -> Path:
+    """A randomly initialised tiny ``task`` network (torch's current random state) saved as a
+    covidedge checkpoint for ``size`` x ``size`` inputs; ``model_kwargs`` override its width."""
+    from covidedge.formats.checkpoint import save_checkpoint
+    from covidedge.models.registry import create_model
+
+    name, kw = TINY_NETWORKS[task]
+    kw = {**kw, **model_kwargs}
+    make_spec = classifier_spec if task == "classifier" else segmenter_spec
+    spec = make_spec(model_name=name, input_size=(size, size), model_kwargs=kw)
+    return save_checkpoint(path, create_model(name, **kw).eval(), spec)
+
+
 def exported_graphs(tmp_path_factory) -> Dict[str, Dict[str, Path]]:
     """{task: {"fp32", "fp16", "int8-onnxruntime", "int8-tensorrt": path}}, made once per session.
 
@@ -238,20 +256,14 @@ def exported_graphs(tmp_path_factory) -> Dict[str, Dict[str, Path]]:
     from covidedge.export.onnx import export_onnx
     from covidedge.export.fp16 import convert_fp16
     from covidedge.export.int8 import quantize_int8
-    from covidedge.formats.checkpoint import save_checkpoint
-    from covidedge.models.registry import create_model
-
     size = EXPORTED_SIZE
     folder = tmp_path_factory.mktemp("exported")
     root = make_synthetic_dataset(folder / "data", per_class=3, size=size, splits=("Train",))
     calib = make_calibration_set(root, 9, input_size=size, out=folder / "calib.json")
     torch.manual_seed(0)
     made = {}
-    for task, name, kw, make in (
-            ("classifier", "xception", {"width_mult": 0.125}, classifier_spec),
-            ("segmenter", "resunet", {"base_width": 8, "depth": 2}, segmenter_spec)):
-        spec = make(model_name=name, input_size=(size, size), model_kwargs=kw)
-        ckpt = save_checkpoint(folder / f"{task}.pt", create_model(name, **kw).eval(), spec)
+    for task in ("classifier", "segmenter"):
+        ckpt = tiny_checkpoint(folder / f"{task}.pt", task, size)
         export_onnx(ckpt, folder / f"{task}.fp32.onnx")
         graphs = {"fp32": folder / f"{task}.fp32.onnx"}
         graphs["fp16"] = convert_fp16(graphs["fp32"], folder / f"{task}.fp16.onnx")

@@ -50,7 +50,8 @@ from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIO
 @click.option("--backend", type=click.Choice(ENGINE_BACKEND_CHOICES), default="auto", show_default=True,
               help="auto builds TensorRT where it is installed, else an ONNX Runtime model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and its manifest as JSON.")
-def command(model, out, precision, calib_data, calib_count, calib_method, int8_activations, min_batch, opt_batch,
+@click.pass_context
+def command(ctx, model, out, precision, calib_data, calib_count, calib_method, int8_activations, min_batch, opt_batch,
             max_batch, workspace_mib, timing_cache, dla_core, version_compatible, allow_tf32, backend, as_json):
     """Without MODEL, build the default engines for this machine from the models covidedge
     ships ('covidedge models') into build/: TensorRT fp16 and int8 plans where TensorRT is
@@ -75,21 +76,11 @@ def command(model, out, precision, calib_data, calib_count, calib_method, int8_a
     from covidedge.engine.build import build_engine
 
     if model is None:
-        given = {"--precision": precision, "--calib-data": calib_data, "--calib-count": calib_count,
-                 "--calib-method": calib_method, "--workspace": workspace_mib,
-                 "--timing-cache": timing_cache, "--dla-core": dla_core,
-                 "--int8-activations": None if int8_activations == "auto" else int8_activations,
-                 "--min-batch": None if min_batch == 1 else min_batch,
-                 "--opt-batch": None if opt_batch == 1 else opt_batch,
-                 "--max-batch": None if max_batch == 8 else max_batch,
-                 "--version-compatible": version_compatible or None, "--allow-tf32": allow_tf32 or None,
-                 "--backend": None if backend == "auto" else backend}
-        used = [k for k, v in given.items() if v is not None]
-        if used:
-            raise click.UsageError(f"{', '.join(used)} appl{'y' if len(used) > 1 else 'ies'} to a MODEL build; "
-                                   "the default engines are built as their model cards say "
-                                   "(pass MODEL, e.g. a checkpoint, to choose)")
-        _build_defaults(out, as_json)
+        # every option the user gave goes to the API, which refuses them for the default engines
+        given = {p.opts[0]: ctx.params[p.name] for p in ctx.command.params
+                 if p.name not in ("model", "out", "as_json") and isinstance(p, click.Option)
+                 and ctx.get_parameter_source(p.name).name != "DEFAULT"}
+        _build_defaults(out, as_json, given)
         return
     result = build_engine(model, out, precision=precision, backend=backend, calibration=calib_data,
                           calib_method=calib_method, calib_count=calib_count,
@@ -122,11 +113,11 @@ def command(model, out, precision, calib_data, calib_count, calib_method, int8_a
         click.echo(f"{k:<{width}}  {v}")
 
 
-def _build_defaults(out, as_json: bool) -> None:
+def _build_defaults(out, as_json: bool, given) -> None:
     from covidedge.engine.defaults import build_default_engines
     from covidedge.engine.paths import DEFAULT_BUILD_DIR
 
-    built = build_default_engines(out or DEFAULT_BUILD_DIR, progress=not as_json)
+    built = build_default_engines(out or DEFAULT_BUILD_DIR, progress=not as_json, build_options=given)
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in built], indent=2, sort_keys=True))
         return

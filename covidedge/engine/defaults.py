@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from covidedge.engine.build import say
 from covidedge.engine.paths import DEFAULT_BUILD_DIR
-from covidedge.errors import BadInputError, CovidEdgeError, MissingDependencyError
+from covidedge.errors import BadInputError, CovidEdgeError, MissingDependencyError, UsageError
 
 RECORD_FILE = "defaults.json"
 RECORD_FORMAT = "covidedge-default-engines/1"
@@ -131,9 +131,18 @@ def _graph_for(model, flavour: str, build_dir: Path, progress: bool) -> Path:
     return quantize_int8(fp32, dst, None, ranges=cache, activation_type="uint8", symmetric_activations=False)
 
 
-def build_default_engines(build_dir=DEFAULT_BUILD_DIR, *, rebuild: bool = False,
-                          progress: bool = True) -> List[DefaultEngine]:
-    """Build (or reuse) the default engines for this machine into ``build_dir``."""
+def build_default_engines(build_dir=DEFAULT_BUILD_DIR, *, rebuild: bool = False, progress: bool = True,
+                          build_options: Optional[Dict[str, Any]] = None) -> List[DefaultEngine]:
+    """Build (or reuse) the default engines for this machine into ``build_dir``.
+
+    The default engines are built as their model cards say, so ``build_options`` (options of a
+    MODEL build, keyed by the name the caller knows them by: ``precision`` or ``--precision``) are
+    refused, never ignored: any given one is a UsageError."""
+    given = sorted(k for k, v in (build_options or {}).items() if v is not None)
+    if given:
+        raise UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to a MODEL build; the "
+                         "default engines are built as their model cards say",
+                         hint="pass MODEL, e.g. a checkpoint, to choose")
     from covidedge.engine.build import build_engine
     from covidedge.machine import probe_machine
     from covidedge.formats.manifest import manifest_path_for

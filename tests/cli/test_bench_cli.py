@@ -147,16 +147,11 @@ def test_missing_model_is_a_one_line_error(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from covidedge.models.registry import create_model
-    from covidedge.spec import classifier_spec
-    from covidedge.formats.checkpoint import save_checkpoint
+
+    from tests.graphs import tiny_checkpoint as make
 
     torch.manual_seed(0)
-    kw = {"width_mult": 0.125}
-    model = create_model("xception", **kw).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, model, classifier_spec(input_size=(32, 32), model_kwargs=kw))
-    return path
+    return make(tmp_path_factory.mktemp("ckpt") / "tiny.pt", "classifier", 32)
 
 
 def test_checkpoint_runs_on_torch_with_threads(tiny_checkpoint):

@@ -21,7 +21,7 @@ from covidedge.formats.onnxfile import graph_opset, graph_precision
 from covidedge.errors import (EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MISSING_DEPENDENCY, BadInputError, IncompatibleModelError,
                               MissingDependencyError)
 from covidedge.machine import module_present
-from tests.graphs import empty_model, run_onnx
+from tests.graphs import empty_model, run_onnx, tiny_checkpoint
 
 HAS_TRT = module_present("tensorrt")
 HAS_PYCUDA = module_present("pycuda")
@@ -409,13 +409,9 @@ def test_cli_builds_int8_from_a_checkpoint_with_calibration(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     from covidedge.cli.build_engine import command
     from covidedge.data.synth import make_synthetic_dataset
-    from covidedge.models.registry import create_model
-    from covidedge.spec import classifier_spec
-    from covidedge.formats.checkpoint import save_checkpoint
 
     data = make_synthetic_dataset(tmp_path / "data", per_class=2, splits=("Train",), size=32)
-    spec = classifier_spec(input_size=(32, 32), model_kwargs={"width_mult": 0.125})
-    save_checkpoint(tmp_path / "cls.pt", create_model("xception", num_classes=3, width_mult=0.125).eval(), spec)
+    tiny_checkpoint(tmp_path / "cls.pt", "classifier", 32)
     out = tmp_path / "b" / "cls.int8.engine"
     res = CliRunner().invoke(command, [str(tmp_path / "cls.pt"), "--out", str(out), "--precision", "int8",
                                        "--calib-data", str(data), "--calib-count", "3", "--calib-method", "minmax",
@@ -456,18 +452,11 @@ def test_int8_activations_option_needs_an_int8_checkpoint_build(tmp_path, tiny_o
 def test_two_checkpoints_named_best_get_their_own_engines_and_graphs(tmp_path, monkeypatch):
     pytest.importorskip("torch", reason="exporting a checkpoint needs torch (the train extra)")
     monkeypatch.chdir(tmp_path)
-    from covidedge.models.registry import create_model
-    from covidedge.spec import classifier_spec, segmenter_spec
-    from covidedge.formats.checkpoint import save_checkpoint
 
     (tmp_path / "runs" / "cls").mkdir(parents=True)
     (tmp_path / "runs" / "seg").mkdir(parents=True)
-    save_checkpoint(tmp_path / "runs" / "cls" / "best.pt",
-                    create_model("xception", num_classes=3, width_mult=0.125).eval(),
-                    classifier_spec(input_size=(32, 32), model_kwargs={"width_mult": 0.125}))
-    save_checkpoint(tmp_path / "runs" / "seg" / "best.pt",
-                    create_model("resunet", base_width=4, depth=2).eval(),
-                    segmenter_spec(input_size=(32, 32), model_kwargs={"base_width": 4, "depth": 2}))
+    tiny_checkpoint(tmp_path / "runs" / "cls" / "best.pt", "classifier", 32)
+    tiny_checkpoint(tmp_path / "runs" / "seg" / "best.pt", "segmenter", 32, base_width=4)
     a = B.build_engine("runs/cls/best.pt", backend="onnxruntime", progress=False)
     b = B.build_engine("runs/seg/best.pt", backend="onnxruntime", progress=False)
     assert a.engine_path != b.engine_path

@@ -18,9 +18,7 @@ from covidedge.export.calibration import make_calibration_set  # noqa: E402
 from covidedge.evaluation.parity import ParityTable, _mask_agreement, compare_precisions  # noqa: E402
 from covidedge.formats.onnxfile import read_onnx_metadata
 from covidedge.formats.onnxfile import graph_precision
-from covidedge.models.registry import create_model  # noqa: E402
-from covidedge.spec import classifier_spec, segmenter_spec  # noqa: E402
-from covidedge.formats.checkpoint import save_checkpoint  # noqa: E402
+from tests.graphs import tiny_checkpoint  # noqa: E402
 
 SIZE = 64
 
@@ -31,11 +29,8 @@ def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("compare")
     root = make_synthetic_dataset(folder / "data", per_class=2, size=SIZE, splits=("Train", "Val"))
     torch.manual_seed(0)
-    cls_kw, seg_kw = {"width_mult": 0.125}, {"base_width": 8, "depth": 2}
-    cls = save_checkpoint(folder / "cls.pt", create_model("xception", **cls_kw).eval(),
-                          classifier_spec(input_size=(SIZE, SIZE), model_kwargs=cls_kw))
-    seg = save_checkpoint(folder / "seg.pt", create_model("resunet", **seg_kw).eval(),
-                          segmenter_spec(input_size=(SIZE, SIZE), model_kwargs=seg_kw))
+    cls = tiny_checkpoint(folder / "cls.pt", "classifier", SIZE)
+    seg = tiny_checkpoint(folder / "seg.pt", "segmenter", SIZE)
     return {"root": root, "cls": cls, "seg": seg, "folder": folder}
 
 

@@ -24,9 +24,7 @@ from covidedge.export.fp16 import convert_fp16
 from covidedge.export.calibrators import entropy_threshold
 from covidedge.export.int8 import inspect_qdq, quantize_int8
 from covidedge.formats.onnxfile import graph_precision
-from covidedge.models.registry import create_model  # noqa: E402
-from covidedge.spec import classifier_spec, segmenter_spec  # noqa: E402
-from covidedge.formats.checkpoint import save_checkpoint  # noqa: E402
+from tests.graphs import tiny_checkpoint  # noqa: E402
 
 SIZE = 64
 BINS = 512  # entropy / percentile histogram bins in tests (2048 by default; fewer is faster)
@@ -38,11 +36,8 @@ def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("precision")
     torch.manual_seed(0)
     out = {}
-    for task, name, kw, make in (
-            ("classifier", "xception", {"width_mult": 0.125}, classifier_spec),
-            ("segmenter", "resunet", {"base_width": 8, "depth": 2}, segmenter_spec)):
-        spec = make(model_name=name, input_size=(SIZE, SIZE), model_kwargs=kw)
-        ckpt = save_checkpoint(folder / f"{task}.pt", create_model(name, **kw).eval(), spec)
+    for task in ("classifier", "segmenter"):
+        ckpt = tiny_checkpoint(folder / f"{task}.pt", task, SIZE)
         export_onnx(ckpt, folder / f"{task}.onnx")
         out[task] = (ckpt, folder / f"{task}.onnx")
     return out

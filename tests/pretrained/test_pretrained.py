@@ -199,9 +199,19 @@ def test_default_engines_build_once_then_serve_infer_and_bench(use_released, tmp
     assert code == 0 and [b["status"] for b in json.loads(out)] == ["built", "reused"]
 
 
-def test_default_build_refuses_model_options(use_released, capsys):
+def test_default_build_refuses_model_options(use_released, capsys, tmp_path):
     code, _, err = _run(["build-engine", "--precision", "fp16"], capsys)
     assert code == 2 and "--precision applies to a MODEL build" in err
+    # an option given with its default value is refused too: it was given, so it would be ignored
+    code, _, err = _run(["build-engine", "--max-batch", "8", "--backend", "auto"], capsys)
+    assert code == 2 and "--backend, --max-batch apply to a MODEL build" in err
+    # the rule is the API's: the same refusal from Python, by the names Python uses
+    from covidedge.engine.defaults import build_default_engines
+    from covidedge.errors import UsageError
+
+    with pytest.raises(UsageError, match="precision applies to a MODEL build"):
+        build_default_engines(tmp_path, build_options={"precision": "int8"})
+    assert not any(tmp_path.iterdir())
 
 
 def test_no_shipped_models_is_a_clear_error(tmp_path, monkeypatch, capsys):

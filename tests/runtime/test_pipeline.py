@@ -18,7 +18,8 @@ from covidedge.errors import BadInputError, IncompatibleModelError
 from covidedge.backends.onnxruntime import OrtRunner
 from covidedge.runtime.pipeline import Classifier, Pipeline, Segmenter
 from covidedge.runtime.results import Failure, Prediction
-from covidedge.spec import classifier_spec, segmenter_spec
+from covidedge.spec import classifier_spec
+from tests.graphs import tiny_checkpoint
 from tests.graphs import (SIZE, expected_logits, expected_masks, tiny_classifier_onnx,
                                         tiny_models, xray)
 
@@ -260,17 +261,12 @@ def test_package_exports_the_api():
 def exported(tmp_path_factory):
     torch = pytest.importorskip("torch", reason="torch is needed to build and export test models")
     from covidedge.export import export_model
-    from covidedge.models.registry import create_model
-    from covidedge.formats.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)
     out = {}
-    for task, name, kw, make_spec in (
-            ("classifier", "xception", {"width_mult": 0.25}, classifier_spec),
-            ("segmenter", "resunet", {"base_width": 8, "depth": 2}, segmenter_spec)):
-        spec = make_spec(model_name=name, input_size=(64, 64), model_kwargs=kw)
-        ckpt = save_checkpoint(folder / f"{task}.pt", create_model(name, **kw).eval(), spec)
+    for task, kw in (("classifier", {"width_mult": 0.25}), ("segmenter", {})):
+        ckpt = tiny_checkpoint(folder / f"{task}.pt", task, 64, **kw)
         export_model(ckpt, folder / f"{task}.onnx", precision="fp32")
         out[task] = (ckpt, folder / f"{task}.onnx")
     return out

@@ -27,14 +27,10 @@ def data_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def segmenter(tmp_path_factory):
     torch = pytest.importorskip("torch", reason="the test model is made with torch")
-    from covidedge.formats.checkpoint import save_checkpoint
-    from covidedge.models.registry import create_model
-    from covidedge.spec import segmenter_spec
+    from tests.graphs import tiny_checkpoint
 
     torch.manual_seed(3)
-    kw = {"base_width": 4, "depth": 2}
-    spec = segmenter_spec(input_size=(MODEL_SIZE, MODEL_SIZE), model_kwargs=kw)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "seg.pt", create_model("resunet", **kw).eval(), spec)
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "seg.pt", "segmenter", MODEL_SIZE, base_width=4)
 
 
 def _read_mask(path) -> np.ndarray:
