@@ -37,7 +37,7 @@ from covidedge.dicom import codes
 from covidedge.dicom.privacy import patient_identity, scrub
 from covidedge.errors import BadInputError, require, one_line
 from covidedge.fileio import atomic_target
-from covidedge.runtime.results import OutputNamer, Prediction
+from covidedge.prediction import OutputNamer, Prediction
 
 MANUFACTURER = "covidedge"
 #: Series number and description of each kind of object written.

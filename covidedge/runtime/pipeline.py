@@ -30,7 +30,7 @@ from covidedge.errors import (EXIT_RUNTIME, BadInputError, CovidEdgeError, Incom
 from covidedge.metrics import infected_fraction, lung_fraction
 from covidedge.backends.base import Runner, infer_fitted
 from covidedge.runtime.postprocess import probabilities_to_mask
-from covidedge.runtime.results import STAGES, Failure, OutputNamer, Prediction, Result
+from covidedge.prediction import Failure, OutputNamer, Prediction, Result, STAGES
 from covidedge.spec import MASK_CHANNELS, MASK_THRESHOLD, MAX_BATCH
 
 ModelLike = Union[str, "os.PathLike[str]", Runner]

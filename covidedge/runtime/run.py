@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Union
 
 from covidedge.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, BadInputError, UsageError
-from covidedge.runtime.results import Result
+from covidedge.prediction import Result
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Results file formats by name; the default follows the file's suffix (.jsonl, else CSV).

@@ -25,7 +25,7 @@ import numpy as np
 
 from covidedge.errors import (EXIT_BAD_INPUT, EXIT_RUNTIME, BadInputError, CovidEdgeError,
                               IncompatibleModelError, RuntimeFailure, require, one_line)
-from covidedge.runtime.results import Failure, OutputNamer, Prediction, Result
+from covidedge.prediction import Failure, OutputNamer, Prediction, Result
 from covidedge.serve import models as names
 from covidedge.serve.config import SERVE_EXTRA
 from covidedge.serve.repository import ENSEMBLE

@@ -17,7 +17,7 @@ from PIL import Image
 from covidedge.errors import BadInputError, IncompatibleModelError
 from covidedge.backends.onnxruntime import OrtRunner
 from covidedge.runtime.pipeline import Classifier, Pipeline, Segmenter
-from covidedge.runtime.results import Failure, Prediction
+from covidedge.prediction import Failure, Prediction
 from covidedge.spec import classifier_spec
 from tests.graphs import tiny_checkpoint
 from tests.graphs import (SIZE, expected_logits, expected_masks, tiny_classifier_onnx,

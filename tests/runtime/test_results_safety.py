@@ -18,8 +18,8 @@ from PIL import Image
 
 from covidedge.cli.infer import command
 from covidedge.errors import BadInputError, RuntimeFailure
-from covidedge.runtime.results import (CsvResultsWriter, Failure, JsonlResultsWriter, OutputLock,
-                                       Prediction, TableFormatter, csv_safe, printable)
+from covidedge.runtime.results import CsvResultsWriter, JsonlResultsWriter, OutputLock, TableFormatter, csv_safe, printable
+from covidedge.prediction import Failure, Prediction
 from tests.graphs import tiny_models, xray
 
 
