@@ -189,7 +189,8 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     for task, ckpt in (("classifier", cls.best_checkpoint), ("segmenter", seg.best_checkpoint)):
         for prec in s.precisions:
             log(f"[3/6] build-engine: {task} {prec}")
-            # named as build-engine names engines: .trt*.engine, .ort.onnx or .ov.onnx by backend
+            # named by backend as build-engine names them (.trt.engine, .ort.onnx, .ov.onnx); a
+            # TensorRT name here leaves out the release and GPU that build-engine's default adds
             res = build_engine(ckpt, default_engine_path(f"{task}.pt", prec, chosen, build_dir=out / "engines"),
                                precision=prec,
                                backend=backend, calibration=calib if prec == "int8" else None,

@@ -11,11 +11,14 @@ the Triton client, the result files (covidedge.runtime.results) and the DICOM wr
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
+
+from covidedge.errors import EXIT_RUNTIME, CovidEdgeError, one_line
 
 
 #: Per-image stages timed by the pipeline, in order; "total" is their sum (ms).
@@ -86,6 +89,17 @@ class Prediction:
             "quality_flags": list(self.quality_flags),
         }
 
+    @property
+    def caption(self) -> Optional[str]:
+        """The overlay's caption: class and probability, infected share of the lungs."""
+        caption = None
+        if self.label is not None:
+            caption = f"{self.label} {self.confidence:.2f}"
+        if self.infected_fraction is not None:
+            sev = f"infected {100 * self.infected_fraction:.1f}% of lungs"
+            caption = f"{caption} | {sev}" if caption else sev
+        return caption
+
     def save(self, out_dir, name: Optional[str] = None, *, image: Optional[np.ndarray] = None,
              overlay: bool = True) -> Dict[str, str]:
         """Write ``<name>_lungs.png`` and ``<name>_infection.png`` (and ``<name>_overlay.png``
@@ -104,12 +118,7 @@ class Prediction:
             written["infection"] = str(save_mask_png(out_dir / f"{name}_infection.png",
                                                      self.infection_mask))
         if overlay and image is not None:
-            caption = None
-            if self.label is not None:
-                caption = f"{self.label} {self.confidence:.2f}"
-            if self.infected_fraction is not None:
-                sev = f"infected {100 * self.infected_fraction:.1f}% of lungs"
-                caption = f"{caption} | {sev}" if caption else sev
+            caption = self.caption
             written["overlay"] = str(save_overlay(out_dir / f"{name}_overlay.png", image,
                                                   self.lung_mask, self.infection_mask,
                                                   caption=caption))
@@ -137,6 +146,20 @@ class Failure:
         return {"source": self.source, "status": "failed", "stage": self.stage,
                 "error": self.error, "exit_code": int(self.exit_code)}
 
+    @classmethod
+    def from_exception(cls, exc: BaseException, source: str, stage: str) -> "Failure":
+        """The record of ``exc`` for ``source``: its one-line text and its exit code (a runtime
+        failure for anything that is not a covidedge error)."""
+        code = exc.exit_code if isinstance(exc, CovidEdgeError) else EXIT_RUNTIME
+        return cls(source=source, error=one_line(exc, source), exit_code=code, stage=stage)
+
+
+def source_name(item: Any, index: int) -> str:
+    """How results name an input: its path, or ``<image N>`` for an in-memory image."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    return f"<image {index}>"
+
 
 Result = Union[Prediction, Failure]
 
@@ -161,4 +184,4 @@ class OutputNamer:
         return name
 
 
-__all__ = ["STAGES", "OUTPUT_KINDS", "Prediction", "Failure", "Result", "OutputNamer"]
+__all__ = ["STAGES", "OUTPUT_KINDS", "Prediction", "Failure", "Result", "OutputNamer", "source_name"]

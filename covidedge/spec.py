@@ -60,6 +60,19 @@ def as_size(size, what: str = "size") -> Tuple[int, int]:
     return h, w
 
 
+def check_threshold(threshold) -> float:
+    """A mask threshold as a float strictly between 0 and 1; anything else is a one-line
+    BadInputError."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not 0.0 < t < 1.0:
+        raise BadInputError(f"threshold={threshold!r}, expected a probability between 0 and 1 "
+                            "(exclusive)", hint=f"{MASK_THRESHOLD} is the usual choice")
+    return t
+
+
 def check_choice(kind: str, value, choices) -> None:
     """Refuse ``value`` unless it is one of ``choices``, with the one-line error every layer uses
     (exit code 3)."""

@@ -65,6 +65,13 @@ def tiny_classifier_onnx(path, size: int = 8, batch=None, spec: ModelSpec | None
     return spec
 
 
+def strip_metadata(path) -> None:
+    """Remove every ``metadata_props`` entry (the spec among them) from the ONNX file at ``path``."""
+    m = onnx.load(str(path))
+    del m.metadata_props[:]
+    onnx.save(m, str(path))
+
+
 def expected_logits(x: np.ndarray) -> np.ndarray:
     """The logits ``tiny_classifier_onnx`` gives for the NCHW batch ``x``."""
     m = x.reshape(x.shape[0], -1).mean(axis=1, keepdims=True)

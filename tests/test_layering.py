@@ -91,7 +91,7 @@ def test_every_module_has_a_layer():
         _unit(_module_name(path))
 
 
-def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
+def test_the_check_sees_an_upward_import(tmp_path):
     # the rule itself: a backend importing the runtime would be reported
     assert _unit("covidedge.backends.onnxruntime")[0] < _unit("covidedge.runtime.pipeline")[0]
     bad = tmp_path / "m.py"

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from covidedge.bench.report import BenchReport, BenchRow, file_size_mb, probe_machine_safely
+from covidedge.bench.report import BenchReport, BenchRow, file_size_mb
 from covidedge.bench.timing import (
     EndToEndStats, LatencyStats, UNSTABLE_CV, percentile, summarize, time_end_to_end, time_runner,
 )
@@ -189,7 +189,7 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 
     say = notify or (lambda msg: None)
     from covidedge.runtime import load
 
-    report = BenchReport(machine=probe_machine_safely(), settings={
+    report = BenchReport.for_this_machine(settings={
         "warmup": warmup, "iterations": iterations, "duration_s": duration_s, "batches": batches,
         "backend": backend, "threads": threads, "data_root": None if data_root is None else str(data_root),
         "split": split if (data_root is not None or end_to_end) else None,

@@ -159,7 +159,7 @@ class LatencyStats:
 def _check_budget(iterations: Optional[int], duration_s: Optional[float], warmup: int) -> None:
     if iterations is not None and duration_s is not None:
         raise UsageError("iterations and duration are exclusive: give one or the other",
-                            hint="--iterations N counts runs, --duration S times for S seconds")
+                         hint="--iterations N counts runs, --duration S times for S seconds")
     if iterations is not None and iterations < 1:
         raise BadInputError(f"iterations {iterations} is not positive")
     if duration_s is not None and not duration_s > 0:

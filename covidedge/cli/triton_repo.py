@@ -6,6 +6,7 @@ import json
 
 import click
 
+from covidedge.spec import MASK_THRESHOLD
 from covidedge.serve.repository import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, TARGETS
 
 
@@ -24,7 +25,7 @@ from covidedge.serve.repository import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US
 @click.option("--queue-delay-us", type=click.IntRange(min=0), default=DEFAULT_QUEUE_DELAY_US, show_default=True,
               help="Dynamic batching: how long (µs) a request may wait for others to join its batch.")
 @click.option("--no-dynamic-batching", is_flag=True, help="Run each request on its own.")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.5,
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=MASK_THRESHOLD,
               show_default=True, help="Mask probability threshold the server applies.")
 @click.option("--backend", type=click.Choice(("onnxruntime", "openvino")), default=None,
               help="cpu target: the runtime of plain ONNX graphs (default onnxruntime).")

@@ -368,7 +368,9 @@ def select_samples(samples: Sequence, limit_per_class: Optional[int] = None, see
         keep.extend(group)
     return keep
 
-__all__ = ["select_samples", 
+
+__all__ = [
+    "select_samples",
     "CLASSES",
     "INFECTION_SUBSET",
     "LAYOUT",

@@ -28,6 +28,7 @@ from covidedge.data.dicomio import (DICOM_SUFFIXES, check_dicom_header, has_dico
                                     starts_like_dicom)
 from covidedge.data.rasterio import read_raster
 from covidedge.errors import BadInputError, DatasetError, one_line
+from covidedge.fileio import atomic_target
 from covidedge.spec import as_size
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -163,8 +164,8 @@ def write_png(path: PathLike, array: np.ndarray, *, compress_level: int = 6,
         pnginfo.add(b"sBIT", bytes([bits]))
     img = Image.fromarray(np.ascontiguousarray(arr))
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        img.save(p, format="PNG", compress_level=int(compress_level), pnginfo=pnginfo)
+        with atomic_target(p) as tmp:
+            img.save(tmp, format="PNG", compress_level=int(compress_level), pnginfo=pnginfo)
     except OSError as exc:
         raise BadInputError(f"cannot be written: {one_line(exc)}", path=p,
                             hint="check that the folder is writable") from exc

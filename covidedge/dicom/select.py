@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
+from covidedge.data.dicomio import has_dicom_magic
 from covidedge.data.imageio import is_dicom_path
 from covidedge.errors import BadInputError, require
 
@@ -122,7 +123,7 @@ def _read_header(pydicom, path: Path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the decoder reports a broken file on its own line
             with open(path, "rb") as fh:
-                has_magic = fh.read(132)[128:132] == b"DICM"
+                has_magic = has_dicom_magic(fh.read(132))
             return pydicom.dcmread(str(path), force=not has_magic, defer_size=256)
     except Exception:
         return None

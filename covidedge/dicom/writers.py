@@ -219,17 +219,6 @@ def build_report(source, prediction: Prediction, algorithm: AlgorithmInfo, *, se
     return sr
 
 
-def overlay_caption(prediction: Prediction) -> Optional[str]:
-    """The overlay's caption: class and probability, infected share of the lungs."""
-    caption = None
-    if prediction.label is not None:
-        caption = f"{prediction.label} {prediction.confidence:.2f}"
-    if prediction.infected_fraction is not None:
-        sev = f"infected {100 * prediction.infected_fraction:.1f}% of lungs"
-        caption = f"{caption} | {sev}" if caption else sev
-    return caption
-
-
 def build_secondary_capture(source, rgb: np.ndarray, *, series_uid: str, instance_number: int = 1):
     """An RGB Secondary Capture of ``rgb`` (``Rows x Columns x 3`` uint8) in the source's study,
     with a Source Image Sequence that references ``source`` and its patient orientation. RLE
@@ -386,7 +375,7 @@ class DicomOutputs:
                 from covidedge.overlay import draw_overlay
 
                 rgb = draw_overlay(read_gray(result.source), result.lung_mask, result.infection_mask,
-                                   caption=overlay_caption(result))
+                                   caption=result.caption)
                 uid, n = self._next(study, "sc")
                 sc = build_secondary_capture(ds, rgb, series_uid=uid, instance_number=n)
                 written["sc"] = str(self._save(sc, self.out_dir / f"{name}_sc.dcm"))
@@ -416,5 +405,5 @@ class DicomOutputs:
 
 
 __all__ = ["SERIES", "INDEX_NAME", "INDEX_COLUMNS", "AlgorithmInfo", "DicomOutputs", "build_report",
-           "build_secondary_capture", "build_segmentation", "overlay_caption", "read_source",
+           "build_secondary_capture", "build_segmentation", "read_source",
            "require_highdicom"]

@@ -25,11 +25,13 @@ from covidedge.backends.onnxruntime import ORT_OFFLINE_LEVEL
 from covidedge.backends.tensorrt.logger import TENSORRT_INSTALL_HINT
 from covidedge.engine.paths import default_engine_path, refuse_foreign_file
 from covidedge.export.calibrators import DEFAULT_METHOD
+from covidedge.export.int8 import KEY_TRT_COMPATIBLE
 from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, UsageError
 from covidedge.fileio import sha256_file, write_atomic
 from covidedge.formats.checkpoint import CHECKPOINT_SUFFIXES
 from covidedge.formats.manifest import EngineManifest, manifest_path_for
-from covidedge.formats.onnxfile import graph_opset, graph_precision, graph_tensors, load_onnx
+from covidedge.formats.onnxfile import (KEY_CALIBRATION_SHA, KEY_PRECISION, graph_opset, graph_precision,
+                                        graph_tensors, load_onnx)
 from covidedge.machine import describe_device, module_present, package_version, probe_machine
 from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIONS, ModelSpec, check_choice
 
@@ -76,8 +78,7 @@ def validate_batch_range(min_batch, opt_batch, max_batch) -> Tuple[int, int, int
 def resolve_backend(backend: str, tensorrt_present: bool, pycuda_present: bool = True) -> str:
     """'auto' -> 'tensorrt' where TensorRT and pycuda are importable, else 'onnxruntime'.
     An explicit 'tensorrt' without TensorRT is an error (never a quiet fallback)."""
-    if backend not in ENGINE_BACKEND_CHOICES:
-        raise BadInputError(f"backend {backend!r} is unknown; expected one of {', '.join(ENGINE_BACKEND_CHOICES)}")
+    check_choice("backend", backend, ENGINE_BACKEND_CHOICES)
     if backend == "auto":
         return "tensorrt" if tensorrt_present and pycuda_present else "onnxruntime"
     if backend == "tensorrt" and not tensorrt_present:
@@ -102,8 +103,7 @@ def resolve_precision(requested: Optional[str], graph: str, source: object = Non
         raise IncompatibleModelError(f"graph precision {graph!r} is unknown", path=source)
     if requested is None or requested == graph:
         return graph
-    if requested not in PRECISIONS:
-        raise BadInputError(f"precision {requested!r} is unknown; expected one of {', '.join(PRECISIONS)}")
+    check_choice("precision", requested, PRECISIONS)
     raise BadInputError(
         f"this ONNX graph is {graph} but --precision {requested} was asked for; the precision is in "
         "the graph", path=source,
@@ -177,7 +177,7 @@ def resolve_int8_activations(requested: str, backend: str) -> str:
 
 
 def _calibration_sha(meta: Dict[str, str], calibration=None) -> Optional[str]:
-    sha = meta.get("covidedge.calibration_sha256")
+    sha = meta.get(KEY_CALIBRATION_SHA)
     if sha:
         return sha
     return getattr(calibration, "sha256", None) if calibration is not None else None
@@ -254,7 +254,7 @@ def _read_graph(onnx_path: Path, header, requested: Optional[str], batch: Sequen
     spec = ModelSpec.from_metadata(meta, source=onnx_path)
     graph_prec = graph_precision(header)
     precision = resolve_precision(requested, graph_prec, source=onnx_path)
-    labelled = meta.get("covidedge.precision")
+    labelled = meta.get(KEY_PRECISION)
     if labelled and labelled != graph_prec:
         raise IncompatibleModelError(f"metadata says {labelled} but the graph is {graph_prec}",
                                      path=onnx_path, hint="re-export the model with 'covidedge export'")
@@ -273,7 +273,7 @@ def _build_tensorrt(graph: _Graph, out: Path, version: str, opt: int, options: D
     from covidedge.backends.tensorrt.build import build_serialized
     from covidedge.backends.tensorrt.plan import check_tensorrt_opset, plan_tensorrt_build
 
-    if graph.precision == "int8" and graph.meta.get("covidedge.tensorrt_compatible") == "false":
+    if graph.precision == "int8" and graph.meta.get(KEY_TRT_COMPATIBLE) == "false":
         raise IncompatibleModelError(
             "this int8 graph has asymmetric uint8 activations, which TensorRT's explicit "
             "quantization does not take", path=graph.path,
@@ -316,8 +316,8 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
         raise BadInputError("model file not found", path=model,
                             hint="pass a checkpoint (.pt) or an exported ONNX graph (.onnx)")
     lo, opt, hi = validate_batch_range(min_batch, opt_batch, max_batch)
-    if precision is not None and precision not in PRECISIONS:
-        raise BadInputError(f"precision {precision!r} is unknown; expected one of {', '.join(PRECISIONS)}")
+    if precision is not None:
+        check_choice("precision", precision, PRECISIONS)
     if calib_method is not None:
         check_choice("calibration method", calib_method, CALIBRATION_METHODS)
     from_checkpoint = model.suffix.lower() in CHECKPOINT_SUFFIXES
@@ -327,21 +327,21 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
     calib_given = calibration is not None or calib_method is not None or calib_count is not None
     if calib_given and not from_checkpoint:
         raise UsageError("calibration options apply when building int8 from a checkpoint; this ONNX "
-                            "graph already holds its precision", path=model,
-                            hint="drop --calib-data / --calib-count / --calib-method")
+                         "graph already holds its precision", path=model,
+                         hint="drop --calib-data / --calib-count / --calib-method")
     if calib_given and (precision or "fp32") != "int8":
         raise UsageError(f"calibration options apply to int8 only, this build is {precision or 'fp32'}",
-                            hint="add --precision int8, or drop the calibration options")
+                         hint="add --precision int8, or drop the calibration options")
 
     trt_present, cuda_present = module_present("tensorrt"), module_present("pycuda")
     chosen = resolve_backend(backend, trt_present, cuda_present)
     activations = resolve_int8_activations(int8_activations, chosen)
     if int8_activations != "auto" and (precision or "fp32") != "int8":
         raise UsageError(f"--int8-activations applies to int8 builds, this build is {precision or 'fp32'}",
-                            hint="add --precision int8, or drop --int8-activations")
+                         hint="add --precision int8, or drop --int8-activations")
     if int8_activations != "auto" and not from_checkpoint:
         raise UsageError("--int8-activations applies when quantizing a checkpoint; this ONNX graph "
-                            "already holds its precision", path=model, hint="drop --int8-activations")
+                         "already holds its precision", path=model, hint="drop --int8-activations")
     fell_back = backend == "auto" and chosen == "onnxruntime"
     check_options_for_backend(chosen, workspace_mib=workspace_mib, timing_cache=timing_cache,
                               dla_core=dla_core, version_compatible=version_compatible,

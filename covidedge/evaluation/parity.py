@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from covidedge.errors import BadInputError, UsageError
-from covidedge.spec import CALIBRATION_METHODS, DEFAULT_CALIBRATION_COUNT
+from covidedge.spec import CALIBRATION_METHODS
 from covidedge.export.calibrators import DEFAULT_PERCENTILE
 
 DEFAULT_OUT_DIR = Path("build") / "parity"
@@ -117,7 +117,7 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
 
     int8 graphs (one per ``methods`` entry) are calibrated on ``calibration`` (a CalibrationSet
     or manifest), else on ``calib_data`` (a dataset folder), else on the Train split of
-    ``data_root`` (``calib_count`` images, default DEFAULT_CALIBRATION_COUNT or all it has). Graphs, ``parity.md`` and
+    ``data_root`` (``calib_count`` images, default covidedge.spec.DEFAULT_CALIBRATION_COUNT, or all it has). Graphs, ``parity.md`` and
     ``parity.json`` go to ``out_dir``. Returns the table rows (a list of dicts with ``.meta``,
     ``.to_markdown()`` and ``.to_dict()``).
     """
@@ -164,13 +164,8 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
     calib = None
     if methods:
         source = calibration if calibration is not None else (calib_data or data_root)
-        count = calib_count
-        if calibration is None and calib_data is None and count is None:
-            from covidedge.data.covidqu import CovidQuDataset
-
-            count = min(DEFAULT_CALIBRATION_COUNT, len(CovidQuDataset(data_root).samples("Train")))
-        calib = resolve_calibration(
-            source, spec.input_size, calib_count=count,
+        calib = resolve_calibration(  # a folder gives the default count, or all its Train split has
+            source, spec.input_size, calib_count=calib_count,
             out=None if calibration is not None else out_dir / f"{stem}-calibration.json")
 
     jobs = [(p, None) for p in precisions] + [("int8", m) for m in methods]

@@ -399,7 +399,7 @@ def _evaluate_classifier(runner, spec, samples, bs, progress, keep_outputs, clas
 
 
 def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_outputs):
-    from covidedge.data.imageio import read_mask
+    from covidedge.data.imageio import check_mask_shape, image_shape, read_mask
     from covidedge.data.preprocess import preprocess_batch
     from covidedge.metrics import SegmentationAccumulator
 
@@ -430,10 +430,13 @@ def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_out
                 f"({b - a}, {len(labels)}, {size[0]}, {size[1]})", path=runner.source)
         for s, prob in zip(chunk, p):
             # scored at the image's own size, with the masks infer writes for it
-            true_lungs = read_mask(s.lung_mask, image=s.image)
-            hw = true_lungs.shape
-            true_inf = (read_mask(s.infection_mask, image=s.image) if s.infection_mask is not None
-                        else np.zeros(hw, dtype=bool))
+            hw = image_shape(s.image)  # the image's header, read once for both masks
+            true_lungs = read_mask(s.lung_mask)
+            check_mask_shape(true_lungs.shape, s.lung_mask, hw, s.image)
+            true_inf = np.zeros(hw, dtype=bool)
+            if s.infection_mask is not None:
+                true_inf = read_mask(s.infection_mask)
+                check_mask_shape(true_inf.shape, s.infection_mask, hw, s.image)
             acc.update(probabilities_to_mask(prob[li], threshold, hw), true_lungs,
                        probabilities_to_mask(prob[ii], threshold, hw), true_inf, label=s.label, name=s.name)
         if keep_outputs:  # one packed row per image, at the model's size

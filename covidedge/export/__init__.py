@@ -119,7 +119,7 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
     work, with one-line errors that name them as ``option_names`` spells them (the command
     line passes its flags).
     """
-    from covidedge.export.onnx import ExportReport, parity_stats, reference_outputs_for, run_onnx, synthetic_images
+    from covidedge.export.onnx import ExportReport, parity_stats, run_onnx
     from covidedge.fileio import sha256_file
     from covidedge.formats.onnxfile import graph_io, load_onnx, read_onnx_metadata
     from covidedge.export.onnx import export_onnx
@@ -168,27 +168,15 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
             details["method"] = written[KEY_CALIB_METHOD]
             if written.get(KEY_CALIB_PERCENTILE):
                 details["percentile"] = float(written[KEY_CALIB_PERCENTILE])
-        got = graph_precision(out)
+        model = load_onnx(out)  # read once for the checks and the report
+        got = graph_precision(model)
         if got != precision:
             raise BadInputError(f"converted graph reads as {got}, expected {precision}", path=out)
 
-        import numpy as np
-
-        x = export_kw.get("parity_inputs")
-        if x is None:
-            shape = base.inputs["image"]
-            x = synthetic_images(base.parity["n"], shape[2:], seed=0)
-            if shape[1] != 1:
-                x = np.repeat(x, shape[1], axis=1)
-        x = np.asarray(x, np.float32)
-        if base.reference is not None and np.array_equal(base.reference[0], x):
-            ref = base.reference[1]  # the fp32 export ran the checkpoint on these images already
-        else:
-            ref = reference_outputs_for(checkpoint, x)
+        x, ref = base.reference  # the fp32 export ran the checkpoint on its parity images already
         got_out = run_onnx(out, x, static_batch=None if dynamic_batch else 1)
         parity = parity_stats(base.task, ref, got_out)
-        parity["vs_fp32_graph"] = parity_vs_fp32(out)
-    model = load_onnx(out)
+        parity["vs_fp32_graph"] = parity_vs_fp32(model)
     meta = {p.key: p.value for p in model.metadata_props}
     io_ = graph_io(model)
     return ExportReport(

@@ -358,16 +358,6 @@ def export_onnx(checkpoint_path: Union[str, Path], out_path: Union[str, Path], *
     )
 
 
-def reference_outputs_for(checkpoint_path: Union[str, Path],
-                          x: np.ndarray) -> Dict[str, np.ndarray]:
-    """The torch model's outputs on ``x`` for a checkpoint (used by precision checks)."""
-    from covidedge.models.wrapper import InferenceWrapper
-    from covidedge.models.loading import load_checkpoint
-
-    model, spec, _ = load_checkpoint(checkpoint_path)
-    return torch_outputs(InferenceWrapper(model, spec.task).eval(), x)
-
-
 __all__ = [
     "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "ExportReport", "export_onnx", "run_onnx", "parity_stats",
     "synthetic_images", "torch_outputs",

@@ -172,11 +172,8 @@ def pack_compact(src: PathLike, dst: PathLike) -> Dict[str, Any]:
     model = load_onnx(src)
     if any(p.key == KEY_COMPACT for p in model.metadata_props):
         raise BadInputError("graph is already compact", path=src)
-    if graph_precision(model) != "fp32":
+    if graph_precision(model) != "fp32":  # fp16 weights included: restoring could not tell them apart
         raise BadInputError("a compact graph is made from an fp32 graph", path=src)
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-        raise BadInputError("graph already holds fp16 weights; restoring could not tell them apart",
-                            path=src)
     stored = kept = 0
     worst = 0.0
     for i, t in enumerate(model.graph.initializer):

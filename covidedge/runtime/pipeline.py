@@ -25,13 +25,12 @@ import numpy as np
 
 from covidedge.data.preprocess import PREPROCESSING_ID, as_gray, resize_gray
 from covidedge.data.quality import check_quality, describe_flags
-from covidedge.errors import (EXIT_RUNTIME, BadInputError, CovidEdgeError, IncompatibleModelError,
-                              RuntimeFailure, UsageError, one_line)
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure, UsageError
 from covidedge.metrics import infected_fraction, lung_fraction
 from covidedge.backends.base import Runner, infer_fitted
 from covidedge.runtime.postprocess import probabilities_to_mask
-from covidedge.prediction import Failure, OutputNamer, Prediction, Result, STAGES
-from covidedge.spec import MASK_CHANNELS, MASK_THRESHOLD, MAX_BATCH
+from covidedge.prediction import STAGES, Failure, OutputNamer, Prediction, Result, source_name
+from covidedge.spec import MASK_CHANNELS, MASK_THRESHOLD, MAX_BATCH, check_threshold
 
 ModelLike = Union[str, "os.PathLike[str]", Runner]
 ImageItem = Union[str, "os.PathLike[str]", np.ndarray, Any]
@@ -42,17 +41,6 @@ _NO_MODEL_HINT = ("pass a classifier and/or a segmenter (--classifier / --segmen
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
-
-
-def _source_of(item: ImageItem, index: int) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
-    return f"<image {index}>"
-
-
-def _failure(exc: BaseException, source: str, stage: str) -> Failure:
-    code = exc.exit_code if isinstance(exc, CovidEdgeError) else EXIT_RUNTIME
-    return Failure(source=source, error=one_line(exc, source), exit_code=code, stage=stage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,7 +57,7 @@ class _Model:
         if isinstance(model, Runner):
             if opts:
                 raise UsageError(f"options {sorted(opts)} apply only when the model is a path, "
-                                    "not a ready runner")
+                                 "not a ready runner")
             if backend not in ("auto", model.backend):
                 raise UsageError(f"backend={backend!r} does not apply to a ready {model.backend} runner",
                                  hint="pass the model's path to choose its backend")
@@ -183,9 +171,6 @@ class Classifier(_Model):
 
     task = "classifier"
 
-    def __init__(self, model: ModelLike, backend: str = "auto", **opts):
-        super().__init__(model, backend=backend, **opts)
-
 
 class Segmenter(_Model):
     """A lungs + infection segmenter; mask pixels are those whose probability exceeds
@@ -194,7 +179,7 @@ class Segmenter(_Model):
     task = "segmenter"
 
     def __init__(self, model: ModelLike, threshold: float = MASK_THRESHOLD, backend: str = "auto", **opts):
-        self.threshold = _check_threshold(threshold)
+        self.threshold = check_threshold(threshold)
         super().__init__(model, backend=backend, **opts)
 
     @property
@@ -208,7 +193,7 @@ def _refuse_unused(classifier, segmenter, threshold, backend, options) -> None:
         if segmenter is None:
             raise UsageError(f"threshold={threshold!r} applies to a segmenter, and none is given",
                              hint="drop the threshold or add a segmenter")
-        if isinstance(segmenter, Segmenter) and _check_threshold(threshold) != segmenter.threshold:
+        if isinstance(segmenter, Segmenter) and check_threshold(threshold) != segmenter.threshold:
             raise UsageError(f"threshold={threshold!r} does not apply to a ready Segmenter (it has "
                              f"threshold {segmenter.threshold})",
                              hint="set the threshold when making the Segmenter")
@@ -220,19 +205,6 @@ def _refuse_unused(classifier, segmenter, threshold, backend, options) -> None:
         if backend not in ("auto", m.backend):
             raise UsageError(f"backend={backend!r} does not apply to a ready {type(m).__name__} "
                              f"running on {m.backend}", hint="pass the model's path to choose its backend")
-
-
-def _check_threshold(threshold) -> float:
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        t = float("nan")
-    if not 0.0 < t < 1.0:
-        raise BadInputError(f"threshold={threshold!r}, expected a probability between 0 and 1 "
-                            "(exclusive)", hint="0.5 is the usual choice")
-    return t
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +231,7 @@ class _Item:
 
     def outcome(self) -> Result:
         if self.error is not None:
-            return _failure(self.error, self.source, self.stage)
+            return Failure.from_exception(self.error, self.source, self.stage)
         return self.result
 
 
@@ -464,7 +436,7 @@ class Pipeline:
         """One image (path, HxW array, or PIL image) -> :class:`Prediction`. Raises the image's
         error (BadInputError for a bad file) instead of returning a failure. With ``out_dir``,
         masks (and the overlay) are written there."""
-        source = _source_of(image_or_path, 0)
+        source = source_name(image_or_path, 0)
         namer = OutputNamer() if out_dir is not None else None
         it = next(self._run_chunk([(image_or_path, source)], namer, out_dir, overlay))
         if it.error is not None:
@@ -484,7 +456,7 @@ class Pipeline:
         namer = OutputNamer() if out_dir is not None else None
         chunk: List[Tuple[ImageItem, str]] = []
         for i, item in enumerate(items):
-            chunk.append((item, _source_of(item, i)))
+            chunk.append((item, source_name(item, i)))
             if len(chunk) == bs:
                 for it in self._run_chunk(chunk, namer, out_dir, overlay):
                     yield it.outcome()
@@ -492,10 +464,6 @@ class Pipeline:
         if chunk:
             for it in self._run_chunk(chunk, namer, out_dir, overlay):
                 yield it.outcome()
-
-
-#: Most images decoded and held at once (a batch): a 256-px batch of 1024 holds ~0.3 GB of model
-#: input beside the decoded images.
 
 
 def _check_batch_size(batch_size) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Union
 
 from covidedge.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, BadInputError, UsageError
+from covidedge.spec import check_choice
 from covidedge.prediction import Result
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -44,7 +45,6 @@ class RunSummary:
     images: int = 0
     ok: int = 0
     failed: int = 0
-    input_problems: int = 0
     not_selected: int = 0
     dicom_failed: int = 0
     flagged: int = 0
@@ -55,6 +55,11 @@ class RunSummary:
     dicom_summary: str = ""
     selection_summary: str = ""
     problems: List[str] = field(default_factory=list)
+
+    @property
+    def input_problems(self) -> int:
+        """Inputs that were not images to run on (missing, unreadable, loops)."""
+        return len(self.problems)
 
     @property
     def exit_code(self) -> int:
@@ -84,9 +89,7 @@ class RunSummary:
 def _results_format(results_format: Optional[str], path: Optional[Path]) -> Optional[str]:
     if results_format is None:
         return None
-    if results_format not in RESULT_FORMATS:
-        raise BadInputError(f"results format {results_format!r} is unknown; expected one of "
-                            f"{', '.join(RESULT_FORMATS)}")
+    check_choice("results format", results_format, RESULT_FORMATS)
     if path is None:
         raise UsageError("results_format applies to a results file; give out_dir or results too")
     return results_format
@@ -151,7 +154,6 @@ def run_inference(inputs: Union[PathLike, Iterable[PathLike]], *, pipeline=None,
     for problem in expanded.problems:
         summary.problems.append(str(problem))
         on_note(f"skipped: {printable(str(problem))}")
-    summary.input_problems = len(expanded.problems)
     selection = select_instances(expanded.files, series_filter)
     for line in selection.lines():
         on_note(line)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, UsageError
-from covidedge.spec import RUNNER_BACKEND_CHOICES
+from covidedge.spec import RUNNER_BACKEND_CHOICES, check_choice
 from covidedge.backends.base import Runner
 from covidedge.formats.checkpoint import CHECKPOINT_SUFFIXES
 
@@ -87,7 +87,7 @@ def _ort_device_providers(opts: Dict[str, Any], source) -> Dict[str, Any]:
             opts["providers"] = ["CUDAExecutionProvider"]
         return opts
     raise UsageError(f"device {device!r} does not apply to ONNX Runtime", path=source,
-                        hint="use device 'cpu' or 'cuda'")
+                     hint="use device 'cpu' or 'cuda'")
 
 
 def _ort_runner(path, opts, source, **fixed):
@@ -116,8 +116,7 @@ def load(path, backend: str = "auto", verbose: bool = False, **options) -> Runne
     device, threads, performance_hint, inference_precision; torch: device, half).
     ``verbose=True`` writes one line on stderr saying which backend was picked; the runner's
     ``describe()`` says the same."""
-    if backend not in RUNNER_BACKEND_CHOICES:
-        raise BadInputError(f"backend {backend!r} is unknown; expected one of {', '.join(RUNNER_BACKEND_CHOICES)}")
+    check_choice("backend", backend, RUNNER_BACKEND_CHOICES)
     kind = classify(path)
     p = Path(os.fspath(path))
     if kind == "engine":

@@ -24,8 +24,8 @@ from urllib.parse import urlparse
 import numpy as np
 
 from covidedge.errors import (EXIT_BAD_INPUT, EXIT_RUNTIME, BadInputError, CovidEdgeError,
-                              IncompatibleModelError, RuntimeFailure, require, one_line)
-from covidedge.prediction import Failure, OutputNamer, Prediction, Result
+                              IncompatibleModelError, RuntimeFailure, require)
+from covidedge.prediction import Failure, OutputNamer, Prediction, Result, source_name
 from covidedge.serve import models as names
 from covidedge.serve.config import SERVE_EXTRA
 from covidedge.serve.repository import ENSEMBLE
@@ -291,12 +291,11 @@ class ServerPipeline:
                           overlay=overlay)
             return pred
         except Exception as exc:
-            code = exc.exit_code if isinstance(exc, CovidEdgeError) else EXIT_RUNTIME
-            return Failure(source=source, error=one_line(exc, source), exit_code=code, stage=stage)
+            return Failure.from_exception(exc, source, stage)
 
     def predict(self, image_or_path, *, out_dir=None, overlay: bool = True) -> Prediction:
         """One image file (path or encoded bytes) -> Prediction; raises for a bad image."""
-        source = _source(image_or_path, 0)
+        source = source_name(image_or_path, 0)
         res = self._one(image_or_path, source, out_dir, OutputNamer()(source) if out_dir else None, overlay)
         if isinstance(res, Failure):
             raise ServerError(res.error, res.exit_code)
@@ -310,7 +309,7 @@ class ServerPipeline:
         with ThreadPoolExecutor(max_workers=n) as pool:
             window = []
             for i, item in enumerate(items):
-                source = _source(item, i)
+                source = source_name(item, i)
                 name = namer(source) if namer else None
                 window.append(pool.submit(self._one, item, source, out_dir, name, overlay))
                 if len(window) == n:
@@ -319,12 +318,6 @@ class ServerPipeline:
                     window = []
             for f in window:
                 yield f.result()
-
-
-def _source(item, index: int) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
-    return f"<image {index}>"
 
 
 def _read_bytes(item, source: str) -> bytes:

@@ -216,7 +216,9 @@ class PostprocessModel(_StepModel):
         super().initialize(args)
         self.labels = json.loads(self.params.get("labels", "[]"))
         self.channels = json.loads(self.params.get("channels", "[]"))
-        self.threshold = float(self.params.get("threshold", "0.5"))
+        from covidedge.spec import MASK_THRESHOLD
+
+        self.threshold = float(self.params.get("threshold", MASK_THRESHOLD))
 
     def _one(self, request):
         from covidedge.errors import BadInputError, RuntimeFailure

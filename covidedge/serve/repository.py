@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from covidedge.errors import BadInputError, IncompatibleModelError, UsageError
-from covidedge.spec import MASK_THRESHOLD
+from covidedge.spec import MASK_THRESHOLD, check_choice, check_threshold
 from covidedge.serve import config as cfg
 from covidedge.serve import models as names
 
@@ -94,18 +94,15 @@ def describe_network(path, task: str, backend: Optional[str] = None) -> NetworkS
                             input_dtype=io.get(spec.input_name, "float32"),
                             output_dtype=io.get(spec.output_names[1], "float32"), manifest=m)
     else:
-        import onnx
-
-        from covidedge.formats.onnxfile import graph_tensors
-        from covidedge.formats.onnxfile import open_onnx
+        from covidedge.formats.onnxfile import graph_tensors, load_onnx, metadata_precision, open_onnx
 
         _, meta, spec = open_onnx(p)
-        ins, outs = graph_tensors(onnx.load(str(p), load_external_data=False))
+        ins, outs = graph_tensors(load_onnx(p, weights=False))
         batch = next((d["shape"][0] for d in ins if d["name"] == spec.input_name and d["shape"]), -1)
         io = {d["name"]: d["dtype"] for d in ins + outs}
         fixed = batch if batch and batch > 0 else None
         src = NetworkSource(task=task, path=p, kind="onnx", backend=backend or "onnxruntime",
-                            precision=meta.get("covidedge.precision", "fp32"), spec=spec,
+                            precision=metadata_precision(meta), spec=spec,
                             min_batch=fixed or 1, max_batch=fixed,
                             input_dtype=io.get(spec.input_name, "float32"),
                             output_dtype=io.get(spec.output_names[1], "float32"))
@@ -172,10 +169,8 @@ def plan_repository(out, classifier=None, segmenter=None, *, target: str = "cpu"
     """Every model's config (checked against Triton's schema) for a repository at ``out``;
     nothing is written. ``backend`` ("onnxruntime" / "openvino") picks the runtime of plain ONNX
     graphs on the cpu target; engines keep their own."""
-    from covidedge.runtime.pipeline import _check_threshold
 
-    if target not in TARGETS:
-        raise BadInputError(f"target {target!r} is unknown; expected one of {', '.join(TARGETS)}")
+    check_choice("target", target, TARGETS)
     if classifier is None and segmenter is None:
         raise UsageError("no model given", hint="pass --classifier MODEL and/or --segmenter MODEL")
     for name, v in (("max_batch", max_batch), ("instances", instances)):
@@ -183,10 +178,10 @@ def plan_repository(out, classifier=None, segmenter=None, *, target: str = "cpu"
             raise BadInputError(f"{name}={v!r}, expected a positive integer")
     if isinstance(queue_delay_us, bool) or not isinstance(queue_delay_us, int) or queue_delay_us < 0:
         raise BadInputError(f"queue_delay_us={queue_delay_us!r}, expected microseconds >= 0")
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if backend not in (None, "onnxruntime", "openvino"):
         raise UsageError(f"backend {backend!r} does not apply to a Triton repository",
-                            hint="use onnxruntime or openvino (cpu target)")
+                         hint="use onnxruntime or openvino (cpu target)")
     if backend == "openvino" and target == "gpu":
         raise UsageError("--backend openvino applies to --target cpu only",
                          hint="the gpu target serves ONNX graphs with Triton's onnxruntime backend")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from covidedge.errors import BadInputError
+from covidedge.fileio import write_atomic
 from covidedge.train.loop import log, same_option, train_segmenter, write_json
 
 __all__ = ["LossStudyResult", "study_losses", "STUDY_BARS", "CONVERGED_DELTA"]
@@ -178,7 +179,7 @@ def study_losses(data_root, out_dir, *, losses: Optional[Sequence[str]] = None, 
                                   limit_per_class=limit_per_class, num_workers=num_workers,
                                   progress=progress, overwrite=True)
             metrics, best_epoch, seconds = res.metrics, res.best_epoch, res.seconds
-            hist = json.loads((run_dir / "history.json").read_text())
+            hist = {"epochs": res.history}  # what history.json holds, already in memory
         m = metrics["metrics"]
         conv = _convergence(hist.get("epochs") or [])
         rows.append({"loss": name, "lung_dice": m["lung_dice"], "lung_iou": m["lung_iou"],
@@ -188,7 +189,7 @@ def study_losses(data_root, out_dir, *, losses: Optional[Sequence[str]] = None, 
                      "seconds": round(float(seconds), 1), "run_dir": str(run_dir), **conv})
     result = LossStudyResult(out_dir=out, rows=rows, settings=settings)
     write_json(out / "comparison.json", result.to_dict())
-    (out / "comparison.md").write_text(result.to_markdown())
+    write_atomic(out / "comparison.md", result.to_markdown().encode("utf-8"))
     _plot_study(out / "comparison.png", rows)
     return result
 

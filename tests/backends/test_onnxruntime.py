@@ -1,12 +1,11 @@
 import sys
 
 import numpy as np
-import onnx
 import pytest
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
 from covidedge.backends.onnxruntime import OrtRunner, resolve_providers
-from tests.graphs import expected_logits, tiny_classifier_onnx
+from tests.graphs import expected_logits, strip_metadata, tiny_classifier_onnx
 
 
 def test_runs_graph_and_reads_spec_from_metadata(tmp_path):
@@ -35,9 +34,7 @@ def test_static_batch_graph_narrows_batch_range(tmp_path):
 def test_model_without_spec_is_refused(tmp_path):
     path = tmp_path / "nospec.onnx"
     tiny_classifier_onnx(path)
-    m = onnx.load(str(path))
-    del m.metadata_props[:]
-    onnx.save(m, str(path))
+    strip_metadata(path)
     with pytest.raises(IncompatibleModelError, match="no 'covidedge.spec' entry"):
         OrtRunner(path)
 

@@ -2,7 +2,7 @@ import onnx
 import pytest
 
 from covidedge.formats.onnxfile import WireError, read_metadata_props
-from tests.graphs import tiny_classifier_onnx
+from tests.graphs import strip_metadata, tiny_classifier_onnx
 
 
 def test_matches_onnx_for_a_real_model(tmp_path):
@@ -19,9 +19,7 @@ def test_matches_onnx_for_a_real_model(tmp_path):
 def test_model_without_metadata_gives_empty_dict(tmp_path):
     path = tmp_path / "m.onnx"
     tiny_classifier_onnx(path)
-    m = onnx.load(str(path))
-    del m.metadata_props[:]
-    onnx.save(m, str(path))
+    strip_metadata(path)
     assert read_metadata_props(path) == {}
 
 

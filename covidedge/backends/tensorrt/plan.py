@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 from covidedge.backends.tensorrt.logger import TENSORRT_INSTALL_HINT
 from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError
 from covidedge.formats.manifest import VERSION_COMPATIBLE_SINCE, parse_version
-from covidedge.spec import PRECISIONS
+from covidedge.spec import PRECISIONS, check_choice
 
 #: Oldest TensorRT this builder drives: 8.5 (JetPack 5.1) has set_memory_pool_limit,
 #: build_serialized_network and the name-based I/O API.
@@ -29,7 +29,7 @@ TENSORRT8_MAX_OPSET = 17
 
 @dataclass
 class TrtBuildPlan:
-    """Everything :func:`~covidedge.backends.tensorrt.build.build_plan` does, decided from the TensorRT version and the options."""
+    """Everything :func:`~covidedge.backends.tensorrt.build.build_serialized` does, decided from the TensorRT version and the options."""
 
     tensorrt_version: str
     precision: str
@@ -83,8 +83,7 @@ def plan_tensorrt_build(tensorrt_version: str, precision: str, input_name: str, 
         raise MissingDependencyError(
             f"TensorRT {tensorrt_version} is too old; covidedge builds with TensorRT "
             f"{'.'.join(map(str, MIN_TENSORRT))} or later", hint=TENSORRT_INSTALL_HINT)
-    if precision not in PRECISIONS:
-        raise BadInputError(f"precision {precision!r} is unknown; expected one of {', '.join(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)
     plan = TrtBuildPlan(tensorrt_version=str(tensorrt_version), precision=precision,
                         input_name=input_name, profile=tuple(tuple(s) for s in profile))
     major = ver[0]
