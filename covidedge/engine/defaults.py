@@ -187,6 +187,10 @@ def find_default_engines(build_dir=DEFAULT_BUILD_DIR, machine: Optional[Dict[str
 
     build_dir = Path(os.fspath(build_dir))
     record = _read_record(build_dir)
+    if machine is None and record["engines"]:  # probed once for every recorded engine
+        from covidedge.machine import probe_machine
+
+        machine = probe_machine(use_backends=any(e.get("backend") == "tensorrt" for e in record["engines"]))
     current = {m.name: m for m in shipped_models()}
     found: Dict[str, DefaultEngine] = {}
     order = {"int8-s8": 0, "int8-u8": 1, "fp16": 2, "fp32": 3}
