@@ -28,6 +28,7 @@ VERBS = {
     "parity": ("covidedge.cli.parity", "Accuracy per precision: checkpoint vs fp32 / fp16 / int8 graphs."),
     "build-engine": ("covidedge.cli.build_engine", "Build a TensorRT engine (or ONNX Runtime model) with its manifest."),
     "infer": ("covidedge.cli.infer", "Classify and segment X-ray images: class, masks, severity, overlay."),
+    "dicom-node": ("covidedge.cli.dicom_node", "A DICOM node: receive X-rays by C-STORE, send SEG / SR / SC back."),
     "bench": ("covidedge.cli.bench", "Latency and throughput report for models and engines."),
     "info": ("covidedge.cli.info", "What this machine offers: backends, versions, GPU."),
     "triton-repo": ("covidedge.cli.triton_repo", "Write a Triton Inference Server model repository from engines or ONNX models."),
