@@ -118,10 +118,10 @@ def _draw_caption(rgb: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(img)
 
 
-def _save_atomic(img: Image.Image, path) -> Path:
+def _save_atomic(img: Image.Image, path, overwrite: bool = True) -> Path:
     path = Path(os.fspath(path))
     try:
-        with atomic_target(path) as tmp:
+        with atomic_target(path, overwrite=overwrite) as tmp:
             img.save(tmp, format="PNG", compress_level=3)
     except OSError as exc:
         raise BadInputError(f"cannot be written: {exc.strerror or exc}", path=path,
@@ -129,17 +129,19 @@ def _save_atomic(img: Image.Image, path) -> Path:
     return path
 
 
-def save_mask_png(path, mask: np.ndarray) -> Path:
-    """Write a bool mask as an 8-bit PNG (0 = background, 255 = mask), as COVID-QU-Ex stores them."""
+def save_mask_png(path, mask: np.ndarray, *, overwrite: bool = True) -> Path:
+    """Write a bool mask as an 8-bit PNG (0 = background, 255 = mask), as COVID-QU-Ex stores them.
+    With ``overwrite=False`` an existing file is never replaced (covidedge.fileio.OutputExistsError)."""
     m = _bool_mask(mask, None, "mask")
-    return _save_atomic(Image.fromarray(m.astype(np.uint8) * 255), path)
+    return _save_atomic(Image.fromarray(m.astype(np.uint8) * 255), path, overwrite)
 
 
 def save_overlay(path, image: np.ndarray, lungs: Optional[np.ndarray] = None,
-                 infection: Optional[np.ndarray] = None, *, caption: Optional[str] = None) -> Path:
+                 infection: Optional[np.ndarray] = None, *, caption: Optional[str] = None,
+                 overwrite: bool = True) -> Path:
     """Draw :func:`draw_overlay` and write it as an RGB PNG; returns the path."""
     rgb = draw_overlay(image, lungs, infection, caption=caption)
-    return _save_atomic(Image.fromarray(np.ascontiguousarray(rgb)), path)
+    return _save_atomic(Image.fromarray(np.ascontiguousarray(rgb)), path, overwrite)
 
 
 __all__ = ["LUNG_COLOR", "INFECTION_COLOR", "INFECTION_ALPHA", "erode", "outline", "line_width_for",

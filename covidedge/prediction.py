@@ -104,26 +104,42 @@ class Prediction:
              overlay: bool = True) -> Dict[str, str]:
         """Write ``<name>_lungs.png`` and ``<name>_infection.png`` (and ``<name>_overlay.png``
         when ``overlay`` and the gray ``image`` are given) into ``out_dir``; records and returns
-        the paths. Without masks (classifier only) nothing is written."""
+        the paths. Without masks (classifier only) nothing is written. Files never replace
+        existing ones (an earlier run's masks): when a name is taken, ``<name>_2``, ``<name>_3``
+        ... is used for all of this image's files."""
+        from covidedge.fileio import OutputExistsError
         from covidedge.overlay import save_mask_png, save_overlay
 
         if self.lung_mask is None and self.infection_mask is None:
             return {}
         out_dir = Path(out_dir)
-        name = name or OutputNamer()(self.source)
-        written: Dict[str, str] = {}
-        if self.lung_mask is not None:
-            written["lungs"] = str(save_mask_png(out_dir / f"{name}_lungs.png", self.lung_mask))
-        if self.infection_mask is not None:
-            written["infection"] = str(save_mask_png(out_dir / f"{name}_infection.png",
-                                                     self.infection_mask))
-        if overlay and image is not None:
-            caption = self.caption
-            written["overlay"] = str(save_overlay(out_dir / f"{name}_overlay.png", image,
-                                                  self.lung_mask, self.infection_mask,
-                                                  caption=caption))
-        self.outputs.update(written)
-        return written
+        base = name or OutputNamer()(self.source)
+        kinds = [k for k, present in (("lungs", self.lung_mask is not None),
+                                      ("infection", self.infection_mask is not None),
+                                      ("overlay", overlay and image is not None)) if present]
+        for n in range(1, 100000):
+            stem = base if n == 1 else f"{base}_{n}"
+            paths = {k: out_dir / f"{stem}_{k}.png" for k in kinds}
+            if any(p.exists() or p.is_symlink() for p in paths.values()):
+                continue
+            written: Dict[str, str] = {}
+            try:
+                if "lungs" in paths:
+                    written["lungs"] = str(save_mask_png(paths["lungs"], self.lung_mask, overwrite=False))
+                if "infection" in paths:
+                    written["infection"] = str(save_mask_png(paths["infection"], self.infection_mask,
+                                                             overwrite=False))
+                if "overlay" in paths:
+                    written["overlay"] = str(save_overlay(paths["overlay"], image, self.lung_mask,
+                                                          self.infection_mask, caption=self.caption,
+                                                          overwrite=False))
+            except OutputExistsError:  # another writer took the name meanwhile: next name
+                for p in written.values():
+                    Path(p).unlink()
+                continue
+            self.outputs.update(written)
+            return written
+        raise OutputExistsError("no free output name", path=out_dir / base)
 
 
 @dataclass

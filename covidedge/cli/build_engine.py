@@ -49,10 +49,13 @@ from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIO
               help="TensorRT: let fp32 layers compute in TF32 (TensorRT's default; covidedge clears it).")
 @click.option("--backend", type=click.Choice(ENGINE_BACKEND_CHOICES), default="auto", show_default=True,
               help="auto builds TensorRT where it is installed, else an ONNX Runtime model.")
+@click.option("--overwrite", is_flag=True,
+              help="With MODEL: replace an existing --out file and its manifest (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and its manifest as JSON.")
 @click.pass_context
 def command(ctx, model, out, precision, calib_data, calib_count, calib_method, int8_activations, min_batch, opt_batch,
-            max_batch, workspace_mib, timing_cache, dla_core, version_compatible, allow_tf32, backend, as_json):
+            max_batch, workspace_mib, timing_cache, dla_core, version_compatible, allow_tf32, backend, overwrite,
+            as_json):
     """Without MODEL, build the default engines for this machine from the models covidedge
     ships ('covidedge models') into build/: TensorRT fp16 and int8 plans where TensorRT is
     present, else the ONNX Runtime engine their model cards name for CPUs (int8 from the
@@ -87,7 +90,8 @@ def command(ctx, model, out, precision, calib_data, calib_count, calib_method, i
                           int8_activations=int8_activations, min_batch=min_batch,
                           opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
                           timing_cache=timing_cache, dla_core=dla_core,
-                          version_compatible=version_compatible, allow_tf32=allow_tf32, progress=True)
+                          version_compatible=version_compatible, allow_tf32=allow_tf32, progress=True,
+                          overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
         return

@@ -20,8 +20,9 @@ import click
                    "[default: calibration/<dataset>-<split>-<count>-seed<seed>.json].")
 @click.option("--input-size", default=256, show_default=True, type=int,
               help="Model input side in px; the images are preprocessed to it when used.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing manifest (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
-def command(data_root, count, split, seed, out, input_size, as_json):
+def command(data_root, count, split, seed, out, input_size, overwrite, as_json):
     """Make an INT8 calibration set: COUNT images of one split, stratified by class (equal
     shares where the classes have enough), chosen deterministically from SEED. The manifest
     lists each image's path relative to the data folder with its sha256, the class balance,
@@ -37,7 +38,7 @@ def command(data_root, count, split, seed, out, input_size, as_json):
     from covidedge.export.calibration import make_calibration_set
 
     cset = make_calibration_set(data_root, count, split=split, seed=seed,
-                                input_size=(input_size, input_size), out=out)
+                                input_size=(input_size, input_size), out=out, overwrite=overwrite)
     summary = cset.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=2))

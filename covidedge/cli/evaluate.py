@@ -23,12 +23,14 @@ import click
               help="auto, tensorrt, onnxruntime, openvino or torch (auto picks from the file and the machine).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=str),
               help="Also write report.json, report.md and confusion_matrix.png into this folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a report an earlier evaluation left in --out (never replaced otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--allow-missing-classes", is_flag=True,
               help="Go on when the split has no images of some class (refused otherwise); "
                    "the report lists those classes.")
 def command(model, data_root, split, batch_size, limit_per_class, seed, threshold, backend,
-            out_dir, as_json, allow_missing_classes):
+            out_dir, overwrite, as_json, allow_missing_classes):
     """Evaluate MODEL (a checkpoint .pt, an ONNX model or an engine) on one split of a COVID-QU-Ex
     folder, through the same preprocessing and runtime as inference. A classifier gets accuracy,
     per-class precision / recall / F1 / support (the study's table layout), macro and weighted
@@ -40,13 +42,15 @@ def command(model, data_root, split, batch_size, limit_per_class, seed, threshol
       covidedge evaluate runs/cls/best.pt --data COVID-QU-Ex --split Val --out reports/cls-val
       covidedge evaluate build/seg-int8.onnx --data COVID-QU-Ex --split Val --json
     """
-    from covidedge.evaluation import evaluate
+    from covidedge.evaluation import EvaluationReport, evaluate
 
+    if out_dir:  # an earlier report is refused before the evaluation, not after it
+        EvaluationReport.check_out_dir(out_dir, overwrite=overwrite)
     report = evaluate(model, data_root, split=split, batch_size=batch_size,
                       limit_per_class=limit_per_class, threshold=threshold, backend=backend,
                       seed=seed, allow_missing_classes=allow_missing_classes)
     if out_dir:
-        report.save(out_dir)
+        report.save(out_dir, overwrite=overwrite)
         click.echo(f"report written to {out_dir}", err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

@@ -44,9 +44,10 @@ def _option_names(calibration_flag: str):
               help="int8: how activation ranges are chosen (default entropy).")
 @click.option("--percentile", type=float, default=None,
               help="int8 with --calib-method percentile: percent of |x| kept (default 99.99).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def command(checkpoint, out, precision, opset, dynamic_batch, calib_data, manifest, calib_count,
-            calib_method, percentile, as_json):
+            calib_method, percentile, overwrite, as_json):
     """Export CHECKPOINT (a .pt from 'covidedge train') to one self-contained ONNX file with
     input "image" (N, 1, H, W) and outputs "logits" and "probabilities", carrying its spec in
     the metadata. fp16 keeps fp32 inputs/outputs and computes the softmax / sigmoid in fp32;
@@ -73,10 +74,13 @@ def command(checkpoint, out, precision, opset, dynamic_batch, calib_data, manife
     if calib_count is not None:
         options["calib_count"] = calib_count
     check_export_options(precision, options, names)  # before the progress line below
+    from covidedge.fileio import refuse_existing
+
+    refuse_existing(out, what="export output", overwrite=overwrite)  # before the progress line too
     if precision == "int8":
         click.echo(f"calibrating int8 ({calib_method or DEFAULT_METHOD}) ...", err=True)
     report = export_model(checkpoint, out, precision=precision, opset=opset,
-                          dynamic_batch=dynamic_batch, option_names=names, **options)
+                          dynamic_batch=dynamic_batch, option_names=names, overwrite=overwrite, **options)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

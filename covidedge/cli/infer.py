@@ -92,8 +92,9 @@ def _backend_line(pipe) -> str:
               help="Refuse images that fail the input quality check (blank, under 64 px, a strip beyond 4:1) "
                    "instead of flagging their results.")
 @click.option("--overwrite", is_flag=True,
-              help="Replace the results file (and masks of the same names) an earlier run left in "
-                   "--out / --results; without it they are never overwritten.")
+              help="Replace the results file an earlier run left in --out / --results; without it "
+                   "it is never overwritten. Masks and overlays never replace existing files: a "
+                   "taken name gets _2, _3 ...")
 @click.option("--show-patient-ids", is_flag=True,
               help="Show patient name and ID of DICOM inputs (stderr, DICOM index.csv); hidden by default.")
 @click.pass_context
@@ -180,8 +181,10 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
 
     def on_result(result) -> None:
         state["bar"].update(1)
-        if fmt == "json":
-            collected.append(result.to_dict())
+        if fmt == "json":  # streamed: each object is on stdout (flushed) as soon as it is done
+            text = "\n".join("  " + ln for ln in json.dumps(result.to_dict(), indent=2).splitlines())
+            click.echo(("[\n" if not collected else ",\n") + text, nl=False)
+            collected.append(True)
         elif fmt == "csv":
             stdout_csv.write(result)
         elif result.ok:
@@ -200,8 +203,10 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
             suppress_warnings=not debug)
     finally:
         state["bar"].close()
-    if fmt == "json":
-        click.echo(json.dumps(collected, indent=2))
+        if fmt == "json" and collected:  # close the list even when the run stops early
+            click.echo("\n]")
+    if fmt == "json" and not collected:
+        click.echo("[]")
     click.echo(summary.line(), err=True)
     if summary.exit_code == EXIT_BAD_INPUT:
         plural = "s" if summary.images != 1 else ""

@@ -36,7 +36,7 @@ from covidedge.data.imageio import is_dicom_path, read_gray
 from covidedge.dicom import codes
 from covidedge.dicom.privacy import patient_identity, scrub
 from covidedge.errors import BadInputError, require, one_line
-from covidedge.fileio import atomic_target
+from covidedge.fileio import atomic_target, csv_safe, printable
 from covidedge.prediction import OutputNamer, Prediction
 
 MANUFACTURER = "covidedge"
@@ -293,15 +293,33 @@ class DicomOutputs:
             raise BadInputError(f"DICOM output folder cannot be made: {exc.strerror or exc}",
                                 path=self.out_dir, hint="choose a writable --dicom-out folder") from exc
 
+    def check_index(self) -> None:
+        """BadInputError when ``index.csv`` in the folder is not covidedge's own (another header, a
+        folder, a link): covidedge appends only to an index it wrote. Called before the run."""
+        p = self.index_path
+        if p.is_symlink() or (p.exists() and not p.is_file()):
+            raise BadInputError(f"{INDEX_NAME} there is not a plain file; covidedge does not write "
+                                "through it", path=p, hint="choose another --dicom-out folder")
+        if p.is_file() and p.stat().st_size:
+            with open(p, newline="", encoding="utf-8", errors="replace") as f:
+                header = f.readline().rstrip("\r\n")
+            if header != ",".join(INDEX_COLUMNS):
+                raise BadInputError(f"{INDEX_NAME} there is not a covidedge DICOM index (its header is "
+                                    "another), and covidedge does not append to it", path=p,
+                                    hint="choose another --dicom-out folder")
+
     def _index_row(self, row: Dict[str, str]) -> None:
-        """Append one row to index.csv (opened at the first result; a later run appends)."""
+        """Append one row to index.csv (opened at the first result; a later run appends). Cells
+        are CSV-quoted, spreadsheet formulas are defused and control characters escaped."""
         if self._index_fh is None:
-            new = not self.index_path.exists()
+            self.check_index()
+            new = not self.index_path.exists() or self.index_path.stat().st_size == 0
             self._index_fh = open(self.index_path, "a", newline="", encoding="utf-8")
-            self._index = csv.DictWriter(self._index_fh, fieldnames=INDEX_COLUMNS, lineterminator="\n")
+            self._index = csv.DictWriter(self._index_fh, fieldnames=INDEX_COLUMNS, lineterminator="\n",
+                                         quoting=csv.QUOTE_ALL)
             if new:
-                self._index.writeheader()
-        self._index.writerow(row)
+                self._index_fh.write(",".join(INDEX_COLUMNS) + "\n")
+        self._index.writerow({k: csv_safe(printable(v)) for k, v in row.items()})
         self._index_fh.flush()
 
     # -- series: one per (study, kind) per run --------------------------------------------------
@@ -322,7 +340,7 @@ class DicomOutputs:
     @staticmethod
     def _save(obj, path: Path) -> Path:
         try:
-            with atomic_target(path) as tmp:
+            with atomic_target(path, overwrite=False) as tmp:  # never replaces a file, even racing
                 obj.save_as(str(tmp), enforce_file_format=True)
         except OSError as exc:
             raise BadInputError(f"cannot be written: {exc.strerror or exc}", path=path,
@@ -336,7 +354,7 @@ class DicomOutputs:
             return []
         if not is_dicom_path(result.source):
             self.not_dicom += 1
-            return [f"note: {result.source}: not DICOM, so no DICOM outputs for it (--dicom-out)"]
+            return [printable(f"note: {result.source}: not DICOM, so no DICOM outputs for it (--dicom-out)")]
         ds = None
         who = {"patient_id": "", "patient_name": ""}
         try:
@@ -349,12 +367,12 @@ class DicomOutputs:
                              **{k: written.get(k, "") for k in SERIES}, **who})
         except Exception as exc:  # one image's objects must not stop the run
             self.failed += 1
-            return [f"skipped DICOM outputs: {result.source}: {scrub(one_line(exc), ds)}"]
+            return [printable(f"skipped DICOM outputs: {result.source}: {scrub(one_line(exc), ds)}")]
         self.written += 1
         result.outputs.update({f"dicom_{k}": v for k, v in written.items()})
         if self.show_patient_ids:
-            return [f"dicom: {result.name}: patient {who['patient_name'] or '-'} "
-                    f"(ID {who['patient_id'] or '-'}), SOP Instance UID {ds.SOPInstanceUID}"]
+            return [printable(f"dicom: {result.name}: patient {who['patient_name'] or '-'} "
+                              f"(ID {who['patient_id'] or '-'}), SOP Instance UID {ds.SOPInstanceUID}")]
         return []
 
     def _write(self, ds, result: Prediction) -> Dict[str, str]:

@@ -27,7 +27,7 @@ from covidedge.engine.paths import default_engine_path, refuse_foreign_file
 from covidedge.export.calibrators import DEFAULT_METHOD
 from covidedge.export.int8 import KEY_TRT_COMPATIBLE
 from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, UsageError
-from covidedge.fileio import sha256_file, write_atomic
+from covidedge.fileio import refuse_existing, sha256_file, write_atomic
 from covidedge.formats.checkpoint import CHECKPOINT_SUFFIXES
 from covidedge.formats.manifest import EngineManifest, manifest_path_for
 from covidedge.formats.onnxfile import (KEY_CALIBRATION_SHA, KEY_PRECISION, graph_opset, graph_precision,
@@ -293,7 +293,7 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
                  min_batch: int = 1, opt_batch: int = 1, max_batch: int = 8,
                  workspace_mib: Optional[int] = None, timing_cache=None, dla_core: Optional[int] = None,
                  version_compatible: bool = False, int8_activations: str = "auto",
-                 allow_tf32: bool = False, progress: bool = True) -> BuildResult:
+                 allow_tf32: bool = False, progress: bool = True, overwrite: bool = True) -> BuildResult:
     """Build an engine (TensorRT plan, or an ONNX Runtime model where TensorRT is absent) and its
     manifest from a checkpoint (.pt/.pth, exported first) or a precision-bearing ONNX graph.
 
@@ -307,7 +307,9 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
     :func:`resolve_int8_activations`). A TensorRT build clears TF32 (fp32 layers compute in fp32)
     unless ``allow_tf32``. Every engine is self-checked against ONNX Runtime on the same graph
     (each backend's ``SELF_CHECK_ATOL``) before its manifest is written. ``progress`` prints
-    progress and notes on stderr; ``progress=False`` prints nothing."""
+    progress and notes on stderr; ``progress=False`` prints nothing. With ``overwrite=False``
+    (what ``covidedge build-engine`` passes without ``--overwrite``) an existing ``out`` or
+    manifest is refused before any work (covidedge.fileio.OutputExistsError)."""
     import covidedge
 
     t0 = time.perf_counter()
@@ -360,6 +362,9 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
         raise BadInputError("ORT-format output is not supported; name the output .onnx or .engine", path=out)
     if out.resolve() == model.resolve():
         raise BadInputError("--out is the model file itself", path=out, hint="pass another --out")
+    # the never-overwrite rule (covidedge build-engine passes overwrite=False unless --overwrite)
+    refuse_existing(out, what="engine output", overwrite=overwrite)
+    refuse_existing(manifest_path_for(out), what="engine output's manifest", overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     # 1. the precision-bearing ONNX graph, read once

@@ -250,17 +250,35 @@ class EvaluationReport:
             f"- mean absolute error: {_pct(m['severity_mae'])} (true mean "
             f"{_pct(sm['severity']['mean_true'])}, predicted mean {_pct(sm['severity']['mean_pred'])})", ""]
 
-    def save(self, out_dir) -> Path:
+    #: The files :meth:`save` writes into its folder.
+    FILES = ("report.json", "report.md", "confusion_matrix.png")
+
+    @classmethod
+    def check_out_dir(cls, out_dir, *, overwrite: bool = False) -> None:
+        """OutputExistsError when ``out_dir`` holds a report already (unless ``overwrite``):
+        call it before evaluating, so a refusal costs nothing."""
+        from covidedge.fileio import refuse_existing
+
+        for name in cls.FILES:
+            refuse_existing(Path(out_dir) / name, what="evaluation report file", overwrite=overwrite)
+
+    def save(self, out_dir, *, overwrite: bool = True) -> Path:
         """Write report.json, report.md and (classifier, when matplotlib is installed)
-        confusion_matrix.png into ``out_dir``; returns the folder."""
+        confusion_matrix.png into ``out_dir``; returns the folder. With ``overwrite=False`` (what
+        ``covidedge evaluate --out`` passes) an earlier report there is never replaced; the
+        default replaces it, for a run that rewrites its own report (training's val_report)."""
+        from covidedge.fileio import write_atomic
+
         out = Path(out_dir)
+        self.check_out_dir(out, overwrite=overwrite)
         out.mkdir(parents=True, exist_ok=True)
         if self.task == "classifier":
             self.settings["confusion_png"] = _plot_confusion(
                 out / "confusion_matrix.png", self.metrics["confusion_matrix"], self.labels,
                 f"{self.split}: accuracy {self.metrics['accuracy']:.3f}")
-        (out / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        (out / "report.md").write_text(self.to_markdown())
+        write_atomic(out / "report.json", (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"),
+                     overwrite=overwrite)
+        write_atomic(out / "report.md", self.to_markdown().encode("utf-8"), overwrite=overwrite)
         return out
 
 

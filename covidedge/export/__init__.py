@@ -99,7 +99,8 @@ def resolve_calibration(calibration, input_size, *, calib_count: Optional[int] =
 
 def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
                  method: Optional[str] = None, percentile: Optional[float] = None, opset: int = 17,
-                 dynamic_batch: bool = True, *, option_names: OptionNames = KEYWORDS, **kw: Any):
+                 dynamic_batch: bool = True, *, option_names: OptionNames = KEYWORDS, overwrite: bool = True,
+                 **kw: Any):
     """Export ``checkpoint`` to the ONNX file ``out`` in ``precision`` and return its report.
 
     fp16 / int8 export fp32 first (to a temporary file, or ``fp32_out`` when given), then
@@ -117,7 +118,8 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
     Options the export cannot honour (calibration options with fp32 / fp16, ``percentile``
     with another method, ``calib_count`` with a ready calibration set) are refused before any
     work, with one-line errors that name them as ``option_names`` spells them (the command
-    line passes its flags).
+    line passes its flags). With ``overwrite=False`` (``covidedge export`` without ``--overwrite``)
+    an existing ``out`` is refused before any work.
     """
     from covidedge.export.onnx import ExportReport, parity_stats, run_onnx
     from covidedge.fileio import sha256_file
@@ -141,6 +143,9 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
     out = Path(os.fspath(out))
     if out.suffix.lower() != ".onnx":
         raise BadInputError("output file must end in .onnx", path=out, hint="pass --out model.onnx")
+    from covidedge.fileio import refuse_existing
+
+    refuse_existing(out, what="export output", overwrite=overwrite)
 
     if precision == "fp32":
         if fp32_out is not None:

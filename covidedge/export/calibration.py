@@ -25,7 +25,7 @@ import numpy as np
 
 from covidedge.errors import BadInputError, CovidEdgeError, DatasetError
 from covidedge.spec import as_size
-from covidedge.fileio import sha256_file, write_atomic
+from covidedge.fileio import refuse_existing, sha256_file, write_atomic
 
 FORMAT = "covidedge-calibration-v1"
 #: Folder (relative to the working directory) where manifests go by default.
@@ -184,10 +184,11 @@ class CalibrationSet:
             yield {"image": np.concatenate(arrays, axis=0)}
 
     # -- files ---------------------------------------------------------------------------------
-    def save(self, path: PathLike) -> Path:
+    def save(self, path: PathLike, *, overwrite: bool = True) -> Path:
         """Write the manifest as indented JSON (atomically) and remember the path."""
         path = write_atomic(os.fspath(path),
-                            (json.dumps(self.manifest, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+                            (json.dumps(self.manifest, indent=2, sort_keys=False) + "\n").encode("utf-8"),
+                            overwrite=overwrite)
         self.path = path
         return path
 
@@ -265,10 +266,12 @@ class CalibrationSet:
 
 def make_calibration_set(data_root: PathLike, count: int, *, split: str = "Train",
                          seed: int = 0, input_size=(256, 256), out: Optional[PathLike] = None,
-                         dataset: Optional[str] = None) -> CalibrationSet:
+                         dataset: Optional[str] = None, overwrite: bool = True) -> CalibrationSet:
     """Pick ``count`` images of ``split``, stratified by class (equal per class where the
     classes have enough), deterministically for ``seed``; write the manifest to ``out``
-    (default ``calibration/<dataset>-<split>-<count>-seed<seed>.json``) and return the set."""
+    (default ``calibration/<dataset>-<split>-<count>-seed<seed>.json``) and return the set.
+    With ``overwrite=False`` (``covidedge calibrate`` without ``--overwrite``) an existing
+    manifest is refused (int8 models record a manifest's sha256: replacing it orphans them)."""
     from covidedge.data.covidqu import CLASSES, CovidQuDataset
     from covidedge.data.preprocess import PREPROCESSING_ID
 
@@ -283,6 +286,8 @@ def make_calibration_set(data_root: PathLike, count: int, *, split: str = "Train
     if seed < 0:
         raise BadInputError(f"seed={seed}, expected a non-negative integer")
     size = _size(input_size)
+    if out is not None:
+        refuse_existing(out, what="calibration manifest", overwrite=overwrite)
     given = Path(os.fspath(data_root)).expanduser()
     ds = CovidQuDataset(given)
     samples = ds.samples(split)
@@ -335,7 +340,8 @@ def make_calibration_set(data_root: PathLike, count: int, *, split: str = "Train
     cset = CalibrationSet(manifest, given)
     out_path = Path(os.fspath(out)) if out is not None else default_manifest_path(
         name, split, len(entries), seed)
-    cset.save(out_path)
+    refuse_existing(out_path, what="calibration manifest", overwrite=overwrite)
+    cset.save(out_path, overwrite=overwrite)
     return cset
 
 

@@ -15,32 +15,12 @@ from pathlib import Path
 from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from covidedge.errors import BadInputError, RuntimeFailure
+from covidedge.fileio import FORMULA_PREFIXES, OutputLock, csv_safe, printable  # noqa: F401  (re-exported)
 from covidedge.prediction import OUTPUT_KINDS, STAGES, Failure, Result
 
 # ---------------------------------------------------------------------------------------------
 # Flat rows (CSV) and result files
 # ---------------------------------------------------------------------------------------------
-_CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x00, 0x20), 0x7f)}
-_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
-
-
-def printable(text: str) -> str:
-    """``text`` for one terminal line: control characters (newlines, escapes, tabs) shown as
-    backslash escapes, so a file name can neither split a line nor fake another."""
-    return str(text).translate(_CONTROL)
-
-
-#: First characters that make a spreadsheet read a CSV cell as a formula.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_safe(text: str) -> str:
-    """A CSV text cell that a spreadsheet shows as text: a leading ``= + - @`` (or tab / CR) gets a
-    ``'`` in front (OWASP's advice against CSV formula injection)."""
-    text = str(text)
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
-
-
 def csv_columns(labels: Sequence[str] = ()) -> List[str]:
     """Columns of a results CSV: one probability column per class label."""
     return (["source", "status", "label"] + [f"p_{lab}" for lab in labels]
@@ -250,89 +230,6 @@ def refuse_protected(path, protected: Iterable, *, what: str = "output") -> None
         if _same_file(target, Path(os.fspath(p))):
             raise BadInputError(f"{what} would overwrite an input or a model", path=target,
                                 hint="choose another --results / --out path")
-
-
-class OutputLock:
-    """Holds ``<folder>/.covidedge.lock`` while a run writes into ``folder``: a second run into
-    the same folder is refused, naming the first (pid, host, start); a lock left by a process
-    that is gone is taken over."""
-
-    NAME = ".covidedge.lock"
-
-    def __init__(self, folder):
-        self.folder = Path(os.fspath(folder))
-        self.path = self.folder / self.NAME
-        self._held = False
-
-    def acquire(self) -> "OutputLock":
-        import socket
-        import time as _time
-
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.folder, os.W_OK | os.X_OK):
-                raise PermissionError(13, "Permission denied")
-        except OSError as exc:
-            raise BadInputError(f"output folder cannot be written: {exc.strerror or exc}", path=self.folder,
-                                hint="choose a writable --out") from None
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": _time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                other = self._read()
-                if other is not None and not self._alive(other):
-                    try:
-                        self.path.unlink()
-                    except FileNotFoundError:
-                        pass
-                    continue
-                who = (f"pid {other.get('pid')} on {other.get('host')}, started {other.get('started')}"
-                       if other else "another process")
-                raise BadInputError(f"output folder is in use by another covidedge run ({who})",
-                                    path=self.folder, hint="wait for it to finish, or choose another --out")
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self._held = True
-            return self
-        raise BadInputError("could not lock the output folder", path=self.folder,
-                            hint="remove a stale .covidedge.lock there, or choose another --out")
-
-    def _read(self) -> Optional[Dict[str, Any]]:
-        try:
-            d = json.loads(self.path.read_text())
-            return d if isinstance(d, dict) else None
-        except (OSError, ValueError):
-            return None
-
-    @staticmethod
-    def _alive(other: Dict[str, Any]) -> bool:
-        import socket
-
-        if other.get("host") != socket.gethostname():
-            return True  # another machine's run (shared folder): cannot tell, assume it runs
-        try:
-            os.kill(int(other.get("pid")), 0)
-        except (ProcessLookupError, ValueError, TypeError):
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def release(self) -> None:
-        if self._held:
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
-            self._held = False
-
-    def __enter__(self) -> "OutputLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,6 +86,13 @@ class RunSummary:
         return d
 
 
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
 def _results_format(results_format: Optional[str], path: Optional[Path]) -> Optional[str]:
     if results_format is None:
         return None
@@ -124,7 +131,8 @@ def run_inference(inputs: Union[PathLike, Iterable[PathLike]], *, pipeline=None,
     from covidedge.formats.manifest import manifest_path_for
     from covidedge.inputs import expand_inputs
     from covidedge.runtime.pipeline import Pipeline
-    from covidedge.runtime.results import OutputLock, open_results_writer, printable
+    from covidedge.fileio import OutputLock
+    from covidedge.runtime.results import open_results_writer, printable
 
     if pipeline is not None:
         given = [n for n, v in (("classifier", classifier), ("segmenter", segmenter), ("threshold", threshold))
@@ -169,13 +177,21 @@ def run_inference(inputs: Union[PathLike, Iterable[PathLike]], *, pipeline=None,
     if pipe.segmenter is not None and out_path is None and overlay:
         on_note("note: masks and overlays are not saved without an output folder (out_dir, --out DIR)")
 
-    lock = OutputLock(out_path).acquire() if out_path is not None else None  # one run per folder
+    locks = []  # one run at a time per shared output: the --out folder, the results file, --dicom-out
     try:
+        if out_path is not None:
+            locks.append(OutputLock(out_path).acquire())
+        if results_path is not None:
+            locks.append(OutputLock.for_file(results_path).acquire())
+        if dicom is not None and not (out_path is not None and _same_folder(out_path, dicom.out_dir)):
+            locks.append(OutputLock(dicom.out_dir, what="DICOM output folder").acquire())
+        if dicom is not None:
+            dicom.check_index()
         writer = (open_results_writer(results_path, pipe.labels, fmt=fmt, overwrite=overwrite,
                                       protected=[*files, *models, *(manifest_path_for(m) for m in models)])
                   if results_path is not None else None)
     except BaseException:
-        if lock is not None:
+        for lock in reversed(locks):
             lock.release()
         raise
     summary.results_path = writer.path if writer is not None else None
@@ -207,11 +223,11 @@ def run_inference(inputs: Union[PathLike, Iterable[PathLike]], *, pipeline=None,
     finally:
         if writer is not None:
             writer.close()
-        if lock is not None:
-            lock.release()
         if dicom is not None:
             dicom.close()
             summary.dicom_failed, summary.dicom_summary = dicom.failed, dicom.summary()
+        for lock in reversed(locks):
+            lock.release()
         summary.seconds = time.perf_counter() - t_start
     summary.masks_written = out_path is not None and pipe.segmenter is not None
     return summary
