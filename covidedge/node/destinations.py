@@ -69,6 +69,18 @@ class StoreDestination:
         """A file name for this destination in the work folder."""
         return "store-" + re.sub(r"[^A-Za-z0-9.\-]", "_", f"{self.ae_title}@{self.host}_{self.port}")
 
+    def _unreachable(self, timeout_s: float) -> str:
+        """Why no association was made when the peer did not reject it: probed after the fact."""
+        import socket
+
+        try:
+            with socket.create_connection((self.host, self.port), timeout=min(timeout_s, 5.0)):
+                return "aborted the association"
+        except ConnectionRefusedError:
+            return "connection refused (nothing listens there)"
+        except OSError as exc:
+            return f"cannot be reached: {exc.strerror or exc}"
+
     def deliver(self, items: Sequence[Tuple[str, Path]], on_delivered: Delivered, *, calling_ae: str,
                 tls=None, timeout_s: float = 30.0) -> None:
         """Send ``items`` on one association; ``on_delivered(key, file)`` after each stored one."""
@@ -88,9 +100,7 @@ class StoreDestination:
             ae.add_requested_context(sop_class, syntax)
         assoc = ae.associate(self.host, self.port, ae_title=self.ae_title, tls_args=tls)
         if not assoc.is_established:
-            why = ("refused the association" if assoc.is_rejected else
-                   "aborted the association" if assoc.is_aborted else
-                   "no answer (connection refused or timed out)")
+            why = "refused the association" if assoc.is_rejected else self._unreachable(timeout_s)
             raise DeliveryError(f"{self.label}: {why}",
                                 hint="check that the PACS runs and knows this node's AE title")
         try:
