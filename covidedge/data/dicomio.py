@@ -177,7 +177,7 @@ def read_dicom(path: Path, max_pixels: int, has_magic: bool, header_only: bool =
             with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # NaN/inf are checked below
                 gray = lut.apply_modality_lut(source, ds)
-                gray = lut.apply_voi_lut(gray, ds)
+                gray = _apply_voi(gray, ds, lut)
                 lo, hi = _dicom_declared_range(ds)
         except Exception as exc:
             raise BadInputError(f"has an invalid modality or VOI LUT / window: {one_line(exc)}",
@@ -212,6 +212,48 @@ def read_dicom(path: Path, max_pixels: int, has_magic: bool, header_only: bool =
         table = np.where(finite, gray, 0.0).astype(np.float32)  # unused entries may be inf
         gray = blockwise(index, lambda a: table[a])
     return finish_gray(gray, path)
+
+
+def _voi_lut_table(item, ds) -> Tuple[np.ndarray, int]:
+    """``(entries, first_map)`` of a VOI LUT item: its LUTData as int64 (OW bytes or US values,
+    as pydicom reads them) and the first stored value it maps."""
+    descriptor = [int(v) for v in list(item.LUTDescriptor)]
+    if len(descriptor) != 3:
+        raise ValueError(f"LUTDescriptor has {len(descriptor)} values, expected 3")
+    entries, first_map, bits = descriptor
+    entries = entries or 2 ** 16
+    if not (bits == 8 or 10 <= bits <= 16):
+        raise ValueError(f"VOI LUT entries of {bits} bits; expected 8 or 10..16")
+    raw = item.LUTData
+    if isinstance(raw, (bytes, bytearray)):
+        meta = getattr(ds, "file_meta", None)
+        little = True
+        try:
+            little = bool(meta._tsyntax_encoding[1]) if meta is not None else bool(ds.original_encoding[1])
+        except Exception:
+            pass
+        words = np.frombuffer(bytes(raw), dtype="<u2" if little else ">u2")
+        data = words[:entries].astype(np.int64)
+    else:
+        data = np.asarray(list(raw) if not isinstance(raw, (int, float)) else [raw], dtype=np.int64)
+    if data.size < entries:
+        raise ValueError(f"VOI LUT has {data.size} entries, its descriptor says {entries}")
+    return data[:entries], first_map
+
+
+def _apply_voi(values: np.ndarray, ds, lut) -> np.ndarray:
+    """The VOI LUT of ``ds`` applied to ``values`` (after the modality LUT) with a wide index:
+    pydicom's ``apply_voi`` indexes an 8-bit LUT with uint8, so a LUT of more than 256 entries
+    wraps and an image decodes near-black. Without a VOI LUT, the window (pydicom's)."""
+    voi = ds.get("VOILUTSequence")
+    if not voi or voi[0].get("LUTDescriptor") is None or voi[0].get("LUTData") is None:
+        return lut.apply_voi_lut(values, ds)
+    table, first_map = _voi_lut_table(voi[0], ds)
+    index = np.asarray(values)
+    index = np.floor(index).astype(np.int64) if index.dtype.kind == "f" else index.astype(np.int64)
+    index -= first_map
+    np.clip(index, 0, table.size - 1, out=index)
+    return table[index]
 
 
 def _set_missing_transfer_syntax(ds) -> None:

@@ -5,16 +5,23 @@ end here, so 0 = black and 1 = white mean the same in every container, whatever 
 8-bit or 16-bit grayscale, RGB(A), palette, 1-bit, or DICOM.
 
 **One rule for every container:** a sample is divided by the top of the value range its file
-*declares*, never by the values it happens to hold, so one hot pixel changes nothing else and
-the same pixels give the same floats in any container.
+*declares* (or, where it declares none, of its effective bit depth), never by the largest value
+it happens to hold, so one hot pixel changes nothing else and the same pixels give the same
+floats in any container.
 
 * 8-bit (``L``, and RGB / palette / alpha channels): ``value / 255``.
 * 16-bit (``I;16``, ``I;16B``, ``I`` holding at most 16 bits): ``value / (2**b - 1)`` where
-  ``b`` is the PNG ``sBIT`` significant-bit count when the file has one and every sample fits
-  in ``b`` bits (a 12-bit detector image stored as is), else 16 (the dtype's range; this
-  includes a file that scaled its samples up to 16 bits as the PNG standard says). An 8-bit
-  image stored as 16-bit as ``x * 257`` therefore gives exactly the floats of the 8-bit file.
-  Samples above 16 bits are refused.
+  ``b`` is the bit depth the file declares (PNG ``sBIT``, or ``significant_bits`` given with an
+  array) when its samples fit in ``b`` bits (a 12-bit detector image stored as is), else 16 (a
+  file that scaled its samples up to 16 bits as the PNG standard says). A file that declares no
+  depth (a 16-bit PNG without ``sBIT``, a TIFF, a bare ``uint16`` array) gets its **effective
+  bit depth**: the smallest of 8, 10, 12, 14, 16 bits that holds its samples, so 12-bit samples
+  in a 16-bit container are divided by 4095, not 65535, and an 8-bit image stored as ``x * 257``
+  still gives exactly the floats of the 8-bit file. Both decisions ignore a few hot pixels
+  (:func:`robust_top`: up to one pixel in 4096 above the rest), so one hot pixel never changes
+  the divisor; the hot pixels themselves clip to 1. Samples above 16 bits are refused. An
+  image that uses a small part of its declared range is flagged by the quality check
+  (``dim``, covidedge.data.quality).
 * DICOM: the range its modality LUT (rescale) and VOI LUT (window) declare, mapped to [0, 1]
   (see :mod:`covidedge.data.dicomio`).
 * RGB and palette: luminance with the ITU-R 601-2 weights (``0.299 R + 0.587 G + 0.114 B``),
@@ -94,18 +101,69 @@ def _alpha(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float64) / 255.0
 
 
-def _wide_top(lo: int, hi: int, source: object, significant_bits: Optional[int]) -> int:
-    """The divisor of 16-bit samples spanning ``lo..hi``: ``2**significant_bits - 1`` when
-    declared and every sample fits, else 65535 (see the module's intensity rule)."""
+#: Bit depths a 16-bit container's samples are taken to have when the file declares none.
+EFFECTIVE_DEPTHS = (8, 10, 12, 14, 16)
+#: Hot pixels ignored when the bit depth is chosen: one in this many pixels (none in an image
+#: under 64 x 64 px, where every pixel counts).
+HOT_PIXEL_SHARE = 4096
+
+
+def _histogram16(src) -> np.ndarray:
+    """Counts of every 16-bit value (65536 bins) of an array or a one-band Pillow image, block
+    by block (no full-size copy)."""
+    counts = np.zeros(65536, dtype=np.int64)
+    if isinstance(src, Image.Image):
+        w, h = src.size
+
+        def block(a: int, b: int) -> np.ndarray:
+            return np.asarray(src.crop((0, a, w, b)))
+    else:
+        h, w = src.shape[:2]
+
+        def block(a: int, b: int) -> np.ndarray:
+            return src[a:b]
+    rows = max(1, _BLOCK_PIXELS // max(1, w))
+    for a in range(0, h, rows):
+        values = block(a, min(h, a + rows)).ravel()
+        counts += np.bincount(values.astype(np.int64) if values.dtype.kind == "i" else values,
+                              minlength=65536)[:65536]
+    return counts
+
+
+def robust_top(counts: np.ndarray) -> int:
+    """The largest sample of a histogram once up to one pixel in :data:`HOT_PIXEL_SHARE` (the
+    brightest) is set aside as hot pixels."""
+    n = int(counts.sum())
+    allowed = n // HOT_PIXEL_SHARE
+    above = np.cumsum(counts[::-1])  # above[i]: pixels >= 65535 - i
+    first_over = int(np.argmax(above > allowed))  # brightest value whose tail exceeds the allowance
+    return 65535 - first_over
+
+
+def effective_bits(top: int) -> int:
+    """The smallest of :data:`EFFECTIVE_DEPTHS` whose range holds ``top``."""
+    for bits in EFFECTIVE_DEPTHS:
+        if top <= 2 ** bits - 1:
+            return bits
+    return 16
+
+
+def _wide_top(lo: int, hi: int, source: object, significant_bits: Optional[int], src=None) -> int:
+    """The divisor of 16-bit samples spanning ``lo..hi`` (``src`` holds them, for the
+    histogram): the declared depth's top when the samples fit it, 65535 when they go beyond
+    (scaled up as the PNG standard says), the effective bit depth's top when none is declared
+    (see the module's intensity rule)."""
     if lo < 0 or hi > 65535:
         raise BadInputError(
             f"integer pixels span {lo}..{hi}, expected unsigned values of at most 16 bits",
             path=source, hint="save the image as an 8- or 16-bit grayscale PNG")
+    if significant_bits is not None and int(significant_bits) >= 16:
+        return 65535
+    top = hi if src is None else robust_top(_histogram16(src))
     if significant_bits is not None and 1 <= int(significant_bits) < 16:
         declared = 2 ** int(significant_bits) - 1
-        if hi <= declared:
-            return declared
-    return 65535
+        return declared if top <= declared else 65535
+    return 2 ** effective_bits(top) - 1
 
 
 def _wide_to_unit(values: np.ndarray, source: object, significant_bits: Optional[int] = None) -> np.ndarray:
@@ -116,7 +174,7 @@ def _wide_to_unit(values: np.ndarray, source: object, significant_bits: Optional
     if values.dtype.kind not in "iu":
         raise BadInputError(f"has {values.dtype} samples, expected unsigned integers",
                             path=source, hint="save the image as an 8- or 16-bit grayscale PNG")
-    top = _wide_top(int(values.min()), int(values.max()), source, significant_bits)
+    top = _wide_top(int(values.min()), int(values.max()), source, significant_bits, values)
     lut = _unit_lut(top)
     return blockwise(values, lambda a: lut[a.astype(np.int64) if a.dtype.kind == "i" else a])
 
@@ -173,17 +231,17 @@ def image_to_gray(img: Image.Image, source: object = None,
         gray = blockwise(img, lambda a: _luminance(a[..., :3]) * _alpha(a[..., 3]))
     else:  # 16-bit / 32-bit integer grayscale
         lo, hi = _extrema(img)
-        lut = _unit_lut(_wide_top(lo, hi, source, significant_bits))
+        lut = _unit_lut(_wide_top(lo, hi, source, significant_bits, img))
         gray = blockwise(img, lambda a: lut[a.astype(np.int64) if a.dtype.kind == "i" else a])
     return finish_gray(gray, source)
 
 
-def array_to_gray(item: np.ndarray) -> np.ndarray:
+def array_to_gray(item: np.ndarray, significant_bits: Optional[int] = None) -> np.ndarray:
     """An image array as float32 ``H x W`` in [0, 1] by the module's rules.
 
-    Accepted: 2-D (or ``H x W x 1`` / ``1 x H x W``) bool, uint8 (/255), uint16 (/65535, the
-    16-bit range, as 16-bit files without an ``sBIT`` chunk) or float already in [0, 1], or
-    ``H x W x 3|4`` uint8 RGB(A).
+    Accepted: 2-D (or ``H x W x 1`` / ``1 x H x W``) bool, uint8 (/255), uint16 (by
+    ``significant_bits`` when given, else by the effective bit depth of its samples, as 16-bit
+    files without an ``sBIT`` chunk) or float already in [0, 1], or ``H x W x 3|4`` uint8 RGB(A).
     """
     arr = item
     if arr.ndim == 3 and arr.shape[0] == 1:
@@ -202,7 +260,7 @@ def array_to_gray(item: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return _UNIT8[arr]
     if arr.dtype in (np.uint16, np.dtype(">u2")):
-        return _wide_to_unit(arr.astype(np.uint16, copy=False), "image array")
+        return _wide_to_unit(arr.astype(np.uint16, copy=False), "image array", significant_bits)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise BadInputError("image array contains NaN or infinite values",
@@ -230,4 +288,5 @@ def finish_gray(gray: np.ndarray, source: object) -> np.ndarray:
     return gray
 
 
-__all__ = ["LUMA_WEIGHTS", "WIDE_MODES", "array_to_gray", "blockwise", "finish_gray", "image_to_gray"]
+__all__ = ["LUMA_WEIGHTS", "WIDE_MODES", "EFFECTIVE_DEPTHS", "array_to_gray", "blockwise", "effective_bits",
+           "finish_gray", "image_to_gray", "robust_top"]

@@ -34,8 +34,9 @@ def as_gray(item: ImageLike, reduce_for=None) -> np.ndarray:
 
     Paths are decoded with :func:`~covidedge.data.imageio.read_gray` (``reduce_for`` is passed
     on: see there); Pillow images by the same rules; arrays may be 2-D (or ``H x W x 1`` /
-    ``1 x H x W``) bool, uint8 (/255), uint16 (/65535, the 16-bit range, as 16-bit files
-    without an ``sBIT`` chunk) or float already in [0, 1], or ``H x W x 3|4`` uint8 RGB(A).
+    ``1 x H x W``) bool, uint8 (/255), uint16 (by the effective bit depth of its samples, as
+    16-bit files without an ``sBIT`` chunk: 12-bit samples /4095) or float already in [0, 1],
+    or ``H x W x 3|4`` uint8 RGB(A).
     """
     if isinstance(item, (str, os.PathLike)):
         return read_gray(item, reduce_for=reduce_for)

@@ -1,7 +1,7 @@
 """Input quality check: flags for images no chest X-ray model should be trusted on.
 
 A decoded gray image (float in [0, 1], as :func:`covidedge.data.imageio.read_gray` returns) is
-checked for three things, each a flag named in :data:`QUALITY_FLAGS`:
+checked for four things, each a flag named in :data:`QUALITY_FLAGS`:
 
 * ``constant``: the brightest and darkest pixels differ by less than ``min_range`` (default
   1/255, one 8-bit level): a blank, black or white image carries no anatomy.
@@ -9,6 +9,9 @@ checked for three things, each a flag named in :data:`QUALITY_FLAGS`:
   input it is mostly interpolation.
 * ``extreme_aspect_ratio``: the longer side is more than ``max_aspect`` (default 4) times the
   shorter one: a strip, not a chest radiograph (which is close to square).
+* ``dim``: all but the brightest 0.1 % of pixels are below ``min_top`` (default 1/8) of the
+  range: the image uses a small part of the range its file declares (12-bit samples declared as
+  16-bit, a window far above the anatomy), so the model sees a nearly black picture.
 
 The check only reports; callers decide whether a flagged image is a warning on its result or a
 refusal (``--strict``).
@@ -23,26 +26,32 @@ import numpy as np
 from covidedge.errors import BadInputError
 
 #: The flags, in the order :func:`check_quality` reports them.
-QUALITY_FLAGS: Tuple[str, ...] = ("constant", "tiny", "extreme_aspect_ratio")
-#: Default thresholds: one 8-bit gray level, 64 px, 4:1.
+QUALITY_FLAGS: Tuple[str, ...] = ("constant", "tiny", "extreme_aspect_ratio", "dim")
+#: Default thresholds: one 8-bit gray level, 64 px, 4:1, 1/8 of the range.
 MIN_RANGE = 1.0 / 255.0
 MIN_SIDE_PX = 64
 MAX_ASPECT = 4.0
+MIN_TOP = 1.0 / 8.0
+#: Pixels sampled (at most) for the ``dim`` check's percentile.
+_SAMPLE_PIXELS = 1 << 18
 
 #: What each flag means, for human-readable output.
 FLAG_MEANINGS: Dict[str, str] = {
     "constant": "the image is blank (all pixels within one gray level)",
     "tiny": "the image is too small to show a chest",
     "extreme_aspect_ratio": "the image is a strip, far from a chest radiograph's proportions",
+    "dim": "the image uses under 1/8 of its intensity range (a bit depth or window that does not "
+           "fit its samples?)",
 }
 
 
 def check_quality(gray, *, min_range: float = MIN_RANGE, min_side: int = MIN_SIDE_PX,
-                  max_aspect: float = MAX_ASPECT) -> List[str]:
+                  max_aspect: float = MAX_ASPECT, min_top: float = MIN_TOP) -> List[str]:
     """Flags (a sublist of :data:`QUALITY_FLAGS`, in that order) for a 2-D gray image.
 
     ``gray`` is an ``H x W`` array (float in [0, 1], or integer samples: only its range
-    relative to ``min_range`` in the same units matters). An empty list means no concern.
+    relative to ``min_range`` in the same units matters; ``dim`` applies to float images in
+    [0, 1] only). An empty list means no concern.
     """
     arr = np.asarray(gray)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -61,6 +70,10 @@ def check_quality(gray, *, min_range: float = MIN_RANGE, min_side: int = MIN_SID
         flags.append("tiny")
     if long > max_aspect * short:
         flags.append("extreme_aspect_ratio")
+    if arr.dtype.kind == "f" and "constant" not in flags:
+        step = max(1, int(np.sqrt(arr.size / _SAMPLE_PIXELS)))
+        if float(np.percentile(arr[::step, ::step], 99.9)) < min_top:
+            flags.append("dim")
     return flags
 
 

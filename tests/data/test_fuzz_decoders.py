@@ -36,7 +36,8 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _dicom_bytes(pixels: np.ndarray, bits: int, window: bool, photometric: str) -> bytes:
+def _dicom_bytes(pixels: np.ndarray, bits: int, window: bool, photometric: str,
+                 voi_lut_bits: int = 0) -> bytes:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -59,9 +60,26 @@ def _dicom_bytes(pixels: np.ndarray, bits: int, window: bool, photometric: str) 
     ds.RescaleSlope, ds.RescaleIntercept = 1, 0
     if window:
         ds.WindowCenter, ds.WindowWidth = 2 ** (bits - 1), 2 ** bits
+    if voi_lut_bits:  # a VOI LUT over every stored value, with 8- or 16-bit entries
+        from pydicom.dataset import Dataset
+
+        item = Dataset()
+        item.add_new(0x00283002, "US", [2 ** bits, 0, voi_lut_bits])
+        table = (np.arange(2 ** bits) * (2 ** voi_lut_bits - 1) // (2 ** bits - 1)).astype("<u2")
+        item.add_new(0x00283006, "OW", table.tobytes())
+        ds.VOILUTSequence = [item]
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def _with_sbit(png: bytes, bits: int) -> bytes:
+    """``png`` with an sBIT chunk after IHDR (a declared bit depth)."""
+    import struct
+    import zlib
+
+    body = b"sBIT" + bytes([bits])
+    return png[:33] + struct.pack(">I", 1) + body + struct.pack(">I", zlib.crc32(body)) + png[33:]
 
 
 def seed_files() -> dict:
@@ -73,6 +91,8 @@ def seed_files() -> dict:
     seeds = {
         "gray8.png": _encode(Image.fromarray(g8), "PNG"),
         "gray16.png": _encode(Image.fromarray(g16), "PNG"),
+        "gray12.png": _encode(Image.fromarray(g16 >> 4), "PNG"),  # 12 bits used, none declared
+        "gray12_sbit.png": _with_sbit(_encode(Image.fromarray(g16 >> 4), "PNG"), 12),
         "rgba.png": _encode(Image.fromarray(np.dstack([rgb, g8])), "PNG"),
         "palette.png": _encode(Image.fromarray(rgb).quantize(8), "PNG"),
         "gray.jpg": _encode(Image.fromarray(g8), "JPEG", quality=80),
@@ -87,6 +107,8 @@ def seed_files() -> dict:
 
         seeds["mono2_12.dcm"] = _dicom_bytes(g16 >> 4, 12, True, "MONOCHROME2")
         seeds["mono1_8.dcm"] = _dicom_bytes(g8, 8, False, "MONOCHROME1")
+        seeds["voi_lut8_12.dcm"] = _dicom_bytes(g16 >> 4, 12, False, "MONOCHROME2", voi_lut_bits=8)
+        seeds["voi_lut16_12.dcm"] = _dicom_bytes(g16 >> 4, 12, True, "MONOCHROME2", voi_lut_bits=16)
     except ImportError:
         pass
     return seeds

@@ -68,9 +68,9 @@ def test_16bit_png_holding_8bit_values_with_sbit_8_equals_8bit(tmp_path):
     p8 = save(Image.fromarray(a), tmp_path / "a8.png")
     p16 = write_png(tmp_path / "a16.png", a.astype(np.uint16), significant_bits=8)
     np.testing.assert_array_equal(read_gray(p16), read_gray(p8))
-    # without sBIT the 16-bit range applies: the same values are 257 times darker
+    # without sBIT the effective bit depth of the samples applies: 8 bits here, the same floats
     plain = write_png(tmp_path / "plain16.png", a.astype(np.uint16))
-    np.testing.assert_array_equal(read_gray(plain), (a / 65535.0).astype(np.float32))
+    np.testing.assert_array_equal(read_gray(plain), read_gray(p8))
 
 
 def test_16bit_scaled_by_declared_bit_depth_not_by_the_hottest_pixel(tmp_path):
@@ -79,16 +79,19 @@ def test_16bit_scaled_by_declared_bit_depth_not_by_the_hottest_pixel(tmp_path):
     out = read_gray(write_png(tmp_path / "a12.png", a, significant_bits=12))
     np.testing.assert_array_equal(out, (a / 4095.0).astype(np.float32))
     assert len(np.unique(out)) == 6
-    # one hot pixel changes no other pixel (it used to halve the whole image's brightness)
-    dim = np.array([[100, 900, 1000]], dtype=np.uint16)
+    # one hot pixel changes no other pixel (it used to halve the whole image's brightness), with
+    # a declared bit depth (12) or without one (the effective depth: 10 bits for 100..1000)
+    dim = np.tile(np.linspace(100, 1000, 64).astype(np.uint16), (64, 1))
     hot = dim.copy()
     hot[0, 0] = 65535
-    for bits in (None, 12):
+    for bits, top in ((None, 1023.0), (12, 4095.0)):
         a_dim = read_gray(write_png(tmp_path / f"dim{bits}.png", dim, significant_bits=bits))
         a_hot = read_gray(write_png(tmp_path / f"hot{bits}.png", hot))
-        np.testing.assert_array_equal(a_hot[0, 1:], (dim[0, 1:] / 65535.0).astype(np.float32))
-        if bits is None:
-            np.testing.assert_array_equal(a_hot[0, 1:], a_dim[0, 1:])
+        if bits is not None:
+            a_hot = read_gray(write_png(tmp_path / f"hot{bits}.png", np.minimum(hot, 4095), significant_bits=bits))
+        np.testing.assert_array_equal(a_dim, (dim / top).astype(np.float32))
+        np.testing.assert_array_equal(a_hot.ravel()[1:], a_dim.ravel()[1:])
+        assert a_hot[0, 0] == 1.0
     # sBIT=12 but samples beyond 12 bits: scaled up as the PNG standard says -> 16-bit range
     up = np.array([[0, 65535, 300 * 16]], dtype=np.uint16)
     p = write_png(tmp_path / "up.png", up)
@@ -103,7 +106,7 @@ def test_16bit_big_endian_tiff(tmp_path):
     img = Image.fromarray(a.astype(">u2"))
     assert img.mode == "I;16B"
     p = save(img, tmp_path / "be.tif")
-    np.testing.assert_array_equal(read_gray(p), (a / 65535.0).astype(np.float32))
+    np.testing.assert_array_equal(read_gray(p), (a / 4095.0).astype(np.float32))  # 12 bits effective
 
 
 def test_32bit_int_mode_i(tmp_path):
@@ -111,7 +114,7 @@ def test_32bit_int_mode_i(tmp_path):
     img = Image.fromarray(a)
     assert img.mode == "I"
     np.testing.assert_array_equal(read_gray(save(img, tmp_path / "i.tif")),
-                                  (a / 65535.0).astype(np.float32))
+                                  (a / 4095.0).astype(np.float32))
 
 
 def test_mode_i_beyond_16_bits_is_rejected(tmp_path):
@@ -495,7 +498,9 @@ def test_write_png_round_trips(tmp_path):
                                   [[0, 128, 255]])
 
     wide = np.array([[0, 4095]], dtype=np.uint16)
-    np.testing.assert_allclose(read_gray(write_png(tmp_path / "w.png", wide)), [[0.0, 4095 / 65535]])
+    np.testing.assert_allclose(read_gray(write_png(tmp_path / "w.png", wide)), [[0.0, 1.0]])  # 12 bits
+    np.testing.assert_allclose(read_gray(write_png(tmp_path / "w16.png", wide, significant_bits=16)),
+                               [[0.0, 4095 / 65535]])
     np.testing.assert_allclose(read_gray(write_png(tmp_path / "w12.png", wide, significant_bits=12)),
                                [[0.0, 1.0]])
     with pytest.raises(BadInputError, match="significant_bits"):

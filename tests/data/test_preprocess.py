@@ -105,16 +105,17 @@ def test_batch_equals_single_images():
         np.testing.assert_array_equal(batch[i : i + 1], preprocess(item, size=(16, 16)))
 
 
-def test_uint16_array_is_scaled_by_the_16_bit_range():
+def test_uint16_array_is_scaled_by_its_effective_bit_depth():
     img8 = golden_source_image()
     img16 = img8.astype(np.uint16) * 257
     np.testing.assert_array_equal(as_gray(img16), as_gray(img8))
-    # the dtype's range, never the largest value present: a hot pixel changes nothing else
-    twelve = np.array([[0, 4095, 1000]], dtype=np.uint16)
-    np.testing.assert_array_equal(as_gray(twelve), (twelve / 65535.0).astype(np.float32))
+    # 12-bit samples in a uint16 array are divided by 4095, never by the largest value present:
+    # a hot pixel changes nothing else
+    twelve = np.tile(np.linspace(0, 4000, 64).astype(np.uint16), (64, 1))
+    np.testing.assert_array_equal(as_gray(twelve), (twelve / 4095.0).astype(np.float32))
     hot = twelve.copy()
     hot[0, 0] = 65535
-    np.testing.assert_array_equal(as_gray(hot)[0, 1:], as_gray(twelve)[0, 1:])
+    np.testing.assert_array_equal(as_gray(hot).ravel()[1:], as_gray(twelve).ravel()[1:])
 
 
 def test_rgb_array_is_luminance():
