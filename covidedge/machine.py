@@ -33,6 +33,8 @@ _DISTRIBUTIONS = {
     "torch": ("torch",),
     "numpy": ("numpy",),
 }
+#: Packages whose versions probe_machine reports, in the order reports list them.
+PACKAGE_KEYS = ("onnxruntime", "tensorrt", "pycuda", "torch", "openvino", "numpy")
 #: Packages whose module ``__version__`` is a build string ('2026.4.1-22982-e213a147257-releases/
 #: 2026/4'): their version is the distribution's release whether or not they are imported.
 _RELEASE_FROM_DISTRIBUTION = ("openvino",)

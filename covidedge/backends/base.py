@@ -5,22 +5,22 @@ A runner is created cheaply, does its heavy work in ``activate()`` and frees it 
 ``{input_name: array}`` feed) and returns ``{output_name: array}``. Input checks name the
 tensor, what arrived and what was expected.
 
-Two things every backend shares live here too: :func:`infer_fitted` fits a batch of any size
-to a runner's batch range, and :func:`self_check` accepts or deletes an engine just built by
-comparing it with ONNX Runtime on its source graph.
+:func:`infer_fitted` fits a batch of any size to a runner's batch range for every backend, and
+:class:`Backend` is what one row of the backend table (:mod:`covidedge.backends`) offers: its
+name, what it needs and builds, its build, self-check, runners and file suffix.
 """
 
 from __future__ import annotations
 
-import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from covidedge.errors import BadInputError, RuntimeFailure
-from covidedge.spec import ModelSpec
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.spec import PRECISIONS, ModelSpec
 
 Feed = Union[np.ndarray, Mapping[str, np.ndarray]]
 
@@ -154,42 +154,179 @@ def infer_fitted(runner: Runner, batch: np.ndarray) -> Dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in pieces], axis=0) for k in pieces[0]}
 
 
-#: Seed of the batch a build's self-check runs: uniform noise in [0, 1), the input range.
-SELF_CHECK_SEED = 0
+@dataclass
+class SourceGraph:
+    """The precision-bearing ONNX graph a build reads once: its spec, metadata, precision, opset,
+    I/O and the optimization profile's (min, opt, max) NCHW shapes."""
+
+    path: Path
+    spec: ModelSpec
+    meta: Dict[str, str]
+    precision: str
+    opset: Optional[int]
+    inputs: List[Dict[str, Any]]
+    outputs: List[Dict[str, Any]]
+    shapes: Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]
 
 
-def self_check(built: Runner, source_onnx, precision: str, limits: Mapping[str, float], *,
-               batch: int, out, engine_name: str) -> Dict[str, Any]:
-    """Accept or delete an engine just built: run ``built`` (a runner on the engine file) and
-    ONNX Runtime (CPU) on its source graph ``source_onnx`` with one seeded batch of ``batch``
-    images, and compare the probabilities.
+@dataclass
+class BuiltEngine:
+    """What a backend's ``build`` wrote: the candidate engine file (accepted or deleted by the
+    backend's ``self_check``), its I/O, notes, the manifest's device facts and build options."""
 
-    Within ``limits[precision]`` (largest |probability| difference) the engine file moves to
-    ``out`` (it may be there already) and the numbers for the manifest are returned. Otherwise,
-    or when either side fails to run, the engine file is deleted and RuntimeFailure (or the
-    runner's own error) is raised; ``engine_name`` ('TensorRT') names the engine in the message."""
-    from covidedge.backends.onnxruntime import OrtRunner
-
-    spec = built.spec
-    engine = Path(built.source)
-    x = np.random.default_rng(SELF_CHECK_SEED).random((int(batch), spec.in_chans, *spec.input_size),
-                                                       dtype=np.float32)
-    try:
-        with built as run, OrtRunner(source_onnx, spec=spec) as reference:
-            got, ref = run.infer(x), reference.infer(x)
-    except BaseException:
-        engine.unlink(missing_ok=True)
-        raise
-    diffs = {k: float(np.max(np.abs(ref[k].astype(np.float64) - got[k].astype(np.float64))))
-             for k in spec.output_names}
-    prob, limit = spec.output_names[1], float(limits[precision])
-    if not np.isfinite(diffs[prob]) or diffs[prob] > limit:
-        engine.unlink(missing_ok=True)
-        raise RuntimeFailure(f"the {engine_name} engine's {prob} differ from ONNX Runtime's on its source "
-                             f"graph by {diffs[prob]:.3g} (limit {limit:g} for {precision})", path=out)
-    if engine.resolve() != Path(os.fspath(out)).resolve():
-        os.replace(engine, out)
-    return {"batch": int(batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
+    candidate: Path
+    inputs: List[Dict[str, Any]]
+    outputs: List[Dict[str, Any]]
+    notes: List[str] = field(default_factory=list)
+    device: Dict[str, Any] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
-__all__ = ["Feed", "Runner", "infer_fitted", "self_check", "SELF_CHECK_SEED"]
+def take_options(options: Mapping[str, Any], allowed, what: str, source) -> Dict[str, Any]:
+    """The options of ``options`` that ``allowed`` names (None values dropped); any other given
+    option is refused by name, never dropped."""
+    extra = sorted(k for k, v in options.items() if k not in allowed and v is not None)
+    if extra:
+        raise BadInputError(f"option{'s' if len(extra) > 1 else ''} {', '.join(extra)} do"
+                            f"{'' if len(extra) > 1 else 'es'} not apply to {what}", path=source,
+                            hint=f"{what} takes: {', '.join(allowed) or 'no options'}")
+    return {k: v for k, v in options.items() if k in allowed and v is not None}
+
+
+def refuse_differences(manifest, engine_path, diffs: List[str]) -> None:
+    """Raise IncompatibleModelError when ``diffs`` (what differs between the machine an engine
+    was built for and this one) is not empty, with the command that rebuilds it here."""
+    if diffs:
+        from covidedge.formats.manifest import rebuild_command
+
+        raise IncompatibleModelError(
+            f"engine was built for another machine: {'; '.join(diffs)}", path=engine_path,
+            hint=f"rebuild it here with: {rebuild_command(manifest, engine_path)}")
+
+
+class Backend:
+    """One row of the backend table (:mod:`covidedge.backends`): everything the layers above
+    know about a backend, so none of them branches on its name. Each ``backends/<name>`` module
+    defines one instance, ``BACKEND``. Heavy imports happen inside the methods only."""
+
+    #: Name in manifests, ``--backend`` and reports; how messages name it.
+    name: str = ""
+    title: str = ""
+    #: Python modules it needs to run (found without importing them) and to build its engines.
+    requires: Tuple[str, ...] = ()
+    build_requires: Tuple[str, ...] = ()
+    install_hint: str = ""
+    #: Whether it builds engines, the precisions and the devices ("cpu", "gpu") they run on.
+    builds: bool = True
+    precisions: Tuple[str, ...] = PRECISIONS
+    targets: Tuple[str, ...] = ("cpu",)
+    #: Engine file suffix (after ``<model>.<precision>``) and what an engine is called.
+    suffix: str = ".onnx"
+    artifact: str = "model"
+    #: Build options only this backend takes (others refuse them), Q/DQ placement and int8
+    #: activations of the graphs it builds from a checkpoint (the first is "auto").
+    build_options: Tuple[Tuple[str, str], ...] = ()
+    qdq_placement: str = "onnxruntime"
+    int8_activations: Tuple[str, ...] = ("int8", "uint8")
+    #: Its version is read by importing it (probe_machine(use_backends=True)).
+    probe_backends: bool = False
+    #: Manifest ``device`` keys taken from the machine probe.
+    device_keys: Tuple[str, ...] = ("cpu", "cpu_cores", "arch")
+    #: Runner options beyond the path (anything else is refused by name).
+    runner_options: Tuple[str, ...] = ()
+    #: The runner option that caps CPU threads, or a note saying threads do not apply.
+    thread_option: Optional[str] = None
+    threads_note: Optional[str] = None
+    #: Triton: the targets that serve its models, the model file name, the gpu-target config keys
+    #: and the refusal (message, hint) on a target that cannot serve it.
+    triton_targets: Tuple[str, ...] = ("cpu", "gpu")
+    triton_file: str = "model.onnx"
+    triton_gpu_config: Dict[str, str] = {"backend": "onnxruntime"}
+    triton_refusal: Tuple[str, str] = ("", "")
+    #: Its engines are ONNX files carrying their spec, which must equal the manifest's.
+    embeds_spec: bool = False
+
+    def available(self) -> bool:
+        """Whether this machine can run it, found without importing anything."""
+        from covidedge.machine import module_present
+
+        return all(module_present(m) for m in self.requires)
+
+    def can_build(self) -> bool:
+        from covidedge.machine import module_present
+
+        return all(module_present(m) for m in self.build_requires)
+
+    # -- engines ----------------------------------------------------------------------------
+    def engine_name(self, stem: str, precision: str, version: Optional[str] = None,
+                    compute_capability: Optional[str] = None) -> str:
+        return f"{stem}.{precision}{self.suffix}"
+
+    def build(self, graph: SourceGraph, out: Path, options: Mapping[str, Any], machine: Mapping[str, Any],
+              say: Callable[[str], None]) -> BuiltEngine:
+        raise NotImplementedError
+
+    def self_check(self, built: BuiltEngine, manifest, onnx_path, batch: int, out) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def describe_build(self, version: str, precision: str, batch: Tuple[int, int], seconds: float,
+                       device: str) -> str:
+        lo, hi = batch
+        return (f"{self.title} {version} {precision} {self.artifact} (CPU), batch {lo}..{hi}, "
+                f"built in {seconds:.1f} s")
+
+    def announce_notes(self) -> bool:
+        """Whether a build prints its notes (stated, never silent)."""
+        return False
+
+    # -- the machine ------------------------------------------------------------------------
+    def machine_differences(self, manifest, machine: Mapping[str, Any]) -> List[str]:
+        """What differs between the machine ``manifest``'s engine was built for and ``machine``:
+        by default its runtime must be installed and no older (major.minor) than the build's."""
+        from covidedge.formats.manifest import parse_version
+
+        built, here = manifest.backend_version, machine.get(self.name)
+        if not here:
+            return [f"{self.title}: {self.built_with} {built}, {self.title} is not installed here"]
+        if parse_version(here)[:2] < parse_version(built)[:2]:
+            return [f"{self.title} version: {self.built_with} {built}, here {here} (older than the build)"]
+        return []
+
+    #: How compatibility messages say what was built: "engine built with" (its version follows).
+    built_with: str = "engine built with"
+
+    def require_compatible(self, manifest, engine_path, machine: Optional[Mapping[str, Any]] = None) -> None:
+        """Raise IncompatibleModelError listing what differs from this machine (probed when not
+        given) and the command that rebuilds the engine here."""
+        if machine is None:
+            from covidedge.machine import probe_machine
+
+            machine = probe_machine(use_backends=self.probe_backends)
+        refuse_differences(manifest, engine_path, self.machine_differences(manifest, machine))
+
+    # -- running ----------------------------------------------------------------------------
+    def open_engine(self, path: Path, manifest, requested: str, options: Mapping[str, Any]) -> Runner:
+        """A runner on an engine this backend built (after ``manifest`` was checked against the
+        machine); ``requested`` is the backend asked for ("auto" or this one)."""
+        raise NotImplementedError
+
+    def open_onnx(self, path: Path, options: Mapping[str, Any]) -> Runner:
+        raise IncompatibleModelError(f"is an ONNX graph; {self.name} does not run it", path=path)
+
+    def open_checkpoint(self, path: Path, options: Mapping[str, Any]) -> Runner:
+        raise IncompatibleModelError(f"is a training checkpoint; it runs on torch, not {self.name}", path=path,
+                                     hint=f"build an engine first: covidedge build-engine {path}")
+
+    def refuse_engine(self, path: Path, manifest, requested: str) -> None:
+        """Raise IncompatibleModelError: this backend's engine cannot run on ``requested``."""
+        raise IncompatibleModelError(f"is a {self.title} engine, not for {requested}", path=path)
+
+    def threads(self, threads: Optional[int]):
+        """A context in which the backend uses ``threads`` process-wide (torch); a no-op else."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+__all__ = ["Feed", "Runner", "infer_fitted", "Backend", "SourceGraph", "BuiltEngine", "take_options",
+           "refuse_differences"]

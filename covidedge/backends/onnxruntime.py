@@ -4,19 +4,21 @@ Runs the precision-bearing ONNX graphs (fp32, fp16, int8 Q/DQ) on the CPU by def
 CUDA / TensorRT execution providers when ONNX Runtime has them. Thread counts and the graph
 optimisation level are settable because they decide CPU latency. :func:`build_engine_file` makes
 the ONNX Runtime engine: the graph optimised offline, self-checked against its source.
+:func:`self_check` is every backend's build check: an engine just built against ONNX Runtime on
+its source graph. ``BACKEND`` is this backend's row of the table in :mod:`covidedge.backends`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure, UsageError
 from covidedge.formats.onnxfile import metadata_precision, open_onnx
-from covidedge.backends.base import Runner, self_check
+from covidedge.backends.base import Backend, BuiltEngine, Runner, take_options
 from covidedge.spec import ModelSpec
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -145,9 +147,45 @@ class OrtRunner(Runner):
         return d
 
 
+#: Seed of the batch a build's self-check runs: uniform noise in [0, 1), the input range.
+SELF_CHECK_SEED = 0
+
+
+def self_check(built: Runner, source_onnx, precision: str, limits: Mapping[str, float], *,
+               batch: int, out, engine_name: str) -> Dict[str, Any]:
+    """Accept or delete an engine just built: run ``built`` (a runner on the engine file) and
+    ONNX Runtime (CPU) on its source graph ``source_onnx`` with one seeded batch of ``batch``
+    images, and compare the probabilities.
+
+    Within ``limits[precision]`` (largest |probability| difference) the engine file moves to
+    ``out`` (it may be there already) and the numbers for the manifest are returned. Otherwise,
+    or when either side fails to run, the engine file is deleted and RuntimeFailure (or the
+    runner's own error) is raised; ``engine_name`` ('TensorRT') names the engine in the message."""
+    spec = built.spec
+    engine = Path(built.source)
+    x = np.random.default_rng(SELF_CHECK_SEED).random((int(batch), spec.in_chans, *spec.input_size),
+                                                       dtype=np.float32)
+    try:
+        with built as run, OrtRunner(source_onnx, spec=spec) as reference:
+            got, ref = run.infer(x), reference.infer(x)
+    except BaseException:
+        engine.unlink(missing_ok=True)
+        raise
+    diffs = {k: float(np.max(np.abs(ref[k].astype(np.float64) - got[k].astype(np.float64))))
+             for k in spec.output_names}
+    prob, limit = spec.output_names[1], float(limits[precision])
+    if not np.isfinite(diffs[prob]) or diffs[prob] > limit:
+        engine.unlink(missing_ok=True)
+        raise RuntimeFailure(f"the {engine_name} engine's {prob} differ from ONNX Runtime's on its source "
+                             f"graph by {diffs[prob]:.3g} (limit {limit:g} for {precision})", path=out)
+    if engine.resolve() != Path(os.fspath(out)).resolve():
+        os.replace(engine, out)
+    return {"batch": int(batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
+
+
 def build_engine_file(onnx_path, out, spec: ModelSpec, opt_batch: int, precision: str) -> Dict[str, Any]:
     """The ONNX Runtime engine: optimise ``onnx_path`` offline at :data:`ORT_OFFLINE_LEVEL` into
-    ``out`` (an ONNX file), accepted by :func:`~covidedge.backends.base.self_check` on a batch of
+    ``out`` (an ONNX file), accepted by :func:`self_check` on a batch of
     ``opt_batch`` images within :data:`SELF_CHECK_ATOL`. Returns the self-check's numbers."""
     ort = _ort()
     out = Path(os.fspath(out))
@@ -162,3 +200,97 @@ def build_engine_file(onnx_path, out, spec: ModelSpec, opt_batch: int, precision
         raise RuntimeFailure(f"ONNX Runtime could not optimise the model: {first}", path=onnx_path) from exc
     return self_check(OrtRunner(tmp, spec=spec, precision=precision), onnx_path, precision, SELF_CHECK_ATOL,
                       batch=opt_batch, out=out, engine_name="optimised ONNX Runtime")
+
+
+#: Options an ONNX Runtime runner takes (beyond the path); anything else is refused by name.
+ORT_OPTIONS = ("providers", "intra_op_threads", "inter_op_threads", "graph_optimization_level",
+               "min_batch", "max_batch", "spec", "precision")
+
+
+def _device_providers(opts: Dict[str, Any], source) -> Dict[str, Any]:
+    """ONNX Runtime takes ``device`` as 'cpu' / 'auto' (the CPU) or 'cuda' (CUDA provider)."""
+    device = opts.pop("device", None)
+    if device in (None, "auto", "cpu"):
+        return opts
+    if str(device).startswith("cuda"):
+        if not opts.get("providers"):
+            opts["providers"] = ["CUDAExecutionProvider"]
+        return opts
+    raise UsageError(f"device {device!r} does not apply to ONNX Runtime", path=source,
+                     hint="use device 'cpu' or 'cuda'")
+
+
+def open_ort(path, options: Mapping[str, Any], source, **fixed) -> OrtRunner:
+    """An OrtRunner on ``path`` with the runner options in ``options`` (device 'cpu' / 'cuda'
+    included) and ``fixed`` ones; any other option is refused by name."""
+    opts = _device_providers(dict(options), source)
+    kw = take_options(opts, ORT_OPTIONS, "the ONNX Runtime backend", source)
+    kw.update(fixed)
+    return OrtRunner(path, **kw)
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime: the embedded default, an offline-optimised ONNX file as its engine."""
+
+    name = "onnxruntime"
+    title = "ONNX Runtime"
+    requires = ("onnxruntime",)
+    suffix = ".ort.onnx"
+    # unsigned activations first: measured faster on ONNX Runtime's CPU kernels (engine/build)
+    int8_activations = ("uint8", "int8")
+    runner_options = ORT_OPTIONS
+    thread_option = "intra_op_threads"
+    built_with = "artifact optimised with"
+    embeds_spec = True
+
+    def build(self, graph, out, options, machine, say) -> BuiltEngine:
+        ort = _ort()
+        out = Path(os.fspath(out))
+        tmp = out.with_name(out.name + ".tmp.onnx")
+        so = OrtRunner(graph.path, spec=graph.spec, graph_optimization_level=ORT_OFFLINE_LEVEL).session_options()
+        so.optimized_model_filepath = os.fspath(tmp)
+        try:
+            ort.InferenceSession(os.fspath(graph.path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RuntimeFailure(f"ONNX Runtime could not optimise the model: {first}", path=graph.path) from exc
+        return BuiltEngine(tmp, graph.inputs, graph.outputs,
+                           notes=[f"graph optimised offline at the '{ORT_OFFLINE_LEVEL}' level"],
+                           options={"ort_offline_level": ORT_OFFLINE_LEVEL})
+
+    def self_check(self, built, manifest, onnx_path, batch, out):
+        return self_check(OrtRunner(built.candidate, spec=manifest.model_spec, precision=manifest.precision),
+                          onnx_path, manifest.precision, SELF_CHECK_ATOL, batch=batch, out=out,
+                          engine_name="optimised ONNX Runtime")
+
+    def open_engine(self, path, manifest, requested, options):
+        for k in ("min_batch", "max_batch", "spec", "precision"):
+            if options.get(k) is not None:
+                raise BadInputError(f"option {k} is fixed by the engine's manifest", path=path,
+                                    hint="rebuild the engine to change it")
+        opts = {k: v for k, v in options.items() if k not in ("min_batch", "max_batch", "spec", "precision")}
+        return open_ort(path, opts, path, spec=manifest.model_spec, precision=manifest.precision,
+                        min_batch=manifest.min_batch, max_batch=manifest.max_batch)
+
+    def refuse_engine(self, path, manifest, requested):
+        from covidedge.formats.manifest import rebuild_command
+
+        cmd = rebuild_command(manifest, path.with_suffix(".engine")).replace(
+            "--backend onnxruntime", "--backend tensorrt")
+        raise IncompatibleModelError(
+            f"was built for ONNX Runtime (TensorRT was absent at build time), not {requested}", path=path,
+            hint=f"build a TensorRT engine with: {cmd}" if requested == "tensorrt" else
+            f"load its source ONNX graph with --backend openvino: {(manifest.build_options or {}).get('onnx')}"
+            if requested == "openvino" else "load its checkpoint to run on torch")
+
+    def open_onnx(self, path, options):
+        return open_ort(path, options, path)
+
+    def open_checkpoint(self, path, options):
+        raise IncompatibleModelError(
+            f"is a training checkpoint; it runs on torch, not {self.name}", path=path,
+            hint=f"build an engine first: covidedge build-engine {path} --backend onnxruntime")
+
+
+BACKEND = OnnxRuntimeBackend()

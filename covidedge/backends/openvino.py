@@ -6,19 +6,21 @@ backend="openvino")``, ``--backend openvino`` on infer / bench / evaluate, or an
 ``covidedge build-engine --backend openvino``. It reads the precision-bearing ONNX export
 directly (fp32, fp16, int8 Q/DQ); ONNX Runtime engine artifacts hold ONNX Runtime's own fused
 operators and are refused by the selector. openvino is imported on
-activation only. :func:`build_engine_file` makes the OpenVINO engine.
+activation only. ``BACKEND`` is this backend's row of the table in :mod:`covidedge.backends`:
+its engine is the precision graph itself, self-checked against ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import numpy as np
 
-from covidedge.errors import BadInputError, MissingDependencyError, RuntimeFailure
-from covidedge.backends.base import Runner, self_check
+from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, RuntimeFailure
+from covidedge.backends.base import Backend, BuiltEngine, Runner, take_options
+from covidedge.backends.onnxruntime import self_check
 from covidedge.fileio import write_atomic
 from covidedge.formats.onnxfile import metadata_precision, open_onnx
 from covidedge.machine import package_version
@@ -112,13 +114,57 @@ class OpenVinoRunner(Runner):
         return d
 
 
-def build_engine_file(onnx_path, out, spec: ModelSpec, opt_batch: int, precision: str) -> Dict[str, Any]:
-    """The OpenVINO engine is the precision graph itself (OpenVINO compiles it for the CPU it runs
-    on when loaded): a copy of ``onnx_path`` at ``out``, accepted by
-    :func:`~covidedge.backends.base.self_check` (compiled by OpenVINO, on a batch of ``opt_batch``
-    images, within :data:`SELF_CHECK_ATOL`). Returns the self-check's numbers."""
-    out = Path(os.fspath(out))
-    tmp = out.with_name(out.name + ".tmp.onnx")
-    write_atomic(tmp, Path(os.fspath(onnx_path)).read_bytes())
-    return self_check(OpenVinoRunner(tmp, spec=spec, precision=precision), onnx_path, precision,
-                      SELF_CHECK_ATOL, batch=opt_batch, out=out, engine_name="OpenVINO")
+#: Options an OpenVINO runner takes (beyond the path); anything else is refused by name.
+OPENVINO_OPTIONS = ("device", "threads", "performance_hint", "inference_precision")
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO, on request: its engine is the precision graph, compiled for the CPU at load."""
+
+    name = "openvino"
+    title = "OpenVINO"
+    requires = ("openvino",)
+    build_requires = ("openvino",)
+    install_hint = "pip install 'covidedge[openvino]'"
+    suffix = ".ov.onnx"
+    # OpenVINO fuses the signed symmetric Q/DQ graph well (benchmarks/results/): keep it.
+    int8_activations = ("int8", "uint8")
+    runner_options = OPENVINO_OPTIONS
+    thread_option = "threads"
+    embeds_spec = True
+    triton_targets = ("cpu",)
+    triton_refusal = ("is an OpenVINO engine; the gpu target serves TensorRT engines and ONNX graphs",
+                      "use --target cpu, or pass the ONNX model")
+
+    def build(self, graph, out, options, machine, say) -> BuiltEngine:
+        """A copy of the graph at ``<out>.tmp.onnx`` (OpenVINO compiles it for the CPU it runs
+        on when loaded), for :meth:`self_check`."""
+        out = Path(os.fspath(out))
+        tmp = out.with_name(out.name + ".tmp.onnx")
+        write_atomic(tmp, Path(os.fspath(graph.path)).read_bytes())
+        return BuiltEngine(tmp, graph.inputs, graph.outputs,
+                           notes=["OpenVINO reads the precision graph itself; it runs with f32 compute "
+                                  "(no implicit bf16)"])
+
+    def self_check(self, built, manifest, onnx_path, batch, out):
+        """Compiled by OpenVINO, on a batch of ``batch`` images, within :data:`SELF_CHECK_ATOL`."""
+        return self_check(OpenVinoRunner(built.candidate, spec=manifest.model_spec, precision=manifest.precision),
+                          onnx_path, manifest.precision, SELF_CHECK_ATOL, batch=batch, out=out,
+                          engine_name="OpenVINO")
+
+    def open_engine(self, path, manifest, requested, options):
+        kw = take_options(dict(options), OPENVINO_OPTIONS, "the OpenVINO backend", path)
+        return OpenVinoRunner(path, spec=manifest.model_spec, precision=manifest.precision,
+                              min_batch=manifest.min_batch, max_batch=manifest.max_batch, **kw)
+
+    def refuse_engine(self, path, manifest, requested):
+        raise IncompatibleModelError(
+            f"is an OpenVINO engine (the precision graph), not for {requested}", path=path,
+            hint=f"load it with --backend openvino, or build for {requested} with covidedge build-engine")
+
+    def open_onnx(self, path, options):
+        kw = take_options(dict(options), OPENVINO_OPTIONS, "the OpenVINO backend", path)
+        return OpenVinoRunner(path, **kw)
+
+
+BACKEND = OpenVinoBackend()

@@ -1,4 +1,4 @@
-"""torch backend: the reference that runs a training checkpoint as it is.
+"""torch backend: the reference that runs a training checkpoint as it is (it builds no engines).
 
 Used for parity checks against exported graphs, as the PyTorch-eager baseline in benchmarks, and
 on GPUs without TensorRT (fp16 on CUDA with ``half=True``). torch is imported on activation only.
@@ -12,8 +12,8 @@ from typing import Dict
 
 import numpy as np
 
-from covidedge.errors import BadInputError, MissingDependencyError, RuntimeFailure
-from covidedge.backends.base import Runner
+from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, RuntimeFailure
+from covidedge.backends.base import Backend, Runner, take_options
 
 
 def _torch():
@@ -118,3 +118,48 @@ class TorchRunner(Runner):
         except ImportError:
             pass
         return d
+
+
+#: Options a torch runner takes (beyond the checkpoint path).
+TORCH_OPTIONS = ("device", "half")
+
+
+class TorchBackend(Backend):
+    """torch: runs checkpoints, builds no engines."""
+
+    name = "torch"
+    title = "torch"
+    requires = ("torch",)
+    builds = False
+    suffix = ""
+    runner_options = TORCH_OPTIONS
+    triton_targets = ()
+
+    def open_checkpoint(self, path, options):
+        return TorchRunner(path, **take_options(dict(options), TORCH_OPTIONS, "the torch backend", path))
+
+    def open_onnx(self, path, options):
+        raise IncompatibleModelError("is an ONNX graph; torch runs checkpoints only", path=path,
+                                     hint="load the .pt checkpoint for torch, or use --backend onnxruntime")
+
+    def threads(self, threads):
+        """Use ``threads`` torch intra-op threads (a checkpoint being timed), then restore."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def scoped():
+            if threads is None:
+                yield
+                return
+            torch = _torch()
+            before = torch.get_num_threads()
+            torch.set_num_threads(int(threads))
+            try:
+                yield
+            finally:
+                torch.set_num_threads(before)
+
+        return scoped()
+
+
+BACKEND = TorchBackend()

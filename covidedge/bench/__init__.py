@@ -9,7 +9,6 @@ Nothing here imports torch unless a checkpoint is benchmarked.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -17,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from covidedge import backends
 from covidedge.bench.report import BenchReport, BenchRow, file_size_mb
 from covidedge.bench.timing import (
     EndToEndStats, LatencyStats, UNSTABLE_CV, percentile, summarize, time_end_to_end, time_runner,
@@ -96,44 +96,13 @@ def _end_to_end_files(data_root, split: str, limit_per_class: Optional[int],
     return files, what or f"{len(files)} images of {split} in {data_root}"
 
 
-def _backend_of(path: str, backend: str) -> str:
-    """The backend ``covidedge.runtime.load`` will use for ``path`` (to pass the right thread option)."""
-    if backend != "auto":
-        return backend
-    from covidedge.runtime.select import classify
-
-    kind = classify(path)
-    if kind == "checkpoint":
-        return "torch"
-    if kind == "onnx":
-        return "onnxruntime"
-    from covidedge.formats.manifest import load_manifest
-
-    return load_manifest(path, check=False, verify=False).backend
-
-
 def _thread_options(backend: str, threads: Optional[int]) -> Dict[str, object]:
-    """Options for covidedge.runtime.load: ONNX Runtime takes its intra-op thread count,
-    OpenVINO its inference thread count."""
-    if threads is None or backend not in ("onnxruntime", "openvino"):
+    """Options for covidedge.runtime.load: the runner option that caps the backend's CPU threads
+    (ONNX Runtime's intra-op count, OpenVINO's inference count), if it has one."""
+    option = backends.get(backend).thread_option
+    if threads is None or option is None:
         return {}
-    return {"intra_op_threads" if backend == "onnxruntime" else "threads": int(threads)}
-
-
-@contextlib.contextmanager
-def _torch_threads(backend: str, threads: Optional[int]):
-    """Use ``threads`` torch intra-op threads while benchmarking a checkpoint, then restore."""
-    if threads is None or backend != "torch":
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return {option: int(threads)}
 
 
 #: Bounds on what one bench run may ask for: a batch in images, a duration per batch size in
@@ -188,6 +157,7 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 
         raise BadInputError(f"--threads {threads} is not positive")
     say = notify or (lambda msg: None)
     from covidedge.runtime import load
+    from covidedge.runtime.select import backend_of
 
     report = BenchReport.for_this_machine(settings={
         "warmup": warmup, "iterations": iterations, "duration_s": duration_s, "batches": batches,
@@ -203,13 +173,12 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 
         for model in models:
             path = os.fspath(model)
             name = Path(path).name
-            chosen = _backend_of(path, backend)
-            runner = load(path, backend=backend, **_thread_options(chosen, threads))
-            if threads is not None and chosen == "tensorrt":
-                thread_note = "--threads does not apply to TensorRT (the GPU does the work); not used"
-                say(f"note: {name}: {thread_note}")
-                report.notes.append(f"{name}: {thread_note}")
-            with _torch_threads(chosen, threads), runner:
+            chosen = backends.get(backend_of(path, backend))
+            runner = load(path, backend=backend, **_thread_options(chosen.name, threads))
+            if threads is not None and chosen.threads_note:
+                say(f"note: {name}: {chosen.threads_note}")
+                report.notes.append(f"{name}: {chosen.threads_note}")
+            with chosen.threads(threads), runner:
                 metric = None
                 if data_root is not None:
                     from covidedge.evaluation import evaluate

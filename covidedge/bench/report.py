@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from covidedge.bench.timing import EndToEndStats, LatencyStats
-from covidedge.machine import probe_latency_facts, probe_machine
+from covidedge.machine import PACKAGE_KEYS, probe_latency_facts, probe_machine
 
 TABLE_COLUMNS = ("model", "backend", "precision", "size MB", "batch", "metric", "ms/image",
                  "p50", "p99", "FPS")
@@ -179,7 +179,7 @@ _MACHINE_ORDER = (
     ("power_mode", "Jetson power mode"), ("jetson_gpu_clock_locked", "Jetson GPU clock locked"),
     ("os", "OS"), ("arch", "arch"), ("python", "python"),
 )
-_BACKEND_KEYS = ("onnxruntime", "tensorrt", "pycuda", "torch", "openvino", "numpy")
+_BACKEND_KEYS = PACKAGE_KEYS
 
 
 def machine_summary(machine: Dict[str, Any]) -> List[str]:

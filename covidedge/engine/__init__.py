@@ -11,8 +11,9 @@ _LAZY = {
     "build_engine": "covidedge.engine.build",
     "BuildResult": "covidedge.engine.build",
     "EngineManifest": "covidedge.formats.manifest",
-    "load_manifest": "covidedge.formats.manifest",
-    "check_compatible": "covidedge.formats.manifest",
+    "BuildOptions": "covidedge.engine.build",
+    "load_manifest": "covidedge.backends",
+    "check_compatible": "covidedge.backends",
     "manifest_path_for": "covidedge.formats.manifest",
     "probe_machine": "covidedge.machine",
 }

@@ -4,11 +4,11 @@ Where TensorRT is installed the result is a TensorRT plan; elsewhere an ONNX Run
 (the same graph optimised offline), so every machine can build and run something; OpenVINO on
 request. Either way the engine is written with its manifest (see covidedge.formats.manifest).
 
-This module holds the options and the orchestration: it checks what was asked for, exports a
-checkpoint first (covidedge.export), reads the graph once, and hands the graph to its backend's
-build in covidedge.backends (``tensorrt.plan`` / ``tensorrt.build``, ``onnxruntime``,
-``openvino``), each of which self-checks the engine against ONNX Runtime on the same graph.
-Engine names and the build folder are in :mod:`covidedge.engine.paths`.
+This module holds the options (:class:`BuildOptions`) and the orchestration: it checks what was
+asked for, exports a checkpoint first (covidedge.export), reads the graph once, and hands the
+graph to its backend's row of the table in covidedge.backends (``build``, then ``self_check``
+against ONNX Runtime on the same graph once the manifest exists). Nothing here branches on a
+backend's name. Engine names and the build folder are in :mod:`covidedge.engine.paths`.
 """
 
 from __future__ import annotations
@@ -16,27 +16,22 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from covidedge.backends.onnxruntime import ORT_OFFLINE_LEVEL
-from covidedge.backends.tensorrt.logger import TENSORRT_INSTALL_HINT
+from covidedge import backends
+from covidedge.backends.base import SourceGraph
 from covidedge.engine.paths import default_engine_path, refuse_foreign_file
-from covidedge.export.calibrators import DEFAULT_METHOD
-from covidedge.export.int8 import KEY_TRT_COMPATIBLE
 from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, UsageError
-from covidedge.fileio import refuse_existing, sha256_file, write_atomic
+from covidedge.fileio import refuse_existing, sha256_file
 from covidedge.formats.checkpoint import CHECKPOINT_SUFFIXES
 from covidedge.formats.manifest import EngineManifest, manifest_path_for
 from covidedge.formats.onnxfile import (KEY_CALIBRATION_SHA, KEY_PRECISION, graph_opset, graph_precision,
                                         graph_tensors, load_onnx)
 from covidedge.machine import describe_device, module_present, package_version, probe_machine
-from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIONS, ModelSpec, check_choice
-
-#: How the build's messages name each engine backend.
-BACKEND_NAMES = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+from covidedge.spec import AUTO, CALIBRATION_METHODS, PRECISIONS, ModelSpec, check_choice
 
 
 # -- result ----------------------------------------------------------------------------------
@@ -75,26 +70,18 @@ def validate_batch_range(min_batch, opt_batch, max_batch) -> Tuple[int, int, int
     return lo, opt, hi
 
 
-def resolve_backend(backend: str, tensorrt_present: bool, pycuda_present: bool = True) -> str:
-    """'auto' -> 'tensorrt' where TensorRT and pycuda are importable, else 'onnxruntime'.
-    An explicit 'tensorrt' without TensorRT is an error (never a quiet fallback)."""
-    check_choice("backend", backend, ENGINE_BACKEND_CHOICES)
-    if backend == "auto":
-        return "tensorrt" if tensorrt_present and pycuda_present else "onnxruntime"
-    if backend == "tensorrt" and not tensorrt_present:
-        raise MissingDependencyError("TensorRT is not installed, so no TensorRT engine can be built here",
-                                     hint=TENSORRT_INSTALL_HINT)
-    if backend == "openvino" and not module_present("openvino"):
-        raise MissingDependencyError("OpenVINO is not installed, so no OpenVINO engine can be built here",
-                                     hint="pip install 'covidedge[openvino]'")
-    return backend
+def resolve_backend(backend: str, tensorrt_present: Optional[bool] = None,
+                    pycuda_present: Optional[bool] = None) -> str:
+    """'auto' -> the first backend of the table's preference order whose modules are installed
+    (TensorRT with pycuda, else ONNX Runtime). An explicit backend that cannot build here is an
+    error (never a quiet fallback). ``tensorrt_present`` / ``pycuda_present`` stand for what a
+    caller found already; None asks the machine."""
+    told = {"tensorrt": tensorrt_present, "pycuda": pycuda_present}
 
+    def present(module: str) -> bool:
+        return module_present(module) if told.get(module) is None else bool(told[module])
 
-def fallback_note(tensorrt_present: bool, pycuda_present: bool, ort_version: str, engine_path) -> str:
-    """The one line printed when backend 'auto' builds for ONNX Runtime instead of TensorRT."""
-    why = ("TensorRT is not installed here" if not tensorrt_present
-           else "pycuda is not installed here (TensorRT engines need it to run)")
-    return f"note: {why}; built an ONNX Runtime {ort_version} CPU model instead: {engine_path}"
+    return backends.resolve(backend, present).name
 
 
 def resolve_precision(requested: Optional[str], graph: str, source: object = None) -> str:
@@ -111,23 +98,25 @@ def resolve_precision(requested: Optional[str], graph: str, source: object = Non
              f"--precision {requested}")
 
 
-def check_options_for_backend(backend: str, *, workspace_mib=None, timing_cache=None,
-                              dla_core=None, version_compatible=False, allow_tf32=False,
-                              fell_back=False) -> None:
-    """Refuse TensorRT-only options when the build is for ONNX Runtime or OpenVINO (never ignore them)."""
-    if backend == "tensorrt":
-        return
-    given = [flag for flag, on in (("--workspace", workspace_mib is not None),
-                                   ("--timing-cache", timing_cache is not None),
-                                   ("--dla-core", dla_core is not None),
-                                   ("--version-compatible", bool(version_compatible)),
-                                   ("--allow-tf32", bool(allow_tf32))) if on]
+def check_options_for_backend(backend: str, *, fell_back: bool = False, **given_options) -> None:
+    """Refuse build options that the chosen backend does not take (TensorRT's, for an ONNX Runtime
+    or OpenVINO build): never ignore them. ``given_options`` are BuildOptions fields."""
+    chosen = backends.get(backend)
+    own = {key for key, _ in chosen.build_options}
+    given, owners = [], []
+    for other in backends.engine_backends():
+        for key, flag in other.build_options:
+            value = given_options.get(key)
+            if key not in own and value is not None and value is not False and flag not in given:
+                given.append(flag)
+                owners.append(other.title)
     if given:
-        why = " (TensorRT is not installed here)" if fell_back else ""
+        owner = owners[0]
+        why = f" ({owner} is not installed here)" if fell_back else ""
         raise UsageError(
-            f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to TensorRT engines only, "
-            f"but this build is for {BACKEND_NAMES.get(backend, backend)}{why}",
-            hint=f"drop {', '.join(given)}" + (", or install TensorRT" if fell_back else ""))
+            f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to {owner} engines only, "
+            f"but this build is for {chosen.title}{why}",
+            hint=f"drop {', '.join(given)}" + (f", or install {owner}" if fell_back else ""))
 
 
 def profile_shapes(input_shape: Sequence, min_batch: int, opt_batch: int, max_batch: int,
@@ -157,22 +146,24 @@ def profile_shapes(input_shape: Sequence, min_batch: int, opt_batch: int, max_ba
 #: Activation type for int8 ONNX Runtime CPU engines. benchmarks/compare_backends.py
 #: --int8-activations measured unsigned asymmetric activations (u8s8) 1.2-3.8x faster than signed
 #: symmetric ones (s8s8) for both models on an x86 CPU with ONNX Runtime 1.32 (see
-#: benchmarks/results/); ONNX Runtime's CPU kernels are built around u8 activations.
+#: benchmarks/results/); ONNX Runtime's CPU kernels are built around u8 activations. Each
+#: backend lists the activations it takes, its "auto" choice first.
 CPU_INT8_ACTIVATIONS = "uint8"
 INT8_ACTIVATIONS = ("auto", "int8", "uint8")
 
 
 def resolve_int8_activations(requested: str, backend: str) -> str:
-    """"auto" -> signed int8 for TensorRT (it takes symmetric s8 Q/DQ only), the measured faster
-    :data:`CPU_INT8_ACTIVATIONS` for ONNX Runtime; an explicit "uint8" for TensorRT is refused."""
+    """"auto" -> the backend's first choice (signed int8 for TensorRT, which takes symmetric s8
+    Q/DQ only, and OpenVINO; the measured faster :data:`CPU_INT8_ACTIVATIONS` for ONNX Runtime);
+    an activation type the backend does not take ("uint8" for TensorRT) is refused."""
     if requested not in INT8_ACTIVATIONS:
         raise BadInputError(f"int8 activations {requested!r} unknown; expected one of {', '.join(INT8_ACTIVATIONS)}")
-    if requested == "auto":
-        # OpenVINO fuses the signed symmetric Q/DQ graph well (benchmarks/results/): keep it.
-        return CPU_INT8_ACTIVATIONS if backend == "onnxruntime" else "int8"
-    if requested == "uint8" and backend == "tensorrt":
-        raise BadInputError("TensorRT takes signed symmetric int8 activations only",
-                            hint="use --int8-activations int8 (or auto) for TensorRT engines")
+    row = backends.get(backend)
+    if requested == AUTO:
+        return row.int8_activations[0]
+    if requested not in row.int8_activations:
+        raise BadInputError(f"{row.title} takes signed symmetric int8 activations only",
+                            hint=f"use --int8-activations int8 (or auto) for {row.title} engines")
     return requested
 
 
@@ -194,12 +185,7 @@ def describe_build(backend: str, version: str, precision: str, batch: Tuple[int,
                    device: str) -> str:
     """The one-line summary of a build: 'OpenVINO 2026.4.1 fp32 model (CPU), batch 1..8, built
     in 0.4 s', or for TensorRT the GPU it is tied to."""
-    lo, hi = batch
-    if backend == "tensorrt":
-        return (f"TensorRT {version} {precision} engine for {device}, batch {lo}..{hi}, "
-                f"built in {seconds:.1f} s")
-    return (f"{BACKEND_NAMES.get(backend, backend)} {version} {precision} model (CPU), batch {lo}..{hi}, "
-            f"built in {seconds:.1f} s")
+    return backends.get(backend).describe_build(version, precision, batch, seconds, device)
 
 
 def _export_checkpoint(checkpoint: Path, onnx_out: Path, precision: str, calibration, calib_method,
@@ -212,6 +198,7 @@ def _export_checkpoint(checkpoint: Path, onnx_out: Path, precision: str, calibra
     Q/DQ nodes for the engine's backend (covidedge.export.int8.QDQ_PLACEMENTS)."""
     try:
         from covidedge.export import export_model
+        from covidedge.export.calibrators import DEFAULT_METHOD
     except ImportError as exc:
         raise MissingDependencyError(f"exporting a checkpoint needs covidedge.export and torch ({exc})",
                                      path=checkpoint,
@@ -232,22 +219,76 @@ def _export_checkpoint(checkpoint: Path, onnx_out: Path, precision: str, calibra
     export_model(checkpoint, onnx_out, **kwargs)
 
 
-@dataclass
-class _Graph:
-    """The precision-bearing ONNX graph of a build, read once: its spec, metadata, precision, I/O
-    and the optimization profile's shapes."""
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build an engine, with its defaults; :meth:`validate` holds every rule that needs no
+    file (the CLI builds one from flags, the API from keywords).
 
-    path: Path
-    spec: ModelSpec
-    meta: Dict[str, str]
-    precision: str
-    opset: Optional[int]
-    inputs: List[Dict[str, Any]]
-    outputs: List[Dict[str, Any]]
-    shapes: Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]
+    ``precision`` picks the export precision for a checkpoint (default fp32); for an ONNX graph
+    it is read from the graph and a contradicting value is refused. ``calibration`` (int8 from a
+    checkpoint only) is a CalibrationSet, a calibration manifest or a dataset folder
+    (``calib_count`` images, ``calib_method`` minmax | entropy | percentile). Batch sizes are
+    images; ``workspace_mib`` is MiB. ``int8_activations`` (int8 from a checkpoint): "int8"
+    (signed, symmetric: what TensorRT takes), "uint8" (unsigned, asymmetric: ONNX Runtime CPU
+    engines only) or "auto" (see :func:`resolve_int8_activations`). A TensorRT build clears TF32
+    (fp32 layers compute in fp32) unless ``allow_tf32``; ``workspace_mib``, ``timing_cache``,
+    ``dla_core``, ``version_compatible`` and ``allow_tf32`` are TensorRT's own."""
+
+    precision: Optional[str] = None
+    backend: str = AUTO
+    calibration: Any = None
+    calib_method: Optional[str] = None
+    calib_count: Optional[int] = None
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    workspace_mib: Optional[int] = None
+    timing_cache: Any = None
+    dla_core: Optional[int] = None
+    version_compatible: bool = False
+    int8_activations: str = AUTO
+    allow_tf32: bool = False
+
+    @classmethod
+    def of(cls, options: Optional["BuildOptions"] = None, **overrides) -> "BuildOptions":
+        """``options`` (default: the defaults) with ``overrides``; an unknown keyword is a
+        UsageError naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UsageError(f"build options {', '.join(unknown)} are unknown",
+                             hint=f"known: {', '.join(sorted(known))}")
+        return replace(options or cls(), **overrides)
+
+    def validate(self) -> Tuple[int, int, int]:
+        """The rules that need no model file; returns the batch range (min, opt, max)."""
+        batch = validate_batch_range(self.min_batch, self.opt_batch, self.max_batch)
+        if self.precision is not None:
+            check_choice("precision", self.precision, PRECISIONS)
+        if self.calib_method is not None:
+            check_choice("calibration method", self.calib_method, CALIBRATION_METHODS)
+        return batch
+
+    def calibration_given(self) -> bool:
+        return self.calibration is not None or self.calib_method is not None or self.calib_count is not None
+
+    def check_for(self, from_checkpoint: bool, model) -> None:
+        """The rules that depend on what is built from (a checkpoint or an ONNX graph)."""
+        if self.calibration_given() and not from_checkpoint:
+            raise UsageError("calibration options apply when building int8 from a checkpoint; this ONNX "
+                             "graph already holds its precision", path=model,
+                             hint="drop --calib-data / --calib-count / --calib-method")
+        if self.calibration_given() and (self.precision or "fp32") != "int8":
+            raise UsageError(f"calibration options apply to int8 only, this build is {self.precision or 'fp32'}",
+                             hint="add --precision int8, or drop the calibration options")
+
+    def backend_options(self) -> Dict[str, Any]:
+        """The options only some backends take (TensorRT's), by field name."""
+        return {k: getattr(self, k) for k in ("workspace_mib", "timing_cache", "dla_core",
+                                               "version_compatible", "allow_tf32")}
 
 
-def _read_graph(onnx_path: Path, header, requested: Optional[str], batch: Sequence[int]) -> _Graph:
+def _read_graph(onnx_path: Path, header, requested: Optional[str], batch: Sequence[int]) -> SourceGraph:
     """Check the graph ``header`` (loaded without weights) against its own spec and the asked
     precision and batch range."""
     meta = {p.key: p.value for p in header.metadata_props}
@@ -264,98 +305,55 @@ def _read_graph(onnx_path: Path, header, requested: Optional[str], batch: Sequen
                                      f"['{spec.input_name}']", path=onnx_path)
     shapes = profile_shapes(inputs[0]["shape"], *batch, expected_chw=(spec.in_chans, *spec.input_size),
                             source=onnx_path)
-    return _Graph(onnx_path, spec, meta, precision, graph_opset(header), inputs, outputs, shapes)
+    return SourceGraph(onnx_path, spec, meta, precision, graph_opset(header), inputs, outputs, shapes)
 
 
-def _build_tensorrt(graph: _Graph, out: Path, version: str, opt: int, options: Dict[str, Any],
-                    machine: Dict[str, Any], progress: bool) -> Tuple[List[Dict], List[Dict], List[str]]:
-    """Plan and build a TensorRT engine into ``out``; returns (inputs, outputs, notes)."""
-    from covidedge.backends.tensorrt.build import build_serialized
-    from covidedge.backends.tensorrt.plan import check_tensorrt_opset, plan_tensorrt_build
-
-    if graph.precision == "int8" and graph.meta.get(KEY_TRT_COMPATIBLE) == "false":
-        raise IncompatibleModelError(
-            "this int8 graph has asymmetric uint8 activations, which TensorRT's explicit "
-            "quantization does not take", path=graph.path,
-            hint="re-quantize with signed int8 symmetric activations (the export default)")
-    check_tensorrt_opset(version, graph.opset, source=graph.path)
-    plan = plan_tensorrt_build(version, graph.precision, graph.spec.input_name, graph.shapes, **options)
-    lo, _, hi = (s[0] for s in graph.shapes)
-    say(progress, f"building a TensorRT {version} {graph.precision} engine for {describe_device(machine)}, "
-                  f"batch {lo}..{hi} (opt {opt}); this can take minutes")
-    blob, inputs, outputs, build_notes = build_serialized(graph.path, plan)
-    write_atomic(out, blob)
-    return inputs, outputs, plan.notes + build_notes
-
-
-def build_engine(model, out=None, *, precision: Optional[str] = None, backend: str = "auto",
-                 calibration=None, calib_method: Optional[str] = None, calib_count: Optional[int] = None,
-                 min_batch: int = 1, opt_batch: int = 1, max_batch: int = 8,
-                 workspace_mib: Optional[int] = None, timing_cache=None, dla_core: Optional[int] = None,
-                 version_compatible: bool = False, int8_activations: str = "auto",
-                 allow_tf32: bool = False, progress: bool = True, overwrite: bool = True) -> BuildResult:
+def build_engine(model, out=None, options: Optional[BuildOptions] = None, *, progress: bool = True,
+                 overwrite: bool = True, **overrides) -> BuildResult:
     """Build an engine (TensorRT plan, or an ONNX Runtime model where TensorRT is absent) and its
     manifest from a checkpoint (.pt/.pth, exported first) or a precision-bearing ONNX graph.
 
-    ``precision`` picks the export precision for a checkpoint (default fp32); for an ONNX graph
-    it is read from the graph and a contradicting value is refused. ``calibration`` (int8 from a
-    checkpoint only) is a CalibrationSet, a calibration manifest or a dataset folder
-    (``calib_count`` images, ``calib_method`` minmax | entropy | percentile). Batch sizes are
-    images; ``workspace_mib`` is MiB. ``out`` defaults to :func:`default_engine_path`.
-    ``int8_activations`` (int8 from a checkpoint): "int8" (signed, symmetric: what TensorRT
-    takes), "uint8" (unsigned, asymmetric: ONNX Runtime CPU engines only) or "auto" (see
-    :func:`resolve_int8_activations`). A TensorRT build clears TF32 (fp32 layers compute in fp32)
-    unless ``allow_tf32``. Every engine is self-checked against ONNX Runtime on the same graph
-    (each backend's ``SELF_CHECK_ATOL``) before its manifest is written. ``progress`` prints
-    progress and notes on stderr; ``progress=False`` prints nothing. With ``overwrite=False``
-    (what ``covidedge build-engine`` passes without ``--overwrite``) an existing ``out`` or
-    manifest is refused before any work (covidedge.fileio.OutputExistsError)."""
+    ``options`` is a :class:`BuildOptions` (its fields may also be given as keywords, which
+    override it). ``out`` defaults to :func:`default_engine_path`. Every engine is self-checked
+    against ONNX Runtime on the same graph (each backend's ``SELF_CHECK_ATOL``) before its
+    manifest is written. ``progress`` prints progress and notes on stderr; ``progress=False``
+    prints nothing. With ``overwrite=False`` (what ``covidedge build-engine`` passes without
+    ``--overwrite``) an existing ``out`` or manifest is refused before any work
+    (covidedge.fileio.OutputExistsError)."""
     import covidedge
 
+    opts = BuildOptions.of(options, **overrides)
     t0 = time.perf_counter()
     model = Path(os.fspath(model))
     if not model.is_file():
         raise BadInputError("model file not found", path=model,
                             hint="pass a checkpoint (.pt) or an exported ONNX graph (.onnx)")
-    lo, opt, hi = validate_batch_range(min_batch, opt_batch, max_batch)
-    if precision is not None:
-        check_choice("precision", precision, PRECISIONS)
-    if calib_method is not None:
-        check_choice("calibration method", calib_method, CALIBRATION_METHODS)
+    lo, opt, hi = opts.validate()
+    precision = opts.precision
     from_checkpoint = model.suffix.lower() in CHECKPOINT_SUFFIXES
     if not from_checkpoint and model.suffix.lower() != ".onnx":
         raise BadInputError(f"cannot build from a {model.suffix or 'suffix-less'} file", path=model,
                             hint="pass a checkpoint (.pt/.pth) or an ONNX graph (.onnx)")
-    calib_given = calibration is not None or calib_method is not None or calib_count is not None
-    if calib_given and not from_checkpoint:
-        raise UsageError("calibration options apply when building int8 from a checkpoint; this ONNX "
-                         "graph already holds its precision", path=model,
-                         hint="drop --calib-data / --calib-count / --calib-method")
-    if calib_given and (precision or "fp32") != "int8":
-        raise UsageError(f"calibration options apply to int8 only, this build is {precision or 'fp32'}",
-                         hint="add --precision int8, or drop the calibration options")
+    opts.check_for(from_checkpoint, model)
 
-    trt_present, cuda_present = module_present("tensorrt"), module_present("pycuda")
-    chosen = resolve_backend(backend, trt_present, cuda_present)
-    activations = resolve_int8_activations(int8_activations, chosen)
-    if int8_activations != "auto" and (precision or "fp32") != "int8":
+    chosen = backends.get(resolve_backend(opts.backend))
+    activations = resolve_int8_activations(opts.int8_activations, chosen.name)
+    if opts.int8_activations != AUTO and (precision or "fp32") != "int8":
         raise UsageError(f"--int8-activations applies to int8 builds, this build is {precision or 'fp32'}",
                          hint="add --precision int8, or drop --int8-activations")
-    if int8_activations != "auto" and not from_checkpoint:
+    if opts.int8_activations != AUTO and not from_checkpoint:
         raise UsageError("--int8-activations applies when quantizing a checkpoint; this ONNX graph "
                          "already holds its precision", path=model, hint="drop --int8-activations")
-    fell_back = backend == "auto" and chosen == "onnxruntime"
-    check_options_for_backend(chosen, workspace_mib=workspace_mib, timing_cache=timing_cache,
-                              dla_core=dla_core, version_compatible=version_compatible,
-                              allow_tf32=allow_tf32, fell_back=fell_back)
+    fell_back = opts.backend == AUTO and chosen.name != backends.AUTO_ORDER[0]
+    check_options_for_backend(chosen.name, fell_back=fell_back, **opts.backend_options())
 
-    machine = probe_machine(use_backends=chosen == "tensorrt")  # imports TensorRT for its version
-    backend_version = str(package_version(chosen) or machine.get(chosen) or "unknown")
-    machine[chosen] = backend_version
+    machine = probe_machine(use_backends=chosen.probe_backends)  # imports TensorRT for its version
+    backend_version = str(package_version(chosen.name) or machine.get(chosen.name) or "unknown")
+    machine[chosen.name] = backend_version
     header = None if from_checkpoint else load_onnx(model, weights=False)
     if out is None:
         out = default_engine_path(model, precision or ("fp32" if from_checkpoint else graph_precision(header)),
-                                  chosen, tensorrt_version=backend_version if chosen == "tensorrt" else None,
+                                  chosen.name, tensorrt_version=backend_version,
                                   compute_capability=machine.get("gpu_compute_capability"))
     out = Path(os.fspath(out))
     if out.suffix.lower() == ".ort":
@@ -368,84 +366,63 @@ def build_engine(model, out=None, *, precision: Optional[str] = None, backend: s
     out.parent.mkdir(parents=True, exist_ok=True)
 
     # 1. the precision-bearing ONNX graph, read once
-    qdq_placement = "tensorrt" if chosen == "tensorrt" else "onnxruntime"
     onnx_path = model
     if from_checkpoint:
         precision = precision or "fp32"
         # intermediates are named after the engine, so two checkpoints never share one
         onnx_path = out.with_name(out.name + ".src.onnx")
         refuse_foreign_file(onnx_path, out)
-        _export_checkpoint(model, onnx_path, precision, calibration, calib_method, calib_count, progress,
-                           activations, qdq_placement=qdq_placement,
+        _export_checkpoint(model, onnx_path, precision, opts.calibration, opts.calib_method, opts.calib_count,
+                           progress, activations, qdq_placement=chosen.qdq_placement,
                            calib_out=out.with_name(out.name + ".calibration.json"))
         header = load_onnx(onnx_path, weights=False)
     graph = _read_graph(onnx_path, header, precision, (lo, opt, hi))
     precision, spec = graph.precision, graph.spec
 
-    # 2. the engine, self-checked by its backend
-    verification: Dict[str, Any] = {}
-    notes: List[str] = []
-    inputs, outputs = graph.inputs, graph.outputs
-    if chosen == "tensorrt":
-        inputs, outputs, notes = _build_tensorrt(
-            graph, out, backend_version, opt, dict(workspace_mib=workspace_mib, timing_cache=timing_cache,
-                                                   dla_core=dla_core, version_compatible=version_compatible,
-                                                   allow_tf32=allow_tf32), machine, progress)
-        device = {k: machine.get(k) for k in ("gpu", "gpu_compute_capability", "gpu_memory_mib",
-                                              "gpu_driver", "board")}
-    else:
-        if chosen == "openvino":
-            from covidedge.backends.openvino import build_engine_file
-
-            notes.append("OpenVINO reads the precision graph itself; it runs with f32 compute "
-                         "(no implicit bf16)")
-        else:
-            from covidedge.backends.onnxruntime import build_engine_file
-
-            notes.append(f"graph optimised offline at the '{ORT_OFFLINE_LEVEL}' level")
-        verification = build_engine_file(onnx_path, out, spec, opt, precision)
-        device = {k: machine.get(k) for k in ("cpu", "cpu_cores", "arch")}
-
+    # 2. the engine, built by its backend
+    built = chosen.build(graph, out, opts.backend_options(), machine, lambda text: say(progress, text))
     seconds = time.perf_counter() - t0
+    timing_cache = opts.timing_cache
     options = {
         "model": str(model.resolve()), "onnx": str(Path(onnx_path).resolve()),
-        "from_checkpoint": from_checkpoint, "precision": precision, "backend_requested": backend,
-        "min_batch": lo, "opt_batch": opt, "max_batch": hi, "workspace_mib": workspace_mib,
+        "from_checkpoint": from_checkpoint, "precision": precision, "backend_requested": opts.backend,
+        "min_batch": lo, "opt_batch": opt, "max_batch": hi, "workspace_mib": opts.workspace_mib,
         "timing_cache": None if timing_cache is None else str(Path(os.fspath(timing_cache)).resolve()),
-        "dla_core": dla_core, "version_compatible": bool(version_compatible),
-        "allow_tf32": bool(allow_tf32) if chosen == "tensorrt" else None,
-        "qdq_placement": qdq_placement if precision == "int8" and from_checkpoint else None,
-        "calib_data": None if not isinstance(calibration, (str, os.PathLike)) else str(Path(calibration).resolve()),
-        "calib_count": calib_count, "calib_method": calib_method,
+        "dla_core": opts.dla_core, "version_compatible": bool(opts.version_compatible),
+        "allow_tf32": None,
+        "qdq_placement": chosen.qdq_placement if precision == "int8" and from_checkpoint else None,
+        "calib_data": (None if not isinstance(opts.calibration, (str, os.PathLike))
+                       else str(Path(opts.calibration).resolve())),
+        "calib_count": opts.calib_count, "calib_method": opts.calib_method,
         "int8_activations": activations if precision == "int8" and from_checkpoint else None,
-        "ort_offline_level": ORT_OFFLINE_LEVEL if chosen == "onnxruntime" else None,
-        "verification": verification, "notes": notes,
+        "ort_offline_level": None,
+        "verification": {}, "notes": built.notes,
     }
+    options.update(built.options)
+    candidate = built.candidate
     manifest = EngineManifest(
-        backend=chosen, backend_version=backend_version, precision=precision, spec=spec.to_dict(),
-        engine_file=out.name, engine_sha256=sha256_file(out), engine_bytes=out.stat().st_size,
-        onnx_sha256=sha256_file(onnx_path), calibration_sha256=_calibration_sha(graph.meta, calibration),
-        min_batch=lo, opt_batch=opt, max_batch=hi, inputs=inputs, outputs=outputs, device=device,
-        l4t_release=machine.get("l4t_release"),
-        version_compatible=bool(version_compatible) and chosen == "tensorrt",
+        backend=chosen.name, backend_version=backend_version, precision=precision, spec=spec.to_dict(),
+        engine_file=out.name, engine_sha256=sha256_file(candidate), engine_bytes=candidate.stat().st_size,
+        onnx_sha256=sha256_file(onnx_path), calibration_sha256=_calibration_sha(graph.meta, opts.calibration),
+        min_batch=lo, opt_batch=opt, max_batch=hi, inputs=built.inputs, outputs=built.outputs,
+        device=built.device or {k: machine.get(k) for k in chosen.device_keys},
+        l4t_release=machine.get("l4t_release"), version_compatible=bool(opts.version_compatible),
         build_options=options, covidedge_version=covidedge.__version__,
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(seconds, 3), machine=machine)
-    if chosen == "tensorrt":
-        from covidedge.backends.tensorrt.build import self_check_plan
-
-        # the options dict is the manifest's: the self-check's numbers go into it before writing
-        verification.update(self_check_plan(out, manifest, onnx_path, opt))
+    # 3. its self-check, against ONNX Runtime on the same graph: the engine moves to ``out`` or is
+    # deleted; the numbers go into the manifest's options dict before it is written
+    options["verification"].update(chosen.self_check(built, manifest, onnx_path, opt, out))
     mpath = manifest.write(manifest_path_for(out))
 
-    note = describe_build(chosen, backend_version, precision, (lo, hi), seconds, describe_device(machine))
+    note = describe_build(chosen.name, backend_version, precision, (lo, hi), seconds, describe_device(machine))
     if fell_back:
-        say(progress, fallback_note(trt_present, cuda_present, backend_version, out))
-    for extra in notes if chosen == "tensorrt" else []:  # stated, never silent
+        say(progress, backends.fallback_note(module_present, chosen, backend_version, out))
+    for extra in built.notes if chosen.announce_notes() else []:  # stated, never silent
         say(progress, f"note: {extra}")
-    return BuildResult(engine_path=out, manifest_path=mpath, manifest=manifest, backend=chosen, note=note)
+    return BuildResult(engine_path=out, manifest_path=mpath, manifest=manifest, backend=chosen.name, note=note)
 
 
-__all__ = ["BuildResult", "BACKEND_NAMES", "build_engine", "validate_batch_range", "resolve_backend",
+__all__ = ["BuildResult", "BuildOptions", "build_engine", "validate_batch_range", "resolve_backend",
            "resolve_precision", "profile_shapes", "check_options_for_backend", "resolve_int8_activations",
-           "INT8_ACTIVATIONS", "CPU_INT8_ACTIVATIONS", "fallback_note", "describe_build", "say"]
+           "INT8_ACTIVATIONS", "CPU_INT8_ACTIVATIONS", "describe_build", "say"]

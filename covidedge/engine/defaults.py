@@ -78,10 +78,11 @@ def plan_default_engines(tensorrt: bool) -> List[Tuple[Any, str]]:
     return plan
 
 
-def _tensorrt_here() -> bool:
-    from covidedge.machine import module_present
+def _backend_here():
+    """The backend the default engines are built for here: what build-engine's "auto" picks."""
+    from covidedge import backends
 
-    return module_present("tensorrt") and module_present("pycuda")
+    return backends.resolve("auto")
 
 
 def _read_record(build_dir: Path) -> Dict[str, Any]:
@@ -97,7 +98,7 @@ def _read_record(build_dir: Path) -> Dict[str, Any]:
 
 def _usable(entry: Dict[str, Any], machine: Optional[Dict[str, Any]]) -> Optional[str]:
     """None when the recorded engine may run here unchanged, else why not."""
-    from covidedge.formats.manifest import load_manifest
+    from covidedge.backends import load_manifest
 
     engine = Path(entry.get("engine", ""))
     if not engine.is_file():
@@ -143,15 +144,17 @@ def build_default_engines(build_dir=DEFAULT_BUILD_DIR, *, rebuild: bool = False,
         raise UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to a MODEL build; the "
                          "default engines are built as their model cards say",
                          hint="pass MODEL, e.g. a checkpoint, to choose")
+    from covidedge import backends
     from covidedge.engine.build import build_engine
     from covidedge.machine import probe_machine
     from covidedge.formats.manifest import manifest_path_for
     from covidedge.fileio import write_atomic
 
     build_dir = Path(os.fspath(build_dir))
-    trt = _tensorrt_here()
-    backend = "tensorrt" if trt else "onnxruntime"
-    machine = probe_machine(use_backends=trt)
+    row = _backend_here()
+    trt = "gpu" in row.targets  # GPU engines: fp16 and int8 plans; else the card's CPU precision
+    backend = row.name
+    machine = probe_machine(use_backends=row.probe_backends)
     record = _read_record(build_dir)
     kept = {(e.get("model"), e.get("flavour"), e.get("backend")): e for e in record["engines"]}
     out: List[DefaultEngine] = []
@@ -190,7 +193,10 @@ def find_default_engines(build_dir=DEFAULT_BUILD_DIR, machine: Optional[Dict[str
     if machine is None and record["engines"]:  # probed once for every recorded engine
         from covidedge.machine import probe_machine
 
-        machine = probe_machine(use_backends=any(e.get("backend") == "tensorrt" for e in record["engines"]))
+        from covidedge import backends
+
+        machine = probe_machine(use_backends=any(backends.get(e["backend"]).probe_backends
+                                                 for e in record["engines"] if e.get("backend") in backends.TABLE))
     current = {m.name: m for m in shipped_models()}
     found: Dict[str, DefaultEngine] = {}
     order = {"int8-s8": 0, "int8-u8": 1, "fp16": 2, "fp32": 3}

@@ -9,9 +9,10 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from covidedge.backends import get
 from covidedge.errors import BadInputError
 from covidedge.formats.checkpoint import CHECKPOINT_SUFFIXES
-from covidedge.formats.manifest import MANIFEST_SUFFIX, engine_path_for, parse_version
+from covidedge.formats.manifest import MANIFEST_SUFFIX, engine_path_for
 
 #: Default folder for engines when no --out is given, and for the default engines.
 DEFAULT_BUILD_DIR = Path("build")
@@ -28,9 +29,11 @@ def default_engine_path(model, precision: str, backend: str, *, tensorrt_version
                         compute_capability: Optional[str] = None, build_dir=DEFAULT_BUILD_DIR) -> Path:
     """Where an engine goes when no --out is given: build/<model>.<precision>.<target>.<ext>.
 
-    TensorRT engines name the TensorRT release and GPU architecture they are tied to
-    (``cls.fp16.trt10.3.sm87.engine``) so engines of several machines can share a folder;
-    ONNX Runtime and OpenVINO engines are ONNX files (``cls.fp16.ort.onnx``, ``cls.fp16.ov.onnx``)."""
+    The backend names the file (its ``engine_name``): TensorRT engines name the TensorRT release
+    and GPU architecture they are tied to (``cls.fp16.trt10.3.sm87.engine``) so engines of several
+    machines can share a folder; ONNX Runtime and OpenVINO engines are ONNX files
+    (``cls.fp16.ort.onnx``, ``cls.fp16.ov.onnx``). ``tensorrt_version`` is the version of the
+    backend that builds it (only TensorRT's names carry it)."""
     name = Path(os.fspath(model)).name
     for suffix in (".onnx", *CHECKPOINT_SUFFIXES):
         if name.endswith(suffix):
@@ -40,17 +43,9 @@ def default_engine_path(model, precision: str, backend: str, *, tensorrt_version
     parent = Path(os.fspath(model)).resolve().parent.name
     if stem in GENERIC_STEMS and parent:
         stem = f"{parent}-{stem}"  # runs/cls/best.pt and runs/seg/best.pt must not share engines
-    if backend == "tensorrt":
-        target = "trt"
-        ver = parse_version(tensorrt_version)
-        if len(ver) >= 2:
-            target += f"{ver[0]}.{ver[1]}"
-        if compute_capability:
-            target += ".sm" + str(compute_capability).replace(".", "")
-        return Path(build_dir) / f"{stem}.{precision}.{target}.engine"
-    if backend == "openvino":
-        return Path(build_dir) / f"{stem}.{precision}.ov.onnx"
-    return Path(build_dir) / f"{stem}.{precision}.ort.onnx"
+    name = get(backend).engine_name(stem, precision, version=tensorrt_version,
+                                    compute_capability=compute_capability)
+    return Path(build_dir) / name
 
 
 def refuse_foreign_file(path, own_engine) -> None:

@@ -36,18 +36,25 @@ from covidedge.export.calibrators import (DEFAULT_METHOD, Calibrator, calibrator
 from covidedge.export.converted import (KEY_SOURCE_SHA, graph_task, input_info, output_nodes,
                                         require_fp32_source, save_checked)
 from covidedge.fileio import sha256_file
-from covidedge.formats.onnxfile import (KEY_CALIBRATION_SHA, KEY_PRECISION, as_model, load_onnx,
+from covidedge.formats.onnxfile import (KEY_CALIBRATION_SHA, KEY_PRECISION, KEY_TRT_COMPATIBLE, as_model, load_onnx,
                                         set_metadata)
 
 PathLike = Union[str, Path]
 
 ACTIVATION_TYPES = ("int8", "uint8")
-#: Where the int8 Q/DQ nodes go: what ONNX Runtime's CPU kernels fuse, or what TensorRT fuses.
-QDQ_PLACEMENTS = ("onnxruntime", "tensorrt")
 #: The ops whose inputs the "tensorrt" placement quantizes (weighted ops, int8 in TensorRT).
 TRT_QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Ops whose outputs the "tensorrt" placement never quantizes: the next op fuses with them.
 TRT_FLOAT_OUTPUT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "Concat")
+#: Where the int8 Q/DQ nodes go, by placement name (a backend's ``qdq_placement``): what ONNX
+#: Runtime's CPU kernels fuse (every op it quantizes: ``quantized_ops`` None), or what TensorRT
+#: fuses (only the inputs of ``quantized_ops``; ``float_output_ops`` keep float outputs, and
+#: the placement takes signed symmetric activations only).
+PLACEMENTS: Dict[str, Dict[str, Any]] = {
+    "onnxruntime": {"quantized_ops": None, "float_output_ops": None},
+    "tensorrt": {"quantized_ops": TRT_QUANTIZED_OPS, "float_output_ops": TRT_FLOAT_OUTPUT_OPS},
+}
+QDQ_PLACEMENTS = tuple(PLACEMENTS)
 
 # metadata keys of an int8 graph (with KEY_CALIBRATION_SHA from covidedge.formats.onnxfile)
 KEY_CALIB_METHOD = "covidedge.calibration_method"
@@ -56,7 +63,6 @@ KEY_CALIB_COUNT = "covidedge.calibration_images"
 KEY_CALIB_BINS = "covidedge.calibration_histogram_bins"
 KEY_ACT_TYPE = "covidedge.activation_type"
 KEY_ACT_SYMMETRIC = "covidedge.activation_symmetric"
-KEY_TRT_COMPATIBLE = "covidedge.tensorrt_compatible"
 KEY_QDQ_PLACEMENT = "covidedge.qdq_placement"
 
 
@@ -217,8 +223,10 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: Optional
             raise BadInputError("give a calibration set or a calibration cache (ranges), not both")
     check_choice("activation type", activation_type, ACTIVATION_TYPES)
     check_choice("Q/DQ placement", qdq_placement, QDQ_PLACEMENTS)
-    if qdq_placement == "tensorrt" and not (activation_type == "int8" and symmetric_activations):
-        raise BadInputError("the tensorrt Q/DQ placement needs signed symmetric int8 activations, "
+    placement = PLACEMENTS[qdq_placement]
+    weighted_only = placement["quantized_ops"] is not None
+    if weighted_only and not (activation_type == "int8" and symmetric_activations):
+        raise BadInputError(f"the {qdq_placement} Q/DQ placement needs signed symmetric int8 activations, "
                             f"not {'symmetric' if symmetric_activations else 'asymmetric'} {activation_type}",
                             hint="use activation_type='int8', symmetric_activations=True")
     if int(batch_size) < 1:
@@ -253,9 +261,9 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: Optional
     extra = {"ActivationSymmetric": bool(symmetric_activations), "WeightSymmetric": True,
              "QuantizeBias": False}
     op_types = None  # ONNX Runtime's choice: every op it has a Q/DQ or QLinear kernel for
-    if qdq_placement == "tensorrt":
-        op_types = list(TRT_QUANTIZED_OPS)
-        extra["OpTypesToExcludeOutputQuantization"] = list(TRT_FLOAT_OUTPUT_OPS)
+    if weighted_only:
+        op_types = list(placement["quantized_ops"])
+        extra["OpTypesToExcludeOutputQuantization"] = list(placement["float_output_ops"])
     act = quant.QuantType.QInt8 if activation_type == "int8" else quant.QuantType.QUInt8
     trt_ok = activation_type == "int8" and bool(symmetric_activations)
 
@@ -292,7 +300,7 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: Optional
         if reader is not None and reader.images_read == 0:  # collect_ranges raises first; never quantize blind
             raise BadInputError("calibration stream produced no images", path=calib.source)
         q = load_onnx(out)
-    if qdq_placement == "tensorrt":
+    if weighted_only:
         _float_inputs_outside_weighted_ops(q)
     settings = calibrator.settings()
     set_metadata(q, {

@@ -3,8 +3,9 @@
 A TensorRT plan runs only on the TensorRT version and GPU it was built with (unless built
 version-compatible), so an engine never travels without ``<engine>.manifest.json``. Loading
 reads the manifest first, checks the engine's size and sha256 (a truncated or replaced file is
-refused before TensorRT sees it), compares the build machine with this one and says what
-differs together with the exact command that rebuilds the engine here.
+refused before TensorRT sees it); each backend (covidedge.backends) compares the build machine
+with this one and says what differs together with the exact command that rebuilds the engine
+here (:func:`rebuild_command`).
 """
 
 from __future__ import annotations
@@ -94,10 +95,6 @@ def tensorrt_version_difference(built, here, version_compatible: bool) -> Option
     if (vb[0] == vh[0] and pad(vh) >= pad(vb)) or vh[0] in later:
         return None
     return f"TensorRT version: engine built with {built} (version-compatible, runs on {runs_on}), here {here}"
-
-
-def _norm(text) -> str:
-    return " ".join(str(text or "").split()).lower()
 
 
 # -- the manifest ----------------------------------------------------------------------------
@@ -262,69 +259,19 @@ def rebuild_command(manifest: EngineManifest, engine_path=None) -> str:
             args += ["--calib-method", str(opts["calib_method"])]
     args += ["--min-batch", str(manifest.min_batch), "--opt-batch", str(manifest.opt_batch),
              "--max-batch", str(manifest.max_batch)]
-    if manifest.backend == "tensorrt":
-        if opts.get("workspace_mib"):
-            args += ["--workspace", str(opts["workspace_mib"])]
-        if opts.get("timing_cache"):
-            args += ["--timing-cache", str(opts["timing_cache"])]
-        if opts.get("dla_core") is not None:
-            args += ["--dla-core", str(opts["dla_core"])]
-        if manifest.version_compatible:
-            args.append("--version-compatible")
-        if opts.get("allow_tf32"):
-            args.append("--allow-tf32")
+    # options only some backends take (TensorRT's) are in a manifest only when its build took them
+    if opts.get("workspace_mib"):
+        args += ["--workspace", str(opts["workspace_mib"])]
+    if opts.get("timing_cache"):
+        args += ["--timing-cache", str(opts["timing_cache"])]
+    if opts.get("dla_core") is not None:
+        args += ["--dla-core", str(opts["dla_core"])]
+    if manifest.version_compatible:
+        args.append("--version-compatible")
+    if opts.get("allow_tf32"):
+        args.append("--allow-tf32")
     args += ["--backend", manifest.backend]
     return " ".join(shlex.quote(a) for a in args)
-
-
-# -- compatibility ---------------------------------------------------------------------------
-def check_compatible(manifest: EngineManifest, machine: Dict[str, Any]) -> List[str]:
-    """What differs between the machine an engine was built for and ``machine``
-    (a :func:`covidedge.machine.probe_machine` dict); empty when it may run here."""
-    diffs: List[str] = []
-    built = manifest.backend_version
-    if manifest.backend == "tensorrt":
-        here = machine.get("tensorrt")
-        if not here:
-            diffs.append(f"TensorRT: engine built with {built}, TensorRT is not installed here")
-        elif here == "unknown":
-            diffs.append(f"TensorRT: engine built with {built}, the installed TensorRT's version "
-                         "cannot be read")
-        else:
-            why = tensorrt_version_difference(built, here, manifest.version_compatible)
-            if why:
-                diffs.append(why)
-        dev = manifest.device or {}
-        if not machine.get("gpu"):
-            diffs.append(f"GPU: engine built for {dev.get('gpu') or 'an NVIDIA GPU'}, no NVIDIA GPU "
-                         "found here")
-        else:
-            if dev.get("gpu") and _norm(dev.get("gpu")) != _norm(machine.get("gpu")):
-                diffs.append(f"GPU: engine {dev.get('gpu')!r}, here {machine.get('gpu')!r}")
-            cc_built, cc_here = dev.get("gpu_compute_capability"), machine.get("gpu_compute_capability")
-            if cc_built and cc_here and str(cc_built) != str(cc_here):
-                diffs.append(f"compute capability: engine {cc_built}, here {cc_here}")
-        l4t_built, l4t_here = manifest.l4t_release, machine.get("l4t_release")
-        if (l4t_built or l4t_here) and l4t_built != l4t_here:
-            diffs.append(f"Jetson L4T release: engine {l4t_built or 'none (not a Jetson)'}, "
-                         f"here {l4t_here or 'none (not a Jetson)'}")
-    elif manifest.backend == "openvino":
-        here = machine.get("openvino")
-        if not here:
-            diffs.append(f"OpenVINO: engine built with {built}, OpenVINO is not installed here")
-        elif parse_version(here)[:2] < parse_version(built)[:2]:
-            diffs.append(f"OpenVINO version: engine built with {built}, here {here} (older than the build)")
-    elif manifest.backend == "onnxruntime":
-        here = machine.get("onnxruntime")
-        if not here:
-            diffs.append(f"ONNX Runtime: artifact optimised with {built}, ONNX Runtime is not "
-                         "installed here")
-        elif parse_version(here)[:2] < parse_version(built)[:2]:
-            # The artifact may hold com.microsoft fused operators that older releases lack;
-            # the same or a later release reloads it.
-            diffs.append(f"ONNX Runtime version: artifact optimised with {built}, here {here} "
-                         "(older than the build)")
-    return diffs
 
 
 def verify_engine_file(engine_path, manifest: EngineManifest) -> None:
@@ -343,11 +290,10 @@ def verify_engine_file(engine_path, manifest: EngineManifest) -> None:
             "the file was modified or replaced", path=engine_path, hint=how)
 
 
-def load_manifest(engine_path, machine: Optional[Dict[str, Any]] = None, *, check: bool = True,
-                  verify: bool = True) -> EngineManifest:
-    """Read ``<engine>.manifest.json``, verify the engine file against it and (``check``) compare
-    it with this machine. Raises IncompatibleModelError naming every difference and the command
-    that rebuilds the engine here; a missing manifest is an error, never a silent fallback."""
+def read_manifest(engine_path, *, verify: bool = True) -> EngineManifest:
+    """Read ``<engine>.manifest.json`` and (``verify``) check the engine file's size and sha256
+    against it. A missing manifest is an error, never a silent fallback. Whether the engine may
+    run on this machine is its backend's question: :func:`covidedge.backends.load_manifest`."""
     engine_path = Path(engine_path)
     if engine_path.name.endswith(MANIFEST_SUFFIX):
         engine_path = engine_path_for(engine_path)
@@ -362,20 +308,4 @@ def load_manifest(engine_path, machine: Optional[Dict[str, Any]] = None, *, chec
     manifest = EngineManifest.read(mpath)
     if verify:
         verify_engine_file(engine_path, manifest)
-    if check:
-        require_compatible(manifest, engine_path, machine)
     return manifest
-
-
-def require_compatible(manifest: EngineManifest, engine_path, machine: Optional[Dict[str, Any]] = None) -> None:
-    """Raise IncompatibleModelError listing what differs from this machine (probed when not given)
-    and the command that rebuilds the engine here."""
-    if machine is None:
-        from covidedge.machine import probe_machine
-
-        machine = probe_machine(use_backends=manifest.backend == "tensorrt")
-    diffs = check_compatible(manifest, machine)
-    if diffs:
-        raise IncompatibleModelError(
-            f"engine was built for another machine: {'; '.join(diffs)}", path=engine_path,
-            hint=f"rebuild it here with: {rebuild_command(manifest, engine_path)}")

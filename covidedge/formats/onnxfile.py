@@ -31,6 +31,8 @@ KEY_OPSET = "covidedge.opset"
 KEY_DYNAMIC_BATCH = "covidedge.dynamic_batch"
 KEY_EXPORTER = "covidedge.exporter"
 KEY_CALIBRATION_SHA = "covidedge.calibration_sha256"
+#: "false" on an int8 graph TensorRT's explicit quantization does not take (asymmetric activations).
+KEY_TRT_COMPATIBLE = "covidedge.tensorrt_compatible"
 
 #: protobuf's limit for one self-contained file.
 _TWO_GB = 2 * 1024 ** 3

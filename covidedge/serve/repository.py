@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from covidedge import backends
 from covidedge.errors import BadInputError, IncompatibleModelError, UsageError
 from covidedge.spec import MASK_THRESHOLD, check_choice, check_threshold
 from covidedge.serve import config as cfg
@@ -82,11 +83,11 @@ def describe_network(path, task: str, backend: Optional[str] = None) -> NetworkS
             "is a training checkpoint; a Triton repository serves engines and ONNX models", path=p,
             hint=f"export it first: covidedge build-engine {p}")
     if kind == "engine":
-        from covidedge.formats.manifest import MANIFEST_SUFFIX, engine_path_for, load_manifest
+        from covidedge.formats.manifest import MANIFEST_SUFFIX, engine_path_for, read_manifest
 
         if p.name.endswith(MANIFEST_SUFFIX):
             p = engine_path_for(p)
-        m = load_manifest(p, check=False)
+        m = read_manifest(p)
         io = {d.get("name"): d.get("dtype", "float32") for d in (m.inputs or []) + (m.outputs or [])}
         spec = m.model_spec
         src = NetworkSource(task=task, path=p, kind="engine", backend=m.backend, precision=m.precision,
@@ -101,7 +102,7 @@ def describe_network(path, task: str, backend: Optional[str] = None) -> NetworkS
         batch = next((d["shape"][0] for d in ins if d["name"] == spec.input_name and d["shape"]), -1)
         io = {d["name"]: d["dtype"] for d in ins + outs}
         fixed = batch if batch and batch > 0 else None
-        src = NetworkSource(task=task, path=p, kind="onnx", backend=backend or "onnxruntime",
+        src = NetworkSource(task=task, path=p, kind="onnx", backend=backend or backends.ONNX_RUNNER,
                             precision=metadata_precision(meta), spec=spec,
                             min_batch=fixed or 1, max_batch=fixed,
                             input_dtype=io.get(spec.input_name, "float32"),
@@ -145,10 +146,7 @@ def _network_config(src: NetworkSource, target: str, max_batch: int, batching: b
         if threads:
             params["threads"] = threads
     else:
-        if src.backend == "tensorrt":
-            c["platform"] = "tensorrt_plan"
-        else:
-            c["backend"] = "onnxruntime"
+        c.update(backends.get(src.backend).triton_gpu_config)
         c["default_model_filename"] = _network_file(src, target)
         c["instance_group"] = cfg.instance_group(instances, "KIND_GPU")
     c["parameters"] = cfg.parameters(params)
@@ -158,7 +156,7 @@ def _network_config(src: NetworkSource, target: str, max_batch: int, batching: b
 
 
 def _network_file(src: NetworkSource, target: str) -> str:
-    return "model.plan" if src.backend == "tensorrt" else "model.onnx"
+    return backends.get(src.backend).triton_file
 
 
 def plan_repository(out, classifier=None, segmenter=None, *, target: str = "cpu",
@@ -179,26 +177,23 @@ def plan_repository(out, classifier=None, segmenter=None, *, target: str = "cpu"
     if isinstance(queue_delay_us, bool) or not isinstance(queue_delay_us, int) or queue_delay_us < 0:
         raise BadInputError(f"queue_delay_us={queue_delay_us!r}, expected microseconds >= 0")
     threshold = check_threshold(threshold)
-    if backend not in (None, "onnxruntime", "openvino"):
+    onnx_runners = _onnx_runners()
+    if backend is not None and backend not in onnx_runners:
         raise UsageError(f"backend {backend!r} does not apply to a Triton repository",
-                         hint="use onnxruntime or openvino (cpu target)")
-    if backend == "openvino" and target == "gpu":
-        raise UsageError("--backend openvino applies to --target cpu only",
-                         hint="the gpu target serves ONNX graphs with Triton's onnxruntime backend")
+                         hint=f"use {' or '.join(onnx_runners)} (cpu target)")
+    if backend is not None and target not in backends.get(backend).triton_targets:
+        raise UsageError(f"--backend {backend} applies to --target {' / '.join(backends.get(backend).triton_targets)} "
+                         "only", hint="the gpu target serves ONNX graphs with Triton's onnxruntime backend")
 
     sources = {}
     for task, path in (("classifier", classifier), ("segmenter", segmenter)):
         if path is not None:
             sources[task] = describe_network(path, task, backend)
     for src in sources.values():
-        if target == "cpu" and src.backend == "tensorrt":
-            raise IncompatibleModelError(
-                "is a TensorRT engine; the cpu target runs ONNX Runtime or OpenVINO", path=src.path,
-                hint="use --target gpu for TensorRT engines, or pass the ONNX model")
-        if target == "gpu" and src.backend == "openvino":
-            raise IncompatibleModelError(
-                "is an OpenVINO engine; the gpu target serves TensorRT engines and ONNX graphs",
-                path=src.path, hint="use --target cpu, or pass the ONNX model")
+        row = backends.get(src.backend)
+        if target not in row.triton_targets:
+            message, hint = row.triton_refusal
+            raise IncompatibleModelError(message, path=src.path, hint=hint)
         if target == "gpu" and src.min_batch > 1:
             raise IncompatibleModelError(
                 f"accepts batch {src.min_batch}..{src.max_batch} only; Triton's batcher sends "
@@ -304,11 +299,16 @@ def _engine_facts(src: NetworkSource) -> Dict[str, Any]:
     if m is None:
         return {}
     out = {"backend_version": m.backend_version}
-    if m.backend == "tensorrt":
-        out.update(tensorrt=m.backend_version, version_compatible=bool(m.version_compatible),
-                   l4t_release=m.l4t_release, gpu=(m.device or {}).get("gpu"),
-                   gpu_compute_capability=(m.device or {}).get("gpu_compute_capability"))
+    if "gpu" in backends.get(m.backend).targets:  # tied to the GPU and runtime it was built for
+        out.update({m.backend: m.backend_version, "version_compatible": bool(m.version_compatible),
+                    "l4t_release": m.l4t_release, "gpu": (m.device or {}).get("gpu"),
+                    "gpu_compute_capability": (m.device or {}).get("gpu_compute_capability")})
     return out
+
+
+def _onnx_runners() -> List[str]:
+    """Backends that run a plain ONNX graph on the cpu target (``--backend``)."""
+    return [b.name for b in backends.engine_backends() if b.embeds_spec and "cpu" in b.triton_targets]
 
 
 def write_repository(out, classifier=None, segmenter=None, **options) -> Repository:

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from covidedge.errors import BadInputError, RuntimeFailure
-from covidedge.backends.base import Runner, infer_fitted, self_check
+from covidedge.backends.base import Runner, infer_fitted
+from covidedge.backends.onnxruntime import self_check
 from covidedge.spec import classifier_spec
 
 

@@ -15,7 +15,8 @@ from covidedge.backends.tensorrt import plan as P
 from covidedge.backends.tensorrt.logger import format_trt_errors
 from covidedge.engine import build as B
 from covidedge.engine.paths import default_engine_path, refuse_foreign_file
-from covidedge.formats.manifest import EngineManifest, load_manifest, manifest_path_for
+from covidedge.backends import load_manifest
+from covidedge.formats.manifest import EngineManifest, manifest_path_for
 from covidedge.fileio import sha256_file
 from covidedge.formats.onnxfile import graph_opset, graph_precision
 from covidedge.errors import (EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MISSING_DEPENDENCY, BadInputError, IncompatibleModelError,

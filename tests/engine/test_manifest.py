@@ -12,7 +12,8 @@ import pytest
 
 from covidedge.machine import (parse_cpuinfo, parse_l4t_release, parse_meminfo, parse_nvidia_smi,
                                       parse_nvpmodel, probe_machine)
-from covidedge.formats.manifest import MANIFEST_FORMAT, EngineManifest, check_compatible, engine_path_for, load_manifest, manifest_path_for, parse_version, rebuild_command, tensorrt_version_difference, same_release
+from covidedge.backends import check_compatible, load_manifest
+from covidedge.formats.manifest import MANIFEST_FORMAT, EngineManifest, engine_path_for, manifest_path_for, parse_version, rebuild_command, tensorrt_version_difference, same_release
 from covidedge.fileio import sha256_file
 from covidedge.errors import EXIT_INCOMPATIBLE, BadInputError, IncompatibleModelError
 from covidedge.spec import classifier_spec

@@ -6,7 +6,8 @@ import pytest
 from covidedge.backends.openvino import SELF_CHECK_ATOL as OPENVINO_SELF_CHECK_ATOL
 from covidedge.engine import build as B
 from covidedge.engine.paths import default_engine_path
-from covidedge.formats.manifest import EngineManifest, check_compatible, manifest_path_for
+from covidedge.backends import check_compatible
+from covidedge.formats.manifest import EngineManifest, manifest_path_for
 from covidedge.errors import BadInputError, IncompatibleModelError
 from covidedge.runtime import load
 from covidedge.backends.onnxruntime import OrtRunner

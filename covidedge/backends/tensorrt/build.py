@@ -14,7 +14,7 @@ from typing import List
 
 import numpy as np
 
-from covidedge.backends.base import self_check
+from covidedge.backends.onnxruntime import self_check
 from covidedge.backends.tensorrt.logger import enum_name, format_trt_errors, make_recording_logger
 from covidedge.backends.tensorrt.plan import TrtBuildPlan, fp32_island_layers
 from covidedge.errors import BadInputError, RuntimeFailure

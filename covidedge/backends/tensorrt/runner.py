@@ -123,16 +123,21 @@ class TrtRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, engine_path, manifest=None, device=0):
-        from covidedge.formats.manifest import load_manifest
+        from covidedge.formats.manifest import read_manifest
 
         path = os.fspath(engine_path)
         if not os.path.isfile(path):
             raise BadInputError("engine file not found", path=path)
-        if manifest is None:
-            manifest = load_manifest(path)
+        check = manifest is None
+        if check:
+            manifest = read_manifest(path)
         if manifest.backend != "tensorrt":
             raise IncompatibleModelError(f"manifest says this is a {manifest.backend} model, not a TensorRT "
                                          "engine", path=path, hint="open it with covidedge.runtime.load")
+        if check:
+            from covidedge.backends.tensorrt.compat import require_compatible
+
+            require_compatible(manifest, path)
         self.manifest = manifest
         self.device_index = parse_device(device)
         super().__init__(manifest.model_spec, path, manifest.precision, manifest.min_batch, manifest.max_batch)
