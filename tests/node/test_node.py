@@ -335,3 +335,68 @@ def test_sigterm_stops_within_seconds_and_loses_nothing(tmp_path, models, pacs):
         assert by_source(got, files) == {uid_of(f): sorted([SEG, COMPREHENSIVE_SR, SC]) for f in files}
     finally:
         node.kill(signal.SIGTERM)
+
+
+def test_tls_node_talks_tls_only(tmp_path, models, pacs):
+    import shutil
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command makes the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    node = start_node(tmp_path, models, forward=[pacs.address], tls_cert=cert, tls_key=key)
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="COVIDEDGE",
+                             tls_args=(ssl.create_default_context(cafile=str(cert)), "127.0.0.1"))
+        assert assoc.is_established
+        assert int(assoc.send_c_echo().Status) == 0x0000
+        assoc.release()
+        assert echo(node.port) is None  # a caller without TLS gets no association
+        assert ", TLS)" in "\n".join(node.logs)
+    finally:
+        node.stop()
+    with pytest.raises(Exception, match="TLS certificate or key cannot be used"):
+        node_options(tmp_path, models, forward=[pacs.address], tls_cert=key, tls_key=key).ssl_context()
+
+
+def test_the_command_line(tmp_path, models, pacs):
+    from click.testing import CliRunner
+
+    from covidedge.cli.dicom_node import command
+    from covidedge.cli.main import VERBS
+
+    assert "dicom-node" in VERBS
+    runner = CliRunner()
+    res = runner.invoke(command, ["--forward", pacs.address], catch_exceptions=True)
+    assert res.exception.exit_code == 2 and "give --work FOLDER" in str(res.exception)
+    res = runner.invoke(command, ["--work", str(tmp_path / "w"), "--forward", "PACS"], catch_exceptions=True)
+    assert res.exception.exit_code == 3 and "--forward 'PACS' is not AE@HOST:PORT" in str(res.exception)
+    node = start_node(tmp_path, models, forward=[pacs.address])
+    try:
+        assert send(node.port, [radiograph(tmp_path / "dx.dcm")]) == [0x0000]
+        assert wait_until(lambda: node_status(node.options.work)["done"]["delivered"] == 1)
+        res = runner.invoke(command, ["--status", str(node.options.work)], catch_exceptions=False)
+        assert res.exit_code == 0
+        assert f"work folder {node.options.work}: node running (pid {os.getpid()}" in res.output
+        assert "done: 1 (1 delivered, 0 not selected, 0 failed)" in res.output
+        res = runner.invoke(command, ["--status", str(node.options.work), "--json"], catch_exceptions=False)
+        assert json_loads(res.output)["done"]["delivered"] == 1
+    finally:
+        node.stop()
+    res = runner.invoke(command, ["--status", str(tmp_path)], catch_exceptions=True)
+    assert getattr(res.exception, "exit_code", None) == 3 and "not a dicom-node work folder" in str(res.exception)
+
+
+def json_loads(text):
+    import json
+
+    return json.loads(text)
