@@ -12,6 +12,9 @@ Rules:
   or BodyPartExamined) passes that filter, since nothing says it is the wrong kind.
 * Objects without pixel data (SR, KO, PR ...) and multi-frame objects are left out: covidedge
   reads single-frame radiographs.
+* Objects covidedge wrote (Manufacturer ``covidedge``: its Secondary Capture overlays fed back
+  in) and other derived secondary images (ImageType ``DERIVED\\SECONDARY``) are left out: they
+  are pictures of results, not radiographs.
 * One result per SOP instance: a second file with the same SOP Instance UID is left out.
 * Files that are not DICOM pass through untouched, and so does a DICOM file whose header cannot
   be read or has no SOP Class UID: the decoder reports it on its own ``skipped:`` line.
@@ -29,12 +32,15 @@ from typing import Iterable, List, Optional, Tuple
 from covidedge.data.dicomio import has_dicom_magic
 from covidedge.data.imageio import is_dicom_path
 from covidedge.errors import BadInputError, require
+from covidedge.fileio import printable
 
 #: Defaults of the filters: frontal chest radiographs from CR and DX detectors.
 DEFAULT_MODALITIES: Tuple[str, ...] = ("CR", "DX")
 DEFAULT_VIEW_POSITIONS: Tuple[str, ...] = ("PA", "AP")
 #: An option value that switches a filter off.
 ANY = "any"
+#: The Manufacturer of every object covidedge writes (covidedge.dicom.writers).
+MANUFACTURER = "covidedge"
 
 def _parse_values(text: Optional[str], option: str) -> Tuple[str, ...]:
     """``"cr, DX"`` -> ("CR", "DX"); None, "" or "any" -> () (no filter)."""
@@ -104,7 +110,7 @@ class Selection:
 
     def lines(self) -> List[str]:
         """One ``not selected: FILE: reason`` line per file left out."""
-        return [f"not selected: {n}" for n in self.not_selected]
+        return [printable(f"not selected: {n}") for n in self.not_selected]
 
     def summary(self) -> str:
         """``"; N not selected (DICOM filters)"`` for the run's summary line, or ""."""
@@ -186,6 +192,12 @@ def _reasons(ds, series_filter: SeriesFilter) -> List[str]:
         frames = 1
     if frames > 1:
         return [f"multi-frame object ({frames} frames): covidedge reads single-frame radiographs"]
+    if _text(ds, "Manufacturer").lower() == MANUFACTURER:
+        return ["written by covidedge (a result, such as its overlay), not a radiograph"]
+    image_type = [str(v).strip().upper() for v in (ds.get("ImageType") or [])] \
+        if not isinstance(ds.get("ImageType"), str) else [ds.get("ImageType").strip().upper()]
+    if image_type[:2] == ["DERIVED", "SECONDARY"]:
+        return ["ImageType DERIVED\\SECONDARY: a derived picture, not an original radiograph"]
     return series_filter.mismatches(modality, _text(ds, "ViewPosition"), _text(ds, "BodyPartExamined"))
 
 

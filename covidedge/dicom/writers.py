@@ -35,11 +35,11 @@ from covidedge import __version__
 from covidedge.data.imageio import is_dicom_path, read_gray
 from covidedge.dicom import codes
 from covidedge.dicom.privacy import patient_identity, scrub
+from covidedge.dicom.select import MANUFACTURER
 from covidedge.errors import BadInputError, require, one_line
 from covidedge.fileio import atomic_target, csv_safe, printable
 from covidedge.prediction import OutputNamer, Prediction
 
-MANUFACTURER = "covidedge"
 #: Series number and description of each kind of object written.
 SERIES: Dict[str, Tuple[int, str]] = {
     "seg": (9101, "covidedge lungs and infection (SEG)"),
@@ -162,7 +162,21 @@ def build_segmentation(source, lungs: np.ndarray, infection: np.ndarray, algorit
         device_serial_number=algorithm.version, content_label="COVIDEDGE",
         content_description="lungs and infection", omit_empty_frames=False)
     seg.SeriesDescription = description
+    _drop_partial_pixel_measures(seg)
     return seg
+
+
+def _drop_partial_pixel_measures(seg) -> None:
+    """Remove a Pixel Measures Sequence that holds PixelSpacing but no SliceThickness: highdicom
+    copies a projection radiograph's PixelSpacing into one, and then its own reader (``segread``)
+    and others refuse the object. A radiograph has no slice; the SEG's pixels are the source's
+    pixels, which it references, so the source's spacing still applies."""
+    groups = list(seg.get("SharedFunctionalGroupsSequence") or []) + \
+        list(seg.get("PerFrameFunctionalGroupsSequence") or [])
+    for group in groups:
+        measures = group.get("PixelMeasuresSequence")
+        if measures and "SliceThickness" not in measures[0]:
+            del group.PixelMeasuresSequence
 
 
 def build_report(source, prediction: Prediction, algorithm: AlgorithmInfo, *, series_uid: str,
