@@ -416,9 +416,7 @@ class DicomNode:
         o = self.options
         uid = str(event.request.AffectedSOPInstanceUID or "")
         key = uid_key(uid)
-        peer = self._peer(event)
-        if self._stop.is_set():
-            return OUT_OF_RESOURCES
+        peer = self._peer(event)  # while stopping, an association still open may finish: it is journalled
         known = self.work.reserve(key)
         if known is not None:
             self.log(f"duplicate {key} from {peer}: {known}; acknowledged, not processed again")
