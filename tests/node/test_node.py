@@ -324,6 +324,7 @@ def test_sigterm_stops_within_seconds_and_loses_nothing(tmp_path, models, pacs):
     node = NodeProcess(tmp_path / "work", models, pacs.address)
     assert send(node.port, files) == [0x0000] * 6
     seconds = node.kill(signal.SIGTERM)
+    print(f"SIGTERM to exit: {seconds:.2f} s")
     assert node.proc.returncode == 0, "\n".join(node.lines)
     assert seconds < 5.0
     assert any(" stopped: " in line for line in node.lines)
