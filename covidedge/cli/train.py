@@ -65,6 +65,17 @@ def _common_options(task: str):
         click.option("--allow-missing-classes", is_flag=True,
                      help="Train even when Train or Val has no images of some class (refused "
                           "otherwise); recorded in the checkpoint and the Val report."),
+        click.option("--bn-images", default=600, show_default=True, type=int,
+                     help="Before each Val pass, re-estimate BatchNorm statistics on this many "
+                          "clean (unaugmented) Train images, so the saved model normalises real "
+                          "films with their own statistics; 0 keeps the augmented-batch ones."),
+        click.option("--ema-decay", default=0.0, show_default=True, type=float,
+                     help="Validate and save an exponential moving average of the weights with "
+                          "this decay (e.g. 0.999); 0 saves the trained weights."),
+        click.option("--augment", default="basic", show_default=True,
+                     type=click.Choice(["basic", "robust"]),
+                     help="basic: geometry, brightness and contrast; robust: also gamma, "
+                          "resampling and noise, as other scanners and exports bring."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
     ]
 

@@ -14,7 +14,15 @@ from typing import Any, Dict
 from covidedge.errors import BadInputError, RuntimeFailure
 from covidedge.spec import AMP_MODES
 
-__all__ = ["resolve_device", "AmpPlan", "cpu_has_bf16", "resolve_amp", "to_layout", "amp_words"]
+__all__ = ["resolve_device", "AmpPlan", "cpu_has_bf16", "resolve_amp", "to_layout", "amp_words",
+           "NARROW_CHANNELS", "narrow_convolutions", "plan_for_model"]
+
+#: Convolutions whose input and output both have fewer channels than this (and more than one
+#: input channel) are "narrow": oneDNN's channels_last backward kernels for them crashed with a segmentation fault on
+#: AVX-512 CPUs (seen on AMD EPYC with AVX512-BF16, torch 2.13, a residual U-Net of base width 8,
+#: with and without bf16), while widths 16 and 32 train. Such models train in the default NCHW
+#: layout on CPUs; the kernels chosen for NCHW did not crash.
+NARROW_CHANNELS = 16
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -91,6 +99,26 @@ def resolve_amp(mode: str, device: str) -> AmpPlan:
     return AmpPlan(mode=m, dtype=dtype, device_type=dev_type,
                    channels_last=dev_type == "cpu",
                    grad_scaler=dtype == "fp16")
+
+
+def narrow_convolutions(model) -> int:
+    """How many 2-D convolutions of ``model`` are narrow (see ``NARROW_CHANNELS``): fewer
+    channels in and out; the stem convolution of a one-channel image is not counted, nor a
+    head mapping wide features to a few outputs."""
+    import torch
+
+    return sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+               and 1 < m.in_channels < NARROW_CHANNELS and m.out_channels < NARROW_CHANNELS)
+
+
+def plan_for_model(amp: AmpPlan, model) -> AmpPlan:
+    """``amp`` with channels_last turned off for a model with narrow convolutions on a CPU (the
+    layout whose backward kernels crashed; ``NARROW_CHANNELS`` says where)."""
+    from dataclasses import replace
+
+    if amp.channels_last and amp.device_type == "cpu" and narrow_convolutions(model):
+        return replace(amp, channels_last=False)
+    return amp
 
 
 def to_layout(x, amp: AmpPlan):

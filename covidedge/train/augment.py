@@ -7,6 +7,10 @@ thresholded at 0.5, which keeps edges smoother than nearest-neighbour). Brightne
 jitter touch the image only. There is no horizontal flip by default: anatomy is lateralised (the
 heart sits on the patient's left) and mirrored films are not what a deployed model meets;
 ``hflip=True`` exists for users who want it anyway.
+
+The ``robust`` preset adds what another hospital's films bring: a gamma curve (exposure and
+display LUTs), resampling down and back up (detector resolution, resized exports) and sensor
+noise. These draws come after the basic ones, so the ``basic`` preset's draws are unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from covidedge.errors import BadInputError
 
-__all__ = ["AugmentConfig", "BatchAugment"]
+__all__ = ["AugmentConfig", "BatchAugment", "AUGMENT_PRESETS", "augment_preset"]
 
 
 @dataclass(frozen=True)
@@ -31,13 +35,21 @@ class AugmentConfig:
     brightness: float = 0.10
     contrast: float = 0.15
     hflip: bool = False
+    #: gamma drawn log-uniformly in [exp(-g), exp(g)]; 0 = off
+    gamma: float = 0.0
+    #: resample to a side factor drawn in [1 - r, 1] and back (bilinear); 0 = off
+    resample: float = 0.0
+    #: Gaussian noise with a standard deviation drawn in [0, noise] (intensity units); 0 = off
+    noise: float = 0.0
 
     def __post_init__(self):
         lo, hi = (float(v) for v in self.scale)
         if not (0 < lo <= hi):
             raise BadInputError(f"augmentation scale range {self.scale} is invalid; "
                                  "expected 0 < low <= high, e.g. (0.9, 1.1)")
-        for name in ("rotation_deg", "shift", "brightness", "contrast"):
+        if not 0.0 <= self.resample < 1.0:
+            raise BadInputError(f"augmentation resample={self.resample} is outside [0, 1)")
+        for name in ("rotation_deg", "shift", "brightness", "contrast", "gamma", "noise"):
             if getattr(self, name) < 0:
                 raise BadInputError(f"augmentation {name}={getattr(self, name)} is negative; "
                                     "expected a range half-width >= 0")
@@ -81,8 +93,40 @@ class BatchAugment:
         flip = (torch.rand(n, generator=generator) < 0.5) if c.hflip else torch.zeros(n, dtype=torch.bool)
         brightness = uniform(-c.brightness, c.brightness)
         contrast = uniform(1.0 - c.contrast, 1.0 + c.contrast)
-        return {"angle": angle, "scale": scale, "shift_x": shift_x, "shift_y": shift_y,
-                "flip": flip, "brightness": brightness, "contrast": contrast}
+        p = {"angle": angle, "scale": scale, "shift_x": shift_x, "shift_y": shift_y,
+             "flip": flip, "brightness": brightness, "contrast": contrast}
+        if c.gamma:
+            p["gamma"] = torch.exp(uniform(-c.gamma, c.gamma))
+        if c.resample:
+            p["resample"] = uniform(1.0 - c.resample, 1.0)
+        if c.noise:
+            p["noise"] = uniform(0.0, c.noise)
+            p["noise_seed"] = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
+        return p
+
+    @staticmethod
+    def _scanner_shift(out, p):
+        """Gamma, resampling and noise of the robust preset (each only when drawn)."""
+        import torch
+        import torch.nn.functional as F
+
+        n, dev = out.shape[0], out.device
+        if "gamma" in p:
+            out = out.clamp(min=1e-6) ** p["gamma"].to(dev, torch.float32).view(n, 1, 1, 1)
+        if "resample" in p:
+            h, w = out.shape[2:]
+            rows = []
+            for i in range(n):
+                f = float(p["resample"][i])
+                small = F.interpolate(out[i:i + 1], size=(max(8, round(h * f)), max(8, round(w * f))),
+                                      mode="bilinear", align_corners=False, antialias=True)
+                rows.append(F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False))
+            out = torch.cat(rows)
+        if "noise" in p:
+            g = torch.Generator().manual_seed(p["noise_seed"])
+            z = torch.randn(out.shape, generator=g).to(dev)
+            out = out + z * p["noise"].to(dev, torch.float32).view(n, 1, 1, 1)
+        return out.clamp(0.0, 1.0)
 
     @staticmethod
     def theta(params: Dict[str, Any]):
@@ -118,10 +162,26 @@ class BatchAugment:
         b = p["brightness"].to(device=images.device, dtype=torch.float32).view(n, 1, 1, 1)
         k = p["contrast"].to(device=images.device, dtype=torch.float32).view(n, 1, 1, 1)
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        out = ((out - mean) * k + mean + b).clamp_(0.0, 1.0).to(images.dtype)
+        out = ((out - mean) * k + mean + b).clamp_(0.0, 1.0)
+        out = self._scanner_shift(out, p).to(images.dtype)
         if masks is None:
             return out, None
         # the grid depends only on N, H, W: the very same sampling positions as the image
         warped = F.grid_sample(masks.float(), grid, mode="bilinear", padding_mode="zeros",
                                align_corners=False)
         return out, (warped > 0.5).to(masks.dtype)
+
+
+#: Named augmentation settings for ``train --augment``.
+AUGMENT_PRESETS = {
+    "basic": AugmentConfig(),
+    "robust": AugmentConfig(gamma=0.35, resample=0.5, noise=0.03),
+}
+
+
+def augment_preset(name: str) -> AugmentConfig:
+    """The AugmentConfig named ``name`` (see ``AUGMENT_PRESETS``)."""
+    from covidedge.spec import check_choice
+
+    check_choice("augmentation", name, tuple(AUGMENT_PRESETS))
+    return AUGMENT_PRESETS[name]

@@ -32,7 +32,7 @@ import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
 from covidedge.fileio import write_atomic
-from covidedge.train.amp import amp_words, resolve_amp, resolve_device
+from covidedge.train.amp import amp_words, plan_for_model, resolve_amp, resolve_device, to_layout
 from covidedge.train.tasks import ClassifierTask, SegmenterTask, resolve_sizes
 
 __all__ = ["TrainResult", "train_classifier", "train_segmenter", "OUTPUT_FILES", "write_json",
@@ -110,6 +110,17 @@ def _check_options(o: Dict[str, Any]) -> None:
         raise BadInputError(f"image-size={o['image_size']} is too small; expected at least 32 px")
     if o["num_workers"] < 0:
         raise BadInputError(f"num-workers={o['num_workers']} is negative; expected >= 0")
+    bn = o.get("bn_images", 0)
+    if isinstance(bn, bool) or not isinstance(bn, int) or bn < 0:
+        raise BadInputError(f"bn-images={bn!r} is invalid; expected an integer >= 0 (0 turns "
+                            "the clean-image BatchNorm statistics off)")
+    from covidedge.train.augment import augment_preset
+
+    augment_preset(o.get("augment", "basic"))
+    ema = o.get("ema_decay", 0.0)
+    if not (isinstance(ema, (int, float)) and math.isfinite(ema) and (ema == 0 or 0.5 <= ema < 1)):
+        raise BadInputError(f"ema-decay={ema!r} is invalid; expected 0 (off) or a value in "
+                            "[0.5, 1), e.g. 0.999")
 
 
 def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -169,7 +180,8 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     from covidedge.formats.checkpoint import read_checkpoint, save_checkpoint
     from covidedge.models.registry import build_from_spec
     from covidedge.plots import plot_learning_curves
-    from covidedge.train.augment import BatchAugment
+    from covidedge.train.augment import BatchAugment, augment_preset
+    from covidedge.train.bn import WeightAverage, recompute_batchnorm
     from covidedge.train.datasets import load_splits
 
     t_start = time.perf_counter()
@@ -205,12 +217,14 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     spec = task.spec()
     torch.manual_seed(o["seed"])
     model = build_from_spec(spec).to(device)
+    amp = plan_for_model(amp, model)
     if amp.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+    ema = WeightAverage(model, o["ema_decay"]) if o.get("ema_decay") else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp.grad_scaler)
     crit = task.criterion(device)
-    aug = BatchAugment(hflip=bool(o["hflip"]))
+    aug = BatchAugment(augment_preset(o.get("augment", "basic")), hflip=bool(o["hflip"]))
 
     bs = int(o["batch_size"])
     # a last batch of one image would break BatchNorm's batch statistics: drop it (it is a
@@ -227,7 +241,11 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     step, start_epoch, best_epoch, best_score, bad_epochs = 0, 1, 0, -math.inf, 0
     if state is not None:
         r = state["extra"]["resume"]
-        model.load_state_dict(state["state_dict"])
+        if ema is not None:  # last.pt holds the averaged weights; the trained ones ride along
+            model.load_state_dict(r["train_state_dict"])
+            ema.load(state["state_dict"], r.get("ema"))
+        else:
+            model.load_state_dict(state["state_dict"])
         opt.load_state_dict(r["optimizer"])
         if amp.grad_scaler and r.get("scaler"):
             scaler.load_state_dict(r["scaler"])
@@ -272,15 +290,22 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if ema is not None:
+                ema.update(model)
             step += 1
             run_loss += float(loss.detach()) * n
             seen += n
             bar.set_postfix(loss=f"{run_loss / seen:.4f}", lr=f"{lr:.2e}")
         bar.close()
-        model.eval()
+        # the model that is validated and saved: the weight average when there is one, with
+        # BatchNorm statistics of clean Train images (covidedge.train.bn says why)
+        kept = ema.module if ema is not None else model
+        recompute_batchnorm(kept, train_ds, o.get("bn_images", 0), bs, device,
+                            layout=lambda x: to_layout(x, amp), seed=o["seed"])
+        kept.eval()
         # Val in fp32 (same layout): the epoch picked as best is judged by the numbers the
         # exported fp32 model gives, and metrics.json (an fp32 evaluation) repeats them
-        val = task.validate(model, val_loader, crit, device, replace(amp, dtype="fp32", grad_scaler=False))
+        val = task.validate(kept, val_loader, crit, device, replace(amp, dtype="fp32", grad_scaler=False))
         score = val[task.monitor]
         if not math.isfinite(score):  # e.g. no image with a lung mask: never "best" over a real score
             score = -1.0
@@ -294,14 +319,16 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
         record["best"] = improved
         history.append(record)
         if improved:
-            save_checkpoint(out / "best.pt", model, spec, {
+            save_checkpoint(out / "best.pt", kept, spec, {
                 **base_extra, "epoch": epoch, "metrics": val, "history": history})
         resume_state = {"optimizer": opt.state_dict(),
                         "scaler": scaler.state_dict() if amp.grad_scaler else None,
                         "step": step, "epoch": epoch, "best_epoch": best_epoch,
                         "best_score": best_score, "bad_epochs": bad_epochs,
                         "rng": {"scheme": "per-epoch seeds from (seed, epoch)", "seed": o["seed"]}}
-        save_checkpoint(out / "last.pt", model, spec, {
+        if ema is not None:
+            resume_state.update(train_state_dict=model.state_dict(), ema=ema.state())
+        save_checkpoint(out / "last.pt", kept, spec, {
             **base_extra, "epoch": epoch, "metrics": val, "history": history,
             "resume": resume_state})
         _write_history(out, task, plain_options, history, best_epoch)
@@ -398,13 +425,16 @@ def train_classifier(data_root, out_dir, *, variant: Optional[str] = None, epoch
                      limit_per_class: Optional[int] = None, num_workers: int = 0,
                      resume: bool = False, hflip: bool = False, progress: bool = True,
                      overwrite: bool = False, allow_missing_classes: bool = False,
+                     bn_images: int = 600, ema_decay: float = 0.0, augment: str = "basic",
                      on_epoch_end: Optional[EpochCallback] = None) -> TrainResult:
     """Train the Xception classifier (COVID-19 / Non-COVID / Normal) on ``data_root``'s Train split,
     keeping the epoch with the best Val accuracy. ``variant`` names the model size (default
     ``xception256``: 256 px, width 1.0); ``image_size`` (px, square) and ``width_mult``, when
     given, win over the variant's. ``lr`` is the peak learning rate. ``on_epoch_end(record)`` is
     called after each epoch with its history record; returning True stops training there
-    (``last.pt`` can then be resumed)."""
+    (``last.pt`` can then be resumed). Before each Val pass the BatchNorm statistics are
+    re-estimated on ``bn_images`` clean Train images (0: off), and with ``ema_decay`` > 0 the
+    model validated and saved is an EMA of the weights (see ``covidedge.train.bn``)."""
     sizes = resolve_sizes("classifier", variant, image_size=image_size, width_mult=width_mult)
     o = dict(task="classifier", variant=variant, data_root=str(data_root), epochs=epochs,
              batch_size=batch_size, lr=float(lr), weight_decay=float(weight_decay),
@@ -412,7 +442,8 @@ def train_classifier(data_root, out_dir, *, variant: Optional[str] = None, epoch
              drop_rate=float(drop_rate), device=device, amp=str(amp), seed=int(seed),
              patience=patience, limit_per_class=limit_per_class, num_workers=int(num_workers),
              hflip=bool(hflip), progress=bool(progress),
-             allow_missing_classes=bool(allow_missing_classes))
+             allow_missing_classes=bool(allow_missing_classes), bn_images=bn_images,
+             ema_decay=ema_decay, augment=augment)
     ClassifierTask.check_options(o)
     return _fit(ClassifierTask(o), o, out_dir, resume=resume, overwrite=overwrite,
                 on_epoch_end=on_epoch_end)
@@ -427,6 +458,7 @@ def train_segmenter(data_root, out_dir, *, variant: Optional[str] = None, epochs
                     limit_per_class: Optional[int] = None, num_workers: int = 0,
                     resume: bool = False, hflip: bool = False, progress: bool = True,
                     overwrite: bool = False, allow_missing_classes: bool = False,
+                    bn_images: int = 600, ema_decay: float = 0.0, augment: str = "basic",
                     on_epoch_end: Optional[EpochCallback] = None) -> TrainResult:
     """Train the residual U-Net (lungs + infection masks) on ``data_root``'s Train split with the
     loss ``loss`` (see ``covidedge.train.losses.LOSSES``), keeping the epoch with the best mean
@@ -441,7 +473,8 @@ def train_segmenter(data_root, out_dir, *, variant: Optional[str] = None, epochs
              depth=int(sizes["depth"]), loss=str(loss), loss_params=dict(loss_params or {}),
              device=device, amp=str(amp), seed=int(seed), patience=patience,
              limit_per_class=limit_per_class, num_workers=int(num_workers), hflip=bool(hflip),
-             progress=bool(progress), allow_missing_classes=bool(allow_missing_classes))
+             progress=bool(progress), allow_missing_classes=bool(allow_missing_classes),
+             bn_images=bn_images, ema_decay=ema_decay, augment=augment)
     SegmenterTask.check_options(o)
     return _fit(SegmenterTask(o), o, out_dir, resume=resume, overwrite=overwrite,
                 on_epoch_end=on_epoch_end)
