@@ -126,11 +126,25 @@ def _scan(folder: str, *, recursive: bool, follow_links: bool, excluded: List[st
 def _walk(folder: str, suffixes: Sequence[str], excluded: List[str], recursive: bool,
           problems: List[InputProblem], visited: Optional[Set[Tuple[int, int]]] = None) -> List[str]:
     """Image files under ``folder`` in order (folders depth-first, names sorted); symbolic
-    links to folders are not followed."""
-    return [path for path, parts, is_dir in
-            _scan(folder, recursive=recursive, follow_links=False, excluded=excluded,
-                  problems=problems, visited=visited)
-            if not is_dir and _suffix_ok(path, suffixes) and os.path.isfile(path)]
+    links to folders are not followed. An image name that is a broken symbolic link (or not a
+    regular file) becomes a problem, never a silent skip."""
+    files = []
+    for path, parts, is_dir in _scan(folder, recursive=recursive, follow_links=False, excluded=excluded,
+                                     problems=problems, visited=visited):
+        if is_dir or not _suffix_ok(path, suffixes):
+            continue
+        if os.path.isfile(path):
+            files.append(path)
+        else:
+            problems.append(_not_a_file(path))
+    return files
+
+
+def _not_a_file(path: str) -> InputProblem:
+    """The problem of an image name that is no regular file: a broken link, a FIFO, a socket."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return InputProblem(path, f"is a broken symbolic link (to {os.readlink(path)}); not read")
+    return InputProblem(path, "is not a regular file; not read")
 
 
 def _split_pattern(pattern: str) -> Tuple[str, List[str]]:
@@ -251,8 +265,11 @@ def expand_inputs(items: Iterable, *, suffixes: Optional[Sequence[str]] = None,
                 if is_dir:
                     added += sum(add(f) for f in _walk(m, suffixes, excluded, recursive, problems,
                                                        visited=walked))
-                elif _suffix_ok(m, suffixes) and os.path.isfile(m):
-                    added += add(m)
+                elif _suffix_ok(m, suffixes):
+                    if os.path.isfile(m):
+                        added += add(m)
+                    else:
+                        problems.append(_not_a_file(m))
             report(problems)
             if not added and not problems and not any(_real(m) in seen for m, _ in matches):
                 out.problems.append(InputProblem(item, f"pattern matches no image files ({wanted})"))

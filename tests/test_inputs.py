@@ -161,3 +161,33 @@ def test_unreadable_subfolder_by_permission_bits(tree):
     finally:
         deeper.chmod(0o755)
     assert any("folder cannot be read" in str(p) for p in out.problems)
+
+
+@pytest.mark.parametrize("as_glob", [False, True])
+def test_broken_links_inside_a_folder_are_problems_not_silent_skips(tmp_path, as_glob):
+    # issue 22, item 23: "1 image: 1 ok", exit 0, while a linked scan was missing
+    folder = tmp_path / "scans"
+    touch(folder / "a.png")
+    (folder / "b.png").symlink_to(tmp_path / "gone" / "b.png")
+    (folder / "notes.txt").symlink_to(tmp_path / "gone" / "notes.txt")  # not an image name: ignored
+    out = expand_inputs([str(folder / "*.png") if as_glob else folder])
+    assert [p.name for p in out.files] == ["a.png"]
+    assert [str(p) for p in out.problems] == [
+        f"{folder / 'b.png'}: is a broken symbolic link (to {tmp_path / 'gone' / 'b.png'}); not read"]
+
+
+def test_a_broken_link_in_a_folder_makes_infer_exit_1(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from covidedge.cli.infer import command
+    from tests.graphs import tiny_models, xray
+
+    cls, _ = tiny_models(tmp_path / "models")
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.fromarray(xray()).save(folder / "a.png")
+    (folder / "b.png").symlink_to(tmp_path / "gone.png")
+    res = CliRunner().invoke(command, [str(folder), "-c", str(cls)])
+    assert res.exit_code == 1, res.output
+    assert "skipped: " in res.output and "b.png: is a broken symbolic link" in res.output

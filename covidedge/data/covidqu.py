@@ -211,6 +211,41 @@ class CovidQuDataset:
             raise DatasetError(
                 f"holds the split folders {', '.join(self._split_paths)} but no images", path=self.root,
                 hint=f"expected the layout {LAYOUT}; the download may be incomplete")
+        self._check_distinct()
+
+    def _check_distinct(self) -> None:
+        """DatasetError when two splits or two classes are one folder, or one image file is
+        listed twice (symbolic or hard links): Val would be Train, or one class's images would
+        be scored as another's, and every number computed on them would be wrong."""
+        folders: Dict[Tuple[int, int], str] = {}
+        for split, split_dir in self._split_paths.items():
+            for label in CLASSES:
+                for what, folder in ((f"split folder {split}", split_dir),
+                                     (f"class folder {split}/{label}", split_dir / label / IMAGES_DIR)):
+                    try:
+                        st = os.stat(folder)
+                    except OSError:
+                        continue
+                    key = (st.st_dev, st.st_ino)
+                    other = folders.setdefault(key, what)
+                    if other != what:
+                        raise DatasetError(
+                            f"the {what} and the {other} are the same folder ({os.path.realpath(folder)}, "
+                            "reached through a symbolic link)", path=folder,
+                            hint="give each split and class its own images; remove the link")
+        files: Dict[Tuple[int, int], Path] = {}
+        for split in self.splits:
+            for sample in self.samples(split):
+                try:
+                    st = os.stat(sample.image)
+                except OSError:
+                    continue
+                other = files.setdefault((st.st_dev, st.st_ino), sample.image)
+                if other != sample.image:
+                    raise DatasetError(
+                        f"is the same file as {other} (a symbolic or hard link): one image would be "
+                        "counted twice, in two classes or splits", path=sample.image,
+                        hint="give each split and class its own images; remove the link")
 
     @staticmethod
     def _has_images(split_dir: Path) -> bool:

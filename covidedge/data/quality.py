@@ -77,10 +77,51 @@ def check_quality(gray, *, min_range: float = MIN_RANGE, min_side: int = MIN_SID
     return flags
 
 
+#: What can be wrong with a ground-truth mask, in the order :func:`check_ground_truth_mask` reports.
+MASK_PROBLEMS: Tuple[str, ...] = ("empty", "full", "lossy")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def check_ground_truth_mask(gray, path=None, *, may_be_empty: bool = False) -> List[str]:
+    """Problems of a ground-truth mask decoded to gray ``[0, 1]`` (before it is thresholded),
+    each a line ``"<flag>: <why>"`` with a flag of :data:`MASK_PROBLEMS`:
+
+    * ``empty``: no pixel set (a lung mask must hold lungs; ``may_be_empty`` for infection masks);
+    * ``full``: every pixel set, the mask marks the whole image;
+    * ``lossy``: JPEG bytes under another suffix, or gray levels between the mask's two values
+      (lossy compression or anti-aliasing): thresholded at > 0, its outline grows.
+
+    An empty list means the mask looks like a mask. Scores are still computed; callers warn."""
+    arr = np.asarray(gray)
+    problems: List[str] = []
+    if arr.size == 0:
+        return ["empty: the mask has no pixels"]
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= 0.0 and not may_be_empty:
+        problems.append("empty: no pixel is set")
+    if lo > 0.0:
+        problems.append("full: every pixel is set")
+    head = b""
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(3)
+        except OSError:
+            pass
+    suffix = str(path).lower().rsplit(".", 1)[-1] if path is not None else ""
+    if head == _JPEG_MAGIC and suffix not in ("jpg", "jpeg"):
+        problems.append(f"lossy: the file holds JPEG bytes under .{suffix}")
+    elif head == _JPEG_MAGIC or (hi > lo and bool(((arr > lo) & (arr < hi)).any())):
+        between = int(((arr > lo) & (arr < hi)).sum())
+        problems.append(f"lossy: {between} pixels lie between the mask's two values (lossy "
+                        "compression or anti-aliasing)")
+    return problems
+
+
 def describe_flags(flags) -> str:
     """One line for human output, e.g. ``"constant: the image is blank (...); tiny: ..."``."""
     return "; ".join(f"{f}: {FLAG_MEANINGS.get(f, f)}" for f in flags)
 
 
-__all__ = ["FLAG_MEANINGS", "MAX_ASPECT", "MIN_RANGE", "MIN_SIDE_PX", "QUALITY_FLAGS",
-           "check_quality", "describe_flags"]
+__all__ = ["FLAG_MEANINGS", "MASK_PROBLEMS", "MAX_ASPECT", "MIN_RANGE", "MIN_SIDE_PX", "QUALITY_FLAGS",
+           "check_ground_truth_mask", "check_quality", "describe_flags"]

@@ -144,6 +144,7 @@ class EvaluationReport:
                 f"{self.model.get('backend', '?')} {self.model.get('precision', '')}".rstrip())
         if self.settings.get("missing_classes"):
             head += f"\nclasses without images (allowed): {', '.join(self.settings['missing_classes'])}"
+        head += "".join("\n" + line for line in self.mask_warning_lines())
         if self.task == "classifier":
             m = self.metrics
             auc = m.get("roc_auc") or {}
@@ -153,6 +154,21 @@ class EvaluationReport:
                               auc_line, "", "confusion matrix (rows: true, columns: predicted)",
                               format_confusion_matrix(m["confusion_matrix"], self.labels).rstrip()]) + "\n"
         return head + "\n\n" + format_segmentation_report(self.metrics["summary"])
+
+    def mask_warning_lines(self, shown: int = 5) -> List[str]:
+        """Warnings about ground-truth masks that look wrong (empty, full, lossy) and were scored
+        as they are: a count line and the first ``shown`` masks (all are in report.json)."""
+        from covidedge.fileio import printable
+
+        found = self.settings.get("mask_warnings") or []
+        if not found:
+            return []
+        lines = [f"warning: {len(found)} ground-truth mask problem{'s' if len(found) != 1 else ''} "
+                 "(empty, full or lossy masks were scored as they are; check them):"]
+        lines += [f"  {printable(w)}" for w in found[:shown]]
+        if len(found) > shown:
+            lines.append(f"  ... and {len(found) - shown} more in report.json (settings.mask_warnings)")
+        return lines
 
     def to_markdown(self) -> str:
         """Markdown report; the classifier's table stands beside the published study's Test
@@ -166,7 +182,7 @@ class EvaluationReport:
                  + (f", classes without images (allowed): {', '.join(self.settings['missing_classes'])}"
                     if self.settings.get("missing_classes") else ""),
                  f"- time: {self.seconds:.1f} s ({1e3 * self.seconds / max(1, self.num_images):.1f} ms per image, "
-                 "decoding included)", ""]
+                 "decoding included)", *(f"- {w.strip()}" for w in self.mask_warning_lines()), ""]
         if self.task == "classifier":
             lines += self._markdown_classifier()
         else:
@@ -370,6 +386,7 @@ def evaluate(model, data_root, split: str = "Val", *, batch_size: int = 16,
             result = _evaluate_segmenter(runner, spec, samples, bs, float(threshold), progress,
                                          keep_outputs)
         describe = runner.describe()
+        settings["mask_warnings"] = result.pop("mask_warnings", [])
     finally:
         if not was_active:
             runner.deactivate()
@@ -417,8 +434,17 @@ def _evaluate_classifier(runner, spec, samples, bs, progress, keep_outputs, clas
 
 
 def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_outputs):
-    from covidedge.data.imageio import check_mask_shape, image_shape, read_mask
+    from covidedge.data.imageio import check_mask_shape, image_shape, read_gray
     from covidedge.data.preprocess import preprocess_batch
+    from covidedge.data.quality import check_ground_truth_mask
+
+    mask_warnings: List[str] = []
+
+    def read_truth(path, may_be_empty: bool) -> np.ndarray:
+        gray = read_gray(path)
+        mask_warnings.extend(f"{path}: {p}" for p in check_ground_truth_mask(gray, path,
+                                                                              may_be_empty=may_be_empty))
+        return gray > 0
     from covidedge.metrics import SegmentationAccumulator
 
     labels = list(spec.labels)
@@ -449,11 +475,11 @@ def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_out
         for s, prob in zip(chunk, p):
             # scored at the image's own size, with the masks infer writes for it
             hw = image_shape(s.image)  # the image's header, read once for both masks
-            true_lungs = read_mask(s.lung_mask)
+            true_lungs = read_truth(s.lung_mask, may_be_empty=False)
             check_mask_shape(true_lungs.shape, s.lung_mask, hw, s.image)
             true_inf = np.zeros(hw, dtype=bool)
             if s.infection_mask is not None:
-                true_inf = read_mask(s.infection_mask)
+                true_inf = read_truth(s.infection_mask, may_be_empty=True)
                 check_mask_shape(true_inf.shape, s.infection_mask, hw, s.image)
             acc.update(probabilities_to_mask(prob[li], threshold, hw), true_lungs,
                        probabilities_to_mask(prob[ii], threshold, hw), true_inf, label=s.label, name=s.name)
@@ -472,7 +498,7 @@ def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_out
         "severity_mae": summary["severity"]["mae"],
         "summary": summary,
     }
-    result = {"metrics": metrics, "per_image": acc.per_image}
+    result = {"metrics": metrics, "per_image": acc.per_image, "mask_warnings": mask_warnings}
     if keep_outputs:
         result["masks_packed"] = np.concatenate(packed)
         result["mask_shape"] = (len(samples), len(labels), *size)
