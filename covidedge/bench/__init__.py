@@ -118,6 +118,8 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 
               progress: bool = False, notify: Optional[Callable[[str], None]] = None) -> BenchReport:
     """Benchmark each model file at each batch size and return the report.
 
+    With no ``models``, the default models for this machine
+    (covidedge.runtime.defaults.default_models; its line goes to ``notify``).
     ``iterations`` and ``duration_s`` are exclusive (UsageError when both are given), and so are
     ``split`` (default Val) / ``limit_per_class`` without ``data_root`` (``split`` also picks the
     ``end_to_end`` images). A batch
@@ -135,6 +137,13 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 
     if data_root is None and split is not None and not end_to_end:
         raise UsageError(f"--split {split} picks images of --data (or --end-to-end); give --data DIR or drop it")
     split = split or "Val"
+    say = notify or (lambda msg: None)
+    if not models:  # the default models for this machine, said in one line
+        from covidedge.runtime.defaults import default_models
+
+        chosen = default_models()
+        say(chosen.line)
+        models = [str(p) for p in chosen.paths()]
     if not models:
         raise BadInputError("no model to benchmark", hint="pass a checkpoint, an ONNX model or an engine")
     batches = [int(b) for b in batches]
@@ -155,7 +164,6 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 
         raise BadInputError(f"--warmup {warmup} is outside 0..{MAX_ITERATIONS}")
     if threads is not None and int(threads) < 1:
         raise BadInputError(f"--threads {threads} is not positive")
-    say = notify or (lambda msg: None)
     from covidedge.runtime import load
     from covidedge.runtime.select import backend_of
 

@@ -75,7 +75,7 @@ def command(models, batch_text, warmup, iterations, duration_s, data_root, split
 
     batches = parse_batches(batch_text)
     if not models:
-        from covidedge.engine.defaults import default_models
+        from covidedge.runtime.defaults import default_models
 
         chosen = default_models()
         click.echo(chosen.line, err=True)

@@ -137,7 +137,7 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
         raise UsageError("--server runs the models the server serves; drop --classifier / "
                                  "--segmenter / --backend")
     if not classifier and not segmenter and not server:
-        from covidedge.engine.defaults import default_models
+        from covidedge.runtime.defaults import default_models
 
         chosen = default_models()
         click.echo(chosen.line, err=True)

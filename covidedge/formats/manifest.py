@@ -274,10 +274,19 @@ def rebuild_command(manifest: EngineManifest, engine_path=None) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+#: Engine files whose sha256 matched their manifest in this process, by (path, size, mtime,
+#: sha256): a file is hashed once per process, not once per check (a changed file is hashed again).
+_VERIFIED: set = set()
+
+
 def verify_engine_file(engine_path, manifest: EngineManifest) -> None:
     """Refuse an engine whose size or sha256 differs from its manifest (truncated or replaced)."""
     engine_path = Path(engine_path)
-    size = engine_path.stat().st_size
+    st = engine_path.stat()
+    size = st.st_size
+    key = (str(engine_path.resolve()), size, st.st_mtime_ns, manifest.engine_sha256)
+    if key in _VERIFIED:
+        return
     how = f"rebuild it with: {rebuild_command(manifest, engine_path)}"
     if manifest.engine_bytes and size != manifest.engine_bytes:
         raise IncompatibleModelError(
@@ -288,6 +297,7 @@ def verify_engine_file(engine_path, manifest: EngineManifest) -> None:
         raise IncompatibleModelError(
             f"engine sha256 {digest[:12]}... does not match its manifest ({manifest.engine_sha256[:12]}...): "
             "the file was modified or replaced", path=engine_path, hint=how)
+    _VERIFIED.add(key)
 
 
 def read_manifest(engine_path, *, verify: bool = True) -> EngineManifest:

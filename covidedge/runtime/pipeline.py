@@ -238,8 +238,10 @@ class _Item:
 class Pipeline:
     """Classifier and/or segmenter over the same images, with one decode per image.
 
-    ``classifier`` / ``segmenter``: a path, a Runner, or a Classifier / Segmenter (at least
-    one). ``threshold`` (default 0.5) applies to a segmenter made here from a path or runner; a
+    ``classifier`` / ``segmenter``: a path, a Runner, or a Classifier / Segmenter; with neither,
+    the default models for this machine (:func:`covidedge.runtime.defaults.default_models`: the
+    default engines, else the shipped models), which ``default_models`` then holds (its ``line``
+    says which). ``threshold`` (default 0.5) applies to a segmenter made here from a path or runner; a
     Segmenter object keeps its own, and a different ``threshold``, ``backend`` or ``options``
     given with ready objects is refused rather than ignored. ``batch_size`` is the default for
     :meth:`predict_many`; ``backend`` and ``options`` go to :func:`covidedge.runtime.load` for paths. A context
@@ -252,8 +254,15 @@ class Pipeline:
     def __init__(self, classifier: Union[ModelLike, Classifier, None] = None,
                  segmenter: Union[ModelLike, Segmenter, None] = None, threshold: Optional[float] = None,
                  batch_size: int = 8, backend: str = "auto", strict: bool = False, **options):
+        #: What runs when no model was given (covidedge.runtime.defaults.DefaultModels), else None.
+        self.default_models = None
         if classifier is None and segmenter is None:
-            raise BadInputError("no model given", hint=_NO_MODEL_HINT)
+            from covidedge.runtime.defaults import default_models
+
+            self.default_models = default_models()
+            classifier, segmenter = self.default_models.classifier, self.default_models.segmenter
+            if classifier is None and segmenter is None:
+                raise BadInputError("no model given", hint=_NO_MODEL_HINT)
         _refuse_unused(classifier, segmenter, threshold, backend, options)
         threshold = MASK_THRESHOLD if threshold is None else threshold
         if isinstance(classifier, Segmenter) or isinstance(segmenter, Classifier):

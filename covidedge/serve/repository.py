@@ -165,10 +165,16 @@ def plan_repository(out, classifier=None, segmenter=None, *, target: str = "cpu"
                     threshold: float = MASK_THRESHOLD, threads: Optional[int] = None,
                     backend: Optional[str] = None) -> Repository:
     """Every model's config (checked against Triton's schema) for a repository at ``out``;
-    nothing is written. ``backend`` ("onnxruntime" / "openvino") picks the runtime of plain ONNX
+    nothing is written. With neither ``classifier`` nor ``segmenter``, the default models for
+    this machine (covidedge.runtime.defaults.default_models). ``backend`` ("onnxruntime" / "openvino") picks the runtime of plain ONNX
     graphs on the cpu target; engines keep their own."""
 
     check_choice("target", target, TARGETS)
+    if classifier is None and segmenter is None:  # the default models for this machine
+        from covidedge.runtime.defaults import default_models
+
+        chosen = default_models()
+        classifier, segmenter = chosen.classifier, chosen.segmenter
     if classifier is None and segmenter is None:
         raise UsageError("no model given", hint="pass --classifier MODEL and/or --segmenter MODEL")
     for name, v in (("max_batch", max_batch), ("instances", instances)):

@@ -192,6 +192,32 @@ def test_default_engines_build_once_then_serve_infer_and_bench(use_released, tmp
     assert code == 0, err
     assert {Path(r["model"]).name for r in json.loads(out)["rows"]} == {Path(e).name for e in mtimes}
 
+    # the API with no model gives the same answer as bare 'covidedge infer', from any folder
+    cli = json.loads(_run(["infer", str(img), "--format", "json"], capsys)[1])[0]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    from covidedge import Pipeline, run_inference
+
+    with Pipeline() as pipe:
+        assert pipe.default_models.source == "engines"
+        api = pipe.predict(img).to_dict()
+    assert api["label"] == cli["label"] and api["probabilities"] == pytest.approx(cli["probabilities"], abs=1e-6)
+    assert api["infected_fraction"] == pytest.approx(cli["infected_fraction"], abs=1e-6)
+    summary = run_inference([img], out_dir=elsewhere / "out")
+    assert summary.ok == 1
+    code, out, err = _run(["infer", str(img), "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)[0]["probabilities"] == pytest.approx(cli["probabilities"], abs=1e-6)
+    repo_out = elsewhere / "repo"
+    try:
+        code, out, err = _run(["triton-repo", "--out", str(repo_out), "--json"], capsys)
+    except ImportError:
+        code = None
+    if code != 6:  # without the serve extra: exit 6
+        assert code == 0, err
+        assert {Path(m["source"]).name for m in json.loads(out)["models"].values()} == {Path(e).name for e in mtimes}
+    os.chdir(tmp_path)
+
     # an engine changed on disk is rebuilt, not trusted
     victim = Path(built[0]["engine"])
     victim.write_bytes(victim.read_bytes() + b"\0")

@@ -162,8 +162,7 @@ def test_wrong_task_is_refused_before_any_image_is_read(models):
         Classifier(OrtRunner(seg))
     with pytest.raises(IncompatibleModelError, match=r"cls.onnx.*classifier.*--classifier"):
         Pipeline(segmenter=OrtRunner(cls))
-    with pytest.raises(BadInputError, match="no model given"):
-        Pipeline()
+    # Pipeline() with no model runs the default models: tests/runtime/test_defaults.py
 
 
 def test_preprocessing_mismatch_is_refused(tmp_path):
