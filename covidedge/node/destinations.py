@@ -103,23 +103,30 @@ class StoreDestination:
             why = "refused the association" if assoc.is_rejected else self._unreachable(timeout_s)
             raise DeliveryError(f"{self.label}: {why}",
                                 hint="check that the PACS runs and knows this node's AE title")
+        refused: List[str] = []  # an object the PACS refuses does not hold up the others
         try:
             for key, path in items:
                 try:
                     status = assoc.send_c_store(str(path))
-                except (ValueError, RuntimeError) as exc:  # no accepted context, association gone
+                except ValueError as exc:  # the PACS accepted no context for its SOP class / syntax
+                    refused.append(f"{path.name} not sent: {one_line(exc)}")
+                    continue
+                except RuntimeError as exc:  # the association is gone
                     raise DeliveryError(f"{self.label}: {path.name} not sent: {one_line(exc)}") from exc
                 code = getattr(status, "Status", None) if status else None
                 if code is None:
                     raise DeliveryError(f"{self.label}: no C-STORE response for {path.name} "
                                         "(association lost)")
                 if int(code) not in STORED:
-                    raise DeliveryError(f"{self.label}: C-STORE of {path.name} answered 0x{int(code):04X}",
-                                        hint="the PACS refused it; see its log")
+                    refused.append(f"C-STORE of {path.name} answered 0x{int(code):04X}")
+                    continue
                 on_delivered(key, path)
         finally:
             if assoc.is_established:
                 assoc.release()
+        if refused:
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            raise DeliveryError(f"{self.label}: {refused[0]}{more}", hint="the PACS refused it; see its log")
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from covidedge.dicom import SeriesFilter, select_instances
 from covidedge.errors import BadInputError, CovidEdgeError, UsageError, one_line, require
-from covidedge.node.destinations import (DeliveryError, FolderDestination, StoreDestination,
-                                         check_ae_title)
+from covidedge.node.destinations import FolderDestination, StoreDestination, check_ae_title
 from covidedge.node.work import FAILED, NOT_SELECTED, WorkFolder, uid_key
 
 #: Storage SOP classes accepted by ``accept``: "xray" (CR, DX for presentation and for
@@ -393,8 +392,8 @@ class DicomNode:
         host = str(client_address[0])
         if self.options.host_allowed(host):
             return True
-        self.log(f"refused connection from {host}: host not allowed "
-                 f"({'--allow-host' if self.options.allow_hosts else 'loopback only without --allow / --allow-host'})")
+        rule = "--allow-host" if self.options.allow_hosts else "loopback only without --allow / --allow-host"
+        self.log(f"refused connection from {host}: host not allowed ({rule})")
         return False
 
     @staticmethod
@@ -568,7 +567,7 @@ class DicomNode:
             try:
                 dest.deliver(items, lambda key, path: self._delivered(dest, key, path),
                              calling_ae=o.ae_title)
-            except (DeliveryError, OSError) as exc:
+            except Exception as exc:  # DeliveryError, OSError, an unreadable object: retried later
                 attempts += 1
                 failing_since = failing_since or time.time()
                 delay = min(max(delay * 2, float(o.retry_initial_s)), float(o.retry_max_s))

@@ -125,7 +125,10 @@ class WorkFolder:
     def recover(self) -> List[str]:
         """Finish what a stopped node left half done; return the inbox keys to run, oldest first."""
         for child in self.tmp.iterdir():
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
         for folder in (self.inbox, self.done, self.state):  # hidden siblings of interrupted writes
             for child in folder.glob(".*.tmp"):
                 child.unlink(missing_ok=True)
@@ -148,7 +151,7 @@ class WorkFolder:
 
     def queued(self) -> int:
         """Instances received and not finished: waiting for inference or for delivery."""
-        return len(list(self.inbox.glob("*.dcm"))) + sum(1 for p in self.results.iterdir() if p.is_dir())
+        return len(list(self.inbox.glob("*.dcm"))) + len(self._result_folders())
 
     # -- receive ------------------------------------------------------------------------------
     def reserve(self, key: str) -> Optional[str]:
@@ -221,16 +224,30 @@ class WorkFolder:
     # -- delivery -----------------------------------------------------------------------------
     @staticmethod
     def _markers(res: Path, dest: Optional[str] = None) -> List[Path]:
+        """Markers of objects not yet delivered (to ``dest``, or anywhere); a results folder
+        removed meanwhile by another thread has none."""
         pending = res / "pending"
-        folders = [pending / dest] if dest else (list(pending.iterdir()) if pending.is_dir() else [])
-        return [m for d in folders if d.is_dir() for m in d.iterdir()]
+        try:
+            folders = [pending / dest] if dest else (list(pending.iterdir()) if pending.is_dir() else [])
+            return [m for d in folders if d.is_dir() for m in d.iterdir()]
+        except FileNotFoundError:
+            return []
+
+    def _result_folders(self) -> List[Tuple[float, Path]]:
+        """(mtime, folder) of every results folder, oldest first (skipping any removed meanwhile)."""
+        out = []
+        for p in self.results.iterdir():
+            try:
+                out.append((p.stat().st_mtime, p))
+            except FileNotFoundError:
+                continue
+        return sorted(out)
 
     def pending(self, dest: str, limit: int = 64) -> List[Tuple[str, Path]]:
         """Up to ``limit`` (key, object file) pairs still to deliver to ``dest``, oldest first."""
         out: List[Tuple[str, Path]] = []
-        folders = [p for p in self.results.iterdir() if (p / "pending" / dest).is_dir()]
-        for res in sorted(folders, key=lambda p: p.stat().st_mtime):
-            for marker in sorted((res / "pending" / dest).iterdir()):
+        for _, res in self._result_folders():
+            for marker in sorted(self._markers(res, dest)):
                 out.append((res.name, res / "files" / marker.name))
                 if len(out) >= limit:
                     return out
@@ -238,7 +255,7 @@ class WorkFolder:
 
     def waiting(self, dest: str) -> int:
         """Instances whose results still wait for ``dest``."""
-        return sum(1 for p in self.results.iterdir() if self._markers(p, dest))
+        return sum(1 for _, p in self._result_folders() if self._markers(p, dest))
 
     def mark_delivered(self, key: str, dest: str, name: str) -> Tuple[bool, bool]:
         """One object of ``key`` reached ``dest``: (all of ``key``'s objects reached ``dest``,
@@ -289,17 +306,21 @@ class WorkFolder:
     def status(self) -> Dict[str, Any]:
         """Counts of the queue and per destination what waits and why, for ``--status``."""
         now = time.time()
-        inbox = sorted(self.inbox.glob("*.dcm"), key=lambda p: p.stat().st_mtime)
-        results = [p for p in self.results.iterdir() if p.is_dir()] if self.results.is_dir() else []
+        inbox = []
+        for p in self.inbox.glob("*.dcm"):
+            try:
+                inbox.append(p.stat().st_mtime)
+            except FileNotFoundError:  # run and removed meanwhile
+                continue
+        inbox.sort()
+        results = self._result_folders() if self.results.is_dir() else []
         dests: Dict[str, Dict[str, Any]] = {}
-        for res in results:
-            pending = res / "pending"
-            for d in (pending.iterdir() if pending.is_dir() else ()):
-                if not any(d.iterdir()):
-                    continue
-                entry = dests.setdefault(d.name, {"waiting": 0, "oldest_s": 0.0})
+        for mtime, res in results:
+            waiting = {m.parent.name for m in self._markers(res)}
+            for name in waiting:
+                entry = dests.setdefault(name, {"waiting": 0, "oldest_s": 0.0})
                 entry["waiting"] += 1
-                entry["oldest_s"] = max(entry["oldest_s"], round(now - res.stat().st_mtime, 1))
+                entry["oldest_s"] = max(entry["oldest_s"], round(now - mtime, 1))
         for key, entry in dests.items():
             state = _read_json(self.state / f"{key}.json") or {}
             entry.update(destination=state.get("destination", key), last_error=state.get("last_error"),
@@ -310,7 +331,7 @@ class WorkFolder:
             done[status] = done.get(status, 0) + 1
         return {"work": str(self.path), "node": self.node(),
                 "waiting_for_inference": len(inbox),
-                "oldest_waiting_s": round(now - inbox[0].stat().st_mtime, 1) if inbox else None,
+                "oldest_waiting_s": round(now - inbox[0], 1) if inbox else None,
                 "waiting_for_delivery": len(results),
                 "destinations": {e["destination"]: {k: v for k, v in e.items() if k != "destination"}
                                  for e in dests.values()},
@@ -320,18 +341,18 @@ class WorkFolder:
 def status_lines(status: Dict[str, Any]) -> List[str]:
     """``--status`` as lines for a terminal."""
     node = status.get("node")
-    lines = [f"work folder {status['work']}: " + (f"node running (pid {node.get('pid')} on {node.get('host')}, "
-                                                   f"started {node.get('started')})" if node else "no node running")]
+    running = (f"node running (pid {node.get('pid')} on {node.get('host')}, started {node.get('started')})"
+               if node else "no node running")
+    lines = [f"work folder {status['work']}: {running}"]
     oldest = status.get("oldest_waiting_s")
     lines.append(f"waiting for inference: {status['waiting_for_inference']}"
                  + (f" (oldest received {oldest:.0f} s ago)" if oldest is not None else ""))
     lines.append(f"waiting for delivery: {status['waiting_for_delivery']}")
     for dest, e in status["destinations"].items():
         line = f"  {dest}: {e['waiting']} waiting, oldest {e['oldest_s']:.0f} s"
-        if e.get("last_error"):
-            line += f"; failing since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['failing_since']))}" \
-                    f" ({e['attempts']} attempts): {e['last_error']}" if e.get("failing_since") else \
-                    f"; last error: {e['last_error']}"
+        if e.get("last_error") and e.get("failing_since"):
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["failing_since"]))
+            line += f"; failing since {since} ({e['attempts']} attempts): {e['last_error']}"
         lines.append(line)
     done = status["done"]
     lines.append(f"done: {sum(done.values())} ({', '.join(f'{v} {k}' for k, v in done.items())})")

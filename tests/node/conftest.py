@@ -27,12 +27,12 @@ class Pacs:
     """A Storage SCP on 127.0.0.1 that keeps what it receives; stop and start it again on the
     same port to play a PACS that goes down and comes back."""
 
-    def __init__(self, port: int = 0, ae_title: str = "PACS"):
+    def __init__(self, port: int = 0, ae_title: str = "PACS", sop_classes=None):
         from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts
 
         self.ae = AE(ae_title=ae_title)
-        for cx in AllStoragePresentationContexts:
-            self.ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for uid in sop_classes or [cx.abstract_syntax for cx in AllStoragePresentationContexts]:
+            self.ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         self.port = port
         self.received = []
         self._lock = threading.Lock()

@@ -161,6 +161,23 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_when_it_is_back(tmp_path
             pacs.stop()
 
 
+def test_an_object_the_pacs_refuses_does_not_hold_up_the_others(tmp_path, models):
+    pacs = Pacs(sop_classes=[SEG, COMPREHENSIVE_SR]).start()  # a PACS that takes no Secondary Capture
+    node = start_node(tmp_path, models, forward=[pacs.address])
+    try:
+        files = dx_files(tmp_path / "in", 2)
+        assert send(node.port, files) == [0x0000] * 2
+        got = pacs.wait_for(4)
+        assert by_source(got, files) == {uid_of(f): sorted([SEG, COMPREHENSIVE_SR]) for f in files}
+        status = wait_until(lambda: (lambda s: s if s["destinations"].get(pacs.address, {}).get("last_error")
+                                     else None)(node_status(node.options.work)))
+        assert status["destinations"][pacs.address]["waiting"] == 2
+        assert "_sc.dcm not sent" in status["destinations"][pacs.address]["last_error"]
+    finally:
+        node.stop()
+        pacs.stop()
+
+
 def test_a_duplicate_is_acknowledged_and_not_run_twice(tmp_path, models, pacs):
     node = start_node(tmp_path, models, forward=[pacs.address], dicom_out=tmp_path / "folder")
     try:
