@@ -48,9 +48,8 @@ def write_calibration_cache(src: PathLike, dst: PathLike, calibration, *, method
     from covidedge.formats.onnxfile import load_onnx
     from covidedge.fileio import write_atomic
     from covidedge.export.calibration import CalibrationReader, as_calibration_set
-    from covidedge.export.calibrators import collect_ranges
+    from covidedge.export.calibrators import calibrator_for, collect_ranges
     from covidedge.export.converted import input_info, require_fp32_source
-    from covidedge.export.int8 import calibrator_for
 
     require("onnxruntime.quantization", purpose="int8 calibration")
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -371,6 +371,16 @@ def create_calibrator(method: str = DEFAULT_METHOD, **options: Any) -> Calibrato
 
 
 # -- running a graph over a calibration stream -------------------------------------------------
+def calibrator_for(method: str, *, symmetric_activations: bool = True, **options: Any) -> Calibrator:
+    """:func:`~covidedge.export.calibrators.create_calibrator` for activations that are signed
+    symmetric or not: a method whose ranges depend on that (minmax) is told, the others choose
+    thresholds on |x| either way. Options given as None keep the method's defaults."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if "symmetric" in calibrator_class(method).options:
+        given["symmetric"] = bool(symmetric_activations)
+    return create_calibrator(method, **given)
+
+
 def _activations(session, tensors, reader, model_path):
     """``{tensor: ndarray}`` of the calibrated ``tensors`` for each batch of ``reader``."""
     names = [o.name for o in session.get_outputs()]

@@ -31,7 +31,7 @@ import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
 from covidedge.export.calibration import CalibrationReader, as_calibration_set
-from covidedge.export.calibrators import (DEFAULT_METHOD, Calibrator, calibrator_class,
+from covidedge.export.calibrators import (DEFAULT_METHOD, calibrator_class, calibrator_for,
                                           collect_ranges, create_calibrator)
 from covidedge.export.converted import (KEY_SOURCE_SHA, graph_task, input_info, output_nodes,
                                         require_fp32_source, save_checked)
@@ -169,16 +169,6 @@ def _float_inputs_outside_weighted_ops(model) -> int:
 
 
 # -- quantization --------------------------------------------------------------------------------
-def calibrator_for(method: str, *, symmetric_activations: bool = True, **options: Any) -> Calibrator:
-    """:func:`~covidedge.export.calibrators.create_calibrator` for activations that are signed
-    symmetric or not: a method whose ranges depend on that (minmax) is told, the others choose
-    thresholds on |x| either way. Options given as None keep the method's defaults."""
-    given = {k: v for k, v in options.items() if v is not None}
-    if "symmetric" in calibrator_class(method).options:
-        given["symmetric"] = bool(symmetric_activations)
-    return create_calibrator(method, **given)
-
-
 def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: Optional[str] = None,
                   percentile: Optional[float] = None, activation_type: str = "int8",
                   symmetric_activations: bool = True, batch_size: int = 8,
