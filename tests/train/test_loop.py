@@ -240,7 +240,14 @@ def test_run_records_its_precision_and_may_resume_with_another(data_root, tmp_pa
 
     out = tmp_path / "amp"
     part = train_classifier(data_root, out, amp="off", on_epoch_end=lambda rec: rec["epoch"] == 1, **CLS)
-    assert read_checkpoint(part.last_checkpoint)["extra"]["amp"] == resolve_amp("off", "cpu").to_dict()
+    from covidedge.models.registry import build_from_spec
+    from covidedge.spec import ModelSpec
+    from covidedge.train.amp import plan_for_model
+
+    ckpt = read_checkpoint(part.last_checkpoint)
+    model = build_from_spec(ModelSpec.from_dict(ckpt["spec"]))
+    # the plan for this model: fp32, and NCHW when the tiny model has narrow convolutions
+    assert ckpt["extra"]["amp"] == plan_for_model(resolve_amp("off", "cpu"), model).to_dict()
     done = train_classifier(data_root, out, amp="auto", resume=True, **CLS)
     extra = read_checkpoint(done.last_checkpoint)["extra"]
     assert extra["amp"]["mode"] == "auto"
