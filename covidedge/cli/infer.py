@@ -73,6 +73,10 @@ def _backend_line(pipe) -> str:
               help="Send the images to a Triton server running a covidedge repository "
                    "(http://HOST:8000 or grpc://HOST:8001, see 'covidedge serve') instead of running "
                    "models here; results are printed and written as a local run writes them.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.0, min_open=True), default=60.0,
+              show_default=True,
+              help="With --server: seconds to wait for each answer. When the server leaves two requests "
+                   "in a row unanswered the run stops, saying how many images were done.")
 @click.option("--no-overlay", is_flag=True, help="Write the masks but not the overlay pictures.")
 @click.option("--results", "results_path", type=click.Path(dir_okay=False, path_type=str),
               help="Results file written as the run goes (.csv or .jsonl); default: "
@@ -100,7 +104,7 @@ def _backend_line(pipe) -> str:
 @click.pass_context
 def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold, batch_size, backend,
             no_overlay, results_path, dicom_out, modality, view_position, body_part, strict, overwrite,
-            show_patient_ids, server):
+            show_patient_ids, server, timeout_s):
     """Classify chest X-rays (COVID-19 / Non-COVID / Normal) and segment lungs and infection.
 
     INPUT is an image file (PNG, JPEG, BMP, TIFF, DICOM; 8- or 16-bit, gray or colour, any size),
@@ -130,6 +134,8 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
     from covidedge.runtime.results import CsvResultsWriter, TableFormatter
     from covidedge.runtime.run import run_inference
 
+    if not server and ctx.get_parameter_source("timeout_s").name != "DEFAULT":
+        raise UsageError("--timeout applies to --server", hint="drop --timeout, or add --server URL")
     if server and strict:
         raise UsageError("--strict applies to local models; the server does not run the input "
                                  "quality check")
@@ -152,7 +158,7 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
     if server:
         from covidedge.serve.client import server_pipeline
 
-        pipe = server_pipeline(server, threshold=explicit_threshold, batch_size=batch_size)
+        pipe = server_pipeline(server, threshold=explicit_threshold, batch_size=batch_size, timeout_s=timeout_s)
     else:
         from covidedge.runtime.pipeline import Pipeline
 

@@ -34,13 +34,32 @@ SCHEMES = ("http", "grpc")
 _ENSEMBLE_PREFIX = re.compile(r"^(in ensemble '[^']*', )+")
 
 
+def redact_url(url: str) -> str:
+    """``url`` safe to print or log: a ``user:password@`` in it becomes ``***@``."""
+    p = urlparse(str(url))
+    if "@" not in (p.netloc or ""):
+        return str(url)
+    return p._replace(netloc="***@" + p.netloc.rpartition("@")[2]).geturl()
+
+
 def parse_url(url: str) -> Tuple[str, str]:
-    """``http://host:8000`` / ``grpc://host:8001`` -> (scheme, "host:port"); BadInputError otherwise."""
+    """``http://host:8000`` / ``grpc://host:8001`` -> (scheme, "host:port"), without any
+    ``user:password@`` (see :func:`url_credentials`); BadInputError otherwise."""
     p = urlparse(str(url))
     if p.scheme not in SCHEMES or not p.netloc or p.path not in ("", "/"):
-        raise BadInputError(f"server URL {url!r} is not http://HOST:PORT or grpc://HOST:PORT",
+        raise BadInputError(f"server URL {redact_url(url)!r} is not http://HOST:PORT or grpc://HOST:PORT",
                             hint="e.g. --server http://127.0.0.1:8000 or --server grpc://127.0.0.1:8001")
-    return p.scheme, p.netloc
+    return p.scheme, p.netloc.rpartition("@")[2]
+
+
+def url_credentials(url: str) -> Optional[Tuple[str, str]]:
+    """``(user, password)`` of ``http://user:password@host:port``, or None."""
+    p = urlparse(str(url))
+    if "@" not in (p.netloc or ""):
+        return None
+    from urllib.parse import unquote
+
+    return unquote(p.username or ""), unquote(p.password or "")
 
 
 class ServerError(CovidEdgeError):
@@ -52,15 +71,32 @@ class ServerError(CovidEdgeError):
         super().__init__(message)
 
 
+class ServerUnanswered(RuntimeFailure):
+    """The server did not answer a request: no connection, or no reply within the timeout."""
+
+
+#: Statuses of a request the server did not answer (gRPC); HTTP gives exceptions of the socket.
+_UNANSWERED_STATUSES = ("StatusCode.DEADLINE_EXCEEDED", "StatusCode.UNAVAILABLE")
+#: Requests in a row left unanswered after which a run stops instead of waiting on every image.
+STOP_AFTER_UNANSWERED = 2
+
+
 class ServerClient:
-    """A Triton server at ``url``; requests time out after ``timeout_s`` seconds."""
+    """A Triton server at ``url``; requests time out after ``timeout_s`` seconds. A
+    ``user:password@`` in the URL is sent as HTTP basic authentication (for a proxy in front of
+    the server) and never printed: ``url`` is the redacted form."""
 
     def __init__(self, url: str, timeout_s: float = 60.0):
-        self.url = str(url).rstrip("/")
+        self.url = redact_url(str(url).rstrip("/"))
         self.scheme, self.address = parse_url(url)
+        self._credentials = url_credentials(url)
         self.module = require(f"tritonclient.{self.scheme}", extra=SERVE_EXTRA,
                               purpose=f"talking to a Triton server over {self.scheme}")
         self.utils = require("tritonclient.utils", extra=SERVE_EXTRA)
+        timeout_s = float(timeout_s)
+        if not timeout_s > 0:
+            raise BadInputError(f"server timeout {timeout_s} s; expected a positive number of seconds",
+                                hint="e.g. --timeout 30")
         self.timeout_s = timeout_s
         self._local = threading.local()
         self._clients: List[Any] = []
@@ -77,6 +113,10 @@ class ServerClient:
                                                       network_timeout=self.timeout_s)
             else:
                 c = self.module.InferenceServerClient(self.address)
+            if self._credentials is not None:
+                from tritonclient._auth import BasicAuth
+
+                c.register_plugin(BasicAuth(*self._credentials))
             self._local.client = c
             with self._lock:
                 self._clients.append(c)
@@ -88,8 +128,16 @@ class ServerClient:
             status = str(exc.status() or "")
             text = _ENSEMBLE_PREFIX.sub("", " ".join(str(exc.message() or exc).split()))
             bad = status in ("400", "StatusCode.INVALID_ARGUMENT")
+            if status in _UNANSWERED_STATUSES:
+                return ServerUnanswered(f"{what}: no answer from {self.url} within {self.timeout_s:g} s "
+                                        f"({status})", hint="is the server running and answering?")
             return ServerError(text, EXIT_BAD_INPUT if bad else EXIT_RUNTIME, status)
-        return RuntimeFailure(f"{what} failed at {self.url}: {type(exc).__name__}: {exc}",
+        detail = str(exc)  # the address it names holds no credentials (parse_url drops them)
+        if isinstance(exc, (TimeoutError, OSError)) or "timeout" in type(exc).__name__.lower():
+            return ServerUnanswered(f"{what}: no answer from {self.url} within {self.timeout_s:g} s "
+                                    f"({type(exc).__name__}: {detail or 'timed out'})",
+                                    hint="is the server running and answering? --timeout sets the wait")
+        return RuntimeFailure(f"{what} failed at {self.url}: {type(exc).__name__}: {detail}",
                               hint="is the server running? start it with 'covidedge serve REPO'")
 
     def _call(self, what: str, fn, *args, **kw):
@@ -192,10 +240,12 @@ class ServerPipeline:
 
     def __init__(self, url: str, threshold: Optional[float] = None, batch_size: int = 8,
                  model: str = ENSEMBLE, timeout_s: float = 60.0):
-        self.url = str(url).rstrip("/")
+        self.url = redact_url(str(url).rstrip("/"))
         self.model = model
         self.batch_size = max(1, int(batch_size))
         self.client = ServerClient(url, timeout_s=timeout_s)
+        self._unanswered = 0  # requests in a row the server left unanswered
+        self._count_lock = threading.Lock()
         if not self.client.is_ready():
             raise RuntimeFailure(f"no ready Triton server at {self.url}",
                                  hint="start one with 'covidedge serve REPO', or check the URL and port")
@@ -276,6 +326,8 @@ class ServerPipeline:
             data = _read_bytes(item, source)
             stage = "server"
             pred = self._request(data, source)
+            with self._count_lock:
+                self._unanswered = 0  # the server answers
             image = None
             if not isinstance(item, (bytes, bytearray)):
                 # the input quality check runs here, as in a local run (the server does not run it)
@@ -291,6 +343,9 @@ class ServerPipeline:
                           overlay=overlay)
             return pred
         except Exception as exc:
+            if stage == "server":
+                with self._count_lock:
+                    self._unanswered = self._unanswered + 1 if isinstance(exc, ServerUnanswered) else 0
             return Failure.from_exception(exc, source, stage)
 
     def predict(self, image_or_path, *, out_dir=None, overlay: bool = True) -> Prediction:
@@ -303,9 +358,28 @@ class ServerPipeline:
 
     def predict_many(self, items: Iterable[Any], batch_size: Optional[int] = None, *, out_dir=None,
                      overlay: bool = True) -> Iterator[Result]:
-        """One result per item, in order, with ``batch_size`` requests in flight."""
+        """One result per item, in order, with ``batch_size`` requests in flight. When the server
+        leaves :data:`STOP_AFTER_UNANSWERED` requests in a row unanswered (each waits at most the
+        timeout), the rest is not sent: ServerUnanswered says how many images were done, so a
+        stalled server costs one timeout, not one per remaining image."""
         n = self.batch_size if batch_size is None else max(1, int(batch_size))
         namer = OutputNamer() if out_dir is not None else None
+        items = list(items)
+        done, answered = [0], [0]
+
+        def results(window):
+            for f in window:
+                res = f.result()
+                yield res
+                done[0] += 1
+                answered[0] += bool(res.ok)
+            if self._unanswered >= STOP_AFTER_UNANSWERED:
+                raise ServerUnanswered(
+                    f"the server at {self.url} stopped answering (no answer within "
+                    f"{self.client.timeout_s:g} s to {self._unanswered} requests in a row); stopped after "
+                    f"{done[0]} of {len(items)} images, {answered[0]} of them answered (their results "
+                    "are complete)", hint="check the server, then run the remaining images again")
+
         with ThreadPoolExecutor(max_workers=n) as pool:
             window = []
             for i, item in enumerate(items):
@@ -313,11 +387,9 @@ class ServerPipeline:
                 name = namer(source) if namer else None
                 window.append(pool.submit(self._one, item, source, out_dir, name, overlay))
                 if len(window) == n:
-                    for f in window:
-                        yield f.result()
+                    yield from results(window)
                     window = []
-            for f in window:
-                yield f.result()
+            yield from results(window)
 
 
 def _read_bytes(item, source: str) -> bytes:
@@ -337,10 +409,12 @@ def _read_bytes(item, source: str) -> bytes:
                             hint="check the file's permissions") from exc
 
 
-def server_pipeline(url: str, threshold: Optional[float] = None, batch_size: int = 8) -> ServerPipeline:
-    """A :class:`ServerPipeline` for ``url`` (what ``covidedge infer --server`` runs)."""
-    return ServerPipeline(url, threshold=threshold, batch_size=batch_size)
+def server_pipeline(url: str, threshold: Optional[float] = None, batch_size: int = 8,
+                    timeout_s: float = 60.0) -> ServerPipeline:
+    """A :class:`ServerPipeline` for ``url`` (what ``covidedge infer --server`` runs); each
+    request waits at most ``timeout_s`` seconds."""
+    return ServerPipeline(url, threshold=threshold, batch_size=batch_size, timeout_s=timeout_s)
 
 
-__all__ = ["SCHEMES", "parse_url", "ServerError", "ServerClient", "ServerPipeline", "RemoteModel",
-           "server_pipeline"]
+__all__ = ["SCHEMES", "parse_url", "redact_url", "url_credentials", "ServerError", "ServerUnanswered",
+           "ServerClient", "ServerPipeline", "RemoteModel", "server_pipeline", "STOP_AFTER_UNANSWERED"]
