@@ -5,10 +5,11 @@ In one run, on the same synthetic DX images (``--images`` of ``--size`` px, 12-b
 
 - in process: :func:`covidedge.run_inference` with ``dicom_out`` (what ``covidedge infer
   --dicom-out`` does): decode, models, SEG + SR + SC written to a folder;
-- the node: ``--clients`` modalities (pynetdicom SCUs, one association each) send the images by
-  C-STORE to a :class:`covidedge.node.DicomNode` on 127.0.0.1, which journals them, runs them
-  with ``--workers`` workers and C-STOREs SEG + SR + SC to a PACS stand-in (a pynetdicom SCP);
-  the clock runs from the first C-STORE to the last object at the PACS.
+- the node: ``--clients`` modalities (pynetdicom SCUs, one association each, in this process)
+  send the images by C-STORE to ``covidedge dicom-node`` on 127.0.0.1 (its own process, as
+  deployed), which journals them, runs them with ``--workers`` workers and C-STOREs SEG + SR +
+  SC to a PACS stand-in (a pynetdicom SCP in this process); the clock runs from the first
+  C-STORE to the last object at the PACS.
 
 It prints images/s for each, the node's median and p90 time from receipt to results queued, and
 the ratio of the node to in process. Models: ``-c`` / ``-s``, else the default models as
@@ -115,16 +116,39 @@ def _send(port: int, files: List[Path], statuses: List[int]) -> None:
     assoc.release()
 
 
+class _NodeProcess:
+    """``covidedge dicom-node`` in its own process, as it is deployed; its port from its log."""
+
+    def __init__(self, work: Path, pacs_port: int, classifier, segmenter, workers: int, overlay: bool):
+        import subprocess
+
+        cmd = [sys.executable, "-m", "covidedge", "dicom-node", "--work", str(work), "--port", "0",
+               "--forward", f"PACS@127.0.0.1:{pacs_port}", "--workers", str(workers), "--min-free-mb", "0"]
+        cmd += (["-c", str(classifier)] if classifier else []) + (["-s", str(segmenter)] if segmenter else [])
+        cmd += [] if overlay else ["--no-overlay"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.port = None
+        for line in self.proc.stderr:
+            if " listening on " in line:
+                self.port = int(line.split(" listening on ")[1].split()[0].rsplit(":", 1)[1])
+                break
+        if self.port is None:
+            raise SystemExit(f"the node did not start (exit code {self.proc.wait()})")
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+
+    def stop(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
 def bench_node(files: List[Path], classifier, segmenter, overlay: bool, workers: int, clients: int,
                tmp: Path, warm: List[Path]) -> Dict[str, object]:
-    from covidedge.node import DicomNode, NodeOptions
-
     pacs = _Pacs()
     per_image = 3 if overlay else 2
-    opts = NodeOptions(work=tmp / f"work-{workers}", forward=[f"PACS@127.0.0.1:{pacs.port}"],
-                       classifier=classifier, segmenter=segmenter, port=0, workers=workers,
-                       overlay=overlay, min_free_mb=0)
-    node = DicomNode(opts).start()
+    work = tmp / f"work-{workers}"
+    node = _NodeProcess(work, pacs.port, classifier, segmenter, workers, overlay)
     try:
         statuses: List[int] = []
         _send(node.port, warm, statuses)  # warm-up: first runs of the models and the writers
@@ -142,11 +166,15 @@ def bench_node(files: List[Path], classifier, segmenter, overlay: bool, workers:
             time.sleep(0.01)
         wall = pacs.last - t0
         assert all(s == 0 for s in statuses), statuses
-        done = [json.loads(p.read_text()) for p in (opts.work / "done").glob("*.json")]
-        ms = sorted(1000 * (d["processed"] - d["received"]) for d in done if d.get("received"))
     finally:
         node.stop()
         pacs.server.shutdown()
+    import pydicom
+
+    warm_uids = {str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID) for f in warm}
+    done = [json.loads(p.read_text()) for p in (work / "done").glob("*.json")]
+    ms = sorted(1000 * (d["processed"] - d["received"]) for d in done
+                if d.get("received") and d.get("uid") not in warm_uids)
     return {"mode": "dicom-node (C-STORE in and out)", "workers": workers, "clients": clients,
             "images_per_s": len(files) / wall, "seconds": wall,
             "receipt_to_queued_p50_ms": statistics.median(ms),
