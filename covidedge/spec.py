@@ -7,6 +7,7 @@ engine manifest, so every stage can check that it got the model it expects.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -79,6 +80,44 @@ def check_choice(kind: str, value, choices) -> None:
     if value not in choices:
         raise BadInputError(f"{kind} {value!r} is unknown; expected one of {', '.join(choices)}")
 
+class Options:
+    """Base of covidedge's option objects: frozen dataclasses whose fields carry the defaults and
+    whose :meth:`validate` holds the rules, so a function takes one object instead of twenty
+    keywords. ``Cls.of(options, **overrides)`` is what such a function does with its arguments."""
+
+    @classmethod
+    def of(cls, options=None, **overrides):
+        """``options`` (default: all defaults) with ``overrides`` applied; an unknown keyword is a
+        TypeError, as for a function that lacks the parameter."""
+        from dataclasses import fields, replace
+
+        if options is not None and not isinstance(options, cls):
+            raise TypeError(f"options is a {type(options).__name__}, expected {cls.__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r} (not a field of {cls.__name__})")
+        made = replace(options, **overrides) if options is not None else cls(**overrides)
+        made.validate()
+        return made
+
+    def validate(self) -> None:
+        """Refuse values that cannot work together (BadInputError / UsageError); nothing by default."""
+
+    def given(self):
+        """The fields that differ from their defaults, by name."""
+        from dataclasses import MISSING, fields
+
+        out = {}
+        for f in fields(self):
+            default = f.default if f.default is not MISSING else (
+                f.default_factory() if f.default_factory is not MISSING else MISSING)
+            value = getattr(self, f.name)
+            if default is MISSING or value != default:
+                out[f.name] = value
+        return out
+
+
 INPUT_NAME = "image"
 OUTPUT_NAMES: Tuple[str, ...] = ("logits", "probabilities")
 
@@ -104,6 +143,9 @@ class ModelSpec:
     input_name: str = INPUT_NAME
     output_names: Tuple[str, ...] = OUTPUT_NAMES
     model_kwargs: Dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: classifier only: probabilities = softmax(logits / temperature), fitted on Val so the
+    #: probabilities are calibrated; part of the graph, so every backend applies it
+    temperature: float = 1.0
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -112,6 +154,12 @@ class ModelSpec:
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
         object.__setattr__(self, "output_names", tuple(self.output_names))
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
+        t = float(self.temperature)
+        if not (math.isfinite(t) and t > 0) or (self.task != "classifier" and t != 1.0):
+            raise IncompatibleModelError(
+                f"temperature {self.temperature!r} is invalid; expected a positive number "
+                "(and 1.0 for a segmenter)")
+        object.__setattr__(self, "temperature", t)
 
     # -- shapes ---------------------------------------------------------------------------
     def input_shape(self, batch: Optional[int] = None) -> Tuple[Optional[int], int, int, int]:
@@ -119,12 +167,17 @@ class ModelSpec:
         return (batch, self.in_chans, *self.input_size)
 
     def output_semantics(self) -> Dict[str, str]:
-        act = "softmax over classes" if self.task == "classifier" else "sigmoid per mask channel"
+        act = "sigmoid per mask channel"
+        if self.task == "classifier":
+            act = "softmax over classes" + (f" of logits / {self.temperature:g}"
+                                            if self.temperature != 1.0 else "")
         return {self.output_names[0]: "logits", self.output_names[1]: f"probabilities ({act})"}
 
     # -- serialisation --------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
+        if self.temperature == 1.0:  # specs without calibration read and hash as before
+            del d["temperature"]
         d["labels"] = list(self.labels)
         d["input_size"] = list(self.input_size)
         d["output_names"] = list(self.output_names)

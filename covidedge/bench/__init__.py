@@ -13,8 +13,9 @@ import math
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from covidedge import backends
 from covidedge.bench.report import BenchReport, BenchRow, file_size_mb
@@ -22,9 +23,9 @@ from covidedge.bench.timing import (
     EndToEndStats, LatencyStats, UNSTABLE_CV, percentile, summarize, time_end_to_end, time_runner,
 )
 from covidedge.errors import BadInputError, UsageError
-from covidedge.spec import MAX_BATCH
+from covidedge.spec import MAX_BATCH, Options
 
-__all__ = ["run_bench", "batch_skip_reason", "metric_from_evaluation", "BenchReport", "BenchRow",
+__all__ = ["run_bench", "BenchOptions", "batch_skip_reason", "metric_from_evaluation", "BenchReport", "BenchRow",
            "LatencyStats", "EndToEndStats", "time_runner", "time_end_to_end", "percentile",
            "summarize", "UNSTABLE_CV"]
 
@@ -111,12 +112,39 @@ MAX_DURATION_S = 3600.0
 MAX_ITERATIONS = 1_000_000
 
 
-def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 10,
-              iterations: Optional[int] = None, duration_s: Optional[float] = None,
-              data_root=None, split: Optional[str] = None, limit_per_class: Optional[int] = None,
-              end_to_end: bool = False, backend: str = "auto", threads: Optional[int] = None,
-              progress: bool = False, notify: Optional[Callable[[str], None]] = None) -> BenchReport:
-    """Benchmark each model file at each batch size and return the report.
+@dataclass(frozen=True)
+class BenchOptions(Options):
+    """How a bench run times: ``warmup`` untimed runs, then ``iterations`` timed runs or
+    ``duration_s`` seconds per batch size (exclusive); ``data_root`` (with ``split``, default
+    Val, and ``limit_per_class``) adds the metric column; ``end_to_end`` adds file-to-result
+    timing; ``backend`` and ``threads`` (CPU threads, where the backend takes them) open the models."""
+
+    warmup: int = 10
+    iterations: Optional[int] = None
+    duration_s: Optional[float] = None
+    data_root: Any = None
+    split: Optional[str] = None
+    limit_per_class: Optional[int] = None
+    end_to_end: bool = False
+    backend: str = "auto"
+    threads: Optional[int] = None
+
+    def validate(self) -> None:
+        if self.iterations is not None and self.duration_s is not None:
+            raise UsageError("--iterations and --duration are exclusive: give one or the other",
+                             hint="--iterations N counts timed runs, --duration S times for S seconds")
+        if self.data_root is None and self.limit_per_class is not None:
+            raise UsageError("--limit-per-class picks images of --data; give --data DIR or drop it")
+        if self.data_root is None and self.split is not None and not self.end_to_end:
+            raise UsageError(f"--split {self.split} picks images of --data (or --end-to-end); give --data DIR "
+                             "or drop it")
+
+
+def run_bench(models: Sequence, batches: Sequence[int] = (1,), options: Optional[BenchOptions] = None, *,
+              progress: bool = False, notify: Optional[Callable[[str], None]] = None,
+              **overrides: Any) -> BenchReport:
+    """Benchmark each model file at each batch size, as ``options`` (a :class:`BenchOptions`, its
+    fields also accepted as keywords) says, and return the report.
 
     With no ``models``, the default models for this machine
     (covidedge.runtime.defaults.default_models; its line goes to ``notify``).
@@ -129,14 +157,10 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), *, warmup: int = 
     when given); ``end_to_end`` adds file-to-result timing per image on that split (or on a few
     synthetic images without ``data_root``).
     """
-    if iterations is not None and duration_s is not None:
-        raise UsageError("--iterations and --duration are exclusive: give one or the other",
-                         hint="--iterations N counts timed runs, --duration S times for S seconds")
-    if data_root is None and limit_per_class is not None:
-        raise UsageError("--limit-per-class picks images of --data; give --data DIR or drop it")
-    if data_root is None and split is not None and not end_to_end:
-        raise UsageError(f"--split {split} picks images of --data (or --end-to-end); give --data DIR or drop it")
-    split = split or "Val"
+    o = BenchOptions.of(options, **overrides)
+    warmup, iterations, duration_s, data_root = o.warmup, o.iterations, o.duration_s, o.data_root
+    limit_per_class, end_to_end, backend, threads = o.limit_per_class, o.end_to_end, o.backend, o.threads
+    split = o.split or "Val"
     say = notify or (lambda msg: None)
     if not models:  # the default models for this machine, said in one line
         from covidedge.runtime.defaults import default_models

@@ -71,7 +71,7 @@ def command(models, batch_text, warmup, iterations, duration_s, data_root, split
       covidedge bench build/cls-fp16.engine build/cls-int8.engine --batch 1,8 --duration 5
       covidedge bench runs/cls/best.pt cls.onnx --data COVID-QU-Ex --limit-per-class 50 --report out/bench
     """
-    from covidedge.bench import run_bench
+    from covidedge.bench import BenchOptions, run_bench
 
     batches = parse_batches(batch_text)
     if not models:
@@ -80,10 +80,10 @@ def command(models, batch_text, warmup, iterations, duration_s, data_root, split
         chosen = default_models()
         click.echo(chosen.line, err=True)
         models = [str(p) for p in chosen.paths()]
-    report = run_bench(list(models), batches, warmup=warmup, iterations=iterations,
-                       duration_s=duration_s, data_root=data_root, split=split,
-                       limit_per_class=limit_per_class, end_to_end=end_to_end, backend=backend,
-                       threads=threads, progress=True,
+    options = BenchOptions(warmup=warmup, iterations=iterations, duration_s=duration_s, data_root=data_root,
+                           split=split, limit_per_class=limit_per_class, end_to_end=end_to_end,
+                           backend=backend, threads=threads)
+    report = run_bench(list(models), batches, options, progress=True,
                        # the text report repeats every note; with --json they go to stderr as they happen
                        notify=(lambda msg: click.echo(msg, err=True)) if as_json else None)
     paths = None

@@ -76,7 +76,7 @@ def command(ctx, model, out, precision, calib_data, calib_count, calib_method, i
       covidedge build-engine runs/cls/best.pt --precision int8 --calib-data COVID-QU-Ex --calib-count 500
       covidedge build-engine build/seg.fp16.onnx --out build/seg.engine --timing-cache build/orin.cache
     """
-    from covidedge.engine.build import build_engine
+    from covidedge.engine.build import BuildOptions, build_engine
 
     if model is None:
         # every option the user gave goes to the API, which refuses them for the default engines
@@ -85,13 +85,13 @@ def command(ctx, model, out, precision, calib_data, calib_count, calib_method, i
                  and ctx.get_parameter_source(p.name).name != "DEFAULT"}
         _build_defaults(out, as_json, given)
         return
-    result = build_engine(model, out, precision=precision, backend=backend, calibration=calib_data,
-                          calib_method=calib_method, calib_count=calib_count,
-                          int8_activations=int8_activations, min_batch=min_batch,
-                          opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
-                          timing_cache=timing_cache, dla_core=dla_core,
-                          version_compatible=version_compatible, allow_tf32=allow_tf32, progress=True,
-                          overwrite=overwrite)
+    options = BuildOptions(precision=precision, backend=backend, calibration=calib_data,
+                           calib_method=calib_method, calib_count=calib_count,
+                           int8_activations=int8_activations, min_batch=min_batch,
+                           opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
+                           timing_cache=timing_cache, dla_core=dla_core,
+                           version_compatible=version_compatible, allow_tf32=allow_tf32)
+    result = build_engine(model, out, options, progress=True, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
         return

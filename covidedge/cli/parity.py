@@ -54,12 +54,11 @@ def command(checkpoint, data_root, split, calib_data, calib_count, manifest, met
       covidedge parity runs/cls/best.pt --data COVID-QU-Ex --split Val --limit-per-class 100
       covidedge parity runs/seg/best.pt --data COVID-QU-Ex --methods entropy,percentile --json
     """
-    from covidedge.evaluation.parity import compare_precisions
+    from covidedge.evaluation.parity import ParityOptions, compare_precisions
 
-    table = compare_precisions(checkpoint, data_root, split, calibration=manifest,
-                               methods=_methods(methods), limit_per_class=limit_per_class,
-                               out_dir=out_dir, calib_data=calib_data, calib_count=calib_count,
-                               percentile=percentile)
+    options = ParityOptions(methods=_methods(methods), limit_per_class=limit_per_class, out_dir=out_dir,
+                            calib_data=calib_data, calib_count=calib_count, percentile=percentile)
+    table = compare_precisions(checkpoint, data_root, split, calibration=manifest, options=options)
     if as_json:
         click.echo(json.dumps(table.to_dict(), indent=2))
     else:

@@ -18,7 +18,9 @@ from covidedge.serve.server import DEFAULT_PORTS
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=DEFAULT_PORTS["grpc"], show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=DEFAULT_PORTS["metrics"], show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True,
-              help="Address to listen on; 0.0.0.0 serves other machines.")
+              help="Address to listen on (also the one the printed docker command publishes on); "
+                   "0.0.0.0 serves other machines: the server has no authentication, so put it behind "
+                   "an authenticating proxy first (docs/security.md).")
 @click.option("--log", "log_file", type=click.Path(dir_okay=False), default=None,
               help="Write the server's full log here.")
 @click.option("--ready-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
@@ -38,13 +40,15 @@ def command(repository, http_port, grpc_port, metrics_port, address, log_file, r
       covidedge serve triton-repo
       covidedge infer xray.png --server http://127.0.0.1:8000
     """
+    from covidedge.serve.check import check_repository_labels
     from covidedge.serve.repository import read_repository
     from covidedge.serve.server import TritonServer, docker_command, find_bundled_server
 
     facts = read_repository(repository)
+    check_repository_labels(repository)  # every place labels travel agrees with the served models
     if facts.get("target") == "gpu":
         d = docker_command(repository, facts, http_port=http_port, grpc_port=grpc_port,
-                           metrics_port=metrics_port)
+                           metrics_port=metrics_port, address=address)
         click.echo(f"{repository} targets GPUs; serve it with NVIDIA's Triton container:", err=True)
         click.echo(d["command"])
         for note in d["notes"]:

@@ -65,31 +65,43 @@ def is_dicom_path(path: PathLike) -> bool:
     return starts_like_dicom(head, size, has_magic)
 
 
-def _dispatch(path: PathLike, max_pixels, reduce_for=None, header_only: bool = False):
+def _dispatch(path: PathLike, max_pixels, reduce_for=None, header_only: bool = False, dicom: bool = False):
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels <= 0:
         raise BadInputError(f"max_pixels={max_pixels!r}, expected a positive integer")
     p = Path(os.fspath(path))
     head, size = check_file(p)
     has_magic = has_dicom_magic(head)
-    if has_magic or p.suffix.lower() in DICOM_SUFFIXES:
+    if has_magic or dicom or p.suffix.lower() in DICOM_SUFFIXES:
         check_dicom_header(p, head, size, has_magic)
         return read_dicom(p, int(max_pixels), has_magic, header_only=header_only)
     return read_raster(p, int(max_pixels), reduce_for, header_only=header_only)
 
 
 def read_gray(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-              reduce_for: Optional[Sequence[int]] = None) -> np.ndarray:
+              reduce_for: Optional[Sequence[int]] = None, dicom: bool = False) -> np.ndarray:
     """Decode an image file into a float32 ``H x W`` array in [0, 1] by the intensity rule.
 
     ``max_pixels`` bounds the pixel count read from the header before decoding.
     ``reduce_for = (H, W)``: the caller only needs an input of that size, so an image at least
     four times larger on both sides may be returned reduced by an integer factor (JPEG: Pillow
     ``draft``; other 8-bit images: ``reduce``), never below twice ``(H, W)``; DICOM is always
-    read at full size. Raises BadInputError for anything that cannot be decoded safely, and
-    MissingDependencyError for DICOM when pydicom is not installed.
+    read at full size. ``dicom=True`` reads the file as DICOM whatever its name (a DICOM
+    without preamble in a file without a ``.dcm`` suffix, such as bytes received by the server).
+    Raises BadInputError for anything that cannot be decoded safely, and MissingDependencyError
+    for DICOM when pydicom is not installed.
     """
     target = None if reduce_for is None else as_size(reduce_for, "reduce_for")
-    return _dispatch(path, max_pixels, target)
+    return _dispatch(path, max_pixels, target, dicom=dicom)
+
+
+#: First bytes of the raster formats covidedge reads (PNG, JPEG, BMP, TIFF both byte orders).
+RASTER_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def looks_like_bare_dicom(head: bytes, size: int) -> bool:
+    """True when bytes without a name are a DICOM dataset without preamble: no raster format's
+    signature, and a DICOM data element at byte 0."""
+    return not head.startswith(RASTER_MAGIC) and starts_like_dicom(head, size, False)
 
 
 def image_shape(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:

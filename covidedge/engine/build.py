@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -31,7 +31,7 @@ from covidedge.formats.manifest import EngineManifest, manifest_path_for
 from covidedge.formats.onnxfile import (KEY_CALIBRATION_SHA, KEY_PRECISION, graph_opset, graph_precision,
                                         graph_tensors, load_onnx)
 from covidedge.machine import describe_device, module_present, package_version, probe_machine
-from covidedge.spec import AUTO, CALIBRATION_METHODS, PRECISIONS, ModelSpec, check_choice
+from covidedge.spec import AUTO, CALIBRATION_METHODS, PRECISIONS, ModelSpec, Options, check_choice
 
 
 # -- result ----------------------------------------------------------------------------------
@@ -220,9 +220,10 @@ def _export_checkpoint(checkpoint: Path, onnx_out: Path, precision: str, calibra
 
 
 @dataclass(frozen=True)
-class BuildOptions:
-    """How to build an engine, with its defaults; :meth:`validate` holds every rule that needs no
-    file (the CLI builds one from flags, the API from keywords).
+class BuildOptions(Options):
+    """How to build an engine, with its defaults; :meth:`check` holds every rule that needs no
+    file and :meth:`check_for` those that depend on the model file (the CLI builds one from
+    flags, the API from keywords).
 
     ``precision`` picks the export precision for a checkpoint (default fp32); for an ONNX graph
     it is read from the graph and a contradicting value is refused. ``calibration`` (int8 from a
@@ -249,18 +250,7 @@ class BuildOptions:
     int8_activations: str = AUTO
     allow_tf32: bool = False
 
-    @classmethod
-    def of(cls, options: Optional["BuildOptions"] = None, **overrides) -> "BuildOptions":
-        """``options`` (default: the defaults) with ``overrides``; an unknown keyword is a
-        UsageError naming it."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise UsageError(f"build options {', '.join(unknown)} are unknown",
-                             hint=f"known: {', '.join(sorted(known))}")
-        return replace(options or cls(), **overrides)
-
-    def validate(self) -> Tuple[int, int, int]:
+    def check(self) -> Tuple[int, int, int]:
         """The rules that need no model file; returns the batch range (min, opt, max)."""
         batch = validate_batch_range(self.min_batch, self.opt_batch, self.max_batch)
         if self.precision is not None:
@@ -328,7 +318,7 @@ def build_engine(model, out=None, options: Optional[BuildOptions] = None, *, pro
     if not model.is_file():
         raise BadInputError("model file not found", path=model,
                             hint="pass a checkpoint (.pt) or an exported ONNX graph (.onnx)")
-    lo, opt, hi = opts.validate()
+    lo, opt, hi = opts.check()
     precision = opts.precision
     from_checkpoint = model.suffix.lower() in CHECKPOINT_SUFFIXES
     if not from_checkpoint and model.suffix.lower() != ".onnx":

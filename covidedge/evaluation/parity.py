@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from covidedge.errors import BadInputError, UsageError
-from covidedge.spec import CALIBRATION_METHODS
+from covidedge.spec import CALIBRATION_METHODS, Options
 from covidedge.export.calibrators import DEFAULT_PERCENTILE
 
 DEFAULT_OUT_DIR = Path("build") / "parity"
@@ -107,13 +108,43 @@ def _points(a, b):
     return None if a is None or b is None else round(100.0 * (a - b), 4)
 
 
-def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=None, *,
-                       methods: Sequence[str] = CALIBRATION_METHODS,
-                       limit_per_class: Optional[int] = None, out_dir=DEFAULT_OUT_DIR,
-                       calib_data=None, calib_count: Optional[int] = None,
-                       percentile: Optional[float] = None, precisions: Sequence[str] = ("fp32", "fp16"),
-                       batch_size: int = 16, seed: int = 0, progress: bool = True) -> ParityTable:
-    """Export and evaluate every precision of ``checkpoint`` on ``split`` of ``data_root``.
+@dataclass(frozen=True)
+class ParityOptions(Options):
+    """What a parity study exports and how it scores: fp32 / fp16 graphs (``precisions``) and one
+    int8 graph per calibration method (``methods``; ``percentile`` for the percentile method),
+    calibrated on ``calib_data`` (a dataset folder, ``calib_count`` images) when no calibration
+    set is given; ``limit_per_class`` images per class (chosen from ``seed``) scored in batches
+    of ``batch_size``; graphs and reports go to ``out_dir``."""
+
+    methods: Sequence[str] = CALIBRATION_METHODS
+    limit_per_class: Optional[int] = None
+    out_dir: Any = DEFAULT_OUT_DIR
+    calib_data: Any = None
+    calib_count: Optional[int] = None
+    percentile: Optional[float] = None
+    precisions: Sequence[str] = ("fp32", "fp16")
+    batch_size: int = 16
+    seed: int = 0
+
+    def validate(self) -> None:
+        methods = list(dict.fromkeys(str(m).lower() for m in self.methods))
+        bad = [m for m in methods if m not in CALIBRATION_METHODS]
+        if bad:
+            raise BadInputError(f"calibration method(s) {', '.join(bad)} unknown; expected "
+                                f"{', '.join(CALIBRATION_METHODS)}")
+        bad = [p for p in dict.fromkeys(self.precisions) if p not in ("fp32", "fp16")]
+        if bad:
+            raise BadInputError(f"precisions {bad} are not fp32 / fp16 (int8 comes from methods)")
+        if self.percentile is not None and "percentile" not in methods:
+            raise UsageError(f"percentile={self.percentile} applies with the percentile method, and methods are "
+                             f"{', '.join(methods) or 'none'}", hint="add percentile to the methods or drop it")
+
+
+def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=None,
+                       options: Optional[ParityOptions] = None, *, progress: bool = True,
+                       **overrides: Any) -> ParityTable:
+    """Export and evaluate every precision of ``checkpoint`` on ``split`` of ``data_root``, as
+    ``options`` (a :class:`ParityOptions`, its fields also accepted as keywords) says.
 
     int8 graphs (one per ``methods`` entry) are calibrated on ``calibration`` (a CalibrationSet
     or manifest), else on ``calib_data`` (a dataset folder), else on the Train split of
@@ -126,18 +157,11 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
     from covidedge.formats.checkpoint import read_checkpoint
     from covidedge.spec import ModelSpec
 
-    methods = list(dict.fromkeys(str(m).lower() for m in methods))
-    bad = [m for m in methods if m not in CALIBRATION_METHODS]
-    if bad:
-        raise BadInputError(f"calibration method(s) {', '.join(bad)} unknown; expected "
-                            f"{', '.join(CALIBRATION_METHODS)}")
-    precisions = list(dict.fromkeys(precisions))
-    bad = [p for p in precisions if p not in ("fp32", "fp16")]
-    if bad:
-        raise BadInputError(f"precisions {bad} are not fp32 / fp16 (int8 comes from methods)")
-    if percentile is not None and "percentile" not in methods:
-        raise UsageError(f"percentile={percentile} applies with the percentile method, and methods are "
-                         f"{', '.join(methods) or 'none'}", hint="add percentile to the methods or drop it")
+    o = ParityOptions.of(options, **overrides)
+    methods = list(dict.fromkeys(str(m).lower() for m in o.methods))
+    precisions = list(dict.fromkeys(o.precisions))
+    limit_per_class, out_dir, calib_data, calib_count = o.limit_per_class, o.out_dir, o.calib_data, o.calib_count
+    percentile, batch_size, seed = o.percentile, o.batch_size, o.seed
     if calibration is not None and (calib_data is not None or calib_count is not None):
         raise UsageError("pass a calibration set (--calibration), or calibration data and a count "
                          "(--calib-data / --calib-count), not both")
@@ -221,4 +245,4 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
     return table
 
 
-__all__ = ["compare_precisions", "ParityTable", "DEFAULT_OUT_DIR"]
+__all__ = ["compare_precisions", "ParityOptions", "ParityTable", "DEFAULT_OUT_DIR"]

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from covidedge.errors import BadInputError
+from covidedge.errors import BadInputError, UsageError
 from covidedge.export.options import KEYWORDS, OptionNames
 from covidedge.spec import DEFAULT_CALIBRATION_COUNT, PRECISIONS, check_choice
 
@@ -40,9 +40,9 @@ def check_export_options(precision: str, options: Dict[str, Any],
     check_choice("precision", precision, PRECISIONS)
     given = [k for k in _INT8_ONLY if options.get(k) is not None]
     if precision != "int8":
-        if given:
+        if given:  # options that cannot apply: a usage error (exit 2), as build-engine's
             one = len(given) == 1
-            raise BadInputError(f"{', '.join(names(k) for k in given)} appl{'ies' if one else 'y'} "
+            raise UsageError(f"{', '.join(names(k) for k in given)} appl{'ies' if one else 'y'} "
                                 f"to {names('int8')} only",
                                 hint=f"drop {'it' if one else 'them'} or {names('choose_int8')}")
         return
@@ -98,9 +98,8 @@ def resolve_calibration(calibration, input_size, *, calib_count: Optional[int] =
 
 
 def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
-                 method: Optional[str] = None, percentile: Optional[float] = None, opset: int = 17,
-                 dynamic_batch: bool = True, *, option_names: OptionNames = KEYWORDS, overwrite: bool = True,
-                 **kw: Any):
+                 method: Optional[str] = None, opset: int = 17, dynamic_batch: bool = True, *,
+                 option_names: OptionNames = KEYWORDS, overwrite: bool = True, **kw: Any):
     """Export ``checkpoint`` to the ONNX file ``out`` in ``precision`` and return its report.
 
     fp16 / int8 export fp32 first (to a temporary file, or ``fp32_out`` when given), then
@@ -108,7 +107,7 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
     (``calib_count`` / ``calib_split`` / ``calib_seed`` choose its images, and ``calib_out``
     where the manifest of images drawn from a folder goes); ``method`` is
     minmax / entropy (the default) / percentile (``percentile`` in percent, default 99.99,
-    percentile only). Other keywords:
+    percentile only, given as a keyword). Other keywords:
     ``parity_inputs``, ``check``, ``exporter``, ``parity_atol`` (export) and
     ``activation_type``, ``symmetric_activations``, ``batch_size``, ``histogram_bins``,
     ``qdq_placement`` (int8).
@@ -131,6 +130,7 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
     from covidedge.formats.onnxfile import graph_precision
 
     fp32_out = kw.pop("fp32_out", None)
+    percentile = kw.pop("percentile", None)
     unknown = sorted(set(kw) - set(_EXPORT_KW) - set(_INT8_KW) - set(_CALIB_KW))
     if unknown:
         raise BadInputError(f"export_model does not take {', '.join(unknown)}",

@@ -24,12 +24,14 @@ import contextlib
 import json
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.spec import Options
 from covidedge.export.calibration import CalibrationReader, as_calibration_set
 from covidedge.export.calibrators import (DEFAULT_METHOD, calibrator_class, calibrator_for,
                                           collect_ranges, create_calibrator)
@@ -169,13 +171,26 @@ def _float_inputs_outside_weighted_ops(model) -> int:
 
 
 # -- quantization --------------------------------------------------------------------------------
-def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: Optional[str] = None,
-                  percentile: Optional[float] = None, activation_type: str = "int8",
-                  symmetric_activations: bool = True, batch_size: int = 8,
-                  histogram_bins: Optional[int] = None, qdq_placement: str = "onnxruntime",
-                  ranges: Optional[PathLike] = None) -> Path:
+@dataclass(frozen=True)
+class Int8Options(Options):
+    """How an fp32 graph is calibrated and quantized (see :func:`quantize_int8`): the calibration
+    ``method`` (None: entropy) with its ``percentile`` / ``histogram_bins``, the activations'
+    type and symmetry, the calibration ``batch_size`` in images and the Q/DQ placement."""
+
+    method: Optional[str] = None
+    percentile: Optional[float] = None
+    activation_type: str = "int8"
+    symmetric_activations: bool = True
+    batch_size: int = 8
+    histogram_bins: Optional[int] = None
+    qdq_placement: str = "onnxruntime"
+
+
+def quantize_int8(src: PathLike, dst: PathLike, calibration, options: Optional[Int8Options] = None, *,
+                  ranges: Optional[PathLike] = None, **overrides: Any) -> Path:
     """Write a calibrated int8 Q/DQ copy of an fp32 ONNX graph and return ``dst``.
 
+    ``options`` is an :class:`Int8Options` (its fields also accepted as keywords).
     ``calibration`` is a CalibrationSet (or its manifest path); ``method`` is "minmax",
     "entropy" (the default) or "percentile" (``percentile`` in percent, default 99.99); entropy
     and percentile build ``histogram_bins``-bin histograms (default 2048, as TensorRT's entropy
@@ -195,6 +210,10 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: Optional
     from covidedge.errors import require
     from covidedge.spec import check_choice
 
+    o = Int8Options.of(options, **overrides)
+    method, percentile, activation_type = o.method, o.percentile, o.activation_type
+    symmetric_activations, batch_size, histogram_bins, qdq_placement = (
+        o.symmetric_activations, o.batch_size, o.histogram_bins, o.qdq_placement)
     quant = require("onnxruntime.quantization", purpose="int8 quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -317,5 +336,5 @@ def quantize_int8(src: PathLike, dst: PathLike, calibration, *, method: Optional
     return save_checked(q, src, dst, task, batch, chw)
 
 
-__all__ = ["quantize_int8", "calibrator_for", "inspect_qdq", "ACTIVATION_TYPES", "QDQ_PLACEMENTS",
+__all__ = ["quantize_int8", "Int8Options", "calibrator_for", "inspect_qdq", "ACTIVATION_TYPES", "QDQ_PLACEMENTS",
            "TRT_QUANTIZED_OPS", "TRT_FLOAT_OUTPUT_OPS"]

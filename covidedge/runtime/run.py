@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, List, Optional, Union
 from covidedge.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, BadInputError, UsageError
 from covidedge.spec import check_choice
 from covidedge.prediction import Result
+from covidedge.runtime.options import InferenceOptions
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Results file formats by name; the default follows the file's suffix (.jsonl, else CSV).
@@ -102,16 +103,14 @@ def _results_format(results_format: Optional[str], path: Optional[Path]) -> Opti
     return results_format
 
 
-def run_inference(inputs: Union[PathLike, Iterable[PathLike]], *, pipeline=None, classifier=None,
-                  segmenter=None, threshold: Optional[float] = None, batch_size: int = 8,
-                  backend: str = "auto", strict: bool = False, out_dir: Optional[PathLike] = None,
-                  results: Optional[PathLike] = None, results_format: Optional[str] = None,
-                  overlay: bool = True, overwrite: bool = False, dicom_out: Optional[PathLike] = None,
-                  series_filter=None, show_patient_ids: bool = False,
-                  on_files: Optional[Callable[[List[Path]], Any]] = None,
+def run_inference(inputs: Union[PathLike, Iterable[PathLike]], options: Optional[InferenceOptions] = None, *,
+                  pipeline=None, on_files: Optional[Callable[[List[Path]], Any]] = None,
                   on_result: Optional[Callable[[Result], Any]] = None,
-                  on_note: Callable[[str], Any] = _quiet, suppress_warnings: bool = True) -> RunSummary:
+                  on_note: Callable[[str], Any] = _quiet, **overrides: Any) -> RunSummary:
     """Run ``inputs`` through a pipeline and return a :class:`RunSummary`.
+
+    ``options`` is an :class:`~covidedge.runtime.options.InferenceOptions`; its fields may also
+    be given as keywords (``overrides``), as below.
 
     The models come from ``pipeline`` (a ready :class:`~covidedge.runtime.pipeline.Pipeline`, or
     any object with its ``predict_many`` / ``labels`` / ``segmenter`` / context manager, such as
@@ -134,16 +133,19 @@ def run_inference(inputs: Union[PathLike, Iterable[PathLike]], *, pipeline=None,
     from covidedge.fileio import OutputLock
     from covidedge.runtime.results import open_results_writer, printable
 
+    o = InferenceOptions.of(options, **overrides)
+    classifier, segmenter, threshold, batch_size = o.classifier, o.segmenter, o.threshold, o.batch_size
+    out_dir, results, results_format, overlay, overwrite = o.out_dir, o.results, o.results_format, o.overlay, o.overwrite
+    dicom_out, series_filter, show_patient_ids = o.dicom_out, o.series_filter, o.show_patient_ids
     if pipeline is not None:
-        given = [n for n, v in (("classifier", classifier), ("segmenter", segmenter), ("threshold", threshold))
-                 if v is not None] + (["backend"] if backend != "auto" else []) + (["strict"] if strict else [])
+        given = o.model_options()
         if given:
             raise UsageError(f"{', '.join(given)} apply to models made here; with a ready pipeline, "
                              "set them when making it")
         pipe = pipeline
     else:
         pipe = Pipeline(classifier=classifier, segmenter=segmenter, threshold=threshold,
-                        batch_size=batch_size, backend=backend, strict=strict)
+                        batch_size=batch_size, backend=o.backend, strict=o.strict)
     models = [Path(m.source) for m in getattr(pipe, "models", ()) if os.path.isfile(str(m.source))]
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -199,7 +201,7 @@ def run_inference(inputs: Union[PathLike, Iterable[PathLike]], *, pipeline=None,
     t_start = time.perf_counter()
     try:
         with pipe, warnings.catch_warnings():
-            if suppress_warnings:  # decoders' warnings (pydicom's) would break "one line per file"
+            if o.suppress_warnings:  # decoders' warnings (pydicom's) would break "one line per file"
                 warnings.simplefilter("ignore")
             for result in pipe.predict_many(files, batch_size=batch_size, out_dir=out_dir, overlay=overlay):
                 for line in (dicom.write(result) if dicom is not None else ()):

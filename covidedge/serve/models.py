@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -113,24 +113,36 @@ class PreprocessModel(_StepModel):
         self.sizes = {task: _size(self.params[f"{task}_size"])
                       for task in NETWORK_IMAGE if f"{task}_size" in self.params}
         self.max_pixels = int(self.params.get("max_pixels", 0)) or None
-        self._tmp = tempfile.TemporaryDirectory(prefix="covidedge-preprocess-")
 
     def decode(self, data: bytes) -> np.ndarray:
         """Encoded bytes -> float32 H x W in [0, 1] through covidedge's file decoder, so every
-        check (truncation, pixel limit, DICOM LUTs) is the one ``covidedge infer`` applies."""
-        from covidedge.data.imageio import DEFAULT_MAX_PIXELS, read_gray
+        check (truncation, pixel limit, DICOM LUTs) is the one ``covidedge infer`` applies.
+
+        The bytes (a patient's DICOM) never get a name on disk: they go to an anonymous
+        in-memory file (``memfd``) that vanishes with this process, even if it is killed
+        mid-request. A DICOM without preamble is recognised by its first element, as the
+        local reader recognises it by its ``.dcm`` name."""
+        from covidedge.data.imageio import DEFAULT_MAX_PIXELS, HEAD_BYTES, looks_like_bare_dicom, read_gray
         from covidedge.errors import BadInputError
 
         if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
             raise BadInputError("is an empty image (0 bytes)",
                                 hint="send the encoded file (PNG, JPEG, BMP, TIFF or DICOM) as bytes")
-        fd, name = tempfile.mkstemp(dir=self._tmp.name)
+        data = bytes(data)
+        dicom = looks_like_bare_dicom(data[:HEAD_BYTES], len(data))
+        limit = self.max_pixels or DEFAULT_MAX_PIXELS
+        fd = _anonymous_file()
+        if fd is None:  # no memfd (not Linux): a private temporary file, removed at once
+            with tempfile.TemporaryDirectory(prefix="covidedge-preprocess-") as tmp:
+                name = os.path.join(tmp, "image")
+                with open(name, "wb") as fh:
+                    fh.write(data)
+                return read_gray(name, max_pixels=limit, dicom=dicom)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(bytes(data))
-            return read_gray(name, max_pixels=self.max_pixels or DEFAULT_MAX_PIXELS)
+            _write_all(fd, data)
+            return read_gray(f"/proc/self/fd/{fd}", max_pixels=limit, dicom=dicom)
         finally:
-            os.unlink(name)
+            os.close(fd)
 
     def _one(self, request):
         from covidedge.data.preprocess import resize_gray
@@ -153,8 +165,23 @@ class PreprocessModel(_StepModel):
         tensors.append(self.pb.Tensor(IMAGE_SIZE, np.asarray(hw, dtype=np.int32).reshape(-1, 2)))
         return tensors
 
-    def finalize(self):
-        self._tmp.cleanup()
+
+
+def _anonymous_file():
+    """A file descriptor of an anonymous in-memory file, or None where memfd is missing."""
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        return None
+    try:
+        return create("covidedge-image", getattr(os, "MFD_CLOEXEC", 1))
+    except OSError:
+        return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class NetworkModel(_StepModel):
@@ -208,6 +235,22 @@ class NetworkModel(_StepModel):
         self.model.deactivate()
 
 
+def check_image_sizes(sizes: np.ndarray, max_pixels: Optional[int] = None) -> None:
+    """BadInputError (answered as 400 / INVALID_ARG) unless every ``(height, width)`` row is an
+    image size decoding could have given: 1 px or more per side and at most ``max_pixels``
+    (covidedge's decoding limit). The postprocess step can be called directly, and masks are made
+    at this size: a request naming 46000 x 46000 must not allocate gigabytes."""
+    from covidedge.data.imageio import DEFAULT_MAX_PIXELS
+    from covidedge.errors import BadInputError
+
+    limit = int(max_pixels or DEFAULT_MAX_PIXELS)
+    for h, w in np.asarray(sizes).reshape(-1, 2).tolist():
+        if h < 1 or w < 1 or h * w > limit:
+            raise BadInputError(f"{IMAGE_SIZE} {h}x{w} is not an image size: expected 1 px or more per "
+                                f"side and at most {limit} pixels", hint="send the image to the "
+                                "'covidedge' ensemble, which measures it")
+
+
 class PostprocessModel(_StepModel):
     """Probabilities + IMAGE_SIZE -> LABEL, LUNG_MASK, INFECTION_MASK (bool, the image's own size),
     LUNG_FRACTION and INFECTED_FRACTION, by the rules of :class:`covidedge.runtime.pipeline.Pipeline`."""
@@ -227,6 +270,7 @@ class PostprocessModel(_StepModel):
 
         sizes = self._input(request, IMAGE_SIZE).reshape(-1, 2)
         n = sizes.shape[0]
+        check_image_sizes(sizes, int(self.params.get("max_pixels", 0) or 0) or None)
         out = []
         if self.labels:
             p = np.asarray(self._input(request, NETWORK_PROBABILITIES["classifier"]), dtype=np.float64)
@@ -263,4 +307,4 @@ class PostprocessModel(_StepModel):
         return out
 
 
-__all__ = ["PreprocessModel", "NetworkModel", "PostprocessModel", "error_text"]
+__all__ = ["PreprocessModel", "NetworkModel", "PostprocessModel", "error_text", "check_image_sizes"]

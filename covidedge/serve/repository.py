@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 
 from covidedge import backends
 from covidedge.errors import BadInputError, IncompatibleModelError, UsageError
-from covidedge.spec import MASK_THRESHOLD, check_choice, check_threshold
+from covidedge.spec import MASK_THRESHOLD, Options, check_choice, check_threshold
 from covidedge.serve import config as cfg
 from covidedge.serve import models as names
 
@@ -159,16 +159,34 @@ def _network_file(src: NetworkSource, target: str) -> str:
     return backends.get(src.backend).triton_file
 
 
-def plan_repository(out, classifier=None, segmenter=None, *, target: str = "cpu",
-                    max_batch: int = DEFAULT_MAX_BATCH, dynamic_batching: bool = True,
-                    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, instances: int = 1,
-                    threshold: float = MASK_THRESHOLD, threads: Optional[int] = None,
-                    backend: Optional[str] = None) -> Repository:
-    """Every model's config (checked against Triton's schema) for a repository at ``out``;
+@dataclass(frozen=True)
+class RepositoryOptions(Options):
+    """How a repository serves its networks: ``target`` cpu / gpu, ``max_batch`` images (engines
+    bring their own), ``dynamic_batching`` holding a request up to ``queue_delay_us`` µs,
+    ``instances`` per model, the mask ``threshold``, ``threads`` per network (cpu target) and
+    ``backend``, the runtime of plain ONNX graphs on the cpu target."""
+
+    target: str = "cpu"
+    max_batch: int = DEFAULT_MAX_BATCH
+    dynamic_batching: bool = True
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+    instances: int = 1
+    threshold: float = MASK_THRESHOLD
+    threads: Optional[int] = None
+    backend: Optional[str] = None
+
+
+def plan_repository(out, classifier=None, segmenter=None, options: Optional[RepositoryOptions] = None,
+                    **overrides: Any) -> Repository:
+    """Every model's config (checked against Triton's schema) for a repository at ``out``, as
+    ``options`` (a :class:`RepositoryOptions`, its fields also accepted as keywords) says;
     nothing is written. With neither ``classifier`` nor ``segmenter``, the default models for
     this machine (covidedge.runtime.defaults.default_models). ``backend`` ("onnxruntime" / "openvino") picks the runtime of plain ONNX
     graphs on the cpu target; engines keep their own."""
 
+    o = RepositoryOptions.of(options, **overrides)
+    target, max_batch, dynamic_batching, queue_delay_us = o.target, o.max_batch, o.dynamic_batching, o.queue_delay_us
+    instances, threshold, threads, backend = o.instances, o.threshold, o.threads, o.backend
     check_choice("target", target, TARGETS)
     if classifier is None and segmenter is None:  # the default models for this machine
         from covidedge.runtime.defaults import default_models
@@ -375,5 +393,5 @@ def read_repository(path) -> Dict[str, Any]:
 
 
 __all__ = ["TARGETS", "ENSEMBLE", "REPOSITORY_FILE", "DEFAULT_MAX_BATCH", "DEFAULT_QUEUE_DELAY_US",
-           "NetworkSource", "Repository", "describe_network", "plan_repository", "write_repository",
+           "NetworkSource", "Repository", "RepositoryOptions", "describe_network", "plan_repository", "write_repository",
            "read_repository"]

@@ -17,6 +17,18 @@ for the models, keeping numpy 2 in this one.
 
 On a machine without a GPU the server logs CUDA, NVML and DCGM failures that do not matter;
 :func:`is_noise` filters them from what users see (``log_file`` keeps the full log).
+
+Nothing outlives a server, and nothing it holds is readable by other users:
+
+* its ports are checked free before it starts (a second ``serve`` on busy ports is refused
+  instead of reporting the first server's readiness);
+* the python backend's shared-memory regions in ``/dev/shm`` (which hold the last request,
+  patient data included) get a prefix of their own and mode 0600, and are removed when the
+  server stops; regions left by a server whose covidedge process is gone are removed at the
+  next start;
+* a reaper process watches the covidedge process: if it dies (SIGKILL, the OOM killer), the
+  reaper kills tritonserver's process group (server and python stubs), removes its shared
+  memory and its working folder. tritonserver also gets SIGKILL as its parent-death signal.
 """
 
 from __future__ import annotations
@@ -48,6 +60,36 @@ STUB_PYTHON_ENV = "COVIDEDGE_TRITON_PYTHON"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 #: Seconds to wait for every model to be ready.
 DEFAULT_READY_TIMEOUT = 120.0
+#: Where the python backend's shared-memory regions live, and the start of their names.
+SHM_FOLDER = Path("/dev/shm")
+SHM_PREFIX = "covidedge_triton_"
+
+# The reaper: runs in its own session, reads its stdin until the covidedge process that started
+# it closes it (by stopping the server, or by dying), then kills the server's process group and
+# removes its shared memory and working folder. Only the standard library: it must not fail.
+_REAPER = r"""
+import os, shutil, signal, sys
+pgid, shm_folder, prefix, work = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+try:
+    sys.stdin.buffer.read()
+except BaseException:
+    pass
+try:
+    os.killpg(pgid, signal.SIGKILL)
+except OSError:
+    pass
+try:
+    for name in os.listdir(shm_folder):
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(shm_folder, name))
+            except OSError:
+                pass
+except OSError:
+    pass
+if work:
+    shutil.rmtree(work, ignore_errors=True)
+"""
 
 #: NVIDIA Triton container releases (nvcr.io/nvidia/tritonserver:<release>-py3) by the TensorRT
 #: (major, minor) they ship. 22.05, 22.08, 22.11, 24.05 and 24.12 are checked against published
@@ -195,6 +237,9 @@ class TritonServer:
         self.tail: Deque[str] = deque(maxlen=40)
         self._work: Optional[tempfile.TemporaryDirectory] = None
         self._reader: Optional[threading.Thread] = None
+        self._reaper: Optional[subprocess.Popen] = None
+        #: Start of this server's shared-memory region names: covidedge's pid, then a token.
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{os.urandom(4).hex()}_"
 
     # -- facts ------------------------------------------------------------------------------
     @property
@@ -214,13 +259,32 @@ class TritonServer:
                 f"--grpc-address={self.address}", f"--metrics-address={self.address}",
                 "--allow-gpu-metrics=false", "--strict-readiness=true", "--exit-on-error=true",
                 f"--exit-timeout-secs={self.exit_timeout}",
+                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                 *self.extra_args]
+
+    def check_ports(self) -> None:
+        """BadInputError when a port is taken (another server?), before anything starts: the
+        readiness check would otherwise ask the other server."""
+        import socket
+
+        for what, port in self.ports.items():
+            family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a listener
+                try:                                                    # refuses, TIME_WAIT does not
+                    s.bind((self.address, port))
+                except OSError as exc:
+                    raise BadInputError(f"{what} port {port} on {self.address} is in use ({exc.strerror or exc}); "
+                                        "another server runs there?", path=self.repository,
+                                        hint=f"stop it, or pass another --{what}-port") from None
 
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> "TritonServer":
         if not self.repository.is_dir():
             raise BadInputError("repository folder not found", path=self.repository)
         server = find_bundled_server()
+        self.check_ports()
+        remove_stale_shm()
         self._work = tempfile.TemporaryDirectory(prefix="covidedge-triton-")
         backends = prepare_backends(server, Path(self._work.name))
         cmd = self.command(backends, server.binary)
@@ -229,11 +293,30 @@ class TritonServer:
         self.stub_versions = check_stub_python(python, env)
         log = open(self.log_file, "w", encoding="utf-8") if self.log_file else None
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True,
+                                        env=env, start_new_session=True, preexec_fn=_child_setup(),
                                         text=True, errors="replace")
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-I", "-c", _REAPER, str(self.process.pid), str(SHM_FOLDER), self.shm_prefix,
+             self._work.name], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
         self._reader = threading.Thread(target=self._read, args=(log,), daemon=True)
         self._reader.start()
         return self
+
+    def shm_regions(self) -> List[Path]:
+        """This server's shared-memory regions (files in /dev/shm)."""
+        try:
+            return sorted(p for p in SHM_FOLDER.iterdir() if p.name.startswith(self.shm_prefix))
+        except OSError:
+            return []
+
+    def _protect_shm(self) -> None:
+        """Mode 0600 on this server's shared-memory regions: they hold requests (patient data)."""
+        for p in self.shm_regions():
+            try:
+                os.chmod(p, 0o600)
+            except OSError:
+                pass
 
     def _read(self, log) -> None:
         try:
@@ -272,6 +355,7 @@ class TritonServer:
                                      f"loading {self.repository}: {self.last_error()}",
                                      hint="see the lines above, or run with --log FILE for the full log")
             if self.is_ready():
+                self._protect_shm()
                 return
             time.sleep(0.1)
         self.stop()
@@ -308,6 +392,18 @@ class TritonServer:
         except (ProcessLookupError, PermissionError):
             pass
         self._join_reader()
+        for region in self.shm_regions():  # a killed server leaves its regions behind
+            try:
+                region.unlink()
+            except OSError:
+                pass
+        if self._reaper is not None:  # its watch is over: it finds nothing left to do
+            try:
+                self._reaper.stdin.close()
+                self._reaper.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            self._reaper = None
         if self._work is not None:
             self._work.cleanup()
             self._work = None
@@ -318,6 +414,53 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _child_setup():
+    """What the tritonserver child runs before exec: files it creates are private (umask 077),
+    and it gets SIGKILL when the process that started it dies (Linux parent-death signal). libc
+    is loaded here, in the parent: nothing is imported between fork and exec."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except Exception:
+        prctl = None
+
+    def setup() -> None:
+        os.umask(0o077)
+        if prctl is not None:
+            prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return setup
+
+
+def remove_stale_shm() -> List[str]:
+    """Remove shared-memory regions of servers whose covidedge process is gone (killed before it
+    could clean up); returns their names."""
+    removed = []
+    try:
+        names = [p.name for p in SHM_FOLDER.iterdir() if p.name.startswith(SHM_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        try:
+            pid = int(name[len(SHM_PREFIX):].split("_", 1)[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # its server's process is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            (SHM_FOLDER / name).unlink()
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,9 +475,12 @@ def triton_release_for(tensorrt_version: Optional[str]) -> Optional[str]:
 
 
 def docker_command(repository, facts: Dict[str, Any], *, http_port: int = DEFAULT_PORTS["http"],
-                   grpc_port: int = DEFAULT_PORTS["grpc"], metrics_port: int = DEFAULT_PORTS["metrics"]) -> Dict[str, Any]:
+                   grpc_port: int = DEFAULT_PORTS["grpc"], metrics_port: int = DEFAULT_PORTS["metrics"],
+                   address: str = "127.0.0.1") -> Dict[str, Any]:
     """How to serve a ``--target gpu`` repository: the ``docker run`` command of the NVIDIA
-    Triton container whose TensorRT matches the engines, and notes (image choice, Jetson)."""
+    Triton container whose TensorRT matches the engines, and notes (image choice, Jetson). The
+    ports are published on ``address`` only (loopback by default: the server has no
+    authentication)."""
     repo = Path(os.fspath(repository)).resolve()
     trt = sorted({m.get("tensorrt") for m in facts.get("models", {}).values() if m.get("tensorrt")})
     notes: List[str] = []
@@ -360,13 +506,15 @@ def docker_command(repository, facts: Dict[str, Any], *, http_port: int = DEFAUL
         notes.append("ONNX models run in any release with the onnxruntime backend; pick a recent one")
     notes.append("the preprocess and postprocess steps import covidedge: install it in the container "
                  "(pip install covidedge) before tritonserver starts")
-    cmd = ["docker", "run", "--rm", "--gpus", "all", "-p", f"{http_port}:8000", "-p", f"{grpc_port}:8001",
-           "-p", f"{metrics_port}:8002", "-v", f"{repo}:/models", image,
+    host = f"[{address}]" if ":" in address else address
+    cmd = ["docker", "run", "--rm", "--gpus", "all", "-p", f"{host}:{http_port}:8000",
+           "-p", f"{host}:{grpc_port}:8001", "-p", f"{host}:{metrics_port}:8002", "-v", f"{repo}:/models", image,
            "tritonserver", "--model-repository=/models"]
     return {"image": image, "command": " ".join(shlex.quote(c) for c in cmd), "notes": notes}
 
 
 __all__ = ["DEFAULT_PORTS", "BundledServer", "TritonServer", "find_bundled_server", "server_environment",
            "prepare_backends", "check_stub_python", "stub_python",
-           "STUB_PYTHON_ENV", "is_noise", "triton_release_for", "docker_command",
+           "STUB_PYTHON_ENV", "is_noise", "triton_release_for", "docker_command", "remove_stale_shm",
+           "SHM_FOLDER", "SHM_PREFIX",
            "TRITON_RELEASE_FOR_TENSORRT"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from covidedge.cli.main import main
-from covidedge.errors import BadInputError
+from covidedge.errors import EXIT_USAGE, BadInputError
 from covidedge.export import check_export_options, export_model
 
 
@@ -58,7 +58,9 @@ def test_api_and_cli_refuse_with_one_rule_in_their_own_words(files, tmp_path, ca
         with pytest.raises(SystemExit) as code:
             main(["export", str(ckpt), "--out", str(out), "--precision", precision, *args])
         err = capsys.readouterr().err
-        assert code.value.code == BadInputError.exit_code == 3, err
+        # an option that applies to int8 only is a usage error, as in build-engine (issue 21)
+        want = EXIT_USAGE if "int8 only" in cli_message else BadInputError.exit_code
+        assert code.value.code == want, err
         assert err.startswith("error: ") and cli_message in err and len(err.splitlines()) == 1
         assert not out.exists()
 
@@ -87,3 +89,15 @@ def test_cli_refuses_both_calibration_sources(files, tmp_path, capsys):
               "--calibration", str(manifest), "--calib-data", str(folder)])
     assert code.value.code == 3
     assert "pass either --calib-data or --calibration, not both" in capsys.readouterr().err
+
+
+def test_one_misuse_has_one_exit_code_in_export_and_build_engine(files, tmp_path, capsys):
+    ckpt, _, _ = files
+    codes = []
+    for argv in (["export", str(ckpt), "--out", str(tmp_path / "x.onnx")],
+                 ["build-engine", str(ckpt), "--out", str(tmp_path / "x.engine")]):
+        with pytest.raises(SystemExit) as code:
+            main([*argv, "--precision", "fp16", "--calib-count", "5"])
+        codes.append(code.value.code)
+        assert "int8 only" in capsys.readouterr().err
+    assert codes == [EXIT_USAGE, EXIT_USAGE]

@@ -64,7 +64,8 @@ def test_serve_gpu_repository_prints_the_matching_triton_container(tmp_path, no_
         "segmenter": {"source": "seg.engine", "backend": "tensorrt", "tensorrt": "10.3.0.30"}})
     code, out, err = _invoke(["serve", str(repo), "--http-port", "9000"])
     assert code == 0
-    assert out.strip() == (f"docker run --rm --gpus all -p 9000:8000 -p 8001:8001 -p 8002:8002 "
+    assert out.strip() == (f"docker run --rm --gpus all -p 127.0.0.1:9000:8000 -p 127.0.0.1:8001:8001 "
+                           f"-p 127.0.0.1:8002:8002 "
                            f"-v {repo.resolve()}:/models nvcr.io/nvidia/tritonserver:24.08-py3 "
                            "tritonserver --model-repository=/models")
     assert "TensorRT 10.3" in err
