@@ -28,10 +28,79 @@ __all__ = [
     "confusion_matrix", "classification_report", "format_classification_report",
     "format_confusion_matrix", "roc_auc_ovr", "AucResult", "dice", "iou", "lung_fraction",
     "infected_fraction", "SegmentationAccumulator", "format_segmentation_report",
+    "reliability_bins", "expected_calibration_error", "apply_temperature", "fit_temperature",
 ]
 
 #: Label that marks the images whose infection is scored by Dice / IoU and severity.
 COVID_LABEL = "COVID-19"
+
+
+# =============================================================================================
+# Calibration of probabilities
+# =============================================================================================
+#: Confidence bins of the expected calibration error and the reliability diagram.
+ECE_BINS = 15
+
+
+def reliability_bins(probabilities, y_true, bins: int = ECE_BINS) -> Dict[str, List[float]]:
+    """Per equal-width confidence bin (top-class probability in (k/bins, (k+1)/bins]): the
+    number of images, their mean confidence and their accuracy (empty bins give 0)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    if p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[0] == 0:
+        raise BadInputError(f"probabilities {p.shape} and labels {y.shape} do not match; "
+                            "expected (N, K) and (N,) with N > 0")
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.where(count > 0, np.bincount(idx, conf, bins) / count, 0.0)
+        acc = np.where(count > 0, np.bincount(idx, correct, bins) / count, 0.0)
+    return {"count": count.tolist(), "confidence": mean_conf.tolist(), "accuracy": acc.tolist()}
+
+
+def expected_calibration_error(probabilities, y_true, bins: int = ECE_BINS) -> float:
+    """ECE: the image-weighted mean of |accuracy - confidence| over equal-width confidence bins
+    of the top-class probability (0 = perfectly calibrated)."""
+    r = reliability_bins(probabilities, y_true, bins)
+    count = np.asarray(r["count"])
+    gap = np.abs(np.asarray(r["accuracy"]) - np.asarray(r["confidence"]))
+    return float((count * gap).sum() / count.sum())
+
+
+def apply_temperature(probabilities, temperature: float) -> np.ndarray:
+    """Softmax probabilities of logits divided by ``temperature``, computed from probabilities
+    (``log p`` differs from the logits by a constant per image, which softmax ignores)."""
+    logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0)) / float(temperature)
+    logp -= logp.max(axis=1, keepdims=True)
+    e = np.exp(logp)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def fit_temperature(probabilities, y_true) -> float:
+    """The temperature T > 0 minimising the negative log-likelihood of ``y_true`` under
+    softmax(logits / T) (Guo et al. 2017), by golden-section search over log T in [-3, 3]."""
+    y = np.asarray(y_true, dtype=np.int64)
+
+    def nll(log_t: float) -> float:
+        q = apply_temperature(probabilities, math.exp(log_t)).astype(np.float64)
+        return float(-np.log(np.clip(q[np.arange(len(y)), y], 1e-12, 1.0)).mean())
+
+    lo, hi = -3.0, 3.0
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(b)
+    return float(math.exp(0.5 * (lo + hi)))
 
 
 # =============================================================================================

@@ -192,6 +192,32 @@ def plot_confusion_matrix(cm, labels: Sequence[str], out_png: PathLike, normaliz
     return _save(fig, out_png)
 
 
+# -- reliability diagram ------------------------------------------------------------------------
+def plot_reliability(bins: Mapping[str, Sequence[float]], out_png: PathLike, title: str = "") -> Path:
+    """A reliability diagram: accuracy against mean confidence per confidence bin (bars, with
+    the diagonal of perfect calibration), from ``covidedge.metrics.reliability_bins``."""
+    import numpy as np
+
+    count = np.asarray(bins["count"], dtype=float)
+    k = len(count)
+    edges = np.linspace(0.0, 1.0, k + 1)
+    fig = _new_figure(4.6, 4.4)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect calibration")
+    used = count > 0
+    ax.bar(edges[:-1][used], np.asarray(bins["accuracy"])[used], width=1.0 / k, align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy in bin")
+    ax.plot(np.asarray(bins["confidence"])[used], np.asarray(bins["accuracy"])[used], "o",
+            color="tab:red", ms=3, label="(mean confidence, accuracy)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title or "reliability diagram")
+    return _save(fig, out_png)
+
+
 # -- grouped bars -------------------------------------------------------------------------------
 def plot_bars(table_rows: Sequence[Mapping[str, Any]], x_key: str, y_keys: Union[str, Sequence[str]],
               out_png: PathLike, title: str = "", ylabel: Optional[str] = None,

@@ -72,7 +72,7 @@ class TorchRunner(Runner):
 
         self.device = self._resolve_device(torch)
         model, spec, self.meta = load_checkpoint(self.source, device=str(self.device))
-        wrapped = InferenceWrapper(model, spec.task).to(self.device).eval()
+        wrapped = InferenceWrapper(model, spec.task, spec.temperature).to(self.device).eval()
         if self.half:
             wrapped = wrapped.half()
         self.model = wrapped

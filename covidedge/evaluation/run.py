@@ -128,7 +128,8 @@ class EvaluationReport:
         if self.task == "classifier":
             auc = (m.get("roc_auc") or {}).get("macro")
             return (f"{self.split}: accuracy {_num(m['accuracy'])} on {self.num_images} images, "
-                    f"macro F1 {_num(m['macro_avg']['f1'])}, macro ROC-AUC {_num(auc)}")
+                    f"macro F1 {_num(m['macro_avg']['f1'])}, macro ROC-AUC {_num(auc)}, "
+                    f"ECE {_num(m.get('ece'))}")
         return (f"{self.split}: lung Dice {_num(m['lung_dice'])}, infection Dice "
                 f"{_num(m['infection_dice'])} (COVID-19 images), FP infected area "
                 f"{_pct(m['fp_infection_fraction'])} of the image on infection-free images, "
@@ -242,6 +243,10 @@ class EvaluationReport:
         lines.append("")
         if self.settings.get("confusion_png"):
             lines += ["![confusion matrix](confusion_matrix.png)", ""]
+        lines += ["## Calibration", "", f"Expected calibration error (15 confidence bins): "
+                  f"{_num(m.get('ece'))}; 0 is perfectly calibrated.", ""]
+        if self.settings.get("reliability_png"):
+            lines += ["![reliability diagram](reliability.png)", ""]
         return lines
 
     def _markdown_segmenter(self) -> List[str]:
@@ -267,7 +272,7 @@ class EvaluationReport:
             f"{_pct(sm['severity']['mean_true'])}, predicted mean {_pct(sm['severity']['mean_pred'])})", ""]
 
     #: The files :meth:`save` writes into its folder.
-    FILES = ("report.json", "report.md", "confusion_matrix.png")
+    FILES = ("report.json", "report.md", "confusion_matrix.png", "reliability.png")
 
     @classmethod
     def check_out_dir(cls, out_dir, *, overwrite: bool = False) -> None:
@@ -292,6 +297,9 @@ class EvaluationReport:
             self.settings["confusion_png"] = _plot_confusion(
                 out / "confusion_matrix.png", self.metrics["confusion_matrix"], self.labels,
                 f"{self.split}: accuracy {self.metrics['accuracy']:.3f}")
+            self.settings["reliability_png"] = _plot_reliability(
+                out / "reliability.png", self.metrics.get("reliability"),
+                f"{self.split}: ECE {self.metrics.get('ece', float('nan')):.3f}")
         write_atomic(out / "report.json", (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"),
                      overwrite=overwrite)
         write_atomic(out / "report.md", self.to_markdown().encode("utf-8"), overwrite=overwrite)
@@ -309,6 +317,17 @@ def _plot_confusion(path: Path, cm, labels: Sequence[str], title: str) -> bool:
     except MissingDependencyError:
         return False
     return True
+
+
+def _plot_reliability(path: Path, bins, title: str) -> bool:
+    """The reliability diagram (``covidedge.plots``); False without matplotlib or bins."""
+    from covidedge.errors import MissingDependencyError
+    from covidedge.plots import plot_reliability
+
+    try:
+        return bool(bins) and bool(plot_reliability(bins, path, title=title))
+    except MissingDependencyError:
+        return False
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -398,7 +417,8 @@ def evaluate(model, data_root, split: str = "Val", *, batch_size: int = 16,
 
 def _evaluate_classifier(runner, spec, samples, bs, progress, keep_outputs, classes):
     from covidedge.data.preprocess import preprocess_batch
-    from covidedge.metrics import classification_report, roc_auc_ovr
+    from covidedge.metrics import (classification_report, expected_calibration_error,
+                                   reliability_bins, roc_auc_ovr)
 
     labels = list(spec.labels)
     missing = [c for c in classes if c not in labels]
@@ -426,6 +446,8 @@ def _evaluate_classifier(runner, spec, samples, bs, progress, keep_outputs, clas
     metrics["roc_auc"] = dict(auc)
     metrics["roc_auc_notes"] = list(auc.notes)
     metrics["macro_f1"] = metrics["macro_avg"]["f1"]
+    metrics["ece"] = expected_calibration_error(probs, y_true)
+    metrics["reliability"] = reliability_bins(probs, y_true)
     per_image = [{"name": s.name, "label": s.label, "predicted": labels[int(k)],
                   "probability": float(probs[i, int(k)])}
                  for i, (s, k) in enumerate(zip(samples, pred))]

@@ -295,7 +295,7 @@ def export_onnx(checkpoint_path: Union[str, Path], out_path: Union[str, Path], *
         raise BadInputError("output file must end in .onnx", path=out_path,
                             hint="pass --out model.onnx")
     model, spec, _meta = load_checkpoint(checkpoint_path)
-    wrapper = InferenceWrapper(model, spec.task).eval()
+    wrapper = InferenceWrapper(model, spec.task, spec.temperature).eval()
     if parity_inputs is None:
         x = synthetic_images(PARITY_IMAGES, spec.input_size, seed=0)
         if spec.in_chans != 1:

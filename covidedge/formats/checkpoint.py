@@ -21,7 +21,7 @@ CHECKPOINT_FORMAT = "covidedge-checkpoint-v1"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_SUFFIXES", "save_checkpoint", "read_checkpoint",
-           "checkpoint_sha256", "to_plain"]
+           "checkpoint_sha256", "to_plain", "with_temperature"]
 
 
 def to_plain(value: Any) -> Any:
@@ -113,6 +113,26 @@ def read_checkpoint(path, device: str = "cpu") -> Dict[str, Any]:
             raise IncompatibleModelError(f"checkpoint has no '{key}' entry", path=path,
                                          hint="the file is damaged; train or copy it again")
     return payload
+
+
+def with_temperature(src, dst, temperature: float) -> Path:
+    """Write a copy of the classifier checkpoint ``src`` to ``dst`` whose spec carries
+    ``temperature`` (probabilities = softmax(logits / temperature), fitted on Val); the weights
+    are unchanged. ``dst`` must not exist."""
+    import torch
+
+    from covidedge.fileio import refuse_existing
+
+    payload = read_checkpoint(src)
+    spec = ModelSpec.from_dict({**payload["spec"], "temperature": float(temperature)})
+    if spec.task != "classifier":
+        raise BadInputError("a temperature applies to a classifier's probabilities only", path=src)
+    dst = Path(dst)
+    refuse_existing(dst, what="checkpoint")
+    payload["spec"] = spec.to_dict()
+    with atomic_target(dst) as tmp:
+        torch.save(payload, tmp)
+    return dst
 
 
 def checkpoint_sha256(path) -> str:

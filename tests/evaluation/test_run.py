@@ -132,9 +132,13 @@ def test_classifier_report_layout_and_files(data_root, samples, tmp_path):
     assert "| Non-COVID | 0 | 0 | 4 |" in md
 
     out = report.save(tmp_path / "rep")
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "confusion_matrix.png"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "confusion_matrix.png",
+                                                "reliability.png"}
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Calibration" in (out / "report.md").read_text()
     d = json.loads((out / "report.json").read_text())
+    assert 0.0 <= d["metrics"]["ece"] <= 1.0 and sum(d["metrics"]["reliability"]["count"]) == 12
     assert d["metrics"]["accuracy"] == pytest.approx(8 / 12)
     assert d["counts"] == {"COVID-19": 4, "Non-COVID": 4, "Normal": 4}
     assert d["study_reference"]["per_class"]["Normal"] == STUDY_CLASSIFIER_TEST["per_class"]["Normal"]
