@@ -46,6 +46,8 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 ACCEPT_CHOICES = ("xray", "xray+sc", "any")
 #: C-STORE status "Refused: Out of Resources".
 OUT_OF_RESOURCES = 0xA700
+#: DIMSE status "Refused: Not Authorized".
+NOT_AUTHORIZED = 0x0124
 DEFAULT_AE_TITLE = "COVIDEDGE"
 DEFAULT_PORT = 11112
 
@@ -401,7 +403,14 @@ class DicomNode:
         r = event.assoc.requestor
         return f"{str(r.ae_title).strip()}@{r.address}"
 
+    def _refused_host(self, event) -> bool:
+        """The host check again, per request: a connection accepted in the instant between the
+        server's start and its host check being installed is still refused here."""
+        return not self.options.host_allowed(str(event.assoc.requestor.address))
+
     def _on_echo(self, event) -> int:
+        if self._refused_host(event):
+            return NOT_AUTHORIZED
         self.log(f"echo from {self._peer(event)}")
         return 0x0000
 
@@ -416,6 +425,9 @@ class DicomNode:
         uid = str(event.request.AffectedSOPInstanceUID or "")
         key = uid_key(uid)
         peer = self._peer(event)  # while stopping, an association still open may finish: it is journalled
+        if self._refused_host(event):
+            self.log(f"refused {key} from {peer}: host not allowed")
+            return NOT_AUTHORIZED
         known = self.work.reserve(key)
         if known is not None:
             self.log(f"duplicate {key} from {peer}: {known}; acknowledged, not processed again")

@@ -130,6 +130,10 @@ def test_unknown_calling_ae_and_host_are_refused(tmp_path, models, pacs):
     try:
         assert echo(node.port) is None
         assert "refused connection from 127.0.0.1: host not allowed" in "\n".join(node.logs)
+        node._server.verify_request = lambda request, address: True  # as if it raced the server's start
+        assert echo(node.port) == 0x0124  # Refused: Not Authorized, per request
+        assert send(node.port, [radiograph(tmp_path / "dx.dcm")]) == [0x0124]
+        assert node_status(node.options.work)["waiting_for_inference"] == 0
     finally:
         node.stop()
     assert pacs.received == []
