@@ -25,9 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from covidedge.backends.base import infer_fitted
 from covidedge.errors import BadInputError, UsageError
-from covidedge.spec import MASK_THRESHOLD
 
 #: Coefficient of variation (standard deviation / mean of the per-batch latency) above which a
 #: measurement is flagged unstable: 0.10 = 10 %.
@@ -264,17 +262,6 @@ class EndToEndStats:
         return d
 
 
-def _postprocess(spec, out: Dict[str, np.ndarray], original_hw, threshold: float):
-    """What a caller does with the outputs: the top class, or masks resized to the original image."""
-    probs = out[spec.output_names[1]]
-    if spec.task == "classifier":
-        idx = int(np.argmax(probs[0]))
-        return spec.labels[idx], float(probs[0, idx])
-    from covidedge.runtime.postprocess import probabilities_to_mask
-
-    return [probabilities_to_mask(probs[0, c], threshold, tuple(original_hw)) for c in range(probs.shape[1])]
-
-
 def _pipeline_stage_times(result) -> Dict[str, float]:
     for attr in ("timings_ms", "timings"):
         t = getattr(result, attr, None)
@@ -287,12 +274,13 @@ def time_end_to_end(target, files: Iterable, *, warmup: int = 1, repeats: int = 
                     threshold: Optional[float] = None) -> EndToEndStats:
     """Time each image of ``files`` from disk to result, one image at a time.
 
-    ``target`` is a Runner (stages timed here: covidedge.data.imageio.read_gray, covidedge.data.
-    preprocess.preprocess, ``infer``, then argmax or masks thresholded at ``threshold`` and resized
-    back to the image size; ``threshold`` defaults to 0.5 and applies to a segmenter runner only) or
-    a Pipeline-like object with ``predict(path)`` whose results carry ``timings_ms`` per stage (its
-    own threshold applies; a different ``threshold`` is refused). A runner whose smallest batch is above 1 (a fixed-batch engine) gets
-    the image padded to that batch (covidedge.backends.base.infer_fitted). ``warmup`` images are run untimed first; each file is timed
+    ``target`` is a Pipeline-like object with ``predict(path)`` whose results carry ``timings_ms``
+    per stage (its own threshold applies; a different ``threshold`` is refused), or a Runner, which
+    is timed inside a :class:`covidedge.runtime.pipeline.Pipeline` made for it (decode, the input
+    quality check, preprocessing, inference, then the top class or masks thresholded at
+    ``threshold`` and resized back to the image size: what ``infer`` does; ``threshold`` defaults
+    to 0.5 and applies to a segmenter runner only). A fixed-batch engine gets the image padded to
+    its batch, as the pipeline does. ``warmup`` images are run untimed first; each file is timed
     ``repeats`` times.
     """
     files = [os.fspath(f) for f in files]
@@ -303,47 +291,28 @@ def time_end_to_end(target, files: Iterable, *, warmup: int = 1, repeats: int = 
     per_stage: Dict[str, List[float]] = {k: [] for k in END_TO_END_STAGES}
 
     if hasattr(target, "predict") and not hasattr(target, "infer"):
-        source = "pipeline"
+        source, pipe = "pipeline", target
         if threshold is not None and threshold != getattr(target, "threshold", None):
             raise UsageError(f"threshold={threshold!r} does not apply to a pipeline, which keeps its "
                              f"own ({getattr(target, 'threshold', None)})",
                              hint="set the threshold when making the pipeline")
-
-        def one(path):
-            t0 = time.perf_counter()
-            result = target.predict(path)
-            total = (time.perf_counter() - t0) * 1e3
-            times = _pipeline_stage_times(result)
-            times["total"] = total
-            return times
-        activate = getattr(target, "__enter__", None)
-        stop = getattr(target, "__exit__", None)
     else:
-        source = "runner"
-        from covidedge.data.imageio import read_gray
-        from covidedge.data.preprocess import preprocess
+        from covidedge.runtime.pipeline import Pipeline
 
-        spec = target.spec
-        if threshold is not None and spec.task != "segmenter":
-            raise UsageError(f"threshold={threshold!r} applies to a segmenter; this runner is a {spec.task}")
-        threshold = MASK_THRESHOLD if threshold is None else threshold
+        source, task = "runner", target.spec.task
+        if threshold is not None and task != "segmenter":
+            raise UsageError(f"threshold={threshold!r} applies to a segmenter; this runner is a {task}")
+        pipe = Pipeline(**{task: target}, threshold=threshold)  # leaves an active runner active
 
-        def one(path):
-            t0 = time.perf_counter()
-            image = read_gray(path)
-            t1 = time.perf_counter()
-            x = preprocess(image, size=tuple(spec.input_size))
-            t2 = time.perf_counter()
-            out = infer_fitted(target, x)  # a fixed-batch engine gets the image padded, as callers do
-            t3 = time.perf_counter()
-            _postprocess(spec, out, image.shape[:2], threshold)
-            t4 = time.perf_counter()
-            return {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3,
-                    "inference": (t3 - t2) * 1e3, "postprocess": (t4 - t3) * 1e3,
-                    "total": (t4 - t0) * 1e3}
-        was_active = target.is_active
-        activate = None if was_active else target.activate
-        stop = None if was_active else (lambda *exc: target.deactivate())
+    def one(path):
+        t0 = time.perf_counter()
+        result = pipe.predict(path)
+        total = (time.perf_counter() - t0) * 1e3
+        times = _pipeline_stage_times(result)
+        times["total"] = total
+        return times
+    activate = getattr(pipe, "__enter__", None)
+    stop = getattr(pipe, "__exit__", None)
 
     if activate is not None:
         activate()

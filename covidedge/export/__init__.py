@@ -179,7 +179,7 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
             raise BadInputError(f"converted graph reads as {got}, expected {precision}", path=out)
 
         x, ref = base.reference  # the fp32 export ran the checkpoint on its parity images already
-        got_out = run_onnx(out, x, static_batch=None if dynamic_batch else 1)
+        got_out = run_onnx(out, x)
         parity = parity_stats(base.task, ref, got_out)
         parity["vs_fp32_graph"] = parity_vs_fp32(model)
     meta = {p.key: p.value for p in model.metadata_props}

@@ -66,8 +66,8 @@ def _compare_with_source(src: Path, dst: Path, task: str, batch, chw) -> Dict[st
     x = synthetic_images(CHECK_IMAGES, chw[1:], seed=1)
     if chw[0] != 1:
         x = np.repeat(x, chw[0], axis=1)
-    ref = run_onnx(src, x, static_batch=batch)
-    got = run_onnx(dst, x, static_batch=batch)
+    ref = run_onnx(src, x)
+    got = run_onnx(dst, x)
     return parity_stats(task, ref, got)
 
 

@@ -75,29 +75,15 @@ def synthetic_images(n: int, size=(256, 256), seed: int = 0) -> np.ndarray:
     return out
 
 
-def run_onnx(path: Union[str, Path], x: np.ndarray, *, static_batch: Optional[int] = None,
-             threads: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Run an ONNX file in ONNX Runtime on the CPU; a static-batch graph is fed in slices."""
-    import onnxruntime as ort
+def run_onnx(path: Union[str, Path], x: np.ndarray, *, threads: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Run an ONNX file in ONNX Runtime on the CPU, through the ONNX Runtime backend's runner
+    (``threads`` intra-op threads); a batch beyond the graph's batch range (a static-batch
+    graph) is fed in pieces by :func:`~covidedge.backends.base.infer_fitted`."""
+    from covidedge.backends.base import infer_fitted
+    from covidedge.backends.onnxruntime import OrtRunner
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise RuntimeFailure(f"ONNX Runtime cannot load the graph ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200]})", path=path) from exc
-    name = sess.get_inputs()[0].name
-    names = [o.name for o in sess.get_outputs()]
-    step = static_batch or len(x)
-    parts: Dict[str, List[np.ndarray]] = {n: [] for n in names}
-    for start in range(0, len(x), step):
-        res = sess.run(None, {name: np.ascontiguousarray(x[start:start + step], np.float32)})
-        for n, r in zip(names, res):
-            parts[n].append(r)
-    return {n: np.concatenate(v, axis=0) for n, v in parts.items()}
+    with OrtRunner(path, intra_op_threads=threads) as runner:
+        return infer_fitted(runner, np.ascontiguousarray(x, np.float32))
 
 
 def parity_stats(task: str, reference: Mapping[str, np.ndarray],
@@ -341,7 +327,7 @@ def export_onnx(checkpoint_path: Union[str, Path], out_path: Union[str, Path], *
         check_onnx(out_path)
 
     ref = torch_outputs(wrapper, x)
-    got_out = run_onnx(out_path, x, static_batch=None if dynamic_batch else 1)
+    got_out = run_onnx(out_path, x)
     parity = parity_stats(spec.task, ref, got_out)
     worst = parity["max_abs_diff"]["probabilities"]
     if not worst <= parity_atol:

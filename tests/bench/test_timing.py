@@ -189,17 +189,17 @@ def test_end_to_end_segmenter_resizes_masks(tmp_path, monkeypatch):
     path = tmp_path / "seg.onnx"
     tiny_segmenter_onnx(path, size=8)
     files = _write_pngs(tmp_path / "imgs", [(20, 30)])
-    import covidedge.bench.timing as timing
+    import covidedge.runtime.pipeline as pipeline  # a runner is timed through the Pipeline
 
     shapes = []
-    real = timing._postprocess
+    real = pipeline.Pipeline.predict
 
-    def spy(spec, out, hw, threshold):
-        masks = real(spec, out, hw, threshold)
-        shapes.extend(m.shape for m in masks)
-        return masks
+    def spy(self, path, **kw):
+        result = real(self, path, **kw)
+        shapes.extend(m.shape for m in (result.lung_mask, result.infection_mask))
+        return result
 
-    monkeypatch.setattr(timing, "_postprocess", spy)
+    monkeypatch.setattr(pipeline.Pipeline, "predict", spy)
     e2e = time_end_to_end(OrtRunner(path, intra_op_threads=1), files, warmup=0)
     assert e2e.n_images == 1
     assert shapes == [(20, 30), (20, 30)]  # both mask channels back at the image's own size
