@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from covidedge.errors import BadInputError
+from covidedge.fileio import write_atomic
 from covidedge.spec import PRECISIONS
 
 
@@ -135,8 +136,8 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
         _remove_previous_demo(out)
     out.mkdir(parents=True, exist_ok=True)
     # the marker first: an interrupted demo is still recognised as ours (and replaced) later
-    (out / DEMO_MARKER).write_text(json.dumps({"made_by": "covidedge demo", "folders": list(DEMO_FOLDERS),
-                                               "files": list(DEMO_FILES)}, indent=1) + "\n")
+    write_atomic(out / DEMO_MARKER, (json.dumps({"made_by": "covidedge demo", "folders": list(DEMO_FOLDERS),
+                                                 "files": list(DEMO_FILES)}, indent=1) + "\n").encode("utf-8"))
     synthetic = data is None
     s = settings or (DemoSettings() if synthetic else DemoSettings.for_real_data())
     for p in s.precisions:
@@ -244,7 +245,7 @@ def run_demo(out_dir="demo", data=None, settings: Optional[DemoSettings] = None,
     steps["seconds"] = round(time.perf_counter() - t_start, 1)
 
     result.summary_md = _write_summary(out, result, s)
-    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    write_atomic(out / "summary.json", json.dumps(result.to_dict(), indent=2, default=str).encode("utf-8"))
     return result
 
 
@@ -305,5 +306,4 @@ def _write_summary(out: Path, result: DemoResult, s: DemoSettings) -> Path:
         lines.append(f"| {Path(r['source']).name} | {r.get('label')} | {_fmt(conf)} | "
                      f"{'-' if lf is None else f'{100 * lf:.1f}'} | {'-' if inf is None else f'{100 * inf:.1f}'} |")
     path = out / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))

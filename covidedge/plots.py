@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from covidedge.errors import BadInputError, require
+from covidedge.fileio import atomic_target
 
 __all__ = ["plot_learning_curves", "plot_confusion_matrix", "plot_bars", "plot_latency_bars"]
 
@@ -34,8 +35,8 @@ def _new_figure(width_in: float, height_in: float):
 
 def _save(fig, out_png: PathLike) -> Path:
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    with atomic_target(out) as tmp:  # a reader never sees half a figure
+        fig.savefig(tmp, format="png")
     return out
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from covidedge.bench.timing import EndToEndStats, LatencyStats
+from covidedge.fileio import write_atomic
 from covidedge.machine import PACKAGE_KEYS, probe_latency_facts, probe_machine
 
 TABLE_COLUMNS = ("model", "backend", "precision", "size MB", "batch", "metric", "ms/image",
@@ -326,8 +327,8 @@ class BenchReport:
         if png is None and self.rows:
             self.notes.append("no plot: matplotlib is not installed (pip install 'covidedge[plots]')")
         paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md", "png": png}
-        paths["json"].write_text(self.to_json() + "\n")
-        paths["markdown"].write_text(self.to_markdown())
+        write_atomic(paths["json"], (self.to_json() + "\n").encode("utf-8"))
+        write_atomic(paths["markdown"], self.to_markdown().encode("utf-8"))
         return paths
 
 

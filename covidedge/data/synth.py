@@ -31,6 +31,7 @@ from covidedge.data.covidqu import (CLASSES, IMAGES_DIR, INFECTION_MASKS_DIR, IN
                                     LUNG_MASKS_DIR, SPLITS)
 from covidedge.data.imageio import write_png
 from covidedge.errors import BadInputError
+from covidedge.fileio import write_atomic
 
 #: File written in the output root that marks a folder as produced by this module.
 MARKER_FILE = "synth.json"
@@ -222,8 +223,8 @@ def make_synthetic_dataset(out_dir: Union[str, os.PathLike], per_class: int = 8,
     params = {"per_class": int(per_class), "seed": int(seed), "splits": list(split_names),
               "size": int(size), "generator": "covidedge.data.synth v1"}
     # The marker goes first, so that an interrupted run is still recognised (and replaced) later.
-    (out / MARKER_FILE).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
-    (out / README_FILE).write_text(_README.format(params=json.dumps(params)), encoding="utf-8")
+    write_atomic(out / MARKER_FILE, (json.dumps(params, indent=2) + "\n").encode("utf-8"))
+    write_atomic(out / README_FILE, _README.format(params=json.dumps(params)).encode("utf-8"))
     for split in split_names:
         split_index = SPLITS.index(split)
         for class_index, label in enumerate(CLASSES):

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from covidedge.errors import BadInputError, UsageError
+from covidedge.fileio import write_atomic
 from covidedge.spec import CALIBRATION_METHODS, Options
 from covidedge.export.calibrators import DEFAULT_PERCENTILE
 
@@ -237,9 +238,8 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
             "percentile": (float(percentile if percentile is not None else DEFAULT_PERCENTILE)
                            if "percentile" in methods else None)}
     table = ParityTable(rows, meta)
-    (out_dir / "parity.md").write_text(table.to_markdown(), encoding="utf-8")
-    (out_dir / "parity.json").write_text(json.dumps(table.to_dict(), indent=2) + "\n",
-                                         encoding="utf-8")
+    write_atomic(out_dir / "parity.md", table.to_markdown().encode("utf-8"))
+    write_atomic(out_dir / "parity.json", (json.dumps(table.to_dict(), indent=2) + "\n").encode("utf-8"))
     table.meta["files"] = {"markdown": str(out_dir / "parity.md"),
                            "json": str(out_dir / "parity.json")}
     return table

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from covidedge.pretrained import INDEX_FILE, PACKAGE_DIR, pack_compact, restore_compact
+from covidedge.fileio import write_atomic
 
 #: An int8 flavour is "faithful" when its Val metric is within this many points of the checkpoint.
 FAITHFUL_POINTS = 1.0
@@ -139,7 +140,7 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
     }
     row = {"name": name, "task": task, "compact": compact.name, "card": f"{name}.md",
            "calibration_cache": cache_path.name, "fp32_sha256": fp32_sha, "summary": summary}
-    (out_dir / f"{name}.md").write_text(model_card(row))
+    write_atomic(out_dir / f"{name}.md", model_card(row).encode("utf-8"))
     _update_index(out_dir / INDEX_FILE, row)
     note(f"released {name}: {compact} ({packed['bytes'] / 1e6:.1f} MB), card {out_dir / (name + '.md')}")
     return row
@@ -154,8 +155,6 @@ def _parameters(ck) -> int:
 def _update_index(path: Path, row: Dict[str, Any]) -> None:
     """Add or replace ``row`` in models.json (under a file lock: two releases may finish together)."""
     import fcntl
-
-    from covidedge.fileio import write_atomic
 
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
