@@ -76,35 +76,81 @@ def gray_to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+#: Pixels per block of rows when an overlay is drawn (its temporaries stay a few MB).
+_BLOCK_PIXELS = 1 << 20
+
+
+def _outline_rows(mask: np.ndarray, a: int, b: int, width: int) -> np.ndarray:
+    """Rows ``a:b`` of ``outline(mask, width)``, computed from those rows and ``width`` rows of
+    context on each side: an erosion of ``width`` steps sees no farther, so the result equals
+    the whole mask's outline there."""
+    top, bottom = max(0, a - width), min(mask.shape[0], b + width)
+    sub = mask[top:bottom]
+    eroded = erode(sub, width)
+    # erode() treats the block's cut edges as the image border; that reaches ``width`` rows in,
+    # which is the context we added: rows a:b are exact.
+    return sub[a - top:b - top] & ~eroded[a - top:b - top]
+
+
 def draw_overlay(image: np.ndarray, lungs: Optional[np.ndarray] = None,
                  infection: Optional[np.ndarray] = None, *, alpha: float = INFECTION_ALPHA,
                  width: Optional[int] = None, caption: Optional[str] = None) -> np.ndarray:
     """RGB ``H x W x 3`` uint8 picture: the gray X-ray, infection tinted (``alpha``) and
     outlined in red, lungs outlined in green, and an optional caption in the top-left corner.
-    ``width`` is the outline width in px (default: :func:`line_width_for` the image)."""
-    gray = gray_to_uint8(image)
-    shape = gray.shape
+    ``width`` is the outline width in px (default: :func:`line_width_for` the image).
+
+    Drawn block by block of rows: an 8000 x 8000 image costs its 192 MB RGB result and a few MB
+    more, never full-size float or mask temporaries."""
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise BadInputError(f"image has shape {img.shape}, expected H x W grayscale")
+    shape = img.shape
     w = line_width_for(shape) if width is None else max(1, int(width))
-    rgb = np.repeat(gray[:, :, None], 3, axis=2)
-    if lungs is not None:
-        rgb[outline(_bool_mask(lungs, shape, "lung mask"), w)] = LUNG_COLOR
-    if infection is not None:
-        inf = _bool_mask(infection, shape, "infection mask")
-        if inf.any():
-            red = np.asarray(INFECTION_COLOR, dtype=np.float32)
-            tinted = rgb[inf].astype(np.float32) * (1.0 - alpha) + red * alpha
-            rgb[inf] = np.round(tinted).astype(np.uint8)
-            rgb[outline(inf, w)] = INFECTION_COLOR
+    lung = _bool_mask(lungs, shape, "lung mask") if lungs is not None else None
+    inf = _bool_mask(infection, shape, "infection mask") if infection is not None else None
+    if inf is not None and not inf.any():
+        inf = None
+    red = np.asarray(INFECTION_COLOR, dtype=np.float32)
+    rgb = np.empty((*shape, 3), dtype=np.uint8)
+    rows = max(1, _BLOCK_PIXELS // max(1, shape[1]))
+    for a in range(0, shape[0], rows):
+        b = min(shape[0], a + rows)
+        block = rgb[a:b]
+        block[...] = gray_to_uint8(img[a:b])[:, :, None]
+        if lung is not None:
+            block[_outline_rows(lung, a, b, w)] = LUNG_COLOR
+        if inf is not None:
+            m = inf[a:b]
+            tinted = block[m].astype(np.float32) * (1.0 - alpha) + red * alpha
+            block[m] = np.round(tinted).astype(np.uint8)
+            block[_outline_rows(inf, a, b, w)] = INFECTION_COLOR
     if caption:
         rgb = _draw_caption(rgb, caption)
     return rgb
 
 
 def _draw_caption(rgb: np.ndarray, text: str) -> np.ndarray:
-    """Write ``text`` in white on a dark box in the top-left corner, scaled to the image."""
-    img = Image.fromarray(rgb)
-    draw = ImageDraw.Draw(img)
+    """Write ``text`` in white on a dark box in the top-left corner, scaled to the image (drawn
+    on that corner only, in place: no copy of the whole picture)."""
     size = max(10, int(min(rgb.shape[:2]) / 20))
+    try:
+        from PIL import ImageFont
+
+        font = ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # old Pillow: fixed bitmap font
+        font = None
+    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
+    pad = max(2, size // 4)
+    box_w = min(rgb.shape[1], right - left + 2 * pad + 1)
+    box_h = min(rgb.shape[0], bottom + 2 * pad + 1)
+    corner = Image.fromarray(np.ascontiguousarray(rgb[:box_h, :box_w]))
+    _draw_caption_on(corner, text, size)
+    rgb[:box_h, :box_w] = np.asarray(corner)
+    return rgb
+
+
+def _draw_caption_on(img: Image.Image, text: str, size: int) -> None:
+    draw = ImageDraw.Draw(img)
     try:
         from PIL import ImageFont
 
@@ -115,7 +161,6 @@ def _draw_caption(rgb: np.ndarray, text: str) -> np.ndarray:
     pad = max(2, size // 4)
     draw.rectangle((0, 0, right - left + 2 * pad, bottom + 2 * pad), fill=(0, 0, 0))
     draw.text((pad - left, pad), text, fill=(255, 255, 255), font=font)
-    return np.asarray(img)
 
 
 def _save_atomic(img: Image.Image, path, overwrite: bool = True) -> Path:
@@ -132,8 +177,10 @@ def _save_atomic(img: Image.Image, path, overwrite: bool = True) -> Path:
 def save_mask_png(path, mask: np.ndarray, *, overwrite: bool = True) -> Path:
     """Write a bool mask as an 8-bit PNG (0 = background, 255 = mask), as COVID-QU-Ex stores them.
     With ``overwrite=False`` an existing file is never replaced (covidedge.fileio.OutputExistsError)."""
-    m = _bool_mask(mask, None, "mask")
-    return _save_atomic(Image.fromarray(m.astype(np.uint8) * 255), path, overwrite)
+    m = np.ascontiguousarray(_bool_mask(mask, None, "mask"))
+    pixels = np.multiply(m, 255, dtype=np.uint8)  # one 8-bit copy, shared with the PNG encoder
+    return _save_atomic(Image.frombuffer("L", (m.shape[1], m.shape[0]), pixels, "raw", "L", 0, 1),
+                        path, overwrite)
 
 
 def save_overlay(path, image: np.ndarray, lungs: Optional[np.ndarray] = None,
@@ -141,7 +188,50 @@ def save_overlay(path, image: np.ndarray, lungs: Optional[np.ndarray] = None,
                  overwrite: bool = True) -> Path:
     """Draw :func:`draw_overlay` and write it as an RGB PNG; returns the path."""
     rgb = draw_overlay(image, lungs, infection, caption=caption)
-    return _save_atomic(Image.fromarray(np.ascontiguousarray(rgb)), path, overwrite)
+    path = Path(os.fspath(path))
+    try:
+        with atomic_target(path, overwrite=overwrite) as tmp:
+            write_rgb_png(tmp, rgb)
+    except OSError as exc:
+        raise BadInputError(f"cannot be written: {exc.strerror or exc}", path=path,
+                            hint="check that the output folder is writable and has space") from exc
+    return path
+
+
+def write_rgb_png(path, rgb: np.ndarray, level: int = 3) -> Path:
+    """Write an ``H x W x 3`` uint8 array as an 8-bit RGB PNG, encoded block by block of rows
+    (PNG 'Up' filter, zlib ``level``). Pillow would first copy the picture into its own 4 bytes
+    per pixel (256 MB for 8000 x 8000); this costs a few MB beyond the array."""
+    import struct
+    import zlib
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise BadInputError(f"picture has shape {rgb.shape} and dtype {rgb.dtype}, expected H x W x 3 uint8")
+    h, w = rgb.shape[:2]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(int(level))
+    rows = max(1, _BLOCK_PIXELS // max(1, w))
+    previous = np.zeros(w * 3, dtype=np.uint8)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)))
+        for a in range(0, h, rows):
+            block = np.ascontiguousarray(rgb[a:min(h, a + rows)]).reshape(-1, w * 3)
+            filtered = np.empty((block.shape[0], w * 3 + 1), dtype=np.uint8)
+            filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it, modulo 256
+            np.subtract(block[:1], previous[None], out=filtered[:1, 1:])
+            np.subtract(block[1:], block[:-1], out=filtered[1:, 1:])
+            previous = block[-1].copy()
+            data = comp.compress(filtered.tobytes())
+            if data:
+                f.write(chunk(b"IDAT", data))
+        f.write(chunk(b"IDAT", comp.flush()))
+        f.write(chunk(b"IEND", b""))
+    return Path(path)
 
 
 __all__ = ["LUNG_COLOR", "INFECTION_COLOR", "INFECTION_ALPHA", "erode", "outline", "line_width_for",

@@ -48,13 +48,28 @@ def as_gray(item: ImageLike, reduce_for=None) -> np.ndarray:
     return array_to_gray(item)
 
 
+#: Pixels above which a large image is resized strip by strip of rows (4 MB of float32 each).
+_STRIP_PIXELS = 1 << 20
+
+
 def resize_gray(gray: np.ndarray, size=DEFAULT_SIZE) -> np.ndarray:
     """Bilinear resize of a float ``H x W`` image to ``size = (H, W)``; no-op at that size."""
     h, w = as_size(size)
     gray = np.asarray(gray, dtype=np.float32)
     if gray.shape == (h, w):
         return np.ascontiguousarray(gray)
-    img = Image.fromarray(np.ascontiguousarray(gray))  # mode "F"
+    gray = np.ascontiguousarray(gray)
+    H, W = gray.shape
+    if H * W > _STRIP_PIXELS and H >= h and W >= w:
+        # Pillow resizes in two passes, rows first; doing that pass on strips of rows gives the
+        # same floats without Pillow's full-size copy of the image (256 MB at 8000 x 8000).
+        rows = max(1, _STRIP_PIXELS // W)
+        narrow = np.empty((H, w), dtype=np.float32)
+        for a in range(0, H, rows):
+            b = min(H, a + rows)
+            narrow[a:b] = np.asarray(Image.fromarray(gray[a:b]).resize((w, b - a), Image.Resampling.BILINEAR))
+        gray = narrow
+    img = Image.fromarray(gray)  # mode "F"
     out = np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
     # Bilinear weights are non-negative and sum to 1, so this only removes rounding overshoot.
     return np.clip(out, 0.0, 1.0)
