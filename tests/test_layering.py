@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "covidedge"
 #: Lowest first. A module belongs to the longest prefix that matches its name.
 LAYERS = (
     ("covidedge", "covidedge.errors"),
-    ("covidedge.spec", "covidedge.fileio", "covidedge.machine"),
+    ("covidedge.spec", "covidedge.fileio", "covidedge.machine", "covidedge.progress"),
     ("covidedge.formats", "covidedge.data", "covidedge.metrics", "covidedge.overlay", "covidedge.plots"),
     ("covidedge.models", "covidedge.inputs", "covidedge.pretrained", "covidedge.prediction"),
     ("covidedge.backends",),

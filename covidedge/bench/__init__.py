@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,11 +195,10 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), options: Optional
         "backend": backend, "threads": threads, "data_root": None if data_root is None else str(data_root),
         "split": split if (data_root is not None or end_to_end) else None,
         "limit_per_class": limit_per_class, "end_to_end": end_to_end})
-    from tqdm import tqdm
+    from covidedge.progress import bar as progress_bar
 
     tmp: List = []
-    bar = tqdm(total=len(models) * len(batches), desc="bench", unit="run", file=sys.stderr,
-               disable=not (progress and sys.stderr.isatty()), leave=False)
+    bar = progress_bar(total=len(models) * len(batches), desc="bench", unit="run", enabled=progress)
     try:
         for model in models:
             path = os.fspath(model)

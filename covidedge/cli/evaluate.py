@@ -42,13 +42,13 @@ def command(model, data_root, split, batch_size, limit_per_class, seed, threshol
       covidedge evaluate runs/cls/best.pt --data COVID-QU-Ex --split Val --out reports/cls-val
       covidedge evaluate build/seg-int8.onnx --data COVID-QU-Ex --split Val --json
     """
-    from covidedge.evaluation import EvaluationReport, evaluate
+    from covidedge.evaluation import EvaluationOptions, EvaluationReport, evaluate
 
     if out_dir:  # an earlier report is refused before the evaluation, not after it
         EvaluationReport.check_out_dir(out_dir, overwrite=overwrite)
-    report = evaluate(model, data_root, split=split, batch_size=batch_size,
-                      limit_per_class=limit_per_class, threshold=threshold, backend=backend,
-                      seed=seed, allow_missing_classes=allow_missing_classes)
+    options = EvaluationOptions(batch_size=batch_size, limit_per_class=limit_per_class, threshold=threshold,
+                                backend=backend, seed=seed, allow_missing_classes=allow_missing_classes)
+    report = evaluate(model, data_root, split=split, options=options, progress=True)
     if out_dir:
         report.save(out_dir, overwrite=overwrite)
         click.echo(f"report written to {out_dir}", err=True)

@@ -26,16 +26,6 @@ class _EchoStream:
         pass
 
 
-class _NoBar:
-    """Stands in for a tqdm bar when none is shown."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _backend_line(pipe) -> str:
     """One line saying which backend runs each model."""
     parts = []
@@ -132,6 +122,8 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
     """
     from covidedge.dicom import SeriesFilter
     from covidedge.runtime.results import CsvResultsWriter, TableFormatter
+    from covidedge.progress import bar as progress_bar
+    from covidedge.runtime.options import InferenceOptions
     from covidedge.runtime.run import run_inference
 
     if not server and ctx.get_parameter_source("timeout_s").name != "DEFAULT":
@@ -169,18 +161,16 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
 
     stdout_csv = CsvResultsWriter(_EchoStream(), pipe.labels) if fmt == "csv" else None
     collected, shown = [], [0]
-    state = {"bar": _NoBar(), "table": None}
+    state = {"bar": progress_bar(), "table": None}
 
     def on_files(files) -> None:
         state["table"] = TableFormatter(pipe.labels, segmentation=pipe.segmenter is not None,
                                         name_width=max(len(f.name) for f in files))
-        if len(files) > 1 and sys.stderr.isatty():  # tqdm is imported only when a bar is shown
-            from tqdm import tqdm
-
-            state["bar"] = tqdm(total=len(files), unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+        # a bar on a terminal only (covidedge.progress; tqdm is imported only when one is shown)
+        state["bar"] = progress_bar(total=len(files), unit="img", enabled=len(files) > 1)
 
     def note(msg: str) -> None:
-        if isinstance(state["bar"], _NoBar):
+        if not hasattr(state["bar"], "write"):  # no bar on screen
             click.echo(msg, err=True)
         else:
             state["bar"].write(msg, file=sys.stderr)
@@ -201,12 +191,13 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
 
     debug = bool((ctx.find_root().obj or {}).get("debug"))
     try:
-        summary = run_inference(
-            inputs, pipeline=pipe, batch_size=batch_size, out_dir=out_dir, results=results_path,
+        options = InferenceOptions(
+            batch_size=batch_size, out_dir=out_dir, results=results_path,
             results_format="jsonl" if fmt == "json" and out_dir and not results_path else None,
             overlay=not no_overlay, overwrite=overwrite, dicom_out=dicom_out, series_filter=series_filter,
-            show_patient_ids=show_patient_ids, on_files=on_files, on_result=on_result, on_note=note,
-            suppress_warnings=not debug)
+            show_patient_ids=show_patient_ids, suppress_warnings=not debug)
+        summary = run_inference(inputs, options, pipeline=pipe, on_files=on_files, on_result=on_result,
+                                on_note=note)
     finally:
         state["bar"].close()
         if fmt == "json" and collected:  # close the list even when the run stops early

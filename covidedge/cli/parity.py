@@ -58,7 +58,7 @@ def command(checkpoint, data_root, split, calib_data, calib_count, manifest, met
 
     options = ParityOptions(methods=_methods(methods), limit_per_class=limit_per_class, out_dir=out_dir,
                             calib_data=calib_data, calib_count=calib_count, percentile=percentile)
-    table = compare_precisions(checkpoint, data_root, split, calibration=manifest, options=options)
+    table = compare_precisions(checkpoint, data_root, split, calibration=manifest, options=options, progress=True)
     if as_json:
         click.echo(json.dumps(table.to_dict(), indent=2))
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
@@ -33,12 +32,11 @@ def command(out_dir, per_class, seed, size, splits, as_json):
     Example:
       covidedge synth demo/data --per-class 16 --size 128 --splits Train,Val
     """
-    from tqdm import tqdm
+    from covidedge.progress import bar as progress_bar
 
     n_splits = len([s for s in splits.split(",") if s.strip()])
     total = n_splits * len(CLASSES) * per_class
-    with tqdm(total=total, unit="img", desc="synth", file=sys.stderr,
-              disable=not sys.stderr.isatty()) as bar:
+    with progress_bar(total=total, unit="img", desc="synth", enabled=True) as bar:
         root = make_synthetic_dataset(out_dir, per_class=per_class, seed=seed, splits=splits,
                                       size=size, progress=bar.update)
     info = CovidQuDataset(root).summary()

@@ -14,7 +14,6 @@ backend's name. Engine names and the build folder are in :mod:`covidedge.engine.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ from covidedge.formats.manifest import EngineManifest, manifest_path_for
 from covidedge.formats.onnxfile import (KEY_CALIBRATION_SHA, KEY_PRECISION, graph_opset, graph_precision,
                                         graph_tensors, load_onnx)
 from covidedge.machine import describe_device, module_present, package_version, probe_machine
+from covidedge.progress import note
 from covidedge.spec import AUTO, CALIBRATION_METHODS, PRECISIONS, ModelSpec, Options, check_choice
 
 
@@ -176,9 +176,8 @@ def _calibration_sha(meta: Dict[str, str], calibration=None) -> Optional[str]:
 
 def say(progress: bool, text: str) -> None:
     """The one way a build reports progress and notes: a line on stderr when ``progress``,
-    nothing otherwise."""
-    if progress:
-        print(text, file=sys.stderr, flush=True)
+    nothing otherwise (covidedge.progress.note)."""
+    note(progress, text)
 
 
 def describe_build(backend: str, version: str, precision: str, batch: Tuple[int, int], seconds: float,
@@ -298,7 +297,7 @@ def _read_graph(onnx_path: Path, header, requested: Optional[str], batch: Sequen
     return SourceGraph(onnx_path, spec, meta, precision, graph_opset(header), inputs, outputs, shapes)
 
 
-def build_engine(model, out=None, options: Optional[BuildOptions] = None, *, progress: bool = True,
+def build_engine(model, out=None, options: Optional[BuildOptions] = None, *, progress: bool = False,
                  overwrite: bool = True, **overrides) -> BuildResult:
     """Build an engine (TensorRT plan, or an ONNX Runtime model where TensorRT is absent) and its
     manifest from a checkpoint (.pt/.pth, exported first) or a precision-bearing ONNX graph.
@@ -306,7 +305,7 @@ def build_engine(model, out=None, options: Optional[BuildOptions] = None, *, pro
     ``options`` is a :class:`BuildOptions` (its fields may also be given as keywords, which
     override it). ``out`` defaults to :func:`default_engine_path`. Every engine is self-checked
     against ONNX Runtime on the same graph (each backend's ``SELF_CHECK_ATOL``) before its
-    manifest is written. ``progress`` prints progress and notes on stderr; ``progress=False``
+    manifest is written. ``progress=True`` prints progress and notes on stderr; by default it
     prints nothing. With ``overwrite=False`` (what ``covidedge build-engine`` passes without
     ``--overwrite``) an existing ``out`` or manifest is refused before any work
     (covidedge.fileio.OutputExistsError)."""

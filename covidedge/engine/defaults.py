@@ -91,7 +91,7 @@ def _graph_for(model, flavour: str, build_dir: Path, progress: bool) -> Path:
     return quantize_int8(fp32, dst, None, ranges=cache, activation_type="uint8", symmetric_activations=False)
 
 
-def build_default_engines(build_dir=DEFAULT_BUILD_DIR, *, rebuild: bool = False, progress: bool = True,
+def build_default_engines(build_dir=DEFAULT_BUILD_DIR, *, rebuild: bool = False, progress: bool = False,
                           build_options: Optional[Dict[str, Any]] = None) -> List[DefaultEngine]:
     """Build (or reuse) the default engines for this machine into ``build_dir``.
 

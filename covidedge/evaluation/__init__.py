@@ -1,5 +1,6 @@
-"""Evaluation: a model on a data split (``run``) and the precision-parity study (``parity``)."""
+"""Evaluation: a model on a data split (``run``), its report (``report``) and the
+precision-parity study (``parity``)."""
 
-from covidedge.evaluation.run import STUDY_CLASSIFIER_TEST, EvaluationReport, evaluate
+from covidedge.evaluation.run import STUDY_CLASSIFIER_TEST, EvaluationOptions, EvaluationReport, evaluate
 
-__all__ = ["EvaluationReport", "evaluate", "STUDY_CLASSIFIER_TEST"]
+__all__ = ["EvaluationOptions", "EvaluationReport", "evaluate", "STUDY_CLASSIFIER_TEST"]

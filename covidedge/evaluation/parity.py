@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 
 from covidedge.errors import BadInputError, UsageError
 from covidedge.fileio import write_atomic
+from covidedge.progress import note as progress_note
 from covidedge.spec import CALIBRATION_METHODS, Options
 from covidedge.export.calibrators import DEFAULT_PERCENTILE
 
@@ -142,7 +142,7 @@ class ParityOptions(Options):
 
 
 def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=None,
-                       options: Optional[ParityOptions] = None, *, progress: bool = True,
+                       options: Optional[ParityOptions] = None, *, progress: bool = False,
                        **overrides: Any) -> ParityTable:
     """Export and evaluate every precision of ``checkpoint`` on ``split`` of ``data_root``, as
     ``options`` (a :class:`ParityOptions`, its fields also accepted as keywords) says.
@@ -173,8 +173,7 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
     stem = checkpoint.stem
 
     def note(text: str) -> None:
-        if progress:
-            print(text, file=sys.stderr, flush=True)
+        progress_note(progress, text)
 
     def run_eval(path, backend):
         return evaluate(path, data_root, split, batch_size=batch_size,

@@ -269,7 +269,7 @@ def test_onnxruntime_build_matches_its_source_graph(tiny_onnx, tmp_path, precisi
 def test_auto_falls_back_with_one_line_on_stderr(tiny_onnx, tmp_path, capsys, monkeypatch):
     src, _ = tiny_onnx("fp16")
     monkeypatch.chdir(tmp_path)
-    res = B.build_engine(src)
+    res = B.build_engine(src, progress=True)  # the API is quiet unless asked; the CLI asks
     assert res.engine_path == Path("build/tiny-classifier.fp16.ort.onnx") and res.engine_path.is_file()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
