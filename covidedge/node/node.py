@@ -538,7 +538,7 @@ class DicomNode:
                 run_inference(runnable, pipeline=pipe, batch_size=o.batch_size, dicom_out=job,
                               series_filter=o.series_filter, overlay=o.overlay, on_result=on_result,
                               on_note=notes.append)
-            except CovidEdgeError as exc:
+            except Exception as exc:  # reported per instance, never a crash loop on the same image
                 for p in runnable:
                     rec = records[by_path[str(p)]]
                     if "status" not in rec and not rec.get("objects"):
@@ -555,7 +555,7 @@ class DicomNode:
                 inf = (rec.get("timings_ms") or {}).get("total")
                 self.log(f"done {k}: {_describe(rec)}; {len(files[k])} objects queued "
                          f"({rec['ms']:.0f} ms for a batch of {len(paths)}"
-                         + (f", model {inf:.0f} ms" if inf is not None else "") + f"{since})")
+                         + (f", pipeline {inf:.0f} ms" if inf is not None else "") + f"{since})")
                 for d in o.destinations:
                     self._wake[d.key].set()
             else:
