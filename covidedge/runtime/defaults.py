@@ -97,9 +97,18 @@ def usable(entry: Dict[str, Any], machine: Optional[Dict[str, Any]]) -> Optional
     if not engine.is_file():
         return f"{engine} is missing"
     try:
-        load_manifest(engine, machine, check=True, verify=True)
+        manifest = load_manifest(engine, machine, check=True, verify=True)
     except CovidEdgeError as exc:
         return str(exc).splitlines()[0]
+    # the checks of loading, and what the record says the file is: a swapped file (the segmenter
+    # where the classifier was recorded) passes its own manifest but is the wrong model
+    task, have = entry.get("task"), (manifest.spec or {}).get("task")
+    if task and have != task:
+        return (f"{engine} is a {have} engine, but the record names it the {task} "
+                f"({entry.get('model')}): the files were swapped or replaced")
+    if entry.get("precision") and manifest.precision != entry["precision"]:
+        return (f"{engine} is a {manifest.precision} engine, the record says {entry['precision']}: "
+                "the files were swapped or replaced")
     return None
 
 
@@ -175,9 +184,19 @@ def default_models(build_dir=None) -> DefaultModels:
         cls, seg = engines.get("classifier"), engines.get("segmenter")
         where = sorted({shown(e.engine.parent) for e in engines.values()})
         what = ", ".join(f"{shown(e.engine)} ({e.backend} {e.flavour})" for e in engines.values())
-        return DefaultModels(cls.engine if cls else None, seg.engine if seg else None,
-                             f"models: the default engines in {', '.join(w + '/' for w in where)} - {what}",
-                             "engines")
+        line = f"models: the default engines in {', '.join(w + '/' for w in where)} - {what}"
+        paths = {"classifier": cls.engine if cls else None, "segmenter": seg.engine if seg else None}
+        # A task without an engine (an interrupted build-engine) runs on its shipped model, and
+        # the line says so: infer never drops the masks or the class without a word.
+        from covidedge.pretrained import default_model
+
+        for task in ("classifier", "segmenter"):
+            shipped = default_model(task) if paths[task] is None else None
+            if shipped is not None:
+                paths[task] = shipped.fp32_onnx()
+                line += (f"; no {task} engine is built here (an interrupted 'covidedge build-engine'?), "
+                         f"so the shipped {shipped.name} runs (fp32, ONNX Runtime)")
+        return DefaultModels(paths["classifier"], paths["segmenter"], line, "engines")
     else:
         from covidedge.pretrained import default_model
 

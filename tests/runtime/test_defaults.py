@@ -94,3 +94,50 @@ def test_each_engine_file_is_hashed_once_per_process(tmp_path, monkeypatch):
     res.engine_path.write_bytes(res.engine_path.read_bytes()[:-1])  # changed: checked again, refused
     with pytest.raises(Exception, match="truncated or was replaced"):
         M.verify_engine_file(res.engine_path, res.manifest)
+
+
+def test_a_task_without_an_engine_runs_its_shipped_model_and_says_so(monkeypatch, tmp_path):
+    # issue 22, item 17: after an interrupted bare build-engine only the classifier engine exists;
+    # bare infer used to run the classifier alone (no masks, no severity) without a word
+    import covidedge.runtime.defaults as D
+    from covidedge.pretrained import default_model
+
+    monkeypatch.setenv("COVIDEDGE_CACHE", str(tmp_path / "cache"))
+    engine = tmp_path / "engines" / "cls.int8.ort.onnx"
+    only_cls = {"classifier": D.DefaultEngine("covidqu-xception256", "classifier", "int8", "int8", "onnxruntime",
+                                              engine, engine.with_name(engine.name + ".manifest.json"), "ab" * 32,
+                                              status="reused")}
+    monkeypatch.setattr(D, "find_default_engines", lambda build_dir=None: only_cls)
+    chosen = D.default_models()
+    assert chosen.classifier == engine
+    shipped = default_model("segmenter")
+    assert chosen.segmenter is not None and chosen.segmenter == shipped.fp32_onnx()
+    assert f"no segmenter engine is built here" in chosen.line and shipped.name in chosen.line
+
+
+def test_reuse_runs_the_checks_of_loading_and_catches_swapped_engines(tmp_path):
+    # issue 22, item 18: engines swapped or edited in build/ were "reused, unchanged" by
+    # build-engine while infer refused them, and bench named segmenter timings as the classifier's
+    import shutil
+
+    from covidedge.engine.build import build_engine
+    from covidedge.formats.manifest import manifest_path_for
+    from covidedge.runtime.defaults import usable
+    from tests.graphs import tiny_classifier_onnx, tiny_segmenter_onnx
+
+    tiny_classifier_onnx(tmp_path / "cls.onnx", size=16)
+    tiny_segmenter_onnx(tmp_path / "seg.onnx", size=16)
+    cls = build_engine(tmp_path / "cls.onnx", tmp_path / "b" / "cls.ort.onnx", backend="onnxruntime", progress=False)
+    seg = build_engine(tmp_path / "seg.onnx", tmp_path / "b" / "seg.ort.onnx", backend="onnxruntime", progress=False)
+    entry = {"model": "covidqu-xception256", "task": "classifier", "precision": "fp32",
+             "engine": str(cls.engine_path)}
+    assert usable(entry, None) is None
+    # swapped: the segmenter (with its own, valid manifest) where the classifier was recorded
+    shutil.copyfile(seg.engine_path, cls.engine_path)
+    shutil.copyfile(manifest_path_for(seg.engine_path), manifest_path_for(cls.engine_path))
+    assert "is a segmenter engine, but the record names it the classifier" in usable(entry, None)
+    # edited: the engine no longer matches its manifest
+    cls2 = build_engine(tmp_path / "cls.onnx", tmp_path / "c" / "cls.ort.onnx", backend="onnxruntime", progress=False)
+    entry["engine"] = str(cls2.engine_path)
+    cls2.engine_path.write_bytes(cls2.engine_path.read_bytes() + b"\0")
+    assert "truncated or was replaced" in usable(entry, None)
