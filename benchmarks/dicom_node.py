@@ -195,7 +195,7 @@ def main(argv=None) -> int:
 
     classifier, segmenter = args.classifier, args.segmenter
     if not classifier and not segmenter:
-        from covidedge.engine.defaults import default_models
+        from covidedge.runtime.defaults import default_models
 
         chosen = default_models()
         print(chosen.line, file=sys.stderr)

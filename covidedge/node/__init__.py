@@ -5,8 +5,9 @@
 * :mod:`covidedge.node.work`: the work folder, an on-disk queue that survives restarts.
 * :mod:`covidedge.node.destinations`: C-STORE and folder destinations.
 
-It sits above the runtime (it runs :func:`covidedge.runtime.run.run_inference`) and the engine
-layer (the default models); pynetdicom is imported only when a node starts.
+It sits above the runtime (it runs :func:`covidedge.runtime.run.run_inference` and picks the
+default models with :func:`covidedge.runtime.defaults.default_models`, as ``covidedge infer``
+does); pynetdicom is imported only when a node starts.
 """
 
 from covidedge.node.node import DicomNode, NodeOptions, node_status

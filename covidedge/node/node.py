@@ -98,7 +98,7 @@ class NodeOptions:
     """What the node listens on, whom it accepts, what it runs and where results go.
 
     ``classifier`` / ``segmenter``: model paths; with neither, the default models that
-    ``covidedge infer`` runs (:func:`covidedge.engine.defaults.default_models`). ``forward``:
+    ``covidedge infer`` runs (:func:`covidedge.runtime.defaults.default_models`). ``forward``:
     ``AE@HOST:PORT`` destinations; ``dicom_out``: a folder destination; at least one of them.
     ``allow_ae``: calling AE titles accepted; ``allow_hosts``: peer addresses (or networks,
     ``10.0.0.0/24``) accepted; with neither, only loopback peers. ``tls_cert`` / ``tls_key``
@@ -273,7 +273,7 @@ class DicomNode:
         o = self.options
         classifier, segmenter = o.classifier, o.segmenter
         if classifier is None and segmenter is None:
-            from covidedge.engine.defaults import default_models
+            from covidedge.runtime.defaults import default_models
 
             chosen = default_models()
             self.log(chosen.line)

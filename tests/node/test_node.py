@@ -266,6 +266,23 @@ def test_twenty_images_over_four_associations_are_all_answered(tmp_path, models,
         node.stop()
 
 
+def test_with_no_model_the_node_runs_the_default_models_as_infer_picks_them(tmp_path, models, pacs,
+                                                                             monkeypatch):
+    import covidedge.runtime.defaults as defaults
+
+    line = "models: the default engines in here/ - (a stand-in for this test)"
+    monkeypatch.setattr(defaults, "default_models",
+                        lambda build_dir=None: defaults.DefaultModels(models[0], models[1], line, "engines"))
+    node = start_node(tmp_path, models, forward=[pacs.address], classifier=None, segmenter=None)
+    try:
+        assert node.logs[0] == line
+        assert "classifier cls.onnx" in node.logs[1] and "segmenter seg.onnx" in node.logs[1]
+        assert send(node.port, [radiograph(tmp_path / "dx.dcm")]) == [0x0000]
+        assert len(pacs.wait_for(3)) == 3
+    finally:
+        node.stop()
+
+
 def test_options_are_checked():
     from covidedge.errors import BadInputError, UsageError
 
