@@ -122,6 +122,22 @@ class AlgorithmInfo:
 # ---------------------------------------------------------------------------------------------
 # The three objects
 # ---------------------------------------------------------------------------------------------
+#: Patient and study attributes of Type 2 (present, possibly empty) that the result objects copy
+#: from their source; a source without them (not conformant, but seen) gets them empty.
+TYPE2_SOURCE_ATTRIBUTES = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate",
+                           "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
+
+
+def fill_type2_attributes(ds) -> List[str]:
+    """Add the :data:`TYPE2_SOURCE_ATTRIBUTES` a source lacks, empty, as the standard allows for
+    Type 2; returns their names. (highdicom reads them and failed with "'FileDataset' object has
+    no attribute 'PatientID'" on such a source.)"""
+    added = [a for a in TYPE2_SOURCE_ATTRIBUTES if a not in ds]
+    for attr in added:
+        setattr(ds, attr, "")
+    return added
+
+
 def build_segmentation(source, lungs: np.ndarray, infection: np.ndarray, algorithm: AlgorithmInfo, *,
                        series_uid: str, instance_number: int = 1):
     """A binary SEG of ``source`` (a pydicom Dataset, pixels not needed) with segment 1 = lungs
@@ -394,6 +410,7 @@ class DicomOutputs:
             if not str(ds.get(attr, "") or ""):
                 raise BadInputError(f"has no {attr}; DICOM results must refer to it", path=result.source,
                                     hint="re-export the image from the PACS")
+        fill_type2_attributes(ds)
         study = str(ds.StudyInstanceUID)
         name = self._base_name(result.source)
         written: Dict[str, str] = {}

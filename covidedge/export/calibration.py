@@ -319,6 +319,7 @@ def make_calibration_set(data_root: PathLike, count: int, *, split: str = "Train
                 rel = s.image.relative_to(given)
             except ValueError:
                 rel = Path(os.path.relpath(s.image, given))
+            _check_images_readable([s.image])
             entries.append({"path": rel.as_posix(), "label": label,
                             "sha256": sha256_file(s.image)})
 
@@ -343,6 +344,19 @@ def make_calibration_set(data_root: PathLike, count: int, *, split: str = "Train
     refuse_existing(out_path, what="calibration manifest", overwrite=overwrite)
     cset.save(out_path, overwrite=overwrite)
     return cset
+
+
+def _check_images_readable(paths) -> None:
+    """BadInputError naming the first chosen image whose header cannot be read (a 0-byte or
+    truncated file): refused when the set is made, not when an export reads it later."""
+    from covidedge.data.imageio import image_shape
+
+    for p in paths:
+        try:
+            image_shape(p)
+        except CovidEdgeError as exc:
+            raise BadInputError(f"calibration image cannot be read ({exc})", path=p,
+                                hint="replace or remove the file, then make the calibration set again") from exc
 
 
 def as_calibration_set(calibration) -> CalibrationSet:

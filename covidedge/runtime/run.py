@@ -87,6 +87,12 @@ class RunSummary:
         return d
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or below it (real paths)."""
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
 def _same_folder(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -170,6 +176,12 @@ def run_inference(inputs: Union[PathLike, Iterable[PathLike]], options: Optional
     summary.not_selected, summary.selection_summary = len(selection.not_selected), selection.summary()
     files = selection.files
     if not files:
+        for item in inputs:  # the input is an output folder: say so, not "no images"
+            for flag, folder in (("--out", out_dir), ("--dicom-out", dicom_out)):
+                if folder is not None and os.path.isdir(item) and _inside(Path(item), Path(folder)):
+                    raise UsageError(f"the input folder {item} is the {flag} folder {os.fspath(folder)} (or "
+                                     "inside it); covidedge never reads its own output folders",
+                                     hint=f"choose a {flag} folder outside the inputs")
         raise BadInputError("no images to process in " + ", ".join(repr(i) for i in inputs),
                             hint="pass image files (.png .jpg .jpeg .bmp .tif .tiff .dcm) or "
                                  "folders holding them")
