@@ -486,6 +486,7 @@ class DicomNode:
 
     def _process(self, pipe, keys: List[str]) -> None:
         from covidedge.dicom.writers import MANUFACTURER, read_source
+        from covidedge.runtime.options import InferenceOptions
         from covidedge.runtime.run import run_inference
 
         o = self.options
@@ -535,9 +536,9 @@ class DicomNode:
                     rec.update(status=FAILED, reason=why.replace(str(result.source), rec["uid"]))
 
             try:
-                run_inference(runnable, pipeline=pipe, batch_size=o.batch_size, dicom_out=job,
-                              series_filter=o.series_filter, overlay=o.overlay, on_result=on_result,
-                              on_note=notes.append)
+                run_inference(runnable, InferenceOptions(batch_size=o.batch_size, dicom_out=job,
+                                                         series_filter=o.series_filter, overlay=o.overlay),
+                              pipeline=pipe, on_result=on_result, on_note=notes.append)
             except Exception as exc:  # reported per instance, never a crash loop on the same image
                 for p in runnable:
                     rec = records[by_path[str(p)]]
