@@ -141,3 +141,15 @@ def test_reuse_runs_the_checks_of_loading_and_catches_swapped_engines(tmp_path):
     entry["engine"] = str(cls2.engine_path)
     cls2.engine_path.write_bytes(cls2.engine_path.read_bytes() + b"\0")
     assert "truncated or was replaced" in usable(entry, None)
+
+
+def test_shipped_graphs_are_hashed_once_per_process(image, monkeypatch):
+    import covidedge.fileio as fileio
+    from covidedge.runtime.defaults import default_models
+
+    first = default_models()  # restores the shipped graphs (hashed as they are written)
+    default_models()  # finds them and checks them once
+    calls = []
+    real = fileio.sha256_file
+    monkeypatch.setattr(fileio, "sha256_file", lambda path, *a: calls.append(path) or real(path, *a))
+    assert default_models().paths() == first.paths() and calls == []
