@@ -116,6 +116,21 @@ def test_echo_and_a_dx_comes_back_as_seg_sr_and_sc(tmp_path, models, pacs):
     assert status["node"] is None  # stopped: the lock is gone
 
 
+def test_a_compressed_dx_is_accepted_and_run(tmp_path, models, pacs):
+    from pydicom.uid import RLELossless
+
+    src = radiograph(tmp_path / "dx.dcm")
+    ds = pydicom.dcmread(str(src))
+    ds.compress(RLELossless)
+    ds.save_as(str(src), enforce_file_format=True)
+    node = start_node(tmp_path, models, forward=[pacs.address])
+    try:
+        assert send(node.port, [src]) == [0x0000]
+        assert by_source(pacs.wait_for(3), [src]) == {uid_of(src): sorted([SEG, COMPREHENSIVE_SR, SC])}
+    finally:
+        node.stop()
+
+
 def test_unknown_calling_ae_and_host_are_refused(tmp_path, models, pacs):
     node = start_node(tmp_path / "a", models, forward=[pacs.address], allow_ae=["MODALITY,CT1"])
     try:
