@@ -248,3 +248,18 @@ def test_a_dicom_without_preamble_works_through_the_server_as_locally(served, mo
     assert local.exit_code == 0 and remote.exit_code == 0, remote.output
     a, b = json.loads(local.stdout)[0], json.loads(remote.stdout)[0]
     assert a["label"] == b["label"] and a["image_size"] == b["image_size"]
+
+
+def test_shared_memory_left_by_a_dead_covidedge_server_is_removed_at_the_next_start(tmp_path, monkeypatch):
+    import covidedge.serve.server as S
+
+    monkeypatch.setattr(S, "SHM_FOLDER", tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{S.SHM_PREFIX}{dead.pid}_ab12_region"
+    alive = tmp_path / f"{S.SHM_PREFIX}{os.getpid()}_cd34_region"
+    other = tmp_path / "triton_python_backend_shm_region_someone_elses"
+    for p in (stale, alive, other):
+        p.write_bytes(b"patient data")
+    assert S.remove_stale_shm() == [stale.name]
+    assert not stale.exists() and alive.exists() and other.exists()
