@@ -183,6 +183,43 @@ def self_check(built: Runner, source_onnx, precision: str, limits: Mapping[str, 
     return {"batch": int(batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
 
 
+def _can_write(folder: Path, size: int = 1 << 20) -> bool:
+    """True when ``size`` bytes can be written into ``folder`` (tried, then removed)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder) as f:
+            f.write(b"\0" * size)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    except OSError:
+        return False
+
+
+def optimise_failure(exc: BaseException, source, target) -> RuntimeFailure:
+    """The error of a failed offline optimisation, blaming the right file: ONNX Runtime reports a
+    write it could not finish (a full disk, a folder it may not write, a file size limit) as
+    "Protobuf serialization failed" or a bare SystemError, which reads as if the source model
+    were broken. When the optimised model could not be written, the error names its folder."""
+    import shutil
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    target = Path(os.fspath(target))
+    folder = target.parent
+    wrote = "serializ" in first.lower() or isinstance(exc, SystemError) or "SystemError" in first
+    if wrote or not _can_write(folder):
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free there"
+        except OSError:
+            free = "free space unknown"
+        return RuntimeFailure(f"ONNX Runtime could not write the optimised model into this folder ({first}; "
+                              f"{free}): the disk is full, the folder is not writable, or a file size "
+                              "limit applies", path=folder, hint="free some space, or build into another "
+                                                                 "folder (--out)")
+    return RuntimeFailure(f"ONNX Runtime could not optimise the model: {first}", path=source)
+
+
 def build_engine_file(onnx_path, out, spec: ModelSpec, opt_batch: int, precision: str) -> Dict[str, Any]:
     """The ONNX Runtime engine: optimise ``onnx_path`` offline at :data:`ORT_OFFLINE_LEVEL` into
     ``out`` (an ONNX file), accepted by :func:`self_check` on a batch of
@@ -196,8 +233,7 @@ def build_engine_file(onnx_path, out, spec: ModelSpec, opt_batch: int, precision
         ort.InferenceSession(os.fspath(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         tmp.unlink(missing_ok=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeFailure(f"ONNX Runtime could not optimise the model: {first}", path=onnx_path) from exc
+        raise optimise_failure(exc, onnx_path, tmp) from exc
     return self_check(OrtRunner(tmp, spec=spec, precision=precision), onnx_path, precision, SELF_CHECK_ATOL,
                       batch=opt_batch, out=out, engine_name="optimised ONNX Runtime")
 
@@ -253,8 +289,7 @@ class OnnxRuntimeBackend(Backend):
             ort.InferenceSession(os.fspath(graph.path), sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             tmp.unlink(missing_ok=True)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RuntimeFailure(f"ONNX Runtime could not optimise the model: {first}", path=graph.path) from exc
+            raise optimise_failure(exc, graph.path, tmp) from exc
         return BuiltEngine(tmp, graph.inputs, graph.outputs,
                            notes=[f"graph optimised offline at the '{ORT_OFFLINE_LEVEL}' level"],
                            options={"ort_offline_level": ORT_OFFLINE_LEVEL})
