@@ -45,3 +45,17 @@ def test_a_broken_model_is_still_blamed_on_the_model(tmp_path):
     err = optimise_failure(RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : bad node"), tmp_path / "m.onnx",
                            tmp_path / "out.tmp.onnx")
     assert str(err).startswith(f"{tmp_path / 'm.onnx'}: ONNX Runtime could not optimise the model")
+
+
+def test_a_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    # what ONNX Runtime raised when build/ was not writable: "SystemError: 1" (as root every
+    # folder is writable, so the folder check is shown through the error ONNX Runtime gives)
+    from covidedge.backends.onnxruntime import optimise_failure
+
+    err = optimise_failure(SystemError("1"), tmp_path / "m.onnx", tmp_path / "build" / "x.tmp.onnx")
+    assert str(err).startswith(f"{tmp_path / 'build'}: ONNX Runtime could not write the optimised model")
+    import covidedge.backends.onnxruntime as O
+
+    monkeypatch.setattr(O, "_can_write", lambda folder, size=0: False)
+    err = optimise_failure(RuntimeError("odd failure"), tmp_path / "m.onnx", tmp_path / "build" / "x.tmp.onnx")
+    assert "could not write the optimised model" in str(err)
