@@ -1,7 +1,7 @@
 """Input quality check: flags for images no chest X-ray model should be trusted on.
 
 A decoded gray image (float in [0, 1], as :func:`covidedge.data.imageio.read_gray` returns) is
-checked for four things, each a flag named in :data:`QUALITY_FLAGS`:
+checked for five things, each a flag named in :data:`QUALITY_FLAGS`:
 
 * ``constant``: the brightest and darkest pixels differ by less than ``min_range`` (default
   1/255, one 8-bit level): a blank, black or white image carries no anatomy.
@@ -12,6 +12,11 @@ checked for four things, each a flag named in :data:`QUALITY_FLAGS`:
 * ``dim``: all but the brightest 0.1 % of pixels are below ``min_top`` (default 1/8) of the
   range: the image uses a small part of the range its file declares (12-bit samples declared as
   16-bit, a window far above the anatomy), so the model sees a nearly black picture.
+* ``out_of_distribution``: the image does not look like a frontal chest X-ray (a CT or MR
+  slice, a photograph, a document, a pattern): its appearance score
+  (:mod:`covidedge.data.appearance`) is above the threshold set on COVID-QU-Ex Val, where 3 % of
+  real X-rays score higher. The models answer confidently on such images; the flag says not to
+  trust them.
 
 The check only reports; callers decide whether a flagged image is a warning on its result or a
 refusal (``--strict``).
@@ -26,7 +31,8 @@ import numpy as np
 from covidedge.errors import BadInputError
 
 #: The flags, in the order :func:`check_quality` reports them.
-QUALITY_FLAGS: Tuple[str, ...] = ("constant", "tiny", "extreme_aspect_ratio", "dim")
+QUALITY_FLAGS: Tuple[str, ...] = ("constant", "tiny", "extreme_aspect_ratio", "dim",
+                                  "out_of_distribution")
 #: Default thresholds: one 8-bit gray level, 64 px, 4:1, 1/8 of the range.
 MIN_RANGE = 1.0 / 255.0
 MIN_SIDE_PX = 64
@@ -42,11 +48,14 @@ FLAG_MEANINGS: Dict[str, str] = {
     "extreme_aspect_ratio": "the image is a strip, far from a chest radiograph's proportions",
     "dim": "the image uses under 1/8 of its intensity range (a bit depth or window that does not "
            "fit its samples?)",
+    "out_of_distribution": "the image does not look like a frontal chest X-ray (CT, MR, photo, "
+                           "document?); do not trust the result",
 }
 
 
 def check_quality(gray, *, min_range: float = MIN_RANGE, min_side: int = MIN_SIDE_PX,
-                  max_aspect: float = MAX_ASPECT, min_top: float = MIN_TOP) -> List[str]:
+                  max_aspect: float = MAX_ASPECT, min_top: float = MIN_TOP,
+                  appearance: bool = True) -> List[str]:
     """Flags (a sublist of :data:`QUALITY_FLAGS`, in that order) for a 2-D gray image.
 
     ``gray`` is an ``H x W`` array (float in [0, 1], or integer samples: only its range
@@ -74,6 +83,12 @@ def check_quality(gray, *, min_range: float = MIN_RANGE, min_side: int = MIN_SID
         step = max(1, int(np.sqrt(arr.size / _SAMPLE_PIXELS)))
         if float(np.percentile(arr[::step, ::step], 99.9)) < min_top:
             flags.append("dim")
+    if appearance and "constant" not in flags and "tiny" not in flags:
+        from covidedge.data.appearance import default_profile
+
+        profile = default_profile()
+        if profile is not None and profile.is_foreign(arr):
+            flags.append("out_of_distribution")
     return flags
 
 

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
+from typing import Dict, Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -244,4 +244,61 @@ def make_synthetic_dataset(out_dir: Union[str, os.PathLike], per_class: int = 8,
     return out
 
 
-__all__ = ["MARKER_FILE", "make_synthetic_dataset", "render_chest"]
+def _shepp_logan(size: int) -> np.ndarray:
+    """The Shepp-Logan head phantom (the classic CT test slice), ``size`` px square, in [0, 1]."""
+    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    img = np.zeros((size, size))
+    for a, b, cx, cy, ang, v in ((.69, .92, 0, 0, 0, 1.0), (.6624, .874, 0, -.0184, 0, -.8),
+                                 (.11, .31, .22, 0, -18, -.2), (.16, .41, -.22, 0, 18, -.2),
+                                 (.21, .25, 0, .35, 0, .1), (.046, .046, 0, .1, 0, .1),
+                                 (.046, .046, 0, -.1, 0, .1), (.046, .023, -.08, -.605, 0, .1),
+                                 (.023, .023, 0, -.606, 0, .1), (.023, .046, .06, -.605, 0, .1)):
+        t = np.deg2rad(ang)
+        xr, yr = (x - cx) * np.cos(t) + (y - cy) * np.sin(t), -(x - cx) * np.sin(t) + (y - cy) * np.cos(t)
+        img[(xr / a) ** 2 + (yr / b) ** 2 <= 1] += v
+    return np.clip(img, 0, 1)
+
+
+def foreign_images(size: int = 256) -> Dict[str, np.ndarray]:
+    """Gray images in [0, 1] that are not chest X-rays, for the out-of-distribution check:
+    a CT slice (Shepp-Logan phantom, in a round field of view), a checkerboard, a document scan
+    (rendered text) and, where matplotlib's sample data is installed, an MR slice and two
+    photographs."""
+    from PIL import Image, ImageDraw
+
+    out: Dict[str, np.ndarray] = {}
+    ct = _shepp_logan(size) * 0.8 + 0.1
+    yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    ct[xx ** 2 + yy ** 2 > 0.98] = 0.0
+    out["ct_slice"] = ct
+    k = max(1, size // 8)
+    out["checkerboard"] = ((np.arange(size)[:, None] // k + np.arange(size)[None] // k) % 2).astype(float)
+    page = Image.new("L", (size, int(size * 1.3)), 245)
+    draw = ImageDraw.Draw(page)
+    rng = np.random.default_rng(0)
+    for row in range(8, page.height - 12, 11):
+        words = " ".join("".join(chr(97 + c) for c in rng.integers(0, 26, rng.integers(2, 9)))
+                         for _ in range(12))
+        draw.text((8, row), words, fill=20)
+    out["document_scan"] = np.asarray(page, dtype=float) / 255.0
+    try:
+        import gzip
+        import importlib.util
+
+        spec = importlib.util.find_spec("matplotlib")  # its sample data, without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("matplotlib is not installed")
+        sample = Path(list(spec.submodule_search_locations)[0]) / "mpl-data" / "sample_data"
+        with gzip.open(sample / "s1045.ima.gz") as f:
+            mr = np.frombuffer(f.read(), "<u2").reshape(256, 256).astype(float)
+        out["mr_slice"] = mr / mr.max()
+        for name, fname in (("photograph", "grace_hopper.jpg"),
+                            ("product_photo", "Minduka_Present_Blue_Pack.png")):
+            with Image.open(sample / fname) as im:
+                out[name] = np.asarray(im.convert("L"), dtype=float) / 255.0
+    except (ImportError, OSError):
+        pass
+    return out
+
+
+__all__ = ["MARKER_FILE", "make_synthetic_dataset", "render_chest", "foreign_images"]
