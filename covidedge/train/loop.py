@@ -104,6 +104,9 @@ def _check_options(o: Dict[str, Any]) -> None:
     for name in ("epochs", "batch_size", "image_size", "patience"):
         positive(name)
     positive("lr", float)
+    if o["lr"] > 1.0:  # diverges at the first steps; refuse it before any data is read
+        raise BadInputError(f"lr={o['lr']!r} is too large; expected a peak learning rate <= 1 "
+                            "(AdamW: typically 1e-4 .. 3e-3)")
     if not (math.isfinite(o["weight_decay"]) and o["weight_decay"] >= 0):
         raise BadInputError(f"weight-decay={o['weight_decay']} is invalid; expected a finite number >= 0")
     if o["image_size"] < 32:

@@ -89,9 +89,21 @@ def test_the_robust_preset_changes_intensities_within_range_and_reproducibly():
     ("bn_images", -1, "bn-images=-1 is invalid"),
     ("ema_decay", 1.5, "ema-decay=1.5 is invalid"),
     ("augment", "heavy", "augmentation 'heavy' is unknown"),
+    ("lr", 1e300, "lr=1e[+]?300 is too large"),
 ])
 def test_training_refuses_bad_statistics_options_before_reading_data(tmp_path, option, value, words):
     from covidedge.train.loop import train_classifier
 
     with pytest.raises(BadInputError, match=words):
         train_classifier(tmp_path / "no-data", tmp_path / "out", progress=False, **{option: value})
+
+
+def test_the_command_line_refuses_a_huge_learning_rate_with_exit_3(tmp_path, capsys):
+    from covidedge.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "classifier", "--data", str(tmp_path), "--out", str(tmp_path / "out"),
+              "--lr", "1e300"])
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert "is too large" in err and len(err.strip().splitlines()) == 1
