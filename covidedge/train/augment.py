@@ -9,8 +9,8 @@ heart sits on the patient's left) and mirrored films are not what a deployed mod
 ``hflip=True`` exists for users who want it anyway.
 
 The ``robust`` preset adds what another hospital's films bring: a gamma curve (exposure and
-display LUTs), resampling down and back up (detector resolution, resized exports) and sensor
-noise. These draws come after the basic ones, so the ``basic`` preset's draws are unchanged.
+display LUTs), resampling down and back up (detector resolution, resized exports), sensor
+noise, and a black frame with burnt-in text or side markers. These draws come after the basic ones, so the ``basic`` preset's draws are unchanged.
 """
 
 from __future__ import annotations
@@ -41,12 +41,17 @@ class AugmentConfig:
     resample: float = 0.0
     #: Gaussian noise with a standard deviation drawn in [0, noise] (intensity units); 0 = off
     noise: float = 0.0
+    #: probability of a black frame (up to 8 % of the side) with bright burnt-in marks (text,
+    #: side markers) near its edges; 0 = off
+    border: float = 0.0
 
     def __post_init__(self):
         lo, hi = (float(v) for v in self.scale)
         if not (0 < lo <= hi):
             raise BadInputError(f"augmentation scale range {self.scale} is invalid; "
                                  "expected 0 < low <= high, e.g. (0.9, 1.1)")
+        if not 0.0 <= self.border <= 1.0:
+            raise BadInputError(f"augmentation border={self.border} is outside [0, 1]")
         if not 0.0 <= self.resample < 1.0:
             raise BadInputError(f"augmentation resample={self.resample} is outside [0, 1)")
         for name in ("rotation_deg", "shift", "brightness", "contrast", "gamma", "noise"):
@@ -102,6 +107,10 @@ class BatchAugment:
         if c.noise:
             p["noise"] = uniform(0.0, c.noise)
             p["noise_seed"] = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
+        if c.border:
+            p["border"] = torch.rand(n, generator=generator, dtype=torch.float64) < c.border
+            p["border_width"] = uniform(0.01, 0.08)
+            p["marks_seed"] = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
         return p
 
     @staticmethod
@@ -122,11 +131,38 @@ class BatchAugment:
                                       mode="bilinear", align_corners=False, antialias=True)
                 rows.append(F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False))
             out = torch.cat(rows)
+        if "border" in p and bool(p["border"].any()):
+            out = BatchAugment._frame_and_marks(out, p)
         if "noise" in p:
             g = torch.Generator().manual_seed(p["noise_seed"])
             z = torch.randn(out.shape, generator=g).to(dev)
             out = out + z * p["noise"].to(dev, torch.float32).view(n, 1, 1, 1)
         return out.clamp(0.0, 1.0)
+
+    @staticmethod
+    def _frame_and_marks(out, p):
+        """A black frame and 1-3 bright rectangles (burnt-in text or side markers) near the
+        frame's inner edge, on the images whose ``border`` draw is set."""
+        import torch
+
+        out = out.clone()
+        h, w = out.shape[2:]
+        g = torch.Generator().manual_seed(p["marks_seed"])
+        for i in torch.nonzero(p["border"]).flatten().tolist():
+            b = max(1, round(float(p["border_width"][i]) * min(h, w)))
+            out[i, :, :b, :] = 0
+            out[i, :, h - b:, :] = 0
+            out[i, :, :, :b] = 0
+            out[i, :, :, w - b:] = 0
+            for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
+                mh = max(2, h // int(torch.randint(20, 40, (1,), generator=g)))
+                mw = max(2, w // int(torch.randint(6, 20, (1,), generator=g)))
+                top = b + int(torch.randint(0, max(1, h // 8), (1,), generator=g))
+                if bool(torch.rand(1, generator=g) < 0.5):
+                    top = h - b - mh - top + b
+                left = b + int(torch.randint(0, max(1, w - 2 * b - mw), (1,), generator=g))
+                out[i, :, top:top + mh, left:left + mw] = 1.0
+        return out
 
     @staticmethod
     def theta(params: Dict[str, Any]):
@@ -175,7 +211,7 @@ class BatchAugment:
 #: Named augmentation settings for ``train --augment``.
 AUGMENT_PRESETS = {
     "basic": AugmentConfig(),
-    "robust": AugmentConfig(gamma=0.35, resample=0.5, noise=0.03),
+    "robust": AugmentConfig(gamma=0.35, resample=0.5, noise=0.03, border=0.3),
 }
 
 

@@ -79,7 +79,7 @@ def test_the_robust_preset_changes_intensities_within_range_and_reproducibly():
     pr = robust.sample_params(4, generator=torch.Generator().manual_seed(3))
     for k in pb:
         assert torch.equal(pb[k], pr[k]), k
-    assert {"gamma", "resample", "noise"} <= set(pr)
+    assert {"gamma", "resample", "noise", "border"} <= set(pr)
     assert set(AUGMENT_PRESETS) == {"basic", "robust"}
     with pytest.raises(BadInputError, match="augmentation 'heavy' is unknown"):
         augment_preset("heavy")
@@ -107,3 +107,13 @@ def test_the_command_line_refuses_a_huge_learning_rate_with_exit_3(tmp_path, cap
     assert info.value.code == 3
     err = capsys.readouterr().err
     assert "is too large" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_robust_preset_frames_some_images_in_black_with_bright_marks():
+    aug = BatchAugment(augment_preset("robust"), rotation_deg=0.0, shift=0.0, scale=(1.0, 1.0),
+                       brightness=0.0, contrast=0.0, gamma=0.0, resample=0.0, noise=0.0, border=1.0)
+    x = torch.full((3, 1, 64, 64), 0.5)
+    out, _ = aug(x, None, generator=torch.Generator().manual_seed(0))
+    assert (out[:, :, 0, :] == 0).all() and (out[:, :, :, -1] == 0).all()  # the frame
+    assert all(bool((img == 1.0).any()) for img in out)  # a mark on each
+    assert bool((out[:, :, 32, 20:44] == 0.5).any())  # the middle is untouched
