@@ -83,7 +83,9 @@ def _variant(name, model, input_size, description, **kw) -> ModelVariant:
 #: The named variants, by task and then size. The first of each task is its default.
 VARIANTS: Mapping[str, ModelVariant] = MappingProxyType({v.name: v for v in (
     _variant("xception256", "xception", 256,
-             "full-size Xception (the paper's widths), the shipped classifier", width_mult=1.0),
+             "full-size Xception (the paper's widths), the study's network", width_mult=1.0),
+    _variant("xception256-small", "xception", 256,
+             "the small Xception at the study's 256 px, the shipped classifier", width_mult=0.25),
     _variant("xception128-small", "xception", 128,
              "small fast classifier for CPU runs and benchmarks", width_mult=0.25),
     _variant("xception64-small", "xception", 64,

@@ -5,10 +5,12 @@ A maintainer's tool (needs torch, onnxruntime and the dataset):
     python -m covidedge.pretrained.release runs/cls/best.pt --name covidqu-xception256 \\
         --data COVID-QU-Ex --command "covidedge train classifier ..." [--calib-count 500]
 
-Steps: export the checkpoint to fp32 ONNX; write the compact graph (fp16-stored weights) and
-restore it; compute the calibration cache on a calibration set of Train images (manifest written
+Steps: for a classifier, fit a temperature on Val (probabilities = softmax(logits / T)) and
+carry it in the spec, so the graphs apply it; export the checkpoint to fp32 ONNX; write the
+compact graph (fp16-stored weights) and restore it; compute the calibration cache on a calibration set of Train images (manifest written
 to ``calibration/``); evaluate on Val the checkpoint, the restored fp32 graph, its fp16 graph and
-both int8 flavours made from the cache (ONNX Runtime, CPU); write the model card and the row of
+both int8 flavours made from the cache (ONNX Runtime, CPU); for a classifier, its accuracy
+under the shifts of ``covidedge.evaluation.robustness``; write the model card and the row of
 ``models.json``. Every number in the card comes from that run.
 """
 
@@ -26,8 +28,11 @@ from typing import Any, Dict, List, Optional
 from covidedge.pretrained import INDEX_FILE, PACKAGE_DIR, pack_compact, restore_compact
 from covidedge.fileio import write_atomic
 
-#: An int8 flavour is "faithful" when its Val metric is within this many points of the checkpoint.
-FAITHFUL_POINTS = 1.0
+#: An int8 flavour is "faithful" when its Val metric is within this many points of the checkpoint
+#: (for the segmenter: lung and infection Dice each) ...
+FAITHFUL_POINTS = 0.5
+#: ... and, for a classifier, agrees with the checkpoint's answers on at least this share of Val.
+FAITHFUL_AGREEMENT = 0.98
 
 
 def _metric_row(key: str, label: str, path: Path, report, ref=None) -> Dict[str, Any]:
@@ -35,7 +40,7 @@ def _metric_row(key: str, label: str, path: Path, report, ref=None) -> Dict[str,
     row: Dict[str, Any] = {"key": key, "model": label, "file": path.name,
                            "size_mb": round(path.stat().st_size / 1e6, 2)}
     if report.task == "classifier":
-        row.update(accuracy=m["accuracy"], macro_f1=m.get("macro_f1"),
+        row.update(accuracy=m["accuracy"], macro_f1=m.get("macro_f1"), ece=m.get("ece"),
                    recall={k: v.get("recall") for k, v in m["per_class"].items()})
         if ref is not None:
             row["delta_points"] = round(100 * (m["accuracy"] - ref.metrics["accuracy"]), 3)
@@ -76,11 +81,28 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     ck = read_checkpoint(checkpoint)
     extra = ck.get("extra") or {}
+
+    def run(path, backend):
+        note(f"evaluating {Path(path).name} on {split}")
+        return evaluate(path, data_root, split, batch_size=16, backend=backend,
+                        progress=progress, keep_outputs=True)
+
     with tempfile.TemporaryDirectory(prefix="covidedge-release-") as tmp:
         tmp = Path(tmp)
+        ref = run(checkpoint, "torch")
+        temperature = 1.0
+        source = checkpoint
+        if ck["spec"]["task"] == "classifier":
+            from covidedge.formats.checkpoint import with_temperature
+            from covidedge.metrics import fit_temperature
+
+            y = [list(ref.labels).index(t) for t in ref.true_labels]
+            temperature = fit_temperature(ref.probabilities, y)
+            note(f"temperature fitted on {split}: {temperature:.4f}")
+            source = with_temperature(checkpoint, tmp / "calibrated.pt", temperature)
         raw = tmp / "raw.fp32.onnx"
         note(f"exporting {checkpoint}")
-        export_onnx(checkpoint, raw)
+        export_onnx(source, raw)
         compact = out_dir / f"{name}.compact.onnx"
         packed = pack_compact(raw, compact)
         fp32 = tmp / f"{name}.fp32.onnx"
@@ -103,13 +125,8 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
         int8_cpu = quantize_int8(fp32, tmp / f"{name}.int8-u8.onnx", None, ranges=cache_path,
                                  activation_type="uint8", symmetric_activations=False)
 
-        def run(path, backend):
-            note(f"evaluating {Path(path).name} on {split}")
-            return evaluate(path, data_root, split, batch_size=16, backend=backend,
-                            progress=progress, keep_outputs=True)
-
-        ref = run(checkpoint, "torch")
-        rows = [_metric_row("checkpoint", "checkpoint (fp32 weights, torch)", checkpoint, ref)]
+        rows = [_metric_row("checkpoint", "checkpoint (fp32 weights, torch, no temperature)",
+                            checkpoint, ref)]
         for key, label, path in (("fp32", "shipped fp32 (fp16-stored weights restored)", fp32),
                                  ("fp16", "fp16 graph", fp16),
                                  ("int8-s8", "int8, signed symmetric activations (TensorRT form)", int8_trt),
@@ -117,12 +134,23 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
             rows.append(_metric_row(key, label, Path(path), run(path, "onnxruntime"), ref))
         rows[0]["size_mb"] = round(raw.stat().st_size / 1e6, 2)  # the unrounded fp32 graph
         fp32_sha = sha256_file(fp32)
+        robustness = None
+        if spec.task == "classifier":
+            from covidedge.evaluation.robustness import classifier_robustness
+
+            from covidedge.train.bn import batchnorm_shift
+
+            note(f"robustness of {fp32.name} on {split}")
+            robustness = classifier_robustness(fp32, data_root, split, backend="onnxruntime")
+            note("BatchNorm statistics: re-estimated on other clean Train images")
+            robustness["batchnorm_check"] = batchnorm_shift(checkpoint, data_root, split=split)
 
     task = spec.task
     key = "delta_points" if task == "classifier" else "delta_infection_points"
     cpu_row = rows[4]
     cpu_precision = "int8" if abs(cpu_row[key]) <= FAITHFUL_POINTS and (
-        task == "classifier" or abs(cpu_row["delta_lung_points"]) <= FAITHFUL_POINTS) else "fp32"
+        cpu_row.get("agreement", 1.0) >= FAITHFUL_AGREEMENT if task == "classifier"
+        else abs(cpu_row["delta_lung_points"]) <= FAITHFUL_POINTS) else "fp32"
     opts = extra.get("train_options") or {}
     summary = {
         "architecture": spec.model_name, "model_kwargs": spec.model_kwargs,
@@ -137,6 +165,7 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
                                            "method": cache["method"],
                                            "seconds": round(calib_seconds, 1)},
         "released": _dt.date.today().isoformat(), "train_options": opts,
+        "temperature": temperature, "robustness": robustness,
     }
     row = {"name": name, "task": task, "compact": compact.name, "card": f"{name}.md",
            "calibration_cache": cache_path.name, "fp32_sha256": fp32_sha, "summary": summary}
@@ -189,12 +218,35 @@ def model_card(row: Dict[str, Any]) -> str:
              f"(channels_last: {(s.get('amp') or {}).get('channels_last', False)}), on a CPU.",
              "", f"## Val metrics per precision ({s['split']} split, all {s['val_images']} images)", ""]
     if task == "classifier":
-        lines += ["| model | size MB | accuracy | macro F1 | recall COVID-19 / Non-COVID / Normal | Δ vs checkpoint (pts) | agreement with checkpoint |",
-                  "|---|---:|---:|---:|---|---:|---:|"]
+        lines += ["| model | size MB | accuracy | macro F1 | recall COVID-19 / Non-COVID / Normal | ECE | Δ vs checkpoint (pts) | agreement with checkpoint |",
+                  "|---|---:|---:|---:|---|---:|---:|---:|"]
         for r in s["val"]:
             rec = " / ".join(f"{r['recall'].get(k, 0):.3f}" for k in s["labels"])
+            ece = "n/a" if r.get("ece") is None else f"{r['ece']:.4f}"
             lines.append(f"| {r['model']} | {r['size_mb']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {rec} | "
-                         f"{r.get('delta_points', 0.0):+.2f} | {r.get('agreement', 1.0):.4f} |")
+                         f"{ece} | {r.get('delta_points', 0.0):+.2f} | {r.get('agreement', 1.0):.4f} |")
+        t = s.get("temperature") or 1.0
+        lines += ["", f"Probabilities are calibrated by a temperature fitted on {s['split']} (negative "
+                  f"log-likelihood): every graph computes softmax(logits / {t:.4f}); the `logits` output "
+                  "is the network's own. ECE is the expected calibration error over 15 confidence bins "
+                  "(the first row is before the temperature, the others after; the answers do not change)."]
+        rob = s.get("robustness")
+        if rob:
+            lines += ["", f"### Accuracy under shifts a hospital brings ({rob['split']}, {rob['images']} images, "
+                      "shipped fp32 graph)", "",
+                      "| shift | accuracy | Δ vs clean (pts) | agreement with clean answers |", "|---|---:|---:|---:|"]
+            for r in rob["rows"]:
+                lines.append(f"| {r['shift']} | {r['accuracy']:.4f} | {r['delta_points']:+.2f} | {r['agreement']:.4f} |")
+            lines += ["", "`python -m covidedge.evaluation.robustness MODEL --data COVID-QU-Ex` repeats it."]
+            bn = rob.get("batchnorm_check")
+            if bn:
+                lines += ["", f"Eval-mode statistics: re-estimating the BatchNorm statistics on {bn['images']} "
+                          f"other clean Train images (seed {bn['seed']}) moves {s['split']} accuracy from "
+                          f"{bn['accuracy']:.4f} to {bn['accuracy_reestimated']:.4f} "
+                          f"({bn['delta_points']:+.2f} points)"
+                          + (": the saved statistics describe real films." if abs(bn["delta_points"]) < 0.5
+                             else ": more than half a point, so the saved statistics do not describe real "
+                                  "films well.")]
     else:
         lines += ["| model | size MB | lung Dice | infection Dice (COVID-19 images) | infection IoU | FP infected area, infection-free images (% of image) | severity MAE (% of lungs) | Δ lung / infection (pts) |",
                   "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -208,8 +260,10 @@ def model_card(row: Dict[str, Any]) -> str:
               f"fp32; largest relative rounding error of a tensor {c['max_relative_rounding']:.1e} (L2)), {c['bytes'] / 1e6:.1f} MB, restored "
               "to fp32 on first use; the second row is that restored graph, the first the unrounded checkpoint.",
               f"`covidedge build-engine` builds **{s['cpu_engine_precision']}** for ONNX Runtime on a CPU "
-              f"(int8 when it is within {FAITHFUL_POINTS:g} point of the checkpoint on Val) and fp16 + int8 "
-              "plans where TensorRT is present.", "",
+              f"(int8 when the CPU int8 form is within {FAITHFUL_POINTS:g} point of the checkpoint on Val"
+              + (f" and agrees with it on at least {FAITHFUL_AGREEMENT:.0%} of the images" if task == "classifier" else
+                 " in lung and in infection Dice")
+              + ") and fp16 + int8 plans where TensorRT is present.", "",
               "## Calibration", "",
               f"int8 ranges ({cal['method']}, {cal['count']} Train images, seed {cal['seed']}, class balance "
               f"{cal['class_balance']}) are shipped as `{row['calibration_cache']}`; the image list with "
@@ -219,7 +273,9 @@ def model_card(row: Dict[str, Any]) -> str:
               "- Research and engineering of edge deployment (latency, precision, faithfulness). **Not a "
               "medical device**; not validated for diagnosis or triage.",
               "- Frontal (PA/AP) adult chest X-rays like COVID-QU-Ex's; other views, children, devices or "
-              "hospitals may differ. Val images come from the same sources as Train, so Val figures are "
+              "hospitals may differ. Inputs that do not look like a frontal chest X-ray (CT or MR slices, "
+              "photographs, documents) get the `out_of_distribution` quality flag and a warning; `--strict` "
+              "refuses them. Val images come from the same sources as Train, so Val figures are "
               "optimistic for other sites.",
               "- COVID-QU-Ex is distributed for research under the terms on its Kaggle page; check them "
               "before any other use.", ""]

@@ -102,3 +102,33 @@ class WeightAverage:
     def load(self, state_dict, state: Optional[Dict[str, Any]]) -> None:
         self.module.load_state_dict(state_dict)
         self.updates = int((state or {}).get("updates", 0))
+
+
+def batchnorm_shift(checkpoint, data_root, *, count: int = 600, seed: int = 1,
+                    split: str = "Val", batch_size: int = 16) -> dict:
+    """Whether a classifier checkpoint's eval-mode statistics are sound: its ``split`` accuracy
+    as saved and after its BatchNorm statistics are re-estimated on ``count`` other clean Train
+    images (a seeded choice). A change of more than half a point means the saved statistics do
+    not describe real films."""
+    import tempfile
+    from pathlib import Path
+
+    from covidedge.data.covidqu import CovidQuDataset, select_samples
+    from covidedge.evaluation import evaluate
+    from covidedge.formats.checkpoint import read_checkpoint, save_checkpoint
+    from covidedge.models.loading import load_checkpoint
+    from covidedge.train.datasets import ClassificationDataset
+
+    model, spec, _ = load_checkpoint(checkpoint)
+    per_class = max(1, int(count) // 3)
+    samples = select_samples(CovidQuDataset(data_root).samples("Train"), per_class, seed)
+    data = ClassificationDataset(samples, spec.input_size, progress=False)
+    used = recompute_batchnorm(model, data, count, batch_size, "cpu", seed=seed)
+    before = evaluate(checkpoint, data_root, split, batch_size=batch_size, progress=False)
+    with tempfile.TemporaryDirectory(prefix="covidedge-bn-") as tmp:
+        again = save_checkpoint(Path(tmp) / "bn.pt", model.eval(), spec,
+                                (read_checkpoint(checkpoint).get("extra") or {}))
+        after = evaluate(again, data_root, split, batch_size=batch_size, progress=False)
+    a, b = before.metrics["accuracy"], after.metrics["accuracy"]
+    return {"images": used, "seed": seed, "accuracy": a, "accuracy_reestimated": b,
+            "delta_points": round(100 * (b - a), 2)}
