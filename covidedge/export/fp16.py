@@ -81,6 +81,15 @@ def convert_fp16(src: PathLike, dst: PathLike, *,
     keep = list(dict.fromkeys(keep_fp32_ops))
     blocked_nodes = [n.name for n in model.graph.node
                      if n.name in output_nodes(model) and n.op_type in ("Softmax", "Sigmoid")]
+    # a classifier's temperature (logits / T before the output Softmax) is computed in fp32 too
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:
+        if n.name in blocked_nodes and n.op_type == "Softmax":
+            p = producers.get(n.input[0])
+            if p is not None and p.op_type == "Div":
+                blocked_nodes.append(p.name)
+                blocked_nodes += [producers[i].name for i in p.input
+                                  if i in producers and producers[i].op_type == "Constant"]
     try:
         with warnings.catch_warnings():
             # the converter warns for every weight below fp16's smallest normal number that it
