@@ -62,6 +62,7 @@ def _headline(task: str, row: Dict[str, Any]) -> float:
 
 
 def release(checkpoint, name: str, data_root, *, command: str, calib_count: int = 500,
+            calib_method: str = "entropy",
             out_dir=PACKAGE_DIR, calibration_dir=Path("calibration"), split: str = "Val",
             progress: bool = True) -> Dict[str, Any]:
     from covidedge.evaluation import evaluate
@@ -117,7 +118,7 @@ def release(checkpoint, name: str, data_root, *, command: str, calib_count: int 
                                      dataset="covid-qu-ex")
         cache_path = out_dir / f"{name}.calib.json"
         t0 = time.perf_counter()
-        cache = write_calibration_cache(fp32, cache_path, calib, method="entropy")
+        cache = write_calibration_cache(fp32, cache_path, calib, method=calib_method)
         calib_seconds = time.perf_counter() - t0
         int8_trt = quantize_int8(fp32, tmp / f"{name}.int8-s8.onnx", None, ranges=cache_path,
                                  activation_type="int8", symmetric_activations=True,
@@ -289,10 +290,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--command", required=True, help="the training command, for the card")
     p.add_argument("--calib-count", type=int, default=500)
+    p.add_argument("--calib-method", default="entropy", help="minmax, entropy or percentile")
     p.add_argument("--out-dir", default=str(PACKAGE_DIR))
     p.add_argument("--calibration-dir", default="calibration")
     a = p.parse_args(argv)
     row = release(a.checkpoint, a.name, a.data, command=a.command, calib_count=a.calib_count,
+                  calib_method=a.calib_method,
                   out_dir=a.out_dir, calibration_dir=a.calibration_dir)
     print(json.dumps(row, indent=1))
     return 0
