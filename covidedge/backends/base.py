@@ -245,6 +245,18 @@ class Backend:
     triton_refusal: Tuple[str, str] = ("", "")
     #: Its engines are ONNX files carrying their spec, which must equal the manifest's.
     embeds_spec: bool = False
+    #: Precision forms this backend offers the autotuner (covidedge.engine.autotune), fastest
+    #: guess first: a flavour of a model's Val table ("fp32", "fp16", "int8-u8", "int8-s8") or a
+    #: compute mode of a graph (OpenVINO's "bf16" runs the fp32 graph with bf16 arithmetic).
+    autotune_forms: Tuple[str, ...] = ()
+
+    def form_graph(self, form: str) -> str:
+        """The graph flavour (a key of a model's Val table) that ``form`` is built from."""
+        return form
+
+    def form_options(self, form: str) -> Dict[str, Any]:
+        """Build options (BuildOptions fields) that ``form`` needs beyond its graph."""
+        return {}
 
     def available(self) -> bool:
         """Whether this machine can run it, found without importing anything."""

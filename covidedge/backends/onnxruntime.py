@@ -149,6 +149,15 @@ class OrtRunner(Runner):
 
 #: Seed of the batch a build's self-check runs: uniform noise in [0, 1), the input range.
 SELF_CHECK_SEED = 0
+#: A probability *map* (a segmenter's, one value per pixel) passes the self-check when at most
+#: this share of its values is past the limit: int8 kernels of two runtimes requantise a few
+#: pixels one step apart, and a deep network turns that into a large change on those pixels
+#: only (OpenVINO against ONNX Runtime on the shipped int8 U-Net at batch 1: s8 graph max 0.10
+#: on 0.03 % of the pixels, u8 graph max 0.19 on 0.12 %, mean 7e-4 and 1e-3). A broken engine
+#: moves most pixels. A classifier's probabilities (a few values per image) get no share.
+SELF_CHECK_PIXEL_SHARE = 0.005
+#: Values per image from which an output is a map checked by share.
+MAP_MIN_VALUES = 1024
 
 
 def self_check(built: Runner, source_onnx, precision: str, limits: Mapping[str, float], *,
@@ -174,13 +183,29 @@ def self_check(built: Runner, source_onnx, precision: str, limits: Mapping[str, 
     diffs = {k: float(np.max(np.abs(ref[k].astype(np.float64) - got[k].astype(np.float64))))
              for k in spec.output_names}
     prob, limit = spec.output_names[1], float(limits[precision])
-    if not np.isfinite(diffs[prob]) or diffs[prob] > limit:
+    error = np.abs(ref[prob].astype(np.float64) - got[prob].astype(np.float64))
+    is_map = error.size // max(1, int(batch)) >= MAP_MIN_VALUES
+    share = float(np.mean(~(error <= limit)))  # NaN counts as past the limit
+    result = {"batch": int(batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
+    if is_map:
+        result.update(share_past_limit=share, limit=limit, mean_abs_diff=float(np.mean(error)))
+    if is_map and (share > SELF_CHECK_PIXEL_SHARE or not np.isfinite(error).all()):
         engine.unlink(missing_ok=True)
         raise RuntimeFailure(f"the {engine_name} engine's {prob} differ from ONNX Runtime's on its source "
-                             f"graph by {diffs[prob]:.3g} (limit {limit:g} for {precision})", path=out)
+                             f"graph by more than {limit:g} on {share:.2%} of the pixels (max {diffs[prob]:.3g}; "
+                             f"at most {SELF_CHECK_PIXEL_SHARE:.1%} of the pixels may, for {precision})", path=out,
+                             hint="a difference on most pixels is a broken engine, not rounding: report it with "
+                                  "the graph, or build it for another backend (--backend onnxruntime)")
+    if not is_map and (not np.isfinite(diffs[prob]) or diffs[prob] > limit):
+        engine.unlink(missing_ok=True)
+        raise RuntimeFailure(f"the {engine_name} engine's {prob} differ from ONNX Runtime's on its source "
+                             f"graph by {diffs[prob]:.3g} (limit {limit:g} for {precision})", path=out,
+                             hint=None if precision != "int8" else
+                             "int8 engines of two runtimes may round differently; build it for another "
+                             "backend (--backend onnxruntime) or precision")
     if engine.resolve() != Path(os.fspath(out)).resolve():
         os.replace(engine, out)
-    return {"batch": int(batch), "max_abs_diff": diffs, "reference": "source ONNX graph, ONNX Runtime CPU"}
+    return result
 
 
 def _can_write(folder: Path, size: int = 1 << 20) -> bool:
@@ -278,6 +303,7 @@ class OnnxRuntimeBackend(Backend):
     thread_option = "intra_op_threads"
     built_with = "artifact optimised with"
     embeds_spec = True
+    autotune_forms = ("int8-u8", "int8-s8", "fp32")
 
     def build(self, graph, out, options, machine, say) -> BuiltEngine:
         ort = _ort()

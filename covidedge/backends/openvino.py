@@ -35,6 +35,11 @@ INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 #: ONNX Runtime on the same graph in the build's self-check: other kernels, so int8 may differ
 #: by a quantization step.
 SELF_CHECK_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
+#: The same for an engine built to compute in bf16 (``inference_precision="bf16"``, 8 mantissa
+#: bits): the fp32 graph's probabilities move by up to a few bf16 steps through a deep network.
+SELF_CHECK_ATOL_BF16 = 5e-2
+#: Autotune forms that are a compute mode of the fp32 graph: form -> inference precision.
+COMPUTE_FORMS = {"bf16": "bf16"}
 
 
 def _openvino():
@@ -129,6 +134,9 @@ class OpenVinoBackend(Backend):
     suffix = ".ov.onnx"
     # OpenVINO fuses the signed symmetric Q/DQ graph well (benchmarks/results/): keep it.
     int8_activations = ("int8", "uint8")
+    # int8 first: OpenVINO fuses the s8 Q/DQ graph into VNNI / AMX int8 kernels
+    autotune_forms = ("int8-s8", "bf16", "fp32")
+    build_options = (("inference_precision", "--inference-precision"),)
     runner_options = OPENVINO_OPTIONS
     thread_option = "threads"
     embeds_spec = True
@@ -136,24 +144,43 @@ class OpenVinoBackend(Backend):
     triton_refusal = ("is an OpenVINO engine; the gpu target serves TensorRT engines and ONNX graphs",
                       "use --target cpu, or pass the ONNX model")
 
+    def form_graph(self, form):
+        return "fp32" if form in COMPUTE_FORMS else form
+
+    def form_options(self, form):
+        return {"inference_precision": COMPUTE_FORMS[form]} if form in COMPUTE_FORMS else {}
+
     def build(self, graph, out, options, machine, say) -> BuiltEngine:
         """A copy of the graph at ``<out>.tmp.onnx`` (OpenVINO compiles it for the CPU it runs
-        on when loaded), for :meth:`self_check`."""
+        on when loaded), for :meth:`self_check`. ``inference_precision`` (f32 unless given; bf16
+        only from an fp32 graph) is recorded and used whenever the engine is loaded."""
         out = Path(os.fspath(out))
+        compute = options.get("inference_precision") or "f32"
+        if compute not in INFERENCE_PRECISIONS:
+            raise BadInputError(f"inference precision {compute!r} is not one of {', '.join(INFERENCE_PRECISIONS)}")
+        if compute != "f32" and graph.precision != "fp32":
+            raise BadInputError(f"inference precision {compute} applies to an fp32 graph; this graph is "
+                                f"{graph.precision}", path=graph.path, hint="drop --inference-precision")
         tmp = out.with_name(out.name + ".tmp.onnx")
         write_atomic(tmp, Path(os.fspath(graph.path)).read_bytes())
-        return BuiltEngine(tmp, graph.inputs, graph.outputs,
-                           notes=["OpenVINO reads the precision graph itself; it runs with f32 compute "
-                                  "(no implicit bf16)"])
+        note = ("OpenVINO reads the precision graph itself; it runs with f32 compute (no implicit bf16)"
+                if compute == "f32" else f"OpenVINO runs the fp32 graph with {compute} compute")
+        return BuiltEngine(tmp, graph.inputs, graph.outputs, notes=[note],
+                           options={"inference_precision": compute})
 
     def self_check(self, built, manifest, onnx_path, batch, out):
-        """Compiled by OpenVINO, on a batch of ``batch`` images, within :data:`SELF_CHECK_ATOL`."""
-        return self_check(OpenVinoRunner(built.candidate, spec=manifest.model_spec, precision=manifest.precision),
-                          onnx_path, manifest.precision, SELF_CHECK_ATOL, batch=batch, out=out,
+        """Compiled by OpenVINO with the engine's inference precision, on a batch of ``batch``
+        images, within :data:`SELF_CHECK_ATOL` (:data:`SELF_CHECK_ATOL_BF16` for bf16 compute)."""
+        compute = built.options.get("inference_precision", "f32")
+        limits = SELF_CHECK_ATOL if compute == "f32" else {manifest.precision: SELF_CHECK_ATOL_BF16}
+        return self_check(OpenVinoRunner(built.candidate, spec=manifest.model_spec, precision=manifest.precision,
+                                         inference_precision=compute),
+                          onnx_path, manifest.precision, limits, batch=batch, out=out,
                           engine_name="OpenVINO")
 
     def open_engine(self, path, manifest, requested, options):
         kw = take_options(dict(options), OPENVINO_OPTIONS, "the OpenVINO backend", path)
+        kw.setdefault("inference_precision", (manifest.build_options or {}).get("inference_precision") or "f32")
         return OpenVinoRunner(path, spec=manifest.model_spec, precision=manifest.precision,
                               min_batch=manifest.min_batch, max_batch=manifest.max_batch, **kw)
 

@@ -211,6 +211,22 @@ def time_callable(fn: Callable[[], Any], batch: int, *, warmup: int = 10,
     return LatencyStats.from_samples(samples, batch, warmup=warmup, stages=stages)
 
 
+def time_alternating(fns: Dict[str, Callable[[], Any]], batch: int, *, rounds: int = 5, warmup: int = 2,
+                     iterations: int = 5) -> Dict[str, LatencyStats]:
+    """Time several callables fairly: ``rounds`` rounds, each running every callable in turn
+    for ``iterations`` timed calls (after ``warmup`` untimed ones in the first round), so a
+    slow phase of the machine (another process, a clock change) lands on all of them alike.
+    Returns each name's LatencyStats over all its timed calls."""
+    if rounds < 1 or iterations < 1:
+        raise BadInputError(f"rounds {rounds} and iterations {iterations} must be >= 1")
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            stats = time_callable(fn, batch, warmup=warmup if r == 0 else 0, iterations=iterations)
+            samples[name] += stats.samples_ms
+    return {name: LatencyStats.from_samples(v, batch, warmup=warmup) for name, v in samples.items()}
+
+
 def time_runner(runner, batch: int, *, warmup: int = 10, iterations: Optional[int] = None,
                 duration_s: Optional[float] = None, inputs: Optional[np.ndarray] = None) -> LatencyStats:
     """Latency of ``runner.infer`` at ``batch`` images per call.

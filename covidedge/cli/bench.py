@@ -77,7 +77,7 @@ def command(models, batch_text, warmup, iterations, duration_s, data_root, split
     if not models:
         from covidedge.runtime.defaults import default_models
 
-        chosen = default_models()
+        chosen = default_models(backend=backend)
         click.echo(chosen.line, err=True)
         models = [str(p) for p in chosen.paths()]
     options = BenchOptions(warmup=warmup, iterations=iterations, duration_s=duration_s, data_root=data_root,

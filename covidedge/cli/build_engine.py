@@ -48,18 +48,28 @@ from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIO
 @click.option("--allow-tf32", is_flag=True,
               help="TensorRT: let fp32 layers compute in TF32 (TensorRT's default; covidedge clears it).")
 @click.option("--backend", type=click.Choice(ENGINE_BACKEND_CHOICES), default="auto", show_default=True,
-              help="auto builds TensorRT where it is installed, else an ONNX Runtime model.")
+              help="Without MODEL, or with MODEL and --backend auto given: build every candidate engine "
+                   "this machine supports, keep the fastest faithful one (autotune; docs/engines.md). "
+                   "With MODEL and no --backend: TensorRT where it is installed, else ONNX Runtime.")
+@click.option("--budget", "budget_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Autotune: the most seconds to spend building and timing candidates (default: no bound).")
+@click.option("--inference-precision", type=click.Choice(("f32", "bf16", "f16")), default=None,
+              help="OpenVINO: compute precision of an fp32 graph (default f32; bf16 is faster on CPUs with "
+                   "bf16 units).")
 @click.option("--overwrite", is_flag=True,
               help="With MODEL: replace an existing --out file and its manifest (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and its manifest as JSON.")
 @click.pass_context
 def command(ctx, model, out, precision, calib_data, calib_count, calib_method, int8_activations, min_batch, opt_batch,
-            max_batch, workspace_mib, timing_cache, dla_core, version_compatible, allow_tf32, backend, overwrite,
-            as_json):
+            max_batch, workspace_mib, timing_cache, dla_core, version_compatible, allow_tf32, backend, budget_s,
+            inference_precision, overwrite, as_json):
     """Without MODEL, build the default engines for this machine from the models covidedge
-    ships ('covidedge models') into build/: TensorRT fp16 and int8 plans where TensorRT is
-    present, else the ONNX Runtime engine their model cards name for CPUs (int8 from the
-    shipped calibration cache, no dataset needed). A second call reuses what is there.
+    ships ('covidedge models') into build/, autotuned: every candidate this machine supports
+    (ONNX Runtime fp32 / int8, OpenVINO fp32 / bf16 / int8 where installed, TensorRT fp16 / int8
+    where installed) whose precision agreed with fp32 on Val is built, self-checked and timed
+    at --opt-batch, and the fastest is kept; the table of candidates and the reason go to the
+    log, the manifest and build/autotune.json. A second call reuses the choice. --budget bounds
+    the time; --backend limits the candidates to one backend.
 
     With MODEL, build a deployable engine from MODEL - a checkpoint (.pt, exported to ONNX first) or an
     exported ONNX graph, whose precision (fp32 / fp16 / int8 Q/DQ) is in the graph - and write
@@ -78,19 +88,42 @@ def command(ctx, model, out, precision, calib_data, calib_count, calib_method, i
     """
     from covidedge.engine.build import BuildOptions, build_engine
 
+    from covidedge.engine.autotune import AutotuneOptions
+
+    tune = AutotuneOptions(batches=(opt_batch,), max_batch=max(max_batch, opt_batch), budget_s=budget_s)
     if model is None:
-        # every option the user gave goes to the API, which refuses them for the default engines
+        from covidedge.engine.defaults import AUTOTUNE_FLAGS
+
+        # every other option the user gave goes to the API, which refuses them for the default engines
         given = {p.opts[0]: ctx.params[p.name] for p in ctx.command.params
                  if p.name not in ("model", "out", "as_json") and isinstance(p, click.Option)
-                 and ctx.get_parameter_source(p.name).name != "DEFAULT"}
-        _build_defaults(out, as_json, given)
+                 and ctx.get_parameter_source(p.name).name != "DEFAULT" and p.opts[0] not in AUTOTUNE_FLAGS}
+        _build_defaults(out, as_json, given, tune, backend)
         return
+    if backend == "auto" and ctx.get_parameter_source("backend").name != "DEFAULT":
+        from covidedge.engine.autotune import tune_model
+
+        refused = [p.opts[0] for p in ctx.command.params
+                   if p.name not in ("model", "out", "as_json", "backend", "budget_s", "opt_batch", "max_batch",
+                                     "overwrite") and isinstance(p, click.Option)
+                   and ctx.get_parameter_source(p.name).name != "DEFAULT"]
+        choice = tune_model(model, out, tune, progress=not as_json, refused=refused)
+        if as_json:
+            click.echo(json.dumps(choice.to_dict(), indent=2, sort_keys=True))
+        else:
+            click.echo(f"chosen  {choice.chosen.engine}  {choice.reason}")
+        return
+    if budget_s is not None:
+        from covidedge.errors import UsageError
+
+        raise UsageError("--budget applies to autotuning", hint="add --backend auto, or drop --budget")
     options = BuildOptions(precision=precision, backend=backend, calibration=calib_data,
                            calib_method=calib_method, calib_count=calib_count,
                            int8_activations=int8_activations, min_batch=min_batch,
                            opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
                            timing_cache=timing_cache, dla_core=dla_core,
-                           version_compatible=version_compatible, allow_tf32=allow_tf32)
+                           version_compatible=version_compatible, allow_tf32=allow_tf32,
+                           inference_precision=inference_precision)
     result = build_engine(model, out, options, progress=True, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
@@ -117,11 +150,12 @@ def command(ctx, model, out, precision, calib_data, calib_count, calib_method, i
         click.echo(f"{k:<{width}}  {v}")
 
 
-def _build_defaults(out, as_json: bool, given) -> None:
+def _build_defaults(out, as_json: bool, given, tune, backend) -> None:
     from covidedge.engine.defaults import build_default_engines
     from covidedge.engine.paths import DEFAULT_BUILD_DIR
 
-    built = build_default_engines(out or DEFAULT_BUILD_DIR, progress=not as_json, build_options=given)
+    built = build_default_engines(out or DEFAULT_BUILD_DIR, progress=not as_json, build_options=given,
+                                  autotune=tune, backend=backend)
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in built], indent=2, sort_keys=True))
         return

@@ -232,7 +232,8 @@ class BuildOptions(Options):
     (signed, symmetric: what TensorRT takes), "uint8" (unsigned, asymmetric: ONNX Runtime CPU
     engines only) or "auto" (see :func:`resolve_int8_activations`). A TensorRT build clears TF32
     (fp32 layers compute in fp32) unless ``allow_tf32``; ``workspace_mib``, ``timing_cache``,
-    ``dla_core``, ``version_compatible`` and ``allow_tf32`` are TensorRT's own."""
+    ``dla_core``, ``version_compatible`` and ``allow_tf32`` are TensorRT's own;
+    ``inference_precision`` (f32, bf16 or f16 compute of an fp32 graph) is OpenVINO's."""
 
     precision: Optional[str] = None
     backend: str = AUTO
@@ -248,6 +249,7 @@ class BuildOptions(Options):
     version_compatible: bool = False
     int8_activations: str = AUTO
     allow_tf32: bool = False
+    inference_precision: Optional[str] = None
 
     def check(self) -> Tuple[int, int, int]:
         """The rules that need no model file; returns the batch range (min, opt, max)."""
@@ -274,7 +276,7 @@ class BuildOptions(Options):
     def backend_options(self) -> Dict[str, Any]:
         """The options only some backends take (TensorRT's), by field name."""
         return {k: getattr(self, k) for k in ("workspace_mib", "timing_cache", "dla_core",
-                                               "version_compatible", "allow_tf32")}
+                                               "version_compatible", "allow_tf32", "inference_precision")}
 
 
 def _read_graph(onnx_path: Path, header, requested: Optional[str], batch: Sequence[int]) -> SourceGraph:

@@ -45,13 +45,6 @@ def plan_default_engines(tensorrt: bool) -> List[Tuple[Any, str]]:
     return plan
 
 
-def _backend_here():
-    """The backend the default engines are built for here: what build-engine's "auto" picks."""
-    from covidedge import backends
-
-    return backends.resolve("auto")
-
-
 def _write_record(folder: Path, record: Dict[str, Any]) -> None:
     from covidedge.fileio import write_atomic
 
@@ -59,85 +52,153 @@ def _write_record(folder: Path, record: Dict[str, Any]) -> None:
     write_atomic(folder / RECORD_FILE, (json.dumps(record, indent=1) + "\n").encode())
 
 
-def _register(entry: DefaultEngine) -> None:
-    """Put ``entry`` (absolute paths) in this machine's engine record, replacing the entry of the
-    same model, flavour and backend: the record the runtime reads from any working directory."""
-    home = engines_home()
-    record = read_record(home)
-    d = dict(entry.to_dict(), engine=str(Path(entry.engine).resolve()), manifest=str(Path(entry.manifest).resolve()))
-    record["engines"] = [e for e in record["engines"] if record_key(e) != record_key(d)] + [d]
-    _write_record(home, record)
-
-
 def _graph_for(model, flavour: str, build_dir: Path, progress: bool) -> Path:
     """The precision-bearing ONNX graph of a shipped model for ``flavour``, in ``build_dir``."""
-    from covidedge.export.fp16 import convert_fp16
-    from covidedge.export.int8 import quantize_int8
+    from covidedge.engine.autotune import shipped_graph
 
-    fp32 = model.fp32_onnx()
-    if flavour == "fp32":
-        return fp32
-    dst = build_dir / f"{model.name}.{flavour}.onnx"
-    say(progress, f"making the {flavour} graph of {model.name}: {dst}")
-    if flavour == "fp16":
-        return convert_fp16(fp32, dst)
-    cache = model.calibration_cache_path
-    if cache is None or not cache.is_file():
-        raise MissingDependencyError(f"shipped model {model.name} has no calibration cache", path=cache,
-                                     hint="reinstall covidedge, or build int8 from a checkpoint with --calib-data")
-    if flavour == "int8-s8":
-        return quantize_int8(fp32, dst, None, ranges=cache, activation_type="int8",
-                             symmetric_activations=True, qdq_placement="tensorrt")
-    return quantize_int8(fp32, dst, None, ranges=cache, activation_type="uint8", symmetric_activations=False)
+    return shipped_graph(model, flavour, build_dir, lambda text: say(progress, text))
+
+
+#: Options of ``covidedge build-engine`` (by flag) that the default engines take: the autotuner's.
+AUTOTUNE_FLAGS = {"--opt-batch": "batches", "--max-batch": "max_batch", "--budget": "budget_s",
+                  "--backend": "backend"}
+
+
+def _register_choice(build_dir: Path, model, kept: List[DefaultEngine], chosen: Optional[DefaultEngine]) -> None:
+    """Record ``kept`` (every faithful engine built for ``model``, the chosen one marked) in
+    ``build_dir``'s record and this machine's, replacing what they held for ``model``."""
+    for folder in (build_dir, engines_home()):
+        record = read_record(folder)
+        entries = []
+        for e in kept:
+            d = e.to_dict()
+            if folder != build_dir:
+                d.update(engine=str(Path(e.engine).resolve()), manifest=str(Path(e.manifest).resolve()))
+            d["chosen"] = e is chosen
+            d["rank"] = len(entries)  # fastest first: what --backend NAME picks among its engines
+            entries.append(d)
+        record["engines"] = [e for e in record["engines"] if e.get("model") != model.name] + entries
+        _write_record(folder, record)
 
 
 def build_default_engines(build_dir=DEFAULT_BUILD_DIR, *, rebuild: bool = False, progress: bool = False,
-                          build_options: Optional[Dict[str, Any]] = None) -> List[DefaultEngine]:
-    """Build (or reuse) the default engines for this machine into ``build_dir``.
+                          build_options: Optional[Dict[str, Any]] = None, autotune=None,
+                          backend: str = "auto") -> List[DefaultEngine]:
+    """Build (or reuse) the default engines for this machine into ``build_dir``, autotuned
+    (covidedge.engine.autotune): every candidate the machine supports is built, the faithful
+    ones are timed against each other at ``autotune.batches`` and the fastest is kept per model.
+    ``backend`` other than "auto" limits the candidates to that backend. A second call with
+    nothing changed reuses the choice (``autotune.json`` beside the engines) without timing.
 
-    The default engines are built as their model cards say, so ``build_options`` (options of a
-    MODEL build, keyed by the name the caller knows them by: ``precision`` or ``--precision``) are
-    refused, never ignored: any given one is a UsageError."""
+    The precision is chosen, not given, so ``build_options`` (options of a MODEL build, keyed by
+    the name the caller knows them by: ``precision`` or ``--precision``) are refused, never
+    ignored: any given one is a UsageError."""
     given = sorted(k for k, v in (build_options or {}).items() if v is not None)
     if given:
         raise UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to a MODEL build; the "
-                         "default engines are built as their model cards say",
+                         "default engines are autotuned (--opt-batch, --max-batch, --budget and --backend apply)",
                          hint="pass MODEL, e.g. a checkpoint, to choose")
-    from covidedge import backends
-    from covidedge.engine.build import build_engine
-    from covidedge.machine import probe_machine
-    from covidedge.formats.manifest import manifest_path_for
+    import time
 
+    from covidedge import backends
+    from covidedge.engine import autotune as at
+    from covidedge.formats.manifest import manifest_path_for
+    from covidedge.machine import module_present, probe_machine
+    from covidedge.spec import AUTO
+
+    options = at.AutotuneOptions.of(autotune, **({"rebuild": True} if rebuild else {}))
     build_dir = Path(os.fspath(build_dir))
-    row = _backend_here()
-    trt = "gpu" in row.targets  # GPU engines: fp16 and int8 plans; else the card's CPU precision
-    backend = row.name
-    machine = probe_machine(use_backends=row.probe_backends)
-    record = read_record(build_dir)
-    kept = {record_key(e): e for e in record["engines"]}
+    row = backends.resolve(backend) if backend != AUTO else None  # an explicit one must build here
+
+    def present(module: str) -> bool:
+        return module_present(module)
+
+    def allowed(name: str) -> bool:
+        return row is None or name == row.name
+
+    probe = any(r.probe_backends for r, _ in at.plan_candidates(present) if allowed(r.name))
+    machine = probe_machine(use_backends=probe)
+    facts = at.machine_facts(machine)
+    choices = at.read_choices(build_dir)["models"]
+    t0 = time.perf_counter()
     out: List[DefaultEngine] = []
-    for model, flavour in plan_default_engines(trt):
-        precision = flavour.split("-")[0]
-        engine = build_dir / row.engine_name(model.name, precision if trt else flavour)
-        prev = kept.get((model.name, flavour, backend))
-        if (not rebuild and prev and prev.get("fp32_sha256") == model.fp32_sha256
-                and Path(prev.get("engine", "")) == engine and usable(prev, machine) is None):
-            say(progress, f"reusing {engine} ({model.name}, {flavour}): unchanged since it was built")
-            out.append(DefaultEngine(model.name, model.task, precision, flavour, backend, engine,
-                                     manifest_path_for(engine), model.fp32_sha256, status="reused"))
-            _register(out[-1])
-            continue
-        graph = _graph_for(model, flavour, build_dir, progress)
-        say(progress, f"building {engine} ({model.name}, {flavour}, {backend})")
-        res = build_engine(graph, engine, backend=backend, progress=progress)
-        out.append(DefaultEngine(model.name, model.task, precision, flavour, res.backend,
-                                 Path(res.engine_path), Path(res.manifest_path), model.fp32_sha256))
-        record["engines"] = [e for e in record["engines"]
-                             if record_key(e) != (model.name, flavour, backend)] + [out[-1].to_dict()]
-        _write_record(build_dir, record)
-        _register(out[-1])
+    for model in shipped_or_fail():
+        key = model.name
+        prev = choices.get(key) or {}
+        chosen_prev = prev.get("chosen") or {}
+        if (not options.rebuild and prev.get("fp32_sha256") == model.fp32_sha256 and prev.get("machine") == facts
+                and tuple(prev.get("batches") or ()) == tuple(options.batches) and prev.get("backend") == backend
+                and prev.get("max_batch") == options.max_batch and chosen_prev.get("engine")):
+            engine = Path(chosen_prev["engine"])
+            entry = {"engine": str(engine), "task": model.task}
+            try:
+                precision = read_manifest_precision(engine)
+            except Exception:  # noqa: BLE001 - a missing or broken manifest means: rebuild
+                precision = None
+            entry["precision"] = precision
+            if precision and usable(entry, machine) is None:
+                say(progress, f"reusing {engine} ({model.name}, {chosen_prev['backend']} {chosen_prev['form']}): "
+                              f"chosen when built - {prev.get('reason', '')}")
+                d = DefaultEngine(model.name, model.task, precision, chosen_prev["form"], chosen_prev["backend"],
+                                  engine, manifest_path_for(engine), model.fp32_sha256, status="reused")
+                kept = [d]
+                for c in sorted(prev.get("candidates") or [], key=lambda c: sum((c.get("ms") or {}).values()) or 1e9):
+                    # the faithful losers stay on record, fastest first (--backend NAME)
+                    path = Path(c.get("engine") or "")
+                    if c.get("status") == "faithful" and path.is_file():
+                        try:
+                            kept.append(DefaultEngine(model.name, model.task, read_manifest_precision(path),
+                                                      c["form"], c["backend"], path, manifest_path_for(path),
+                                                      model.fp32_sha256, status="reused"))
+                        except Exception:  # noqa: BLE001 - an unreadable manifest: not on record
+                            continue
+                _register_choice(build_dir, model, kept, d)
+                out.append(d)
+                continue
+
+        def engine_path(r, form, _m=model):
+            return build_dir / r.engine_name(_m.name, form, version=machine.get(r.name),
+                                             compute_capability=machine.get("gpu_compute_capability"))
+
+        def graph_for(flavour, _m=model):
+            return _graph_for(_m, flavour, build_dir, progress)
+
+        say(progress, f"autotuning {model.name} ({model.task}) at batch {', '.join(map(str, options.batches))}")
+        choice = at.tune(model.name, model.task, graph_for, model.summary.get("val") or [], engine_path, options,
+                         lambda text: say(progress, text), t0=t0,
+                         present=present, only=allowed)
+        for line in choice.table():
+            say(progress, line)
+        if choice.chosen is None:
+            from covidedge.errors import RuntimeFailure
+
+            raise RuntimeFailure(f"no engine of {model.name} could be built here: {choice.reason}",
+                                 hint="see the table above; 'covidedge build-engine MODEL --backend onnxruntime' "
+                                      "builds one backend's engine")
+        at.stamp_manifest(choice.chosen.engine, choice)
+        kept = []
+        winner = None
+        for c in sorted(choice.candidates, key=lambda c: c.ms_per_image(choice.batches)
+                        if all(b in c.ms for b in choice.batches) else float("inf")):
+            if c.status in ("chosen", "faithful"):
+                precision = read_manifest_precision(c.engine)
+                d = DefaultEngine(model.name, model.task, precision, c.form, c.backend, c.engine,
+                                  manifest_path_for(c.engine), model.fp32_sha256)
+                kept.append(d)
+                if c is choice.chosen:
+                    winner = d
+        _register_choice(build_dir, model, kept, winner)
+        at.write_choice(build_dir, key, dict(choice.to_dict(), fp32_sha256=model.fp32_sha256, machine=facts,
+                                             backend=backend, max_batch=options.max_batch))
+        out.append(winner)
     return out
 
 
-__all__ = ["DefaultEngine", "DefaultModels", "plan_default_engines", "build_default_engines",
+def read_manifest_precision(engine) -> str:
+    from covidedge.formats.manifest import read_manifest
+
+    return read_manifest(engine, verify=False).precision
+
+
+__all__ = ["DefaultEngine", "DefaultModels", "plan_default_engines", "build_default_engines", "AUTOTUNE_FLAGS",
            "find_default_engines", "default_models", "RECORD_FILE", "RECORD_FORMAT"]

@@ -124,10 +124,12 @@ def shipped_or_fail():
     return models
 
 
-def find_default_engines(build_dir=None, machine: Optional[Dict[str, Any]] = None) -> Dict[str, DefaultEngine]:
+def find_default_engines(build_dir=None, machine: Optional[Dict[str, Any]] = None,
+                         backend: Optional[str] = None) -> Dict[str, DefaultEngine]:
     """Default engines recorded in ``build_dir`` (default: this machine's record, see
     :func:`engines_home`) that were built from the shipped models of this install and may run on
-    this machine, one per task (int8 before fp16 before fp32)."""
+    this machine, one per task: the one the autotuner chose (covidedge.engine.autotune), else
+    int8 before fp16 before fp32. ``backend`` (other than "auto") keeps only its engines."""
     from covidedge.formats.manifest import manifest_path_for
     from covidedge.pretrained import shipped_models
 
@@ -141,7 +143,9 @@ def find_default_engines(build_dir=None, machine: Optional[Dict[str, Any]] = Non
                                                  for e in record["engines"] if e.get("backend") in backends.TABLE))
     current = {m.name: m for m in shipped_models()}
     found: Dict[str, DefaultEngine] = {}
-    for e in sorted(record["engines"], key=lambda e: FLAVOUR_ORDER.get(e.get("flavour"), 9)):
+    for e in sorted(record["engines"], key=lambda e: (not e.get("chosen"), e.get("rank", 99), FLAVOUR_ORDER.get(e.get("flavour"), 9))):
+        if backend not in (None, "auto") and e.get("backend") != backend:
+            continue
         m = current.get(e.get("model"))
         if m is None or e.get("fp32_sha256") != m.fp32_sha256 or m.task in found:
             continue
@@ -175,11 +179,13 @@ def shown(path) -> str:
         return str(p)
 
 
-def default_models(build_dir=None) -> DefaultModels:
+def default_models(build_dir=None, backend: Optional[str] = None) -> DefaultModels:
     """The default engines for this machine (recorded in ``build_dir``, default this machine's
     record), else the shipped models' fp32 graphs (restored into the cache folder) on ONNX
-    Runtime."""
-    engines = find_default_engines(build_dir)
+    Runtime. ``backend`` (other than "auto": what ``--backend`` asked for) picks that backend's
+    engines; a task without one runs its shipped fp32 graph, which every backend opens."""
+    engines = (find_default_engines(build_dir) if backend in (None, "auto")
+               else find_default_engines(build_dir, backend=backend))
     if engines:
         cls, seg = engines.get("classifier"), engines.get("segmenter")
         where = sorted({shown(e.engine.parent) for e in engines.values()})
@@ -194,8 +200,10 @@ def default_models(build_dir=None) -> DefaultModels:
             shipped = default_model(task) if paths[task] is None else None
             if shipped is not None:
                 paths[task] = shipped.fp32_onnx()
-                line += (f"; no {task} engine is built here (an interrupted 'covidedge build-engine'?), "
-                         f"so the shipped {shipped.name} runs (fp32, ONNX Runtime)")
+                on = "ONNX Runtime" if backend in (None, "auto") else backend
+                line += (f"; no {task} engine {'' if on == 'ONNX Runtime' else 'for ' + on + ' '}is built here "
+                         f"(an interrupted 'covidedge build-engine'?), so the shipped {shipped.name} runs "
+                         f"(fp32, {on})")
         return DefaultModels(paths["classifier"], paths["segmenter"], line, "engines")
     else:
         from covidedge.pretrained import default_model
@@ -203,8 +211,9 @@ def default_models(build_dir=None) -> DefaultModels:
         shipped_or_fail()
         cls, seg = default_model("classifier"), default_model("segmenter")
         names = ", ".join(m.name for m in (cls, seg) if m is not None)
+    on = "ONNX Runtime" if backend in (None, "auto") else backend
     return DefaultModels(cls.fp32_onnx() if cls else None, seg.fp32_onnx() if seg else None,
-                         f"models: the shipped {names} (fp32, ONNX Runtime); 'covidedge build-engine' "
+                         f"models: the shipped {names} (fp32, {on}); 'covidedge build-engine' "
                          "builds faster engines for this machine into build/", "shipped")
 
 

@@ -251,6 +251,9 @@ class Pipeline:
     on the result (``quality_flags``), or, with ``strict=True``, a flagged image is a failure.
     """
 
+    #: Decode the next batch in a thread while this one runs (:meth:`predict_many`).
+    prefetch: bool = True
+
     def __init__(self, classifier: Union[ModelLike, Classifier, None] = None,
                  segmenter: Union[ModelLike, Segmenter, None] = None, threshold: Optional[float] = None,
                  batch_size: int = 8, backend: str = "auto", strict: bool = False, **options):
@@ -259,7 +262,7 @@ class Pipeline:
         if classifier is None and segmenter is None:
             from covidedge.runtime.defaults import default_models
 
-            self.default_models = default_models()
+            self.default_models = default_models(backend=backend)
             classifier, segmenter = self.default_models.classifier, self.default_models.segmenter
             if classifier is None and segmenter is None:
                 raise BadInputError("no model given", hint=_NO_MODEL_HINT)
@@ -390,10 +393,11 @@ class Pipeline:
         return pred
 
     def _run_chunk(self, chunk: List[Tuple[ImageItem, str]], namer: Optional[OutputNamer],
-                   out_dir, overlay: bool) -> Iterator[_Item]:
+                   out_dir, overlay: bool, loaded: Optional[List[_Item]] = None) -> Iterator[_Item]:
         """Decode, infer (batched), postprocess and save one chunk, yielding each item, in order,
-        as soon as it is finished (saved); never raises for an item."""
-        items = [self._load(item, source) for item, source in chunk]
+        as soon as it is finished (saved); never raises for an item. ``loaded``: the chunk
+        already decoded (by the prefetching thread of :meth:`predict_many`)."""
+        items = loaded if loaded is not None else [self._load(item, source) for item, source in chunk]
         good = [it for it in items if it.error is None]
         if not good:
             yield from items
@@ -460,19 +464,50 @@ class Pipeline:
         number of items, and each result is yielded as soon as that image is finished, so a
         caller writing results line by line loses nothing finished when interrupted. With
         ``out_dir``, each image's masks and overlay are written as it completes, under unique
-        names (``<stem>``, ``<stem>_2`` ...)."""
+        names (``<stem>``, ``<stem>_2`` ...).
+
+        While one batch runs through the models, one thread decodes and preprocesses the next
+        (decoding releases the GIL in Pillow and numpy), so at most two batches are in memory."""
         bs = self.batch_size if batch_size is None else _check_batch_size(batch_size)
         namer = OutputNamer() if out_dir is not None else None
-        chunk: List[Tuple[ImageItem, str]] = []
-        for i, item in enumerate(items):
-            chunk.append((item, source_name(item, i)))
-            if len(chunk) == bs:
-                for it in self._run_chunk(chunk, namer, out_dir, overlay):
-                    yield it.outcome()
-                chunk = []
-        if chunk:
-            for it in self._run_chunk(chunk, namer, out_dir, overlay):
+        if not self.prefetch:
+            chunk: List[Tuple[ImageItem, str]] = []
+            for i, item in enumerate(items):
+                chunk.append((item, source_name(item, i)))
+                if len(chunk) == bs:
+                    for it in self._run_chunk(chunk, namer, out_dir, overlay):
+                        yield it.outcome()
+                    chunk = []
+            for it in self._run_chunk(chunk, namer, out_dir, overlay) if chunk else ():
                 yield it.outcome()
+            return
+
+        def chunks() -> Iterator[List[Tuple[ImageItem, str]]]:
+            chunk: List[Tuple[ImageItem, str]] = []
+            for i, item in enumerate(items):
+                chunk.append((item, source_name(item, i)))
+                if len(chunk) == bs:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="covidedge-decode") as pool:
+            def load(chunk):
+                return pool.submit(lambda: [self._load(item, source) for item, source in chunk])
+
+            pending = None
+            for chunk in chunks():
+                ahead = (chunk, load(chunk))
+                if pending is not None:
+                    for it in self._run_chunk(pending[0], namer, out_dir, overlay, pending[1].result()):
+                        yield it.outcome()
+                pending = ahead
+            if pending is not None:
+                for it in self._run_chunk(pending[0], namer, out_dir, overlay, pending[1].result()):
+                    yield it.outcome()
 
 
 def _check_batch_size(batch_size) -> int:

@@ -173,15 +173,22 @@ def test_default_engines_build_once_then_serve_infer_and_bench(use_released, tmp
     code, out, err = _run(["build-engine", "--json"], capsys)
     assert code == 0, err
     built = json.loads(out)
-    want = {m.name: m.summary["cpu_engine_precision"] for m in shipped_models()}
-    assert {b["model"] for b in built} == set(want) and all(b["status"] == "built" for b in built)
+    want = {m.name for m in shipped_models()}
+    assert {b["model"] for b in built} == want and all(b["status"] == "built" for b in built)
+    # autotuned: the chosen engine's manifest and build/autotune.json hold the table and the reason
+    choices = json.loads(Path("build/autotune.json").read_text())["models"]
     for b in built:
-        assert b["precision"] == want[b["model"]] and Path(b["engine"]).is_file() and Path(b["manifest"]).is_file()
+        assert Path(b["engine"]).is_file() and Path(b["manifest"]).is_file()
         assert Path(b["engine"]).parent == Path("build")
+        table = json.loads(Path(b["manifest"]).read_text())["build_options"]["autotune"]
+        assert table["chosen"]["engine"] == b["engine"] == choices[b["model"]]["chosen"]["engine"]
+        assert "fastest faithful" in table["reason"] or "only faithful" in table["reason"]
+        timed = [c for c in table["candidates"] if c["ms"]]
+        assert timed and all(c["faithful"] for c in timed)
     mtimes = {b["engine"]: Path(b["engine"]).stat().st_mtime_ns for b in built}
 
     code, out, err = _run(["build-engine"], capsys)
-    assert code == 0 and out.count("reused") == 2 and "reusing" in err
+    assert code == 0 and out.count("reused") == 2 and "reusing" in err and "chosen when built" in err
     assert {e: Path(e).stat().st_mtime_ns for e in mtimes} == mtimes
 
     code, out, err = _run(["infer", str(img), "--format", "json"], capsys)
@@ -229,8 +236,8 @@ def test_default_build_refuses_model_options(use_released, capsys, tmp_path):
     code, _, err = _run(["build-engine", "--precision", "fp16"], capsys)
     assert code == 2 and "--precision applies to a MODEL build" in err
     # an option given with its default value is refused too: it was given, so it would be ignored
-    code, _, err = _run(["build-engine", "--max-batch", "8", "--backend", "auto"], capsys)
-    assert code == 2 and "--backend, --max-batch apply to a MODEL build" in err
+    code, _, err = _run(["build-engine", "--workspace", "64", "--int8-activations", "auto"], capsys)
+    assert code == 2 and "--int8-activations, --workspace apply to a MODEL build" in err
     # the rule is the API's: the same refusal from Python, by the names Python uses
     from covidedge.engine.defaults import build_default_engines
     from covidedge.errors import UsageError

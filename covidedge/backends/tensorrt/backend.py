@@ -34,6 +34,7 @@ class TensorRtBackend(Backend):
                      ("allow_tf32", "--allow-tf32"))
     qdq_placement = "tensorrt"
     int8_activations = ("int8",)
+    autotune_forms = ("int8-s8", "fp16")
     probe_backends = True
     device_keys = ("gpu", "gpu_compute_capability", "gpu_memory_mib", "gpu_driver", "board")
     runner_options = TRT_OPTIONS
