@@ -134,11 +134,12 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
     if server and (classifier or segmenter or backend != "auto"):
         raise UsageError("--server runs the models the server serves; drop --classifier / "
                                  "--segmenter / --backend")
+    models_line = None
     if not classifier and not segmenter and not server:
         from covidedge.runtime.defaults import default_models
 
         chosen = default_models(backend=backend)
-        click.echo(chosen.line, err=True)
+        models_line = chosen.line  # says which models run, on what: the one line, printed below
         classifier = str(chosen.classifier) if chosen.classifier else None
         segmenter = str(chosen.segmenter) if chosen.segmenter else None
     if as_json:
@@ -156,7 +157,7 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
 
         pipe = Pipeline(classifier=classifier or None, segmenter=segmenter or None,
                         threshold=explicit_threshold, batch_size=batch_size, backend=backend, strict=strict)
-    click.echo(_backend_line(pipe), err=True)
+    click.echo(models_line or _backend_line(pipe), err=True)
     series_filter = SeriesFilter.parse(modality, view_position, body_part)
 
     stdout_csv = CsvResultsWriter(_EchoStream(), pipe.labels) if fmt == "csv" else None
@@ -164,8 +165,8 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
     state = {"bar": progress_bar(), "table": None}
 
     def on_files(files) -> None:
-        state["table"] = TableFormatter(pipe.labels, segmentation=pipe.segmenter is not None,
-                                        name_width=max(len(f.name) for f in files))
+        # images shown relative to the input folder: same names in subfolders stay apart
+        state["table"] = TableFormatter.for_files(files, pipe.labels, segmentation=pipe.segmenter is not None)
         # a bar on a terminal only (covidedge.progress; tqdm is imported only when one is shown)
         state["bar"] = progress_bar(total=len(files), unit="img", enabled=len(files) > 1)
 

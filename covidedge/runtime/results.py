@@ -239,12 +239,34 @@ class TableFormatter:
     """Fixed-width table lines, printable as results arrive: image, class, probability per class
     (with a classifier), lung and infected fractions in % (with a segmenter), total ms."""
 
-    def __init__(self, labels: Sequence[str] = (), segmentation: bool = True, name_width: int = 24):
+    def __init__(self, labels: Sequence[str] = (), segmentation: bool = True, name_width: int = 24,
+                 base: Optional[Union[str, os.PathLike]] = None):
         self.labels = tuple(labels)
         self.segmentation = segmentation
         self.name_width = max(8, min(int(name_width), 48))
+        self.base = None if base is None else os.path.abspath(os.fspath(base))
         self._prob_w = [max(6, len(lab)) for lab in self.labels]
         self._label_w = max([9] + [len(lab) for lab in self.labels])
+
+    @classmethod
+    def for_files(cls, files: Sequence[Union[str, os.PathLike]], labels: Sequence[str] = (),
+                  segmentation: bool = True) -> "TableFormatter":
+        """A table for a run over ``files``: each image is shown by its path relative to the
+        folder that holds them all (the input folder), so images of the same name in different
+        subfolders stay apart."""
+        base = common_folder(files)
+        t = cls(labels, segmentation, base=base)
+        t.name_width = max(8, min(max([len(t.shown(f)) for f in files] + [5]), 48))
+        return t
+
+    def shown(self, source: Union[str, os.PathLike]) -> str:
+        """``source`` as the table shows it: relative to :attr:`base` when under it, else its name."""
+        s = os.fspath(source)
+        if self.base is not None:
+            rel = os.path.relpath(os.path.abspath(s), self.base)
+            if not rel.startswith(os.pardir):
+                return rel
+        return Path(s).name or s
 
     def _name(self, name: str) -> str:
         w = self.name_width
@@ -262,7 +284,7 @@ class TableFormatter:
         return "  ".join(parts)
 
     def row(self, result: Result) -> str:
-        name = f"{self._name(result.name):<{self.name_width}}"
+        name = f"{self._name(self.shown(result.source) if result.source else result.name):<{self.name_width}}"
         if isinstance(result, Failure):
             return f"{name}  failed: {printable(result.error)}"
         parts = [name]
@@ -279,10 +301,21 @@ class TableFormatter:
 
 
 def format_table(results: Sequence[Result], labels: Sequence[str] = (), segmentation: bool = True) -> str:
-    """The whole table as one string (header + one line per result)."""
-    width = max([len(r.name) for r in results] + [5])
-    t = TableFormatter(labels, segmentation, name_width=width)
+    """The whole table as one string (header + one line per result), images shown relative to
+    the folder that holds them all."""
+    t = TableFormatter.for_files([r.source or r.name for r in results], labels, segmentation)
     return "\n".join([t.header()] + [t.row(r) for r in results])
+
+
+def common_folder(files: Sequence[Union[str, os.PathLike]]) -> Optional[str]:
+    """The deepest folder holding every file of ``files`` (absolute), or None for no file."""
+    folders = [os.path.dirname(os.path.abspath(os.fspath(f))) for f in files]
+    if not folders:
+        return None
+    try:
+        return os.path.commonpath(folders)
+    except ValueError:  # different drives
+        return None
 
 
 def to_csv_text(results: Sequence[Result], labels: Sequence[str] = ()) -> str:
@@ -294,4 +327,4 @@ def to_csv_text(results: Sequence[Result], labels: Sequence[str] = ()) -> str:
 
 __all__ = ["csv_columns",
            "flat_row", "ResultsWriter", "CsvResultsWriter", "JsonlResultsWriter", "results_format_for",
-           "open_results_writer", "TableFormatter", "format_table", "to_csv_text"]
+           "open_results_writer", "TableFormatter", "format_table", "common_folder", "to_csv_text"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import List
 
 from covidedge import backends
 from covidedge.errors import BadInputError
@@ -33,6 +34,42 @@ ONNX_SUFFIXES = (".onnx",)
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
+def models_here(build_dir: str = "build") -> str:
+    """What exists instead of a missing model file, for its error: the engines recorded for this
+    machine and those in ``build_dir`` (files with a manifest), the shipped models, and the
+    command that builds engines. Never raises: it only helps an error say more."""
+    from covidedge.formats.manifest import MANIFEST_SUFFIX
+
+    engines: List[str] = []
+    try:
+        from covidedge.runtime.defaults import engines_home, read_record, shown
+
+        for e in read_record(engines_home())["engines"]:
+            if Path(e.get("engine", "")).is_file():
+                engines.append(shown(e["engine"]))
+        if os.path.isdir(build_dir):
+            for m in sorted(Path(build_dir).glob("*" + MANIFEST_SUFFIX)):
+                engine = str(m)[: -len(MANIFEST_SUFFIX)]
+                if os.path.isfile(engine):
+                    engines.append(shown(engine))
+    except (OSError, ValueError):
+        pass
+    try:
+        from covidedge.pretrained import shipped_models
+
+        shipped = [m.name for m in shipped_models()]
+    except Exception:  # an unreadable index has its own error where it is used
+        shipped = []
+    engines = list(dict.fromkeys(engines))
+    parts = [f"engines here: {', '.join(engines[:8])}{' ...' if len(engines) > 8 else ''}" if engines
+             else "no engine is built here"]
+    if shipped:
+        parts.append(f"shipped models: {', '.join(shipped)} (run when no model is given)")
+    parts.append("'covidedge build-engine' builds this machine's engines from them, "
+                 "'covidedge build-engine MODEL --out FILE' one from a checkpoint or ONNX graph")
+    return "; ".join(parts)
+
+
 def classify(path) -> str:
     """'engine', 'onnx' or 'checkpoint' for a model file; BadInputError for anything else."""
     from covidedge.formats.manifest import MANIFEST_SUFFIX, manifest_path_for
@@ -41,7 +78,7 @@ def classify(path) -> str:
     if p.name.endswith(MANIFEST_SUFFIX):
         return "engine"
     if not p.exists():
-        raise BadInputError("model file not found", path=p)
+        raise BadInputError("model file not found", path=p, hint=models_here())
     if p.is_dir():
         raise BadInputError("is a folder, expected a model file (.engine, .onnx or .pt)", path=p)
     if manifest_path_for(p).is_file():

@@ -135,7 +135,7 @@ def test_one_bad_file_gives_one_line_and_the_rest_is_done(kind, models, good, tm
     assert rows[1]["exit_code"] == "3" and BAD[kind] in rows[1]["error"]
     assert rows[2]["height"] == "48" and rows[2]["width"] == "40"  # the DICOM, at its own size
     assert (out / "good_overlay.png").exists() and (out / "good_2_lungs.png").exists()
-    assert [ln.split()[0] for ln in res.stdout.splitlines()[1:]] == ["good.png", "good.dcm"]
+    assert [ln.split()[0] for ln in res.stdout.splitlines()[1:]] == ["good/good.png", "good/good.dcm"]
 
 
 def test_all_bad_files_through_the_entry_point(models, good, tmp_path, capsys):

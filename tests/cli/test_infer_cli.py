@@ -44,12 +44,44 @@ def test_table_on_stdout_and_backend_line_on_stderr(models, images):
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert lines[0].split() == ["image", "class", *LABELS, "lungs", "infected", "ms"]
-    assert [ln.split()[0] for ln in lines[1:]] == ["a.png", "b.png", "c.png"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["a.png", "b.png", "sub/c.png"]  # relative to scans/
     assert all(ln.split()[5].endswith("%") for ln in lines[1:])
     err = res.stderr.splitlines()
     assert err[0] == "backend: onnxruntime fp32 on cpu (classifier cls.onnx, segmenter seg.onnx)"
     assert any(ln.startswith("note: masks and overlays are not saved without an output folder") for ln in err)
     assert err[-1].startswith("3 images: 3 ok, 0 failed")
+
+
+def test_the_table_tells_images_of_the_same_name_apart(models, images, tmp_path):
+    """Paths relative to the input folder (issue 23): class subfolders with the same file names."""
+    Image.fromarray(xray(64, 64)).save(images / "sub" / "a.png")
+    cls, seg = models
+    res = invoke(images, tmp_path / "scans" / "sub" / "a.png", "-c", cls, "-s", seg)
+    assert res.exit_code == 0, res.output
+    names = [ln.split()[0] for ln in res.stdout.splitlines()[1:]]
+    assert names == ["a.png", "b.png", "sub/a.png", "sub/c.png"]  # the second sub/a.png is the same file
+    res = invoke(images / "sub", "-c", cls)
+    assert [ln.split()[0] for ln in res.stdout.splitlines()[1:]] == ["a.png", "c.png"]
+
+
+def test_a_missing_model_lists_what_exists_and_how_to_build_one(models, images, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COVIDEDGE_ENGINES", str(tmp_path / "engines"))
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in argv])
+        return exc.value.code, capsys.readouterr().err
+
+    code, err = run("infer", images / "a.png", "-c", "build/cls.int8.onnx")
+    assert code == 3
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: build/cls.int8.onnx: model file not found (no engine is built here; shipped models: ")
+    assert "'covidedge build-engine'" in last and "'covidedge build-engine MODEL --out FILE'" in last
+    code, err = run("build-engine", models[0], "--out", "build/cls.engine")
+    assert code == 0, err
+    code, err = run("infer", images / "a.png", "-c", "build/cls.int8.onnx")
+    assert code == 3 and "engines here: build/cls.engine;" in err
 
 
 def test_json_has_every_field_per_image(models, images):
