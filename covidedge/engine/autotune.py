@@ -20,7 +20,7 @@ each candidate in turn) at every batch size asked, and the one with the lowest t
 reason for the choice go into the build log (``say``), the winner's manifest
 (``build_options["autotune"]``) and :data:`RECORD_FILE` beside the engines, which a second call
 reads to reuse the choice. A ``budget_s`` bounds the time spent building and timing: candidates
-not reached are listed as skipped. Nothing here branches on a backend's name.
+not reached are listed as skipped (the first faithful one is always built). Nothing here branches on a backend's name.
 """
 
 from __future__ import annotations
@@ -295,7 +295,8 @@ def tune(name: str, task: str, graph_for: Callable[[str], Path], val_rows, engin
         if not c.faithful:
             c.status, c.reason = "unfaithful", "not built"
             continue
-        if deadline is not None and time.perf_counter() > deadline:
+        built_one = any(x.status == "faithful" for x in cands)
+        if deadline is not None and time.perf_counter() > deadline and built_one:  # always one engine
             c.status, c.reason = "skipped", f"budget of {options.budget_s:g} s spent before it was built"
             continue
         out = engine_path(row, form)

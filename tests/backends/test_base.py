@@ -145,3 +145,32 @@ def test_self_check_deletes_an_engine_past_the_limit(tmp_path):
     assert str(err.value) == (f"{out}: the shifted engine's probabilities differ from ONNX Runtime's on its "
                               "source graph by 0.25 (limit 0.01 for fp16)")
     assert not tmp.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("moved,passes", [(20, True), (5000, False)])
+def test_a_segmenters_self_check_counts_pixels_past_the_limit(tmp_path, moved, passes):
+    # int8 kernels of two runtimes requantise a few pixels one step apart (OpenVINO against ONNX
+    # Runtime on the shipped int8 U-Net); a few pixels far off pass, most pixels off do not
+    from covidedge.backends.onnxruntime import OrtRunner
+    from tests.graphs import tiny_precision_onnx
+
+    class FewPixels(OrtRunner):
+        def _infer(self, x):
+            out = super()._infer(x)
+            p = out["probabilities"].copy()
+            p.reshape(-1)[:moved] += 0.3
+            return {**out, "probabilities": p}
+
+    src = tmp_path / "seg.onnx"
+    spec = tiny_precision_onnx(src, "fp32", "segmenter", 64, None)  # 2 x 64 x 64 = 8192 values per image
+    tmp, out = tmp_path / "e.tmp.onnx", tmp_path / "e.onnx"
+    tmp.write_bytes(src.read_bytes())
+    if passes:
+        check = self_check(FewPixels(tmp, spec=spec), src, "int8", {"int8": 5e-2}, batch=1, out=out,
+                           engine_name="few")
+        assert out.is_file() and check["share_past_limit"] == pytest.approx(20 / 8192)
+    else:
+        with pytest.raises(RuntimeFailure, match=r"by more than 0.05 on 61.04% of the pixels"):
+            self_check(FewPixels(tmp, spec=spec), src, "int8", {"int8": 5e-2}, batch=1, out=out,
+                       engine_name="many")
+        assert not out.exists()
