@@ -8,6 +8,7 @@ import click
 
 from covidedge.cli.train import variant_option
 from covidedge.spec import AMP_MODES
+from covidedge.train.options import StudyOptions
 
 
 @click.group(name="study")
@@ -28,18 +29,18 @@ def command():
               help="Study folder: one run folder per loss plus comparison.md/.json/.png.")
 @click.option("--losses", default="all", show_default=True,
               help="Comma-separated loss names (bce,dice,bce_dice,focal,tversky,focal_tversky,jaccard) or 'all'.")
-@click.option("--epochs", default=10, show_default=True, type=int, help="Epochs per loss (no early stopping).")
+@click.option("--epochs", default=StudyOptions.epochs, show_default=True, type=int, help="Epochs per loss (no early stopping).")
 @variant_option("segmenter")
 @click.option("--image-size", default=None, type=int, help="Square input size in px. [default: the variant's]")
 @click.option("--base-width", default=None, type=int,
               help="Channels of the first U-Net stage. [default: the variant's]")
 @click.option("--depth", default=None, type=int, help="U-Net down-sampling stages. [default: the variant's]")
-@click.option("--batch-size", default=16, show_default=True, type=int, help="Images per step.")
-@click.option("--lr", default=1e-3, show_default=True, type=float, help="Peak learning rate.")
+@click.option("--batch-size", default=StudyOptions.batch_size, show_default=True, type=int, help="Images per step.")
+@click.option("--lr", default=StudyOptions.lr, show_default=True, type=float, help="Peak learning rate.")
 @click.option("--limit-per-class", default=None, type=int, help="At most N images per class (quick studies).")
-@click.option("--seed", default=0, show_default=True, type=int, help="The one seed every loss trains with.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp", default="auto", show_default=True,
+@click.option("--seed", default=StudyOptions.seed, show_default=True, type=int, help="The one seed every loss trains with.")
+@click.option("--device", default=StudyOptions.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp", default=StudyOptions.amp, show_default=True,
               type=click.Choice(AMP_MODES, case_sensitive=False),
               help="Mixed precision (see covidedge train --help).")
 @click.option("--overwrite", is_flag=True,
@@ -60,7 +61,8 @@ def losses(data_root, out_dir, losses, as_json, **kw):
     from covidedge.train.study import study_losses
 
     names = None if losses.strip().lower() == "all" else [n for n in losses.split(",") if n.strip()]
-    result = study_losses(data_root, out_dir, losses=names, **kw)
+    overwrite = kw.pop("overwrite")
+    result = study_losses(data_root, out_dir, StudyOptions(**kw), losses=names, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

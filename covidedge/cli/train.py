@@ -9,6 +9,7 @@ import click
 from covidedge.errors import BadInputError
 from covidedge.models.registry import DEFAULT_VARIANTS, VARIANTS, list_variants
 from covidedge.spec import AMP_MODES
+from covidedge.train.options import ClassifierOptions, SegmenterOptions, TrainOptions
 
 
 def variant_option(task: str):
@@ -34,29 +35,29 @@ def _common_options(task: str):
                      help="COVID-QU-Ex folder (the one holding Train/ and Val/, or a parent of it)."),
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
                      help="Run folder for best.pt, last.pt, history.json, learning_curves.png, metrics.json."),
-        click.option("--epochs", default=30, show_default=True, type=int, help="Maximum number of epochs."),
-        click.option("--batch-size", default=16, show_default=True, type=int, help="Images per step."),
-        click.option("--lr", default=1e-3, show_default=True, type=float,
+        click.option("--epochs", default=TrainOptions.epochs, show_default=True, type=int, help="Maximum number of epochs."),
+        click.option("--batch-size", default=TrainOptions.batch_size, show_default=True, type=int, help="Images per step."),
+        click.option("--lr", default=TrainOptions.lr, show_default=True, type=float,
                      help="Peak learning rate (AdamW; linear warm-up, then cosine decay)."),
-        click.option("--weight-decay", default=1e-4, show_default=True, type=float, help="AdamW weight decay."),
+        click.option("--weight-decay", default=TrainOptions.weight_decay, show_default=True, type=float, help="AdamW weight decay."),
         variant_option(task),
         click.option("--image-size", default=None, type=int,
                      help="Square input size in px; recorded in the checkpoint's spec. "
                           "[default: the variant's]"),
-        click.option("--device", default="auto", show_default=True,
+        click.option("--device", default=TrainOptions.device, show_default=True,
                      help="auto (CUDA when available), cpu, cuda or cuda:N."),
-        click.option("--amp", default="auto", show_default=True,
+        click.option("--amp", default=TrainOptions.amp, show_default=True,
                      type=click.Choice(AMP_MODES, case_sensitive=False),
                      help="Mixed precision: auto = fp16 on CUDA, bf16 + channels_last on CPUs with "
                           "native bf16 (AVX512-BF16/AMX), else fp32. Weights stay fp32; recorded in "
                           "the checkpoint."),
-        click.option("--seed", default=0, show_default=True, type=int,
+        click.option("--seed", default=TrainOptions.seed, show_default=True, type=int,
                      help="Seed for weights, image subset, shuffling and augmentation."),
-        click.option("--patience", default=8, show_default=True, type=int,
+        click.option("--patience", default=TrainOptions.patience, show_default=True, type=int,
                      help="Stop after this many epochs without a better Val score."),
         click.option("--limit-per-class", default=None, type=int,
                      help="Use at most N images per class of Train and of Val (quick runs)."),
-        click.option("--num-workers", default=0, show_default=True, type=int,
+        click.option("--num-workers", default=TrainOptions.num_workers, show_default=True, type=int,
                      help="DataLoader worker processes (images are cached in memory already)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
         click.option("--overwrite", is_flag=True, help="Replace an earlier run's files in --out."),
@@ -65,14 +66,14 @@ def _common_options(task: str):
         click.option("--allow-missing-classes", is_flag=True,
                      help="Train even when Train or Val has no images of some class (refused "
                           "otherwise); recorded in the checkpoint and the Val report."),
-        click.option("--bn-images", default=600, show_default=True, type=int,
+        click.option("--bn-images", default=TrainOptions.bn_images, show_default=True, type=int,
                      help="Before each Val pass, re-estimate BatchNorm statistics on this many "
                           "clean (unaugmented) Train images, so the saved model normalises real "
                           "films with their own statistics; 0 keeps the augmented-batch ones."),
-        click.option("--ema-decay", default=0.0, show_default=True, type=float,
+        click.option("--ema-decay", default=TrainOptions.ema_decay, show_default=True, type=float,
                      help="Validate and save an exponential moving average of the weights with "
                           "this decay (e.g. 0.999); 0 saves the trained weights."),
-        click.option("--augment", default="basic", show_default=True,
+        click.option("--augment", default=TrainOptions.augment, show_default=True,
                      type=click.Choice(["basic", "robust"]),
                      help="basic: geometry, brightness and contrast; robust: also gamma, "
                           "resampling and noise, as other scanners and exports bring."),
@@ -142,7 +143,7 @@ def command():
 @click.option("--width-mult", default=None, type=float,
               help="Channel width multiplier of Xception (0.25 for a small, fast model). "
                    "[default: the variant's]")
-@click.option("--drop-rate", default=0.2, show_default=True, type=float, help="Dropout before the classifier head.")
+@click.option("--drop-rate", default=ClassifierOptions.drop_rate, show_default=True, type=float, help="Dropout before the classifier head.")
 def classifier(as_json, **kw):
     """Train the Xception classifier; the best epoch is the one with the highest Val accuracy.
     Classes are balanced with a class-weighted cross-entropy.
@@ -154,7 +155,8 @@ def classifier(as_json, **kw):
     """
     from covidedge.train.loop import train_classifier
 
-    result = train_classifier(kw.pop("data_root"), kw.pop("out_dir"), **kw)
+    data_root, out_dir = kw.pop("data_root"), kw.pop("out_dir")
+    result = train_classifier(data_root, out_dir, ClassifierOptions(**kw))
     _report(result, as_json)
 
 
@@ -165,7 +167,7 @@ def classifier(as_json, **kw):
 @click.option("--depth", default=None, type=int,
               help="Down-sampling stages; --image-size must be divisible by 2**depth. "
                    "[default: the variant's]")
-@click.option("--loss", default="bce_dice", show_default=True,
+@click.option("--loss", default=SegmenterOptions.loss, show_default=True,
               help="bce, dice, bce_dice, focal, tversky, focal_tversky or jaccard.")
 @click.option("--loss-param", "loss_param", multiple=True, metavar="KEY=VALUE",
               help="A loss option, repeatable (e.g. alpha=0.7, channel_weights=[1,3]).")
@@ -180,6 +182,6 @@ def segmenter(as_json, loss_param, **kw):
     """
     from covidedge.train.loop import train_segmenter
 
-    result = train_segmenter(kw.pop("data_root"), kw.pop("out_dir"),
-                             loss_params=_parse_loss_params(loss_param), **kw)
+    data_root, out_dir = kw.pop("data_root"), kw.pop("out_dir")
+    result = train_segmenter(data_root, out_dir, SegmenterOptions(loss_params=_parse_loss_params(loss_param), **kw))
     _report(result, as_json)

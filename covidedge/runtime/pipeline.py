@@ -23,14 +23,15 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from covidedge.data.preprocess import PREPROCESSING_ID, as_gray, resize_gray
+from covidedge.data.preprocess import as_gray, resize_gray
 from covidedge.data.quality import check_quality, describe_flags
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure, UsageError
 from covidedge.metrics import infected_fraction, lung_fraction
 from covidedge.backends.base import Runner, infer_fitted
+from covidedge.runtime.checks import check_batch_size, check_model_spec
 from covidedge.runtime.postprocess import probabilities_to_mask
 from covidedge.prediction import STAGES, Failure, OutputNamer, Prediction, Result, source_name
-from covidedge.spec import MASK_CHANNELS, MASK_THRESHOLD, MAX_BATCH, check_threshold
+from covidedge.spec import MASK_CHANNELS, MASK_THRESHOLD, check_threshold
 
 ModelLike = Union[str, "os.PathLike[str]", Runner]
 ImageItem = Union[str, "os.PathLike[str]", np.ndarray, Any]
@@ -143,29 +144,6 @@ class _Model:
         return self._single_pipeline().predict_many(items, batch_size=batch_size, **kw)
 
 
-def check_model_spec(runner: Runner, task: str) -> None:
-    """Raise IncompatibleModelError unless ``runner`` is a ``task`` model this pipeline can feed
-    (one gray channel, covidedge preprocessing, and for a segmenter lungs + infection channels)."""
-    spec, src = runner.spec, runner.source
-    spec.require_task(task, source=src)
-    if spec.preprocessing != PREPROCESSING_ID:
-        raise IncompatibleModelError(
-            f"expects preprocessing {spec.preprocessing!r}, this runtime provides {PREPROCESSING_ID!r}",
-            path=src, hint="re-export the model with this covidedge version")
-    if spec.in_chans != 1:
-        raise IncompatibleModelError(f"takes {spec.in_chans} input channels, expected 1 (grayscale)",
-                                     path=src, hint="train and export a grayscale model")
-    if task == "segmenter":
-        missing = [c for c in MASK_CHANNELS if c not in spec.labels]
-        if missing:
-            raise IncompatibleModelError(
-                f"segmenter channels are {list(spec.labels)}, expected {list(MASK_CHANNELS)}",
-                path=src, hint="export a covidedge lungs + infection segmenter")
-    elif len(spec.labels) < 2:
-        raise IncompatibleModelError(f"classifier has labels {list(spec.labels)}, expected 2 or more",
-                                     path=src)
-
-
 class Classifier(_Model):
     """A chest X-ray classifier: ``Classifier("cls.onnx").predict("xray.png").label``."""
 
@@ -273,7 +251,7 @@ class Pipeline:
             raise IncompatibleModelError(
                 f"is a {wrong.task} model, but it was passed as the other one", path=wrong.source,
                 hint=f"pass it as --{wrong.task} instead")
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_batch_size(batch_size)
         self.strict = bool(strict)
         self.classifier: Optional[Classifier] = (
             None if classifier is None else classifier if isinstance(classifier, Classifier)
@@ -468,7 +446,7 @@ class Pipeline:
 
         While one batch runs through the models, one thread decodes and preprocesses the next
         (decoding releases the GIL in Pillow and numpy), so at most two batches are in memory."""
-        bs = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+        bs = self.batch_size if batch_size is None else check_batch_size(batch_size)
         namer = OutputNamer() if out_dir is not None else None
         if not self.prefetch:
             chunk: List[Tuple[ImageItem, str]] = []
@@ -508,15 +486,6 @@ class Pipeline:
             if pending is not None:
                 for it in self._run_chunk(pending[0], namer, out_dir, overlay, pending[1].result()):
                     yield it.outcome()
-
-
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise BadInputError(f"batch_size={batch_size!r}, expected a positive integer")
-    if batch_size > MAX_BATCH:
-        raise BadInputError(f"batch size {batch_size} is above {MAX_BATCH} images; a batch is decoded and "
-                            "held in memory at once", hint="use a batch of 8-64 images")
-    return int(batch_size)
 
 
 __all__ = ["Classifier", "Segmenter", "Pipeline", "check_model_spec"]

@@ -33,6 +33,7 @@ import numpy as np
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
 from covidedge.fileio import write_atomic
 from covidedge.train.amp import amp_words, plan_for_model, resolve_amp, resolve_device, to_layout
+from covidedge.train.options import ClassifierOptions, SegmenterOptions
 from covidedge.train.tasks import ClassifierTask, SegmenterTask, resolve_sizes
 
 __all__ = ["TrainResult", "train_classifier", "train_segmenter", "OUTPUT_FILES", "write_json",
@@ -420,64 +421,55 @@ def _final_metrics(out: Path, o: Dict[str, Any], device: str, progress: bool) ->
 
 
 # -- public entry points ---------------------------------------------------------------------
-def train_classifier(data_root, out_dir, *, variant: Optional[str] = None, epochs: int = 30,
-                     batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4,
-                     image_size: Optional[int] = None, width_mult: Optional[float] = None,
-                     drop_rate: float = 0.2, device: str = "auto", amp: str = "auto",
-                     seed: int = 0, patience: int = 8,
-                     limit_per_class: Optional[int] = None, num_workers: int = 0,
-                     resume: bool = False, hflip: bool = False, progress: bool = True,
-                     overwrite: bool = False, allow_missing_classes: bool = False,
-                     bn_images: int = 600, ema_decay: float = 0.0, augment: str = "basic",
-                     on_epoch_end: Optional[EpochCallback] = None) -> TrainResult:
+def train_classifier(data_root, out_dir, options: Optional[ClassifierOptions] = None, *,
+                     progress: bool = True, on_epoch_end: Optional[EpochCallback] = None,
+                     **overrides: Any) -> TrainResult:
     """Train the Xception classifier (COVID-19 / Non-COVID / Normal) on ``data_root``'s Train split,
-    keeping the epoch with the best Val accuracy. ``variant`` names the model size (default
-    ``xception256``: 256 px, width 1.0); ``image_size`` (px, square) and ``width_mult``, when
-    given, win over the variant's. ``lr`` is the peak learning rate. ``on_epoch_end(record)`` is
-    called after each epoch with its history record; returning True stops training there
-    (``last.pt`` can then be resumed). Before each Val pass the BatchNorm statistics are
-    re-estimated on ``bn_images`` clean Train images (0: off), and with ``ema_decay`` > 0 the
-    model validated and saved is an EMA of the weights (see ``covidedge.train.bn``)."""
-    sizes = resolve_sizes("classifier", variant, image_size=image_size, width_mult=width_mult)
-    o = dict(task="classifier", variant=variant, data_root=str(data_root), epochs=epochs,
-             batch_size=batch_size, lr=float(lr), weight_decay=float(weight_decay),
+    keeping the epoch with the best Val accuracy, as ``options`` (a
+    :class:`~covidedge.train.options.ClassifierOptions`, its fields also accepted as keywords)
+    says. ``variant`` names the model size (default ``xception256``: 256 px, width 1.0);
+    ``image_size`` (px, square) and ``width_mult``, when given, win over the variant's. ``lr`` is
+    the peak learning rate. ``on_epoch_end(record)`` is called after each epoch with its history
+    record; returning True stops training there (``last.pt`` can then be resumed). Before each
+    Val pass the BatchNorm statistics are re-estimated on ``bn_images`` clean Train images (0:
+    off), and with ``ema_decay`` > 0 the model validated and saved is an EMA of the weights (see
+    ``covidedge.train.bn``)."""
+    c = ClassifierOptions.of(options, **overrides)
+    sizes = resolve_sizes("classifier", c.variant, image_size=c.image_size, width_mult=c.width_mult)
+    o = dict(task="classifier", variant=c.variant, data_root=str(data_root), epochs=c.epochs,
+             batch_size=c.batch_size, lr=float(c.lr), weight_decay=float(c.weight_decay),
              image_size=int(sizes["image_size"]), width_mult=float(sizes["width_mult"]),
-             drop_rate=float(drop_rate), device=device, amp=str(amp), seed=int(seed),
-             patience=patience, limit_per_class=limit_per_class, num_workers=int(num_workers),
-             hflip=bool(hflip), progress=bool(progress),
-             allow_missing_classes=bool(allow_missing_classes), bn_images=bn_images,
-             ema_decay=ema_decay, augment=augment)
+             drop_rate=float(c.drop_rate), device=c.device, amp=str(c.amp), seed=int(c.seed),
+             patience=c.patience, limit_per_class=c.limit_per_class, num_workers=int(c.num_workers),
+             hflip=bool(c.hflip), progress=bool(progress),
+             allow_missing_classes=bool(c.allow_missing_classes), bn_images=c.bn_images,
+             ema_decay=c.ema_decay, augment=c.augment)
     ClassifierTask.check_options(o)
-    return _fit(ClassifierTask(o), o, out_dir, resume=resume, overwrite=overwrite,
+    return _fit(ClassifierTask(o), o, out_dir, resume=c.resume, overwrite=c.overwrite,
                 on_epoch_end=on_epoch_end)
 
 
-def train_segmenter(data_root, out_dir, *, variant: Optional[str] = None, epochs: int = 30,
-                    batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4,
-                    image_size: Optional[int] = None, base_width: Optional[int] = None,
-                    depth: Optional[int] = None, loss: str = "bce_dice",
-                    loss_params: Optional[Dict[str, Any]] = None, device: str = "auto",
-                    amp: str = "auto", seed: int = 0, patience: int = 8,
-                    limit_per_class: Optional[int] = None, num_workers: int = 0,
-                    resume: bool = False, hflip: bool = False, progress: bool = True,
-                    overwrite: bool = False, allow_missing_classes: bool = False,
-                    bn_images: int = 600, ema_decay: float = 0.0, augment: str = "basic",
-                    on_epoch_end: Optional[EpochCallback] = None) -> TrainResult:
+def train_segmenter(data_root, out_dir, options: Optional[SegmenterOptions] = None, *,
+                    progress: bool = True, on_epoch_end: Optional[EpochCallback] = None,
+                    **overrides: Any) -> TrainResult:
     """Train the residual U-Net (lungs + infection masks) on ``data_root``'s Train split with the
     loss ``loss`` (see ``covidedge.train.losses.LOSSES``), keeping the epoch with the best mean
-    of Val lung Dice and Val infection Dice (COVID-19 images). ``variant`` names the model size
-    (default ``resunet256``: 256 px, base width 32, depth 4); ``image_size`` (px, divisible by
-    2**depth), ``base_width`` and ``depth``, when given, win over the variant's."""
-    sizes = resolve_sizes("segmenter", variant, image_size=image_size, base_width=base_width,
-                          depth=depth)
-    o = dict(task="segmenter", variant=variant, data_root=str(data_root), epochs=epochs,
-             batch_size=batch_size, lr=float(lr), weight_decay=float(weight_decay),
+    of Val lung Dice and Val infection Dice (COVID-19 images), as ``options`` (a
+    :class:`~covidedge.train.options.SegmenterOptions`, its fields also accepted as keywords)
+    says. ``variant`` names the model size (default ``resunet256``: 256 px, base width 32, depth
+    4); ``image_size`` (px, divisible by 2**depth), ``base_width`` and ``depth``, when given, win
+    over the variant's."""
+    c = SegmenterOptions.of(options, **overrides)
+    sizes = resolve_sizes("segmenter", c.variant, image_size=c.image_size, base_width=c.base_width,
+                          depth=c.depth)
+    o = dict(task="segmenter", variant=c.variant, data_root=str(data_root), epochs=c.epochs,
+             batch_size=c.batch_size, lr=float(c.lr), weight_decay=float(c.weight_decay),
              image_size=int(sizes["image_size"]), base_width=int(sizes["base_width"]),
-             depth=int(sizes["depth"]), loss=str(loss), loss_params=dict(loss_params or {}),
-             device=device, amp=str(amp), seed=int(seed), patience=patience,
-             limit_per_class=limit_per_class, num_workers=int(num_workers), hflip=bool(hflip),
-             progress=bool(progress), allow_missing_classes=bool(allow_missing_classes),
-             bn_images=bn_images, ema_decay=ema_decay, augment=augment)
+             depth=int(sizes["depth"]), loss=str(c.loss), loss_params=dict(c.loss_params or {}),
+             device=c.device, amp=str(c.amp), seed=int(c.seed), patience=c.patience,
+             limit_per_class=c.limit_per_class, num_workers=int(c.num_workers), hflip=bool(c.hflip),
+             progress=bool(progress), allow_missing_classes=bool(c.allow_missing_classes),
+             bn_images=c.bn_images, ema_decay=c.ema_decay, augment=c.augment)
     SegmenterTask.check_options(o)
-    return _fit(SegmenterTask(o), o, out_dir, resume=resume, overwrite=overwrite,
+    return _fit(SegmenterTask(o), o, out_dir, resume=c.resume, overwrite=c.overwrite,
                 on_epoch_end=on_epoch_end)

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from covidedge.errors import BadInputError
 from covidedge.fileio import write_atomic
 from covidedge.train.loop import log, same_option, train_segmenter, write_json
+from covidedge.train.options import StudyOptions
 
 __all__ = ["LossStudyResult", "study_losses", "STUDY_BARS", "CONVERGED_DELTA"]
 
@@ -131,20 +132,24 @@ def _fmt(v, nd=3) -> str:
     return f"{v:.{nd}f}" if _finite(v) else "n/a"
 
 
-def study_losses(data_root, out_dir, *, losses: Optional[Sequence[str]] = None, epochs: int = 10,
-                 variant: Optional[str] = None, image_size: Optional[int] = None,
-                 base_width: Optional[int] = None, depth: Optional[int] = None,
-                 batch_size: int = 16, lr: float = 1e-3, limit_per_class: Optional[int] = None,
-                 seed: int = 0, device: str = "auto", amp: str = "auto", num_workers: int = 0,
-                 progress: bool = True, overwrite: bool = False) -> LossStudyResult:
+def study_losses(data_root, out_dir, options: Optional[StudyOptions] = None, *,
+                 losses: Optional[Sequence[str]] = None, progress: bool = True, overwrite: bool = False,
+                 **overrides: Any) -> LossStudyResult:
     """Train the segmenter once per loss (all of ``LOSSES`` by default) with the same seed, data and
-    epoch budget (early stopping off), into ``out_dir/<loss>/``, and write comparison.md,
+    epoch budget (early stopping off), as ``options`` (a
+    :class:`~covidedge.train.options.StudyOptions`, its fields also accepted as keywords) says,
+    into ``out_dir/<loss>/``, and write comparison.md,
     comparison.json and comparison.png. A loss whose run folder already holds a finished run
     with the same settings is reused rather than retrained. The U-Net's size is the segmenter
     variant ``variant`` (default ``resunet256``) with any of ``image_size``, ``base_width`` and
     ``depth`` that are given in place of its values."""
     from covidedge.train.losses import LOSSES
     from covidedge.train.tasks import resolve_sizes
+
+    o = StudyOptions.of(options, **overrides)
+    epochs, variant, image_size, base_width, depth = o.epochs, o.variant, o.image_size, o.base_width, o.depth
+    batch_size, lr, limit_per_class, seed = o.batch_size, o.lr, o.limit_per_class, o.seed
+    device, amp, num_workers = o.device, o.amp, o.num_workers
 
     names = list(LOSSES) if not losses else [str(n).strip().lower().replace("-", "_") for n in losses]
     unknown = [n for n in names if n not in LOSSES]
