@@ -146,8 +146,17 @@ def robustness_table() -> str:
 
 
 def _latest_benchmark(folder: Path) -> Optional[Path]:
-    runs = sorted(p for p in folder.glob("*.json") if "int8-activations" not in p.name)
-    return runs[-1] if runs else None
+    """The newest run of benchmarks/compare_backends.py in ``folder`` (a JSON with a report and a
+    comparison; other scripts' results are left alone)."""
+    runs = []
+    for p in folder.glob("*.json"):
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and "comparison" in doc and isinstance(doc.get("report"), dict):
+            runs.append((str(doc["report"].get("created_utc", "")), p.name, p))
+    return max(runs)[2] if runs else None
 
 
 def latency_table(folder: Optional[Path] = None) -> str:
