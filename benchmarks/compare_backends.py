@@ -13,7 +13,12 @@ segmenter resunet256), at batch 1 and a larger batch:
   fp32, fp16 and int8 (signed int8 symmetric activations, TensorRT's format) and, for the
   int8-activations study, int8 with unsigned asymmetric activations (ONNX Runtime on CPUs only);
   TensorRT fp32 / fp16 / int8 where TensorRT is present; torch CUDA fp16 on a GPU without TensorRT;
-- OpenVINO on the CPU with its own defaults when it is installed (a peer).
+- OpenVINO on the CPU with its own defaults when it is installed (a peer);
+- the engine covidedge's autotuner chooses for the model here (``covidedge.engine.autotune``,
+  what ``covidedge build-engine MODEL --backend auto`` builds: its float forms on every backend,
+  timed against each other at the batches asked), as the row "covidedge autotuned".
+
+Every row also gets its speed-up over the OpenVINO default peer ("vs OV default").
 
 Every row is a covidedge Runner (``covidedge.backends``; the baselines with default settings),
 timed by covidedge.bench's timing loop (``covidedge.bench.timing.time_callable`` around
@@ -315,6 +320,21 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
         variants.append(Variant("covidedge torch CUDA", "covidedge",
                                 TorchRunner(case.checkpoint, device="cuda", half=True), case.checkpoint))
         notes.append("TensorRT is not installed: the GPU engine is torch CUDA fp16")
+    # the engine covidedge's autotuner chooses here for this model (its float forms: no Val
+    # measurement says an int8 graph of a freshly initialised model is faithful)
+    from covidedge.engine.autotune import AutotuneOptions, tune_model
+
+    t = time.perf_counter()
+    try:
+        with _quiet_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+            choice = tune_model(graphs["fp32"], work / f"autotune-{case.key}",
+                                AutotuneOptions(batches=tuple(args.batches), max_batch=max_batch))
+        win = choice.chosen
+        variants.append(Variant(f"covidedge autotuned ({win.backend} {win.form})", "covidedge",
+                                load(win.engine), win.engine, note=choice.reason))
+        log(f"{case.key}: autotuned in {time.perf_counter() - t:.0f} s: {choice.reason}")
+    except CovidEdgeError as exc:
+        notes.append(f"{case.title}: the autotuner chose no engine: {exc}")
     peer, why_not = openvino_default_variant(graphs["fp32"])
     if peer is not None:
         variants.append(peer)
@@ -435,14 +455,15 @@ def _fmt_ratio(v) -> str:
 
 def comparison_markdown(rows: List[Dict[str, Any]]) -> str:
     head = ("| model | batch | runtime | precision | size MB | metric | ms/image | p50 ms | p99 ms | FPS "
-            "| vs eager | vs ORT default |")
-    lines = [head, "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+            "| vs eager | vs ORT default | vs OV default |")
+    lines = [head, "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         metric = "-" if r["metric"] is None else f"{r['metric']['name']} {r['metric']['value']:.3f}"
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['runtime']} | {r['precision']} | {_fmt(r['size_mb'], 1)} "
             f"| {metric} | {_fmt(r['ms_per_image'])} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} "
-            f"| {_fmt(r['fps'], 1)} | {_fmt_ratio(r['vs_eager'])} | {_fmt_ratio(r['vs_ort_default'])} |")
+            f"| {_fmt(r['fps'], 1)} | {_fmt_ratio(r['vs_eager'])} | {_fmt_ratio(r['vs_ort_default'])} "
+            f"| {_fmt_ratio(r.get('vs_ov_default'))} |")
     return "\n".join(lines)
 
 
@@ -599,7 +620,7 @@ def collect_rows(case: ModelCase, variants: List[Variant], batch: int, stats: Di
     def ms_of(role):
         return next((stats[i].ms_per_image for i, v in enumerate(variants) if v.role == role and i in stats), None)
 
-    eager, ort_default = ms_of("baseline"), ms_of("reference")
+    eager, ort_default, ov_default = ms_of("baseline"), ms_of("reference"), ms_of("peer")
     rows = []
     for i, v in enumerate(variants):
         if i in skipped:
@@ -618,7 +639,8 @@ def collect_rows(case: ModelCase, variants: List[Variant], batch: int, stats: Di
                      "size_mb": row.size_mb, "metric": metric, "ms_per_image": st.ms_per_image,
                      "p50_ms": st.median_ms, "p99_ms": st.p99_ms, "fps": st.throughput, "n": st.n,
                      "cv": st.cv, "unstable": st.unstable, "vs_eager": ratio(eager, st.ms_per_image),
-                     "vs_ort_default": ratio(ort_default, st.ms_per_image)})
+                     "vs_ort_default": ratio(ort_default, st.ms_per_image),
+                     "vs_ov_default": ratio(ov_default, st.ms_per_image)})
     return rows
 
 
