@@ -16,7 +16,6 @@ This module imports torch only when items are fetched.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -63,10 +62,9 @@ def class_weights(label_indices: Sequence[int], num_classes: int) -> np.ndarray:
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from covidedge.progress import bar
 
-    return tqdm(iterable, total=total, desc=desc, unit="img", leave=False, file=sys.stderr,
-                disable=not (enabled and sys.stderr.isatty()))
+    return bar(iterable, total=total, desc=desc, unit="img", enabled=enabled)
 
 
 class CachedImages:

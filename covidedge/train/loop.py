@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 
 from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
 from covidedge.fileio import write_atomic
+from covidedge.progress import bar as progress_bar, note
 from covidedge.train.amp import amp_words, plan_for_model, resolve_amp, resolve_device, to_layout
 from covidedge.train.options import ClassifierOptions, SegmenterOptions
 from covidedge.train.tasks import ClassifierTask, SegmenterTask, resolve_sizes
@@ -170,10 +170,7 @@ def write_json(path: Path, data) -> None:
 
 def log(progress: bool, text: str) -> None:
     """One line of the training log on stderr (above a progress bar), when ``progress``."""
-    if progress:
-        from tqdm.auto import tqdm
-
-        tqdm.write(text, file=sys.stderr)
+    note(progress, text)
 
 
 # -- the shared loop -------------------------------------------------------------------------
@@ -378,10 +375,7 @@ def same_option(a, b) -> bool:
 
 
 def _bar(loader, epoch, epochs, progress):
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
-                file=sys.stderr, disable=not (progress and sys.stderr.isatty()))
+    return progress_bar(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", enabled=progress)
 
 
 def _summary(r: Dict[str, Any], epochs: int, monitor: str) -> str:
