@@ -116,7 +116,10 @@ class BenchOptions(Options):
     """How a bench run times: ``warmup`` untimed runs, then ``iterations`` timed runs or
     ``duration_s`` seconds per batch size (exclusive); ``data_root`` (with ``split``, default
     Val, and ``limit_per_class``) adds the metric column; ``end_to_end`` adds file-to-result
-    timing; ``backend`` and ``threads`` (CPU threads, where the backend takes them) open the models."""
+    timing; ``backend`` and ``threads`` (CPU threads, where the backend takes them) open the models.
+    ``folder`` (images, searched recursively) adds what ``covidedge infer FOLDER`` achieves end to
+    end with the classifier and segmenter among the models: images per second from files to
+    masks (decode, preprocess, both models, masks; no files written)."""
 
     warmup: int = 10
     iterations: Optional[int] = None
@@ -127,6 +130,7 @@ class BenchOptions(Options):
     end_to_end: bool = False
     backend: str = "auto"
     threads: Optional[int] = None
+    folder: Any = None
 
     def validate(self) -> None:
         if self.iterations is not None and self.duration_s is not None:
@@ -164,7 +168,7 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), options: Optional
     if not models:  # the default models for this machine, said in one line
         from covidedge.runtime.defaults import default_models
 
-        chosen = default_models()
+        chosen = default_models(backend=backend)
         say(chosen.line)
         models = [str(p) for p in chosen.paths()]
     if not models:
@@ -249,4 +253,29 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), options: Optional
         bar.close()
         for t in tmp:
             t.cleanup()
+    if o.folder is not None:
+        line = folder_throughput(models, o.folder, backend)
+        say(line)
+        report.notes.append(line)
     return report
+
+
+def folder_throughput(models: Sequence, folder, backend: str = "auto", batch_size: int = 8) -> str:
+    """One line: images per second of ``covidedge infer FOLDER`` end to end (decode, preprocess,
+    the classifier and the segmenter among ``models``, masks; nothing written) over ``folder``."""
+    import time
+
+    from covidedge.runtime import load
+    from covidedge.runtime.run import run_inference
+
+    by_task: Dict[str, str] = {}
+    for m in models:
+        with load(os.fspath(m), backend=backend) as r:
+            by_task.setdefault(r.spec.task, os.fspath(m))
+    t0 = time.perf_counter()
+    summary = run_inference([os.fspath(folder)], classifier=by_task.get("classifier"),
+                            segmenter=by_task.get("segmenter"), batch_size=batch_size, backend=backend)
+    seconds = time.perf_counter() - t0
+    what = " and ".join(f"{Path(p).name}" for p in by_task.values())
+    return (f"infer {folder} end to end: {summary.ok} images in {seconds:.1f} s = {summary.ok / seconds:.1f} "
+            f"images/s ({what}; decode, preprocess, models, masks; batch {batch_size}, decode prefetched)")

@@ -51,11 +51,14 @@ def parse_batches(text: str):
               help="Runtime to use; auto picks from the file and the machine.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads: ONNX Runtime intra-op threads, or torch threads for a checkpoint.")
+@click.option("--folder", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Also run 'infer FOLDER' end to end with the classifier and segmenter given (or the "
+                   "defaults) and report images per second (decode, preprocess, both models, masks).")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON on stdout.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write bench.json, bench.md and bench.png into this folder.")
 def command(models, batch_text, warmup, iterations, duration_s, data_root, split, limit_per_class,
-            end_to_end, backend, threads, as_json, report_dir):
+            end_to_end, backend, threads, folder, as_json, report_dir):
     """Time checkpoints, ONNX models and engines the way trtexec does - warm-up, then many runs,
     throughput and latency min / mean / median / p90 / p95 / p99 (plus H2D / compute / D2H on a
     GPU) with a warning when results are unstable - and print one comparison table of
@@ -82,7 +85,7 @@ def command(models, batch_text, warmup, iterations, duration_s, data_root, split
         models = [str(p) for p in chosen.paths()]
     options = BenchOptions(warmup=warmup, iterations=iterations, duration_s=duration_s, data_root=data_root,
                            split=split, limit_per_class=limit_per_class, end_to_end=end_to_end,
-                           backend=backend, threads=threads)
+                           backend=backend, threads=threads, folder=folder)
     report = run_bench(list(models), batches, options, progress=True,
                        # the text report repeats every note; with --json they go to stderr as they happen
                        notify=(lambda msg: click.echo(msg, err=True)) if as_json else None)
