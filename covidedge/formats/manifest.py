@@ -270,6 +270,8 @@ def rebuild_command(manifest: EngineManifest, engine_path=None) -> str:
         args.append("--version-compatible")
     if opts.get("allow_tf32"):
         args.append("--allow-tf32")
+    if opts.get("inference_precision") not in (None, "f32"):  # OpenVINO's bf16 / f16 compute
+        args += ["--inference-precision", str(opts["inference_precision"])]
     args += ["--backend", manifest.backend]
     return " ".join(shlex.quote(a) for a in args)
 
