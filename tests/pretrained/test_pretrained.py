@@ -199,6 +199,15 @@ def test_default_engines_build_once_then_serve_infer_and_bench(use_released, tmp
     assert code == 0, err
     assert {Path(r["model"]).name for r in json.loads(out)["rows"]} == {Path(e).name for e in mtimes}
 
+    # --backend NAME runs that backend's best default engine (or the shipped graph on it): never exit 4
+    from covidedge.machine import module_present
+
+    for name in ("onnxruntime", "openvino"):
+        if module_present(name):
+            code, out, err = _run(["infer", str(img), "--format", "json", "--backend", name], capsys)
+            assert code == 0, err
+            assert f"({name} " in err.splitlines()[0] or f"(fp32, {name})" in err.splitlines()[0]
+
     # the API with no model gives the same answer as bare 'covidedge infer', from any folder
     cli = json.loads(_run(["infer", str(img), "--format", "json"], capsys)[1])[0]
     elsewhere = tmp_path / "elsewhere"
