@@ -77,11 +77,15 @@ def command(ctx, model, out, precision, calib_data, calib_count, calib_method, i
     release, precision, ONNX and calibration sha256, batch range, I/O, labels and build options.
     Loading checks the manifest and refuses an engine built for another machine. Where TensorRT
     is not installed, 'auto' builds an ONNX Runtime model instead and says so in one line;
-    TensorRT-only options are then refused rather than ignored.
+    TensorRT-only options are then refused rather than ignored. With MODEL and --backend auto
+    given, autotune MODEL into the --out folder (default build/): its float forms (fp32, fp16,
+    bf16) on every backend, the fastest kept.
 
     \b
     Examples:
       covidedge build-engine
+      covidedge build-engine --opt-batch 8 --budget 120
+      covidedge build-engine runs/cls/best.pt --backend auto --out build/
       covidedge build-engine runs/cls/best.pt --precision fp16 --max-batch 8
       covidedge build-engine runs/cls/best.pt --precision int8 --calib-data COVID-QU-Ex --calib-count 500
       covidedge build-engine build/seg.fp16.onnx --out build/seg.engine --timing-cache build/orin.cache
