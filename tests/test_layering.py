@@ -20,9 +20,8 @@ LAYERS = (
     ("covidedge.runtime",),
     ("covidedge.bench.timing",),  # the timing loop: bench reports and the engine autotuner use it
     ("covidedge.evaluation", "covidedge.engine"),
-    ("covidedge.train", "covidedge.bench", "covidedge.serve", "covidedge.node",
-     "covidedge.pretrained.release"),
-    ("covidedge.demo",),
+    ("covidedge.train", "covidedge.bench", "covidedge.serve", "covidedge.node"),
+    ("covidedge.demo", "covidedge.pretrained.release"),  # both train, export and evaluate
     ("covidedge.cli",),
     ("covidedge.__main__",),
 )
