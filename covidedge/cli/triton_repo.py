@@ -48,12 +48,13 @@ def command(classifier, segmenter, out, target, max_batch, instances, queue_dela
     Needs the serve extra: pip install 'covidedge[serve]'.
     """
     from covidedge.serve.config import model_config_schema
-    from covidedge.serve.repository import write_repository
+    from covidedge.serve.repository import RepositoryOptions, write_repository
 
     model_config_schema()  # the serve extra first: exit 6 with the install command
-    repo = write_repository(out, classifier or None, segmenter or None, target=target, max_batch=max_batch,
-                            dynamic_batching=not no_dynamic_batching, queue_delay_us=queue_delay_us,
-                            instances=instances, threshold=threshold, threads=threads, backend=backend)
+    options = RepositoryOptions(target=target, max_batch=max_batch, dynamic_batching=not no_dynamic_batching,
+                                queue_delay_us=queue_delay_us, instances=instances, threshold=threshold,
+                                threads=threads, backend=backend)
+    repo = write_repository(out, classifier or None, segmenter or None, options=options)
     if as_json:
         click.echo(json.dumps({"repository": str(repo.path), **repo.facts}, indent=2))
         return
