@@ -16,7 +16,7 @@ from PIL import Image
 
 from covidedge.cli.infer import command
 from covidedge.cli.main import main
-from tests.graphs import xray
+from tests.graphs import smooth_xray, xray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def good(tmp_path):
     """Two good images: an 8-bit PNG and a 16-bit DICOM."""
     folder = tmp_path / "good"
     folder.mkdir()
-    Image.fromarray(xray(64, 64)).save(folder / "good.png")
+    Image.fromarray(smooth_xray(64, 64)).save(folder / "good.png")
     write_dicom(folder / "good.dcm", xray(48, 40).astype(np.uint16) * 257)
     return [folder / "good.png", folder / "good.dcm"]
 

@@ -15,7 +15,7 @@ from PIL import Image
 from covidedge.data.imageio import read_gray, write_png
 from covidedge.data.quality import check_quality
 from covidedge.runtime.pipeline import Pipeline
-from tests.graphs import tiny_models, xray
+from tests.graphs import smooth_xray, tiny_models
 
 SIDE = 96
 
@@ -26,7 +26,7 @@ def models(tmp_path_factory):
 
 
 def eight_bit() -> np.ndarray:
-    return xray(SIDE, SIDE)
+    return smooth_xray(SIDE, SIDE)
 
 
 def with_sbit(path, bits: int):
