@@ -219,6 +219,9 @@ def test_the_quick_start_is_one_block_that_builds_infers_and_benches():
         assert step in script
     for step in ("git clone", "python3 -m venv", "pip install -e '.[all,serve]'", "cd "):
         assert step in quick[0].code
+    # Python run in the folder holding xray.png would import a clone named "covidedge" (a namespace
+    # package without the API) instead of the installed package
+    assert not re.search(r"git clone \S+ covidedge(\s|$)", quick[0].code)
 
 
 def test_every_skipped_example_says_what_it_needs():
