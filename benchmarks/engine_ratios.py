@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", cpu).strip("-").lower()[:40]
-    stem = args.out / f"engine-ratios-{slug}-{dt.date.today():%Y%m%d}"
+    stem = args.out / f"engine-ratios-{slug}-{dt.datetime.now():%Y%m%d-%H%M}"
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "folder": folder, "verdicts": verdicts,
                                                      "machine": {k: v for k, v in machine.items()
