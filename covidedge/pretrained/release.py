@@ -2,7 +2,7 @@
 
 A maintainer's tool (needs torch, onnxruntime and the dataset):
 
-    python -m covidedge.pretrained.release runs/cls/best.pt --name covidqu-xception256 \\
+    python -m covidedge.pretrained.release runs/cls/best.pt --name covidqu-xception256-small \\
         --data COVID-QU-Ex --command "covidedge train classifier ..." [--calib-count 500]
 
 Steps: for a classifier, fit a temperature on Val (probabilities = softmax(logits / T)) and

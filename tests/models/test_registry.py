@@ -179,7 +179,7 @@ def test_shipped_models_are_named_variants():
                  and [v.input_size] * 2 == list(s["input_size"]) and dict(v.model_kwargs) == kwargs]
         assert match, f"{m.name} ({s['input_size']}, {kwargs}) is no named variant"
         found += match
-    assert sorted(found) == ["resunet256-b16", "xception256"]
+    assert sorted(found) == ["resunet256-b16", "xception256-small"]
 
 
 def test_registry_reads_without_torch():
