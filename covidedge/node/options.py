@@ -55,14 +55,20 @@ def _split(values) -> Tuple[str, ...]:
     return tuple(v.strip() for item in values for v in str(item).split(",") if v.strip())
 
 
-def _is_loopback(host: str) -> bool:
+def _peer_ip(host: str):
+    """The peer's address (an IPv4-mapped IPv6 address as IPv4), or None when ``host`` is none."""
     try:
         ip = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return ip.is_loopback
+    return ip
+
+
+def _is_loopback(host: str) -> bool:
+    ip = _peer_ip(host)
+    return ip is not None and ip.is_loopback
 
 
 @dataclass
@@ -146,13 +152,8 @@ class NodeOptions:
         """Whether a peer at ``host`` may open an association."""
         if not self.allowed_networks:
             return bool(self.allow_ae) or _is_loopback(host)
-        try:
-            ip = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.allowed_networks)
+        ip = _peer_ip(host)
+        return ip is not None and any(ip in net for net in self.allowed_networks)
 
     def ssl_context(self):
         """The server's TLS context (None without ``tls_cert``); BadInputError naming a bad file."""
