@@ -173,7 +173,8 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_when_it_is_back(tmp_path
         got = pacs.wait_for(3)
         assert by_source(got, [src]) == {uid_of(src): sorted([SEG, COMPREHENSIVE_SR, SC])}
         assert wait_until(lambda: node_status(node.options.work)["waiting_for_delivery"] == 0)
-        assert any(f"{down.address} takes results again" in line for line in node.logs)
+        # the log line follows the delivery record: wait for it rather than race it
+        assert wait_until(lambda: any(f"{down.address} takes results again" in line for line in node.logs))
     finally:
         node.stop()
         if pacs is not None:
