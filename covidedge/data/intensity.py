@@ -69,9 +69,10 @@ def _unit_lut(top: int) -> np.ndarray:
     return lut
 
 
-def blockwise(src, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """float32 ``H x W`` from ``fn`` applied to blocks of rows of ``src``, an array or a Pillow
-    image (whose rows are copied out block by block: no full-size copy of its samples)."""
+def _row_blocks(src):
+    """``(h, w, blocks)``: the size of ``src`` (an array or a Pillow image) and an iterator of
+    ``(first row, end row, rows)`` over blocks of at most ``_BLOCK_PIXELS`` samples (a Pillow
+    image's rows are copied out block by block: no full-size copy of its samples)."""
     if isinstance(src, Image.Image):
         w, h = src.size
 
@@ -82,11 +83,17 @@ def blockwise(src, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
 
         def block(a: int, b: int) -> np.ndarray:
             return src[a:b]
-    out = np.empty((h, w), dtype=np.float32)
     rows = max(1, _BLOCK_PIXELS // max(1, w))
-    for a in range(0, h, rows):
-        b = min(h, a + rows)
-        out[a:b] = fn(block(a, b))
+    return h, w, ((a, min(h, a + rows), block(a, min(h, a + rows))) for a in range(0, h, rows))
+
+
+def blockwise(src, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """float32 ``H x W`` from ``fn`` applied to blocks of rows of ``src``, an array or a Pillow
+    image (whose rows are copied out block by block: no full-size copy of its samples)."""
+    h, w, blocks = _row_blocks(src)
+    out = np.empty((h, w), dtype=np.float32)
+    for a, b, rows in blocks:
+        out[a:b] = fn(rows)
     return out
 
 
@@ -112,19 +119,8 @@ def _histogram16(src) -> np.ndarray:
     """Counts of every 16-bit value (65536 bins) of an array or a one-band Pillow image, block
     by block (no full-size copy)."""
     counts = np.zeros(65536, dtype=np.int64)
-    if isinstance(src, Image.Image):
-        w, h = src.size
-
-        def block(a: int, b: int) -> np.ndarray:
-            return np.asarray(src.crop((0, a, w, b)))
-    else:
-        h, w = src.shape[:2]
-
-        def block(a: int, b: int) -> np.ndarray:
-            return src[a:b]
-    rows = max(1, _BLOCK_PIXELS // max(1, w))
-    for a in range(0, h, rows):
-        values = block(a, min(h, a + rows)).ravel()
+    for _, _, rows in _row_blocks(src)[2]:
+        values = rows.ravel()
         counts += np.bincount(values.astype(np.int64) if values.dtype.kind == "i" else values,
                               minlength=65536)[:65536]
     return counts
