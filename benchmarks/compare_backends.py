@@ -288,7 +288,8 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
         try:
             with _quiet_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
                 built = build_engine(graph, work / f"{case.key}.{prec}.ort.onnx", backend="onnxruntime",
-                                     min_batch=1, opt_batch=1, max_batch=max_batch, progress=False)
+                                     min_batch=1, opt_batch=1, max_batch=max_batch, progress=False,
+                                     overwrite=True)  # --work is this script's scratch folder
         except CovidEdgeError as exc:  # stated in the results; the graph itself is timed instead
             notes.append(f"{case.title}: the ONNX Runtime {prec} engine was not built ({exc}); "
                          f"its {prec} ONNX graph was timed with covidedge's ONNX Runtime runner instead")
@@ -307,7 +308,8 @@ def build_variants(case: ModelCase, graphs: Dict[str, Path], work: Path, args, n
             t = time.perf_counter()
             try:
                 built = build_engine(graphs[prec], work / f"{case.key}.{prec}.engine", backend="tensorrt",
-                                     min_batch=1, opt_batch=1, max_batch=max_batch, progress=False)
+                                     min_batch=1, opt_batch=1, max_batch=max_batch, progress=False,
+                                     overwrite=True)
             except CovidEdgeError as exc:
                 notes.append(f"{case.title}: the TensorRT {prec} engine was not built: {exc}")
                 log(f"{case.key}: TensorRT {prec} engine NOT built: {exc}")

@@ -138,7 +138,7 @@ def build_classifier(folder: Path) -> Path:
     model = create_model("xception", width_mult=0.25).eval()
     ckpt = save_checkpoint(folder / "cls.pt", model, spec)
     out = folder / "cls.onnx"
-    export_model(ckpt, out, precision="fp32")
+    export_model(ckpt, out, precision="fp32", overwrite=True)  # --work is this script's scratch folder
     return out
 
 

@@ -163,7 +163,7 @@ def _draw_caption_on(img: Image.Image, text: str, size: int) -> None:
     draw.text((pad - left, pad), text, fill=(255, 255, 255), font=font)
 
 
-def _save_atomic(img: Image.Image, path, overwrite: bool = True) -> Path:
+def _save_atomic(img: Image.Image, path, overwrite: bool) -> Path:
     path = Path(os.fspath(path))
     try:
         with atomic_target(path, overwrite=overwrite) as tmp:
@@ -174,9 +174,9 @@ def _save_atomic(img: Image.Image, path, overwrite: bool = True) -> Path:
     return path
 
 
-def save_mask_png(path, mask: np.ndarray, *, overwrite: bool = True) -> Path:
+def save_mask_png(path, mask: np.ndarray, *, overwrite: bool = False) -> Path:
     """Write a bool mask as an 8-bit PNG (0 = background, 255 = mask), as COVID-QU-Ex stores them.
-    With ``overwrite=False`` an existing file is never replaced (covidedge.fileio.OutputExistsError)."""
+    An existing file is replaced only with ``overwrite`` (else covidedge.fileio.OutputExistsError)."""
     m = np.ascontiguousarray(_bool_mask(mask, None, "mask"))
     pixels = np.multiply(m, 255, dtype=np.uint8)  # one 8-bit copy, shared with the PNG encoder
     return _save_atomic(Image.frombuffer("L", (m.shape[1], m.shape[0]), pixels, "raw", "L", 0, 1),
@@ -185,8 +185,9 @@ def save_mask_png(path, mask: np.ndarray, *, overwrite: bool = True) -> Path:
 
 def save_overlay(path, image: np.ndarray, lungs: Optional[np.ndarray] = None,
                  infection: Optional[np.ndarray] = None, *, caption: Optional[str] = None,
-                 overwrite: bool = True) -> Path:
-    """Draw :func:`draw_overlay` and write it as an RGB PNG; returns the path."""
+                 overwrite: bool = False) -> Path:
+    """Draw :func:`draw_overlay` and write it as an RGB PNG; returns the path. An existing file
+    is replaced only with ``overwrite`` (else covidedge.fileio.OutputExistsError)."""
     rgb = draw_overlay(image, lungs, infection, caption=caption)
     path = Path(os.fspath(path))
     try:

@@ -1,5 +1,5 @@
 """Dependencies point one way: a module never imports from its own layer's other packages or
-from a layer above it, not even inside a function. The layers are listed in the README."""
+from a layer above it, not even inside a function. The layers are listed in docs/layout.md."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _unit(module: str):
             if module == prefix or module.startswith(prefix + "."):
                 if best is None or len(prefix) > len(best[1]):
                     best = (index, prefix)
-    assert best is not None, f"{module} is in no layer; add it to LAYERS and the README"
+    assert best is not None, f"{module} is in no layer; add it to LAYERS and docs/layout.md"
     return best
 
 

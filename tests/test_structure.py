@@ -1,6 +1,7 @@
 """The package's shape, measured so it cannot regress: no branching on a backend's name outside
-covidedge/backends (the backend table decides), no module over 500 lines and no public function
-outside the CLI with more than 10 parameters (options travel as objects)."""
+covidedge/backends (the backend table decides), no module over 500 lines, no public function
+outside the CLI with more than 10 parameters (options travel as objects) and none that
+overwrites by default."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ MAX_MODULE_LINES = 500
 MAX_PUBLIC_PARAMETERS = 10
 #: Modules allowed over MAX_MODULE_LINES, with the length each may not grow past: none.
 LONG_MODULES_PENDING: dict = {}
+#: Public functions whose ``overwrite`` may default to True: the atomic writers under every writer
+#: (each writer above them states its own rule, and the tests below hold it to False).
+OVERWRITING_HELPERS = {"fileio.py: atomic_target", "fileio.py: write_atomic"}
 
 
 def _modules():
@@ -109,8 +113,44 @@ def test_no_public_function_outside_the_cli_takes_more_than_10_parameters():
     assert wide == []
 
 
+def overwriting_by_default(tree):
+    """Names of public functions and methods of public classes whose ``overwrite`` parameter
+    defaults to True."""
+    out = []
+
+    def check(fn, name):
+        a = fn.args
+        positional = a.posonlyargs + a.args
+        pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
+        pairs += [(k, d) for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+        if any(arg.arg == "overwrite" and isinstance(d, ast.Constant) and d.value is True for arg, d in pairs):
+            out.append(name)
+
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            check(node, node.name)
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and not item.name.startswith("_"):
+                    check(item, f"{node.name}.{item.name}")
+    return out
+
+
+def test_no_public_function_overwrites_unless_asked():
+    """No input, model or earlier result is overwritten unless asked (export_model, build_engine,
+    make_calibration_set and EvaluationReport.save defaulted to overwrite=True)."""
+    found = []
+    for rel, path in _modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found += [f"{rel}: {name}" for name in overwriting_by_default(tree)]
+    assert sorted(set(found) - OVERWRITING_HELPERS) == []
+
+
 def test_the_counters_see_what_they_count():
     tree = ast.parse("def f(a, b, *c, d=1, **e):\n    return a == 'openvino' or b in ('tensorrt', 'x')\n"
                      "class K:\n    def m(self, a):\n        pass\n")
     assert len(backend_comparisons(tree)) == 2
     assert public_functions(tree) == [("f", 5), ("K.m", 1)]
+    tree = ast.parse("def f(a, overwrite=True):\n    pass\ndef g(*, overwrite: bool = True):\n    pass\n"
+                     "def h(overwrite=False):\n    pass\nclass K:\n    def save(self, *, overwrite=True):\n        pass\n")
+    assert overwriting_by_default(tree) == ["f", "g", "K.save"]

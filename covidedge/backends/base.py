@@ -113,10 +113,17 @@ class Runner:
         self.last_timings_ms = timings
         return out
 
+    @property
+    def compute_precision(self) -> str:
+        """The precision it computes in, as reports name it: its graph's (``precision``), unless
+        the runtime computes an fp32 graph in another (an OpenVINO engine built for bf16)."""
+        return self.precision
+
     def describe(self) -> Dict[str, Any]:
-        """What this runner is, for reports: backend, precision, device and settings."""
-        return {"backend": self.backend, "precision": self.precision, "source": self.source,
-                "task": self.spec.task, "batch_range": [self.min_batch, self.max_batch]}
+        """What this runner is, for reports: backend, precision (the graph's; ``compute_precision``
+        the arithmetic's), device and settings."""
+        return {"backend": self.backend, "precision": self.precision, "compute_precision": self.compute_precision,
+                "source": self.source, "task": self.spec.task, "batch_range": [self.min_batch, self.max_batch]}
 
     # -- to implement ---------------------------------------------------------------------
     def _activate(self) -> None:

@@ -29,8 +29,10 @@ from covidedge.spec import ModelSpec
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 #: OpenVINO's CPU plugin computes in bf16 by default on CPUs with bf16 units (AMX, AVX512-BF16),
 #: which moves fp32 logits by ~1e-3. covidedge asks for f32 unless told otherwise, so a graph
-#: runs at the precision it carries; "bf16" is the opt-in speed-up.
-INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
+#: runs at the precision it carries; "bf16" is the opt-in speed-up. Each inference precision maps
+#: to the precision an fp32 graph then computes in, as reports name it.
+COMPUTED_AS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+INFERENCE_PRECISIONS = tuple(COMPUTED_AS)
 #: Largest |probability| difference accepted, per precision, between OpenVINO (f32 compute) and
 #: ONNX Runtime on the same graph in the build's self-check: other kernels, so int8 may differ
 #: by a quantization step.
@@ -107,6 +109,12 @@ class OpenVinoRunner(Runner):
     def _deactivate(self) -> None:
         self._request = None
         self.compiled = None
+
+    @property
+    def compute_precision(self) -> str:
+        """bf16 for an fp32 graph run with bf16 compute (the manifest's ``inference_precision``);
+        a float16 or int8 graph computes at the precision it carries."""
+        return COMPUTED_AS[self.inference_precision] if self.precision == "fp32" else self.precision
 
     def describe(self):
         d = super().describe()

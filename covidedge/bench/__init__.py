@@ -237,7 +237,7 @@ def run_bench(models: Sequence, batches: Sequence[int] = (1,), options: Optional
                                         duration_s=duration_s)
                     row = BenchRow(
                         model=name, path=path, task=runner.spec.task, backend=runner.backend,
-                        precision=runner.precision, batch=batch, latency=stats,
+                        precision=runner.compute_precision, batch=batch, latency=stats,
                         size_mb=file_size_mb(path), settings=runner.describe(),
                         end_to_end=e2e if first else None)
                     if metric is not None and metric.get("value") is not None:

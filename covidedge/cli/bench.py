@@ -71,8 +71,10 @@ def command(models, batch_text, warmup, iterations, duration_s, data_root, split
     \b
     Examples:
       covidedge bench
-      covidedge bench build/cls-fp16.engine build/cls-int8.engine --batch 1,8 --duration 5
-      covidedge bench runs/cls/best.pt cls.onnx --data COVID-QU-Ex --limit-per-class 50 --report out/bench
+      covidedge bench build/cls-best.fp16.trt10.3.sm87.engine build/cls-best.int8.trt10.3.sm87.engine \\
+          --batch 1,8 --duration 5
+      covidedge bench runs/cls/best.pt build/cls-best.fp32.onnx --data COVID-QU-Ex --limit-per-class 50 \\
+          --report out/bench
     """
     from covidedge.bench import BenchOptions, run_bench
 

@@ -13,8 +13,9 @@ from covidedge.spec import CALIBRATION_METHODS, ENGINE_BACKEND_CHOICES, PRECISIO
 @click.command(name="build-engine")
 @click.argument("model", type=click.Path(dir_okay=False), required=False)
 @click.option("--out", type=click.Path(), default=None,
-              help="Engine file to write; its manifest goes to OUT.manifest.json. "
-                   "Default: build/<model>.<precision>.<target>.engine (or .ort.onnx). "
+              help="Engine file to write; its manifest goes to OUT.manifest.json. Default: "
+                   "build/<model>.<precision><suffix>, the suffix the backend's: .trt<release>.sm<gpu>.engine "
+                   "(TensorRT), .ort.onnx (ONNX Runtime), .ov.onnx (OpenVINO). "
                    "Without MODEL: the folder for the default engines (default build/).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Precision to export a checkpoint in (default fp32). An ONNX graph carries its "
@@ -88,7 +89,11 @@ def command(ctx, model, out, precision, calib_data, calib_count, calib_method, i
       covidedge build-engine runs/cls/best.pt --backend auto --out build/
       covidedge build-engine runs/cls/best.pt --precision fp16 --max-batch 8
       covidedge build-engine runs/cls/best.pt --precision int8 --calib-data COVID-QU-Ex --calib-count 500
-      covidedge build-engine build/seg.fp16.onnx --out build/seg.engine --timing-cache build/orin.cache
+      covidedge build-engine build/seg-best.fp16.onnx --timing-cache build/orin.cache
+
+    A checkpoint runs/cls/best.pt gives build/cls-best.fp16.trt10.3.sm87.engine with TensorRT 10.3
+    on a Jetson Orin (sm87), build/cls-best.fp16.ort.onnx without TensorRT; an exported
+    build/seg-best.fp16.onnx gives build/seg-best.fp16.trt10.3.sm87.engine.
     """
     from covidedge.engine.build import BuildOptions, build_engine
 

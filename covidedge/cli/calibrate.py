@@ -32,7 +32,7 @@ def command(data_root, count, split, seed, out, input_size, overwrite, as_json):
     \b
     Example:
       covidedge calibrate --data COVID-QU-Ex --count 500
-      covidedge export runs/cls/best.pt --out build/cls-int8.onnx --precision int8 \\
+      covidedge export runs/cls/best.pt --out build/cls-best.int8.onnx --precision int8 \\
           --calibration calibration/covid-qu-ex-train-500-seed0.json
     """
     from covidedge.export.calibration import make_calibration_set

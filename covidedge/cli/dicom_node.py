@@ -80,7 +80,8 @@ def command(ctx, work, status_of, as_json, forward, dicom_out, classifier, segme
     Examples:
       covidedge dicom-node --work /var/lib/covidedge-node --forward PACS@127.0.0.1:4242
       covidedge dicom-node --work w --host 0.0.0.0 --port 104 --allow MODALITY1,PACS \\
-          --forward PACS@10.0.0.5:104 -c build/cls.onnx -s build/seg.onnx --workers 2
+          --forward PACS@10.0.0.5:104 -c build/cls-best.fp32.ort.onnx -s build/seg-best.fp32.ort.onnx \\
+          --workers 2
       covidedge dicom-node --status /var/lib/covidedge-node
       python -m pynetdicom storescu 127.0.0.1 11112 xray.dcm -aec COVIDEDGE
 

@@ -40,7 +40,7 @@ def command(model, data_root, split, batch_size, limit_per_class, seed, threshol
     \b
     Example:
       covidedge evaluate runs/cls/best.pt --data COVID-QU-Ex --split Val --out reports/cls-val
-      covidedge evaluate build/seg-int8.onnx --data COVID-QU-Ex --split Val --json
+      covidedge evaluate build/seg-best.int8.onnx --data COVID-QU-Ex --split Val --json
     """
     from covidedge.evaluation import EvaluationOptions, EvaluationReport, evaluate
 

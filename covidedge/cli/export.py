@@ -57,10 +57,10 @@ def command(checkpoint, out, precision, opset, dynamic_batch, calib_data, manife
 
     \b
     Examples:
-      covidedge export runs/cls/best.pt --out build/cls.onnx
-      covidedge export runs/seg/best.pt --out build/seg-fp16.onnx --precision fp16
+      covidedge export runs/cls/best.pt --out build/cls-best.fp32.onnx
+      covidedge export runs/seg/best.pt --out build/seg-best.fp16.onnx --precision fp16
       covidedge calibrate --data COVID-QU-Ex --count 500
-      covidedge export runs/cls/best.pt --out build/cls-int8.onnx --precision int8 \\
+      covidedge export runs/cls/best.pt --out build/cls-best.int8.onnx --precision int8 \\
           --calibration calibration/covid-qu-ex-train-500-seed0.json --calib-method entropy
     """
     from covidedge.export import check_export_options, export_model

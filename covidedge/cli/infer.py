@@ -27,12 +27,13 @@ class _EchoStream:
 
 
 def _backend_line(pipe) -> str:
-    """One line saying which backend runs each model."""
+    """One line saying which backend runs each model, in the precision it computes in (an
+    OpenVINO engine built for bf16 runs its fp32 graph in bf16: its manifest says so)."""
     parts = []
     for m in pipe.models:
         d = m.describe()
         device = d.get("device") or ""
-        what = f"{m.backend} {m.precision}" + (f" on {device}" if device else "")
+        what = f"{m.backend} {d.get('compute_precision') or m.precision}" + (f" on {device}" if device else "")
         parts.append((m.task, Path(m.source).name, what))
     if len({p[2] for p in parts}) == 1:
         models = ", ".join(f"{task} {name}" for task, name, _ in parts)
@@ -110,10 +111,12 @@ def command(ctx, inputs, classifier, segmenter, out_dir, fmt, as_json, threshold
     \b
     Examples:
       covidedge infer xray.png
-      covidedge infer xray.png --classifier build/cls.onnx
-      covidedge infer scans/ --classifier build/cls.engine --segmenter build/seg.engine --out results/
-      covidedge infer 'scans/**/*.dcm' -c cls.onnx -s seg.onnx --format csv > results.csv
-      covidedge infer pacs_export/ -c cls.onnx -s seg.onnx --view-position PA --dicom-out to_pacs/
+      covidedge infer xray.png --classifier build/cls-best.fp32.onnx
+      covidedge infer scans/ --classifier build/cls-best.fp16.trt10.3.sm87.engine \\
+          --segmenter build/seg-best.fp16.trt10.3.sm87.engine --out results/
+      covidedge infer 'scans/**/*.dcm' -c build/cls-best.fp32.ort.onnx -s build/seg-best.fp32.ort.onnx \\
+          --format csv > results.csv
+      covidedge infer pacs_export/ --view-position PA --dicom-out to_pacs/
 
     \b
     Exit codes: 0 all images done, 1 some inputs failed, 2 options that cannot be used together,

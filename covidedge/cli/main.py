@@ -79,11 +79,18 @@ def cli(ctx, debug):
     \b
     Typical flow:
       covidedge train classifier --data COVID-QU-Ex --out runs/cls
-      covidedge build-engine runs/cls/best.pt --precision fp16 --out build/cls-fp16.engine
-      covidedge infer xray.png --classifier build/cls-fp16.engine --segmenter build/seg.engine
-      covidedge bench build/cls-fp16.engine --batch 1,8
+      covidedge train segmenter --data COVID-QU-Ex --out runs/seg
+      covidedge build-engine runs/cls/best.pt --precision fp16
+      covidedge build-engine runs/seg/best.pt --precision fp16
+      covidedge infer xray.png -c build/cls-best.fp16.trt10.3.sm87.engine \\
+          -s build/seg-best.fp16.trt10.3.sm87.engine
+      covidedge bench build/cls-best.fp16.trt10.3.sm87.engine --batch 1,8
 
-    Without TensorRT, engines are ONNX Runtime models and everything runs on the CPU.
+    An engine's name says what it is: model, precision, and for TensorRT the release and GPU it
+    runs on (here TensorRT 10.3 on a Jetson Orin, sm87; build-engine prints the name). Without
+    TensorRT, engines are ONNX Runtime models (build/cls-best.fp16.ort.onnx) and everything runs
+    on the CPU. With no model at all, 'covidedge build-engine' then 'covidedge infer xray.png'
+    run the shipped models.
 
     \b
     Exit codes: 0 ok, 1 some inputs failed, 2 usage, 3 bad input,

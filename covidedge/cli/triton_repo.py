@@ -41,9 +41,9 @@ def command(classifier, segmenter, out, target, max_batch, instances, queue_dela
 
     \b
     Examples:
-      covidedge triton-repo -c build/cls.onnx -s build/seg.onnx --out triton-repo
+      covidedge triton-repo -c build/cls-best.fp32.onnx -s build/seg-best.fp32.onnx --out triton-repo
       covidedge serve triton-repo
-      covidedge triton-repo -c build/cls.fp16.trt10.3.sm87.engine --target gpu --out repo-gpu
+      covidedge triton-repo -c build/cls-best.fp16.trt10.3.sm87.engine --target gpu --out repo-gpu
 
     Needs the serve extra: pip install 'covidedge[serve]'.
     """

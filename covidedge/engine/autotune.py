@@ -306,7 +306,8 @@ def tune(name: str, task: str, graph_for: Callable[[str], Path], val_rows, engin
             say(f"building candidate {c.name} of {name}: {out}")
             res = build_engine(graphs[gform], out, BuildOptions(backend=row.name, min_batch=1, opt_batch=batches[0],
                                                                 max_batch=int(options.max_batch),
-                                                                **row.form_options(form)))
+                                                                **row.form_options(form)),
+                               overwrite=True)  # its own candidate, rebuilt when its choice is stale
         except CovidEdgeError as exc:
             c.status, c.faithful = "failed", False
             c.reason = _first_line(exc) + (f" ({exc.hint})" if getattr(exc, "hint", None) else "")
@@ -420,7 +421,7 @@ def tune_model(model, out_dir=None, options: Optional[AutotuneOptions] = None, *
 
         onnx = folder / f"{stem}.fp32.src.onnx"
         say(f"exporting {model} to fp32 ONNX: {onnx}")
-        export_model(model, onnx, precision="fp32")
+        export_model(model, onnx, precision="fp32", overwrite=True)  # its own intermediate, as above
     header = load_onnx(onnx, weights=False)
     if graph_precision(header) != "fp32":
         raise UsageError(f"autotuning starts from an fp32 graph or a checkpoint; this graph is "

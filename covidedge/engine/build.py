@@ -215,7 +215,8 @@ def _export_checkpoint(checkpoint: Path, onnx_out: Path, precision: str, calibra
         if calib_out is not None:
             kwargs["calib_out"] = calib_out
     say(progress, f"exporting {checkpoint} to {precision} ONNX: {onnx_out}")
-    export_model(checkpoint, onnx_out, **kwargs)
+    # the build's own intermediates, named after its engine (refuse_foreign_file guards others')
+    export_model(checkpoint, onnx_out, overwrite=True, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,7 @@ def _read_graph(onnx_path: Path, header, requested: Optional[str], batch: Sequen
 
 
 def build_engine(model, out=None, options: Optional[BuildOptions] = None, *, progress: bool = False,
-                 overwrite: bool = True, **overrides) -> BuildResult:
+                 overwrite: bool = False, **overrides) -> BuildResult:
     """Build an engine (TensorRT plan, or an ONNX Runtime model where TensorRT is absent) and its
     manifest from a checkpoint (.pt/.pth, exported first) or a precision-bearing ONNX graph.
 
@@ -308,9 +309,9 @@ def build_engine(model, out=None, options: Optional[BuildOptions] = None, *, pro
     override it). ``out`` defaults to :func:`default_engine_path`. Every engine is self-checked
     against ONNX Runtime on the same graph (each backend's ``SELF_CHECK_ATOL``) before its
     manifest is written. ``progress=True`` prints progress and notes on stderr; by default it
-    prints nothing. With ``overwrite=False`` (what ``covidedge build-engine`` passes without
-    ``--overwrite``) an existing ``out`` or manifest is refused before any work
-    (covidedge.fileio.OutputExistsError)."""
+    prints nothing. An existing ``out`` or manifest is refused before any work
+    (covidedge.fileio.OutputExistsError) unless ``overwrite`` (``covidedge build-engine
+    --overwrite``)."""
     import covidedge
 
     opts = BuildOptions.of(options, **overrides)

@@ -266,11 +266,11 @@ class EvaluationReport:
         for name in cls.FILES:
             refuse_existing(Path(out_dir) / name, what="evaluation report file", overwrite=overwrite)
 
-    def save(self, out_dir, *, overwrite: bool = True) -> Path:
+    def save(self, out_dir, *, overwrite: bool = False) -> Path:
         """Write report.json, report.md and (classifier, when matplotlib is installed)
-        confusion_matrix.png into ``out_dir``; returns the folder. With ``overwrite=False`` (what
-        ``covidedge evaluate --out`` passes) an earlier report there is never replaced; the
-        default replaces it, for a run that rewrites its own report (training's val_report)."""
+        confusion_matrix.png into ``out_dir``; returns the folder. An earlier report there is
+        refused unless ``overwrite`` (``covidedge evaluate --out DIR --overwrite``, or a run that
+        rewrites its own report)."""
         from covidedge.fileio import write_atomic
 
         out = Path(out_dir)

@@ -62,11 +62,12 @@ def check_export_options(precision: str, options: Dict[str, Any],
 
 
 def resolve_calibration(calibration, input_size, *, calib_count: Optional[int] = None,
-                        calib_split: str = "Train", calib_seed: int = 0, out=None):
+                        calib_split: str = "Train", calib_seed: int = 0, out=None, overwrite: bool = False):
     """A CalibrationSet from a CalibrationSet, a manifest file or a COVID-QU-Ex folder.
 
     A folder gives ``calib_count`` images of ``calib_split`` (default: 500, or all the split
-    has if fewer) at ``input_size`` px, written to the default manifest path or ``out``.
+    has if fewer) at ``input_size`` px, written to the default manifest path or ``out``; a
+    manifest there that lists another set is refused unless ``overwrite``.
     """
     from covidedge.export.calibration import CalibrationSet, make_calibration_set
 
@@ -92,14 +93,14 @@ def resolve_calibration(calibration, input_size, *, calib_count: Optional[int] =
             available = len(CovidQuDataset(path).samples(calib_split))
             count = min(DEFAULT_CALIBRATION_COUNT, available) or 1
         return make_calibration_set(path, count, split=calib_split, seed=calib_seed,
-                                    input_size=tuple(input_size), out=out)
+                                    input_size=tuple(input_size), out=out, overwrite=overwrite)
     raise BadInputError("calibration data not found", path=path,
                         hint="pass a COVID-QU-Ex folder or a calibration manifest (.json)")
 
 
 def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
                  method: Optional[str] = None, opset: int = 17, dynamic_batch: bool = True, *,
-                 option_names: OptionNames = KEYWORDS, overwrite: bool = True, **kw: Any):
+                 option_names: OptionNames = KEYWORDS, overwrite: bool = False, **kw: Any):
     """Export ``checkpoint`` to the ONNX file ``out`` in ``precision`` and return its report.
 
     fp16 / int8 export fp32 first (to a temporary file, or ``fp32_out`` when given), then
@@ -117,8 +118,8 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
     Options the export cannot honour (calibration options with fp32 / fp16, ``percentile``
     with another method, ``calib_count`` with a ready calibration set) are refused before any
     work, with one-line errors that name them as ``option_names`` spells them (the command
-    line passes its flags). With ``overwrite=False`` (``covidedge export`` without ``--overwrite``)
-    an existing ``out`` is refused before any work.
+    line passes its flags). An existing ``out`` is refused before any work unless ``overwrite``
+    (``covidedge export --overwrite``), which also replaces a ``calib_out`` listing another set.
     """
     from covidedge.export.onnx import ExportReport, parity_stats, run_onnx
     from covidedge.fileio import sha256_file
@@ -166,7 +167,9 @@ def export_model(checkpoint, out, precision: str = "fp32", calibration=None,
 
             spec = ModelSpec.from_metadata(base.metadata, source=src)
             calib_out = calib_kw.pop("calib_out", None)
-            calib = resolve_calibration(calibration, spec.input_size, out=calib_out, **calib_kw)
+            # a calib_out named for this output is replaced with it; the shared default never is
+            calib = resolve_calibration(calibration, spec.input_size, out=calib_out,
+                                        overwrite=overwrite and calib_out is not None, **calib_kw)
             quantize_int8(src, out, calib, method=method, percentile=percentile, **int8_kw)
             details["calibration"] = calib.summary()
             written = read_onnx_metadata(out)

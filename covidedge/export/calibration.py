@@ -184,8 +184,9 @@ class CalibrationSet:
             yield {"image": np.concatenate(arrays, axis=0)}
 
     # -- files ---------------------------------------------------------------------------------
-    def save(self, path: PathLike, *, overwrite: bool = True) -> Path:
-        """Write the manifest as indented JSON (atomically) and remember the path."""
+    def save(self, path: PathLike, *, overwrite: bool = False) -> Path:
+        """Write the manifest as indented JSON (atomically) and remember the path; an existing
+        file is refused unless ``overwrite`` (int8 models record a manifest's sha256)."""
         path = write_atomic(os.fspath(path),
                             (json.dumps(self.manifest, indent=2, sort_keys=False) + "\n").encode("utf-8"),
                             overwrite=overwrite)
@@ -266,12 +267,13 @@ class CalibrationSet:
 
 def make_calibration_set(data_root: PathLike, count: int, *, split: str = "Train",
                          seed: int = 0, input_size=(256, 256), out: Optional[PathLike] = None,
-                         dataset: Optional[str] = None, overwrite: bool = True) -> CalibrationSet:
+                         dataset: Optional[str] = None, overwrite: bool = False) -> CalibrationSet:
     """Pick ``count`` images of ``split``, stratified by class (equal per class where the
     classes have enough), deterministically for ``seed``; write the manifest to ``out``
     (default ``calibration/<dataset>-<split>-<count>-seed<seed>.json``) and return the set.
-    With ``overwrite=False`` (``covidedge calibrate`` without ``--overwrite``) an existing
-    manifest is refused (int8 models record a manifest's sha256: replacing it orphans them)."""
+    An existing manifest that lists the same set (same sha256) is kept and reused; another one
+    is refused unless ``overwrite`` (``covidedge calibrate --overwrite``): int8 models record a
+    manifest's sha256, and replacing it orphans them."""
     from covidedge.data.covidqu import CLASSES, CovidQuDataset
     from covidedge.data.preprocess import PREPROCESSING_ID
 
@@ -286,8 +288,8 @@ def make_calibration_set(data_root: PathLike, count: int, *, split: str = "Train
     if seed < 0:
         raise BadInputError(f"seed={seed}, expected a non-negative integer")
     size = _size(input_size)
-    if out is not None:
-        refuse_existing(out, what="calibration manifest", overwrite=overwrite)
+    if out is not None and not _same_set_at(out, {"count": count, "seed": seed, "input_size": list(size)}):
+        refuse_existing(out, what="calibration manifest", overwrite=overwrite)  # before any image is read
     given = Path(os.fspath(data_root)).expanduser()
     ds = CovidQuDataset(given)
     samples = ds.samples(split)
@@ -341,9 +343,23 @@ def make_calibration_set(data_root: PathLike, count: int, *, split: str = "Train
     cset = CalibrationSet(manifest, given)
     out_path = Path(os.fspath(out)) if out is not None else default_manifest_path(
         name, split, len(entries), seed)
+    if _same_set_at(out_path, {"sha256": manifest["sha256"]}):
+        cset.path = out_path  # the same images drawn again: the file that lists them stays
+        return cset
     refuse_existing(out_path, what="calibration manifest", overwrite=overwrite)
     cset.save(out_path, overwrite=overwrite)
     return cset
+
+
+def _same_set_at(path: PathLike, facts: Dict[str, Any]) -> bool:
+    """Whether ``path`` is a calibration manifest with an intact sha256 that has these ``facts``
+    (before the images are drawn: count, seed and input size; after: the set's sha256)."""
+    try:
+        found = json.loads(Path(os.fspath(path)).read_text(encoding="utf-8"))
+        intact = found.get("sha256") == manifest_sha256(found)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+    return intact and all(found.get(k) == v for k, v in facts.items())
 
 
 def _check_images_readable(paths) -> None:

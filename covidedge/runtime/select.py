@@ -105,7 +105,7 @@ def _note(verbose: bool, runner: Runner) -> None:
         d = runner.describe()
         dev = d.get("device") or ""
         print(f"covidedge: {runner.source} runs on {d['backend']} {d.get('version', '')} "
-              f"({d['precision']}{', ' + str(dev) if dev else ''})".replace("  ", " "), file=sys.stderr)
+              f"({d['compute_precision']}{', ' + str(dev) if dev else ''})".replace("  ", " "), file=sys.stderr)
 
 
 def load(path, backend: str = "auto", verbose: bool = False, **options) -> Runner:

@@ -52,6 +52,20 @@ def test_table_on_stdout_and_backend_line_on_stderr(models, images):
     assert err[-1].startswith("3 images: 3 ok, 0 failed")
 
 
+@pytest.mark.parametrize("compute, shown", [("bf16", "bf16"), ("f32", "fp32")])
+def test_backend_line_names_the_precision_an_openvino_engine_computes_in(models, images, tmp_path, compute, shown):
+    """An OpenVINO engine built for bf16 compute runs its fp32 graph in bf16 (its manifest's
+    inference_precision): the line said "openvino fp32"."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'covidedge[openvino]')")
+    from covidedge.engine.build import build_engine
+
+    engine = build_engine(models[0], tmp_path / f"cls.{compute}.ov.onnx", backend="openvino",
+                          inference_precision=compute).engine_path
+    res = invoke(images / "a.png", "-c", engine)
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines()[0] == f"backend: openvino {shown} on cpu (classifier {engine.name})"
+
+
 def test_the_table_tells_images_of_the_same_name_apart(models, images, tmp_path):
     """Paths relative to the input folder (issue 23): class subfolders with the same file names."""
     Image.fromarray(xray(64, 64)).save(images / "sub" / "a.png")

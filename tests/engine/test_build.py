@@ -232,6 +232,21 @@ def test_default_engine_paths():
     assert default_engine_path("cls-fp16.onnx", "fp16", "tensorrt") == Path("build/cls.fp16.trt.engine")
 
 
+def test_build_engine_keeps_an_existing_engine_unless_asked(tiny_onnx, tmp_path):
+    """build_engine defaulted to overwrite=True: an earlier engine was replaced without a word."""
+    from covidedge.fileio import OutputExistsError
+
+    src, _ = tiny_onnx("fp32")
+    out = tmp_path / "tiny.fp32.ort.onnx"
+    first = B.build_engine(src, out, backend="onnxruntime", progress=False)
+    before = (out.read_bytes(), first.manifest_path.read_bytes())
+    with pytest.raises(OutputExistsError, match="engine output already exists"):
+        B.build_engine(src, out, backend="onnxruntime", max_batch=4, progress=False)
+    assert (out.read_bytes(), first.manifest_path.read_bytes()) == before
+    again = B.build_engine(src, out, backend="onnxruntime", max_batch=4, progress=False, overwrite=True)
+    assert again.manifest.max_batch == 4
+
+
 # -- the ONNX Runtime build, end to end ----------------------------------------------------------
 @pytest.mark.parametrize("precision, task", [("fp32", "classifier"), ("fp16", "segmenter"),
                                              ("int8", "classifier")])

@@ -47,6 +47,27 @@ def test_manifest_content(root, tmp_path):
     assert cset.path == tmp_path / "c.json" and len(cset) == 6
 
 
+def test_an_existing_manifest_is_kept_unless_asked(root, tmp_path):
+    """The API defaulted to overwrite=True; the same set drawn again keeps its file (an export
+    from a folder twice), another set is refused, and replaced only with overwrite=True."""
+    from covidedge.fileio import OutputExistsError
+
+    out = tmp_path / "c.json"
+    first = make_calibration_set(root, 6, input_size=SIZE, out=out)
+    out.write_text(out.read_text().replace('"created": "', '"created": "kept '))  # unhashed: still intact
+    before = out.read_bytes()
+    again = make_calibration_set(root, 6, input_size=SIZE, out=out)
+    assert again.sha256 == first.sha256 and again.path == out and out.read_bytes() == before
+    for other in ({"seed": 1}, {"input_size": SIZE + 8}):
+        with pytest.raises(OutputExistsError, match="calibration manifest already exists"):
+            make_calibration_set(root, 6, **dict({"input_size": SIZE}, **other), out=out)
+        assert out.read_bytes() == before
+    with pytest.raises(OutputExistsError):
+        first.save(out)
+    replaced = make_calibration_set(root, 6, seed=1, input_size=SIZE, out=out, overwrite=True)
+    assert json.loads(out.read_text())["sha256"] == replaced.sha256 != first.sha256
+
+
 def test_stratified_deterministic_and_seeded(root, tmp_path):
     a = make_calibration_set(root, 7, seed=3, input_size=SIZE, out=tmp_path / "a.json")
     b = make_calibration_set(root, 7, seed=3, input_size=SIZE, out=tmp_path / "b.json")
