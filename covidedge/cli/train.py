@@ -144,6 +144,10 @@ def command():
               help="Channel width multiplier of Xception (0.25 for a small, fast model). "
                    "[default: the variant's]")
 @click.option("--drop-rate", default=ClassifierOptions.drop_rate, show_default=True, type=float, help="Dropout before the classifier head.")
+@click.option("--aux-masks", default=ClassifierOptions.aux_masks, show_default=True, type=float,
+              help="Weight of a training-only loss that predicts each Train image's lung and "
+                   "infection masks from the classifier's features (0: off; 0.5 a usual value). "
+                   "The mask head is never exported.")
 def classifier(as_json, **kw):
     """Train the Xception classifier; the best epoch is the one with the highest Val accuracy.
     Classes are balanced with a class-weighted cross-entropy.

@@ -190,7 +190,8 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
         source = calibration if calibration is not None else (calib_data or data_root)
         calib = resolve_calibration(  # a folder gives the default count, or all its Train split has
             source, spec.input_size, calib_count=calib_count,
-            out=None if calibration is not None else out_dir / f"{stem}-calibration.json")
+            out=None if calibration is not None else out_dir / f"{stem}-calibration.json",
+            overwrite=True)  # out_dir is parity's own folder: each run replaces its files
 
     jobs = [(p, None) for p in precisions] + [("int8", m) for m in methods]
     rows: List[Dict[str, Any]] = [ref_row]
@@ -203,7 +204,7 @@ def compare_precisions(checkpoint, data_root, split: str = "Val", calibration=No
             kw = {"calibration": calib, "method": method}
             if method == "percentile" and percentile is not None:
                 kw["percentile"] = percentile
-        export_model(checkpoint, path, precision=precision, **kw)
+        export_model(checkpoint, path, precision=precision, overwrite=True, **kw)
         report = run_eval(path, "onnxruntime")
         row = _row(precision, method, path, report)
         if report.task == "classifier":

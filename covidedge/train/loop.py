@@ -221,8 +221,9 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     amp = plan_for_model(amp, model)
     if amp.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
     ema = WeightAverage(model, o["ema_decay"]) if o.get("ema_decay") else None
+    params = list(model.parameters()) + task.attach(model, device)  # hooks after the EMA copy
+    opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=amp.grad_scaler)
     crit = task.criterion(device)
     aug = BatchAugment(augment_preset(o.get("augment", "basic")), hflip=bool(o["hflip"]))
@@ -248,6 +249,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
         else:
             model.load_state_dict(state["state_dict"])
         opt.load_state_dict(r["optimizer"])
+        task.load_resume_state(r)
         if amp.grad_scaler and r.get("scaler"):
             scaler.load_state_dict(r["scaler"])
         step, start_epoch = int(r["step"]), int(r["epoch"]) + 1
@@ -326,7 +328,8 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
                         "scaler": scaler.state_dict() if amp.grad_scaler else None,
                         "step": step, "epoch": epoch, "best_epoch": best_epoch,
                         "best_score": best_score, "bad_epochs": bad_epochs,
-                        "rng": {"scheme": "per-epoch seeds from (seed, epoch)", "seed": o["seed"]}}
+                        "rng": {"scheme": "per-epoch seeds from (seed, epoch)", "seed": o["seed"]},
+                        **task.resume_state()}
         if ema is not None:
             resume_state.update(train_state_dict=model.state_dict(), ema=ema.state())
         save_checkpoint(out / "last.pt", kept, spec, {
@@ -408,7 +411,7 @@ def _final_metrics(out: Path, o: Dict[str, Any], device: str, progress: bool) ->
                           allow_missing_classes=bool(o.get("allow_missing_classes", False)))
     metrics = report.to_dict()
     write_json(out / "metrics.json", metrics)
-    report.save(out / "val_report")
+    report.save(out / "val_report", overwrite=True)  # the run's own report (a resumed run's again)
     log(progress, report.headline())
     return metrics
 
@@ -437,7 +440,7 @@ def train_classifier(data_root, out_dir, options: Optional[ClassifierOptions] = 
              patience=c.patience, limit_per_class=c.limit_per_class, num_workers=int(c.num_workers),
              hflip=bool(c.hflip), progress=bool(progress),
              allow_missing_classes=bool(c.allow_missing_classes), bn_images=c.bn_images,
-             ema_decay=c.ema_decay, augment=c.augment)
+             ema_decay=c.ema_decay, augment=c.augment, aux_masks=float(c.aux_masks))
     ClassifierTask.check_options(o)
     return _fit(ClassifierTask(o), o, out_dir, resume=c.resume, overwrite=c.overwrite,
                 on_epoch_end=on_epoch_end)

@@ -46,11 +46,13 @@ class TrainOptions(Options):
 
 @dataclass(frozen=True)
 class ClassifierOptions(TrainOptions):
-    """The Xception classifier's own: ``width_mult`` (wins over the variant's) and the dropout
-    before its head."""
+    """The Xception classifier's own: ``width_mult`` (wins over the variant's), the dropout
+    before its head, and ``aux_masks``, the weight of the training-only lung and infection mask
+    loss (``covidedge.train.auxmasks``; 0: off)."""
 
     width_mult: Optional[float] = None
     drop_rate: float = 0.2
+    aux_masks: float = 0.0
 
 
 @dataclass(frozen=True)

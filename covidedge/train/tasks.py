@@ -46,6 +46,7 @@ class ClassifierTask:
     def __init__(self, o: Dict[str, Any]):
         self.o = o
         self.weights: Optional[np.ndarray] = None
+        self.aux = None  # AuxMaskSupervision when o["aux_masks"] > 0
 
     @staticmethod
     def check_options(o: Dict[str, Any]) -> None:
@@ -53,6 +54,10 @@ class ClassifierTask:
             raise BadInputError(f"drop-rate={o['drop_rate']} is outside [0, 1)")
         if o["width_mult"] <= 0:
             raise BadInputError(f"width-mult={o['width_mult']} is not positive; expected e.g. 0.25 .. 1.0")
+        aux = o.get("aux_masks", 0.0)
+        if not (isinstance(aux, (int, float)) and math.isfinite(aux) and 0 <= aux <= 10):
+            raise BadInputError(f"aux-masks={aux!r} is invalid; expected a loss weight in [0, 10] "
+                                "(0: off, 0.5 a usual value)")
 
     def spec(self):
         from covidedge.spec import classifier_spec
@@ -63,10 +68,11 @@ class ClassifierTask:
                                              "drop_rate": float(self.o["drop_rate"])})
 
     def datasets(self, train, val, progress):
-        from covidedge.train.datasets import ClassificationDataset, class_weights
+        from covidedge.train.datasets import ClassificationDataset, SegmentationDataset, class_weights
 
         size = (self.o["image_size"],) * 2
-        tr = ClassificationDataset(train, size, progress)
+        # with auxiliary mask supervision the Train items carry the lung and infection masks
+        tr = (SegmentationDataset if self.o.get("aux_masks") else ClassificationDataset)(train, size, progress)
         va = ClassificationDataset(val, size, progress)
         self.weights = class_weights(tr.labels, len(CLASS_LABELS))
         return tr, va
@@ -74,17 +80,37 @@ class ClassifierTask:
     def checkpoint_extra(self) -> Dict[str, Any]:
         return {"class_weights": [float(w) for w in self.weights]}
 
+    def attach(self, model, device) -> List[Any]:
+        """Training-only parameters beside the model's: the auxiliary mask head, if any."""
+        if not self.o.get("aux_masks"):
+            return []
+        from covidedge.train.auxmasks import AuxMaskSupervision
+
+        self.aux = AuxMaskSupervision(model, self.o["aux_masks"], device)
+        return self.aux.parameters()
+
+    def resume_state(self) -> Dict[str, Any]:
+        return self.aux.state() if self.aux is not None else {}
+
+    def load_resume_state(self, resume: Dict[str, Any]) -> None:
+        if self.aux is not None:
+            self.aux.load(resume)
+
     def criterion(self, device):
         import torch
 
         return torch.nn.CrossEntropyLoss(weight=torch.as_tensor(self.weights, device=device))
 
     def augment_and_loss(self, model, batch, aug, gen, crit, device, amp: AmpPlan):
-        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        x, _ = aug(x, None, generator=gen)
+        x, y = batch[0].to(device, non_blocking=True), batch[-1].to(device, non_blocking=True)
+        m = batch[1].to(device, non_blocking=True) if self.aux is not None else None
+        x, m = aug(x, m, generator=gen)
         with amp.autocast():
             logits = model(to_layout(x, amp))
-        return crit(logits.float(), y), x.shape[0]
+        loss = crit(logits.float(), y)
+        if self.aux is not None:
+            loss = loss + self.aux.loss(m, amp)
+        return loss, x.shape[0]
 
     def validate(self, model, loader, crit, device, amp: AmpPlan) -> Dict[str, float]:
         import torch
@@ -139,6 +165,15 @@ class SegmenterTask:
 
     def checkpoint_extra(self) -> Dict[str, Any]:
         return {}
+
+    def attach(self, model, device) -> List[Any]:
+        return []
+
+    def resume_state(self) -> Dict[str, Any]:
+        return {}
+
+    def load_resume_state(self, resume: Dict[str, Any]) -> None:
+        pass
 
     def criterion(self, device):
         from covidedge.train.losses import get_loss
