@@ -113,8 +113,8 @@ def command(ctx, model, out, precision, calib_data, calib_count, calib_method, i
         from covidedge.engine.autotune import tune_model
 
         refused = [p.opts[0] for p in ctx.command.params
-                   if p.name not in ("model", "out", "as_json", "backend", "budget_s", "opt_batch", "max_batch",
-                                     "overwrite") and isinstance(p, click.Option)
+                   if p.name not in ("model", "out", "as_json", "backend", "budget_s", "opt_batch", "max_batch")
+                   and isinstance(p, click.Option)
                    and ctx.get_parameter_source(p.name).name != "DEFAULT"]
         choice = tune_model(model, out, tune, progress=not as_json, refused=refused)
         if as_json:

@@ -99,3 +99,15 @@ def test_a_user_model_refuses_what_autotuning_does_not_take(tiny_onnx, tmp_path)
     int8, _ = tiny_onnx("int8", "classifier", size=16)
     with pytest.raises(UsageError, match="starts from an fp32 graph"):
         tune_model(int8, tmp_path / "b")
+
+
+def test_cli_autotuning_refuses_overwrite_it_cannot_honour(tiny_onnx, tmp_path, capsys):
+    """Autotuning replaces only its own candidates; --overwrite would be accepted and ignored."""
+    from covidedge.cli.main import main
+
+    src, _ = tiny_onnx("fp32", "classifier", size=16)
+    with pytest.raises(SystemExit) as exc:
+        main(["build-engine", str(src), "--backend", "auto", "--overwrite", "--out", str(tmp_path / "b")])
+    out = capsys.readouterr()
+    assert exc.value.code == 2 and "--overwrite does not apply to autotuning" in out.out + out.err
+    assert not (tmp_path / "b").exists()
