@@ -87,8 +87,10 @@ def evaluate(model, data_root, split: str = "Val", options: Optional[EvaluationO
 
     ``limit_per_class`` takes at most that many images per class, chosen from ``seed`` exactly
     as training does; ``threshold`` turns segmenter probabilities into masks with the rule
-    ``infer`` uses (covidedge.runtime.postprocess: probabilities resized bilinearly to the image's
-    own size, then probability > threshold), so the scores are those of the masks ``infer`` writes.
+    ``infer`` uses (covidedge.runtime.postprocess.segmentation_masks: lung regions, holes and the
+    infection gate decided at the model's size, then probabilities resized bilinearly to the
+    image's own size and probability > threshold), so the scores are those of the masks ``infer``
+    writes.
     A split without images of some class is refused (DatasetError) unless
     ``allow_missing_classes``; the report's settings then list them as ``missing_classes``.
     """
@@ -199,7 +201,7 @@ def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_out
     size = tuple(spec.input_size)
     acc = SegmentationAccumulator()
     packed: List[np.ndarray] = []
-    from covidedge.runtime.postprocess import probabilities_to_mask
+    from covidedge.runtime.postprocess import segmentation_masks
 
     bar = _bar(len(samples), f"evaluate {samples[0].split}", progress)
     for a, b in _batches(len(samples), bs):
@@ -220,11 +222,12 @@ def _evaluate_segmenter(runner, spec, samples, bs, threshold, progress, keep_out
             if s.infection_mask is not None:
                 true_inf = read_truth(s.infection_mask, may_be_empty=True)
                 check_mask_shape(true_inf.shape, s.infection_mask, hw, s.image)
-            acc.update(probabilities_to_mask(prob[li], threshold, hw), true_lungs,
-                       probabilities_to_mask(prob[ii], threshold, hw), true_inf, label=s.label, name=s.name)
-        if keep_outputs:  # one packed row per image, at the model's size
-            masks = probabilities_to_mask(p, threshold)
-            packed.append(np.packbits(masks.reshape(masks.shape[0], -1), axis=1))
+            lungs, infection = segmentation_masks(prob[li], prob[ii], threshold, hw)
+            acc.update(lungs, true_lungs, infection, true_inf, label=s.label, name=s.name)
+            if keep_outputs:  # one packed row per image, at the model's size
+                masks = np.zeros(p.shape[1:], dtype=bool)
+                masks[li], masks[ii] = segmentation_masks(prob[li], prob[ii], threshold)
+                packed.append(np.packbits(masks.reshape(1, -1), axis=1))
         bar.update(b - a)
     bar.close()
     summary = acc.result()

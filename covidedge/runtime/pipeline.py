@@ -29,7 +29,7 @@ from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailu
 from covidedge.metrics import infected_fraction, lung_fraction
 from covidedge.backends.base import Runner, infer_fitted
 from covidedge.runtime.checks import check_batch_size, check_model_spec
-from covidedge.runtime.postprocess import probabilities_to_mask
+from covidedge.runtime.postprocess import segmentation_masks
 from covidedge.prediction import STAGES, Failure, OutputNamer, Prediction, Result, source_name
 from covidedge.spec import MASK_CHANNELS, MASK_THRESHOLD, check_threshold
 
@@ -363,8 +363,7 @@ class Pipeline:
                 raise RuntimeFailure("segmenter output contains NaN or infinite values",
                                      path=it.source, hint="check the model and the image")
             idx, t = self.segmenter.channel_index, self.segmenter.threshold
-            lungs = probabilities_to_mask(p[idx["lungs"]], t, (h, w))
-            infection = probabilities_to_mask(p[idx["infection"]], t, (h, w))
+            lungs, infection = segmentation_masks(p[idx["lungs"]], p[idx["infection"]], t, (h, w))
             pred.lung_mask, pred.infection_mask = lungs, infection
             pred.lung_fraction = lung_fraction(lungs)
             pred.infected_fraction = infected_fraction(infection, lungs)

@@ -266,7 +266,7 @@ class PostprocessModel(_StepModel):
     def _one(self, request):
         from covidedge.errors import BadInputError, RuntimeFailure
         from covidedge.metrics import infected_fraction, lung_fraction
-        from covidedge.runtime.postprocess import probabilities_to_mask
+        from covidedge.runtime.postprocess import segmentation_masks
 
         sizes = self._input(request, IMAGE_SIZE).reshape(-1, 2)
         n = sizes.shape[0]
@@ -294,8 +294,7 @@ class PostprocessModel(_StepModel):
             lungs, infection, lf, inf = [], [], [], []
             for k in range(n):
                 h, w = (int(v) for v in sizes[k])
-                lm = probabilities_to_mask(p[k, il], self.threshold, (h, w))
-                im = probabilities_to_mask(p[k, ii], self.threshold, (h, w))
+                lm, im = segmentation_masks(p[k, il], p[k, ii], self.threshold, (h, w))
                 lungs.append(lm)
                 infection.append(im)
                 lf.append(lung_fraction(lm))

@@ -190,6 +190,19 @@ def test_threshold_is_applied(data_root, samples):
     assert high.metrics["lung_dice"] == 0.0
 
 
+def test_masks_are_the_one_rule(data_root, samples):
+    from covidedge.runtime.postprocess import segmentation_masks
+    from tests.runtime.test_postprocess import rule_probabilities
+
+    lung, inf = (np.kron(m, np.ones((2, 2), np.float32)) for m in rule_probabilities())  # 64 x 64
+    table = {_key(s): np.stack([lung, inf]) for s in samples}
+    report = evaluate(ScriptedRunner(_seg_spec(), table), data_root, progress=False, keep_outputs=True)
+    lungs, infection = segmentation_masks(lung, inf, 0.5)
+    masks = report.masks()
+    assert all(np.array_equal(m[0], lungs) and np.array_equal(m[1], infection) for m in masks)
+    assert [r["pred_infection_pixels"] for r in report.per_image] == [int(infection.sum())] * len(samples)
+
+
 # -- runner handling, batching, selection ----------------------------------------------------
 def test_batches_respect_the_runner_batch_range(data_root, samples):
     table = {_key(s): np.eye(3)[0] for s in samples}

@@ -290,3 +290,19 @@ def test_exported_models_run_from_their_paths_and_match_the_checkpoints(exported
                                list(onnx_result.probabilities.values()), atol=1e-4)
     assert (torch_result.lung_mask == onnx_result.lung_mask).mean() > 0.99
     assert (torch_result.infection_mask == onnx_result.infection_mask).mean() > 0.99
+
+
+def test_masks_are_the_one_rule_at_the_image_size(models):
+    from covidedge.data.preprocess import preprocess
+    from covidedge.runtime.postprocess import lung_regions, segmentation_masks
+
+    img = xray(2 * SIZE, 2 * SIZE)
+    img[58:64, 58:64] = 51  # a lung-like island outside the lung fields
+    seg = Segmenter(OrtRunner(models[1]))
+    with seg:
+        result = seg.predict(img)
+        p = seg.run(preprocess(img, size=(SIZE, SIZE)))[0]
+    lungs, infection = segmentation_masks(p[0], p[1], seg.threshold, img.shape)
+    np.testing.assert_array_equal(result.lung_mask, lungs)
+    np.testing.assert_array_equal(result.infection_mask, infection)
+    assert np.count_nonzero(lung_regions(result.lung_mask)[1]) == 2 and not result.lung_mask[58:, 58:].any()

@@ -44,7 +44,7 @@ def test_evaluate_scores_exactly_the_masks_infer_writes(data_root, segmenter, tm
     from covidedge.metrics import dice
 
     samples = CovidQuDataset(data_root).samples("Val")
-    threshold = 0.45
+    threshold = 0.55
     report = evaluate(segmenter, data_root, "Val", threshold=threshold, backend="torch", progress=False)
     out = tmp_path / "out"
     summary = run_inference([s.image for s in samples], segmenter=segmenter, threshold=threshold,
