@@ -54,3 +54,19 @@ def test_openvino_bf16_is_opt_in_and_f32_is_exact(tmp_path):
         np.testing.assert_allclose(r.infer(x)["logits"], expected_logits(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(BadInputError, match="inference precision 'fp64' is not one of f32, bf16, f16"):
         load(path, backend="openvino", inference_precision="fp64")
+
+
+def test_openvino_compiles_each_batch_shape_static_and_keeps_a_few(tmp_path):
+    from covidedge.backends.openvino import STATIC_SHAPES
+
+    path = tmp_path / "tiny.onnx"
+    tiny_classifier_onnx(path)
+    rng = np.random.default_rng(5)
+    with load(path, backend="openvino", threads=1) as r:
+        assert list(r._requests) == [(1, 1, 8, 8)]  # compiled at activation
+        assert r.compiled.inputs[0].get_partial_shape().is_static
+        for n in (2, 3, 4, 5, 2):
+            x = rng.random((n, 1, 8, 8), dtype=np.float32)
+            np.testing.assert_allclose(r.infer(x)["logits"], expected_logits(x), rtol=1e-5, atol=1e-6)
+        assert len(r._requests) == STATIC_SHAPES and (5, 1, 8, 8) in r._requests
+        assert all(k[1:] == (1, 8, 8) for k in r._requests)
