@@ -12,7 +12,8 @@ accuracy change under hospital shifts, parameters, training minutes and ms per i
 Recipes are training options (see RECIPES): ``baseline`` is the trainer before clean-image
 BatchNorm statistics (augmented-batch statistics, no weight average); ``clean-bn`` re-estimates
 BatchNorm on 600 clean Train images before every Val pass; ``+ema`` validates and saves a weight
-average; ``robust`` adds gamma, resampling, noise and a burnt-in frame to the augmentation. Every
+average; ``robust`` adds gamma, resampling, noise and a burnt-in frame to the augmentation; ``+aux``
+adds the training-only lung and infection mask loss (``--aux-masks 0.5``). Every
 number is on Val (the split the runs were selected on: a study table, not a test result).
 """
 
@@ -32,6 +33,7 @@ RECIPES = {
     "clean-bn": dict(bn_images=600, ema_decay=0.0, augment="basic"),
     "clean-bn+ema": dict(bn_images=600, ema_decay=0.999, augment="basic"),
     "robust": dict(bn_images=600, ema_decay=0.999, augment="robust"),
+    "robust+aux": dict(bn_images=600, ema_decay=0.999, augment="robust", aux_masks=0.5),
 }
 
 
@@ -59,7 +61,9 @@ def summarise(run: Path, data: str, int8: bool) -> dict:
     m = rep.metrics
     row = {"run": str(run), "recipe": ck["extra"]["train_options"].get("augment", "basic")
            + (f", bn {ck['extra']['train_options'].get('bn_images', 0)}")
-           + (f", ema {ck['extra']['train_options'].get('ema_decay', 0)}"),
+           + (f", ema {ck['extra']['train_options'].get('ema_decay', 0)}")
+           + (f", aux masks {ck['extra']['train_options']['aux_masks']}"
+              if ck["extra"]["train_options"].get("aux_masks") else ""),
            "epochs": len(hist["epochs"]), "best_epoch": hist["best_epoch"],
            "train_minutes": round(sum(e["seconds"] for e in hist["epochs"]) / 60, 1),
            "parameters_m": round(params / 1e6, 2), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
@@ -70,6 +74,7 @@ def summarise(run: Path, data: str, int8: bool) -> dict:
         row["ms_per_image_ort_fp32"] = round(_ms_per_image(fp32, rep_size(ck)), 2)
         rob = classifier_robustness(fp32, data, "Val", backend="onnxruntime")
         row["worst_shift_points"] = rob["worst_delta_points"]
+        row["shift_points"] = {r["shift"]: r["delta_points"] for r in rob["rows"][1:]}
         if int8:
             from covidedge.export.calibration import make_calibration_set
             from covidedge.export.int8 import quantize_int8
@@ -81,6 +86,25 @@ def summarise(run: Path, data: str, int8: bool) -> dict:
             r8 = evaluate(q, data, "Val", progress=False, keep_outputs=True, backend="onnxruntime")
             row["int8_agreement"] = float((r8.predictions == rep.predictions).mean())
     return row
+
+
+def to_markdown(rows) -> str:
+    """The study table and the per-shift table."""
+    out = ["| run | recipe | epochs (best) | train min | params M | Val accuracy | macro F1 | recall C / N / Nm "
+           "| ECE | int8 agreement | worst shift (pts) | ms/image ORT fp32 |",
+           "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        rec = " / ".join(f"{v:.3f}" for v in r["recall"].values())
+        i8 = f"{r['int8_agreement']:.4f}" if "int8_agreement" in r else "-"
+        out.append(f"| {r['run']} | {r['recipe']} | {r['epochs']} ({r['best_epoch']}) | {r['train_minutes']} | "
+                   f"{r['parameters_m']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {rec} | {r['ece']:.4f} | "
+                   f"{i8} | {r['worst_shift_points']:+.2f} | {r['ms_per_image_ort_fp32']} |")
+    shifts = list(rows[0].get("shift_points", {})) if rows else []
+    if shifts:
+        out += ["", "Change in Val accuracy under each shift (points):", "",
+                "| run | " + " | ".join(shifts) + " |", "|---|" + "---:|" * len(shifts)]
+        out += [f"| {r['run']} | " + " | ".join(f"{r['shift_points'][k]:+.2f}" for k in shifts) + " |" for r in rows]
+    return "\n".join(out) + "\n"
 
 
 def rep_size(ck):
@@ -99,6 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit-per-class", type=int, default=None)
     p.add_argument("--no-int8", action="store_true", help="skip the int8 agreement column")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--save", metavar="PREFIX", help="also write PREFIX.json and PREFIX.md")
     a = p.parse_args(argv)
     runs = [Path(r) for r in a.runs]
     if a.recipes:
@@ -115,17 +140,10 @@ def main(argv=None) -> int:
             print(f"trained {name} in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
             runs.append(out)
     rows = [summarise(r, a.data, not a.no_int8) for r in runs]
-    if a.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    print("| run | recipe | epochs (best) | train min | params M | Val accuracy | macro F1 | recall C / N / Nm | ECE | int8 agreement | worst shift (pts) | ms/image ORT fp32 |")
-    print("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
-    for r in rows:
-        rec = " / ".join(f"{v:.3f}" for v in r["recall"].values())
-        i8 = f"{r['int8_agreement']:.4f}" if "int8_agreement" in r else "-"
-        print(f"| {r['run']} | {r['recipe']} | {r['epochs']} ({r['best_epoch']}) | {r['train_minutes']} | "
-              f"{r['parameters_m']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {rec} | {r['ece']:.4f} | "
-              f"{i8} | {r['worst_shift_points']:+.2f} | {r['ms_per_image_ort_fp32']} |")
+    if a.save:
+        Path(a.save + ".json").write_text(json.dumps(rows, indent=1) + "\n")
+        Path(a.save + ".md").write_text(to_markdown(rows))
+    print(json.dumps(rows, indent=1) if a.json else to_markdown(rows))
     return 0
 
 
