@@ -4,8 +4,8 @@ spec, the datasets, the loss, one training step's forward pass and the Val score
 The classifier is the Xception network trained with a class-weighted cross-entropy and judged
 by Val accuracy; the segmenter is the residual U-Net trained with a loss from
 ``covidedge.train.losses`` and judged by the mean of the lung Dice (all images) and the
-infection Dice (COVID-19 images), since those are the numbers the model is judged by (a loss
-value is not comparable across loss functions). Losses and Val run in fp32 whatever the
+infection Dice (COVID-19 images) of the masks the one mask rule makes, since those are the
+numbers the model is judged by (a loss value is not comparable across loss functions). Losses and Val run in fp32 whatever the
 autocast precision of the step.
 """
 
@@ -203,7 +203,7 @@ class SegmenterTask:
                 logits = logits.float()
                 total += float(crit(logits, m)) * x.shape[0]
                 n += x.shape[0]
-                pred = logits > 0  # sigmoid(logit) > 0.5
+                pred = _rule_masks(torch.sigmoid(logits)).to(m.device)
                 d = _dice_per_image(pred, m > 0.5)  # (N, 2)
                 lung_d.extend(d[:, 0].tolist())
                 inf_d.extend(d[(y == covid).to(d.device), 1].tolist())
@@ -212,6 +212,20 @@ class SegmenterTask:
         mean = lung if math.isnan(inf) else 0.5 * (lung + inf)
         return {"val_loss": total / n, "val_dice_lungs": lung, "val_dice_infection": inf,
                 "val_dice_mean": mean}
+
+
+def _rule_masks(prob):
+    """(N, 2, h, w) boolean lung and infection masks from probabilities by the one mask rule that
+    infer, evaluate and the Triton models use (covidedge.runtime.postprocess), so the epoch kept
+    is judged by the masks users get."""
+    import torch
+
+    from covidedge.runtime.postprocess import segmentation_masks
+    from covidedge.spec import MASK_THRESHOLD
+
+    p = prob.detach().cpu().numpy()
+    masks = [np.stack(segmentation_masks(q[0], q[1], MASK_THRESHOLD)) for q in p]
+    return torch.from_numpy(np.stack(masks))
 
 
 def _nanmean(values: List[float]) -> float:
