@@ -107,9 +107,10 @@ class WeightAverage:
 def batchnorm_shift(checkpoint, data_root, *, count: int = 600, seed: int = 1,
                     split: str = "Val", batch_size: int = 16) -> dict:
     """Whether a classifier checkpoint's eval-mode statistics are sound: its ``split`` accuracy
-    as saved and after its BatchNorm statistics are re-estimated on ``count`` other clean Train
-    images (a seeded choice). A change of more than half a point means the saved statistics do
-    not describe real films."""
+    as saved and after its BatchNorm statistics are re-estimated on another draw of ``count``
+    clean Train images (uniform over Train, as the trainer draws them, with another seed; a
+    class-balanced draw would measure the class mix, not the statistics). A change of more than
+    half a point means the saved statistics do not describe real films."""
     import tempfile
     from pathlib import Path
 
@@ -120,9 +121,9 @@ def batchnorm_shift(checkpoint, data_root, *, count: int = 600, seed: int = 1,
     from covidedge.train.datasets import ClassificationDataset
 
     model, spec, _ = load_checkpoint(checkpoint)
-    per_class = max(1, int(count) // 3)
-    samples = select_samples(CovidQuDataset(data_root).samples("Train"), per_class, seed)
-    data = ClassificationDataset(samples, spec.input_size, progress=False)
+    train = select_samples(CovidQuDataset(data_root).samples("Train"), None, seed)
+    pick = np.random.default_rng(int(seed)).permutation(len(train))[:int(count)]
+    data = ClassificationDataset([train[int(i)] for i in sorted(pick)], spec.input_size, progress=False)
     used = recompute_batchnorm(model, data, count, batch_size, "cpu", seed=seed)
     before = evaluate(checkpoint, data_root, split, batch_size=batch_size, progress=False)
     with tempfile.TemporaryDirectory(prefix="covidedge-bn-") as tmp:

@@ -117,3 +117,19 @@ def test_the_robust_preset_frames_some_images_in_black_with_bright_marks():
     assert (out[:, :, 0, :] == 0).all() and (out[:, :, :, -1] == 0).all()  # the frame
     assert all(bool((img == 1.0).any()) for img in out)  # a mark on each
     assert bool((out[:, :, 32, 20:44] == 0.5).any())  # the middle is untouched
+
+
+def test_batchnorm_shift_reestimates_on_another_uniform_draw_of_train(tmp_path):
+    from covidedge.data.synth import make_synthetic_dataset
+    from covidedge.train.bn import batchnorm_shift
+    from covidedge.train.loop import train_classifier
+
+    data = make_synthetic_dataset(tmp_path / "d", per_class=4, size=64, splits=("Train", "Val"))
+    run = train_classifier(data, tmp_path / "run", epochs=1, batch_size=4, image_size=64,
+                           width_mult=0.125, progress=False, bn_images=8)
+    r = batchnorm_shift(run.best_checkpoint, data, count=9, seed=1, batch_size=4)
+    assert r["images"] == 8  # 9 drawn; the last lone image has no batch variance
+    assert r["accuracy"] == pytest.approx(run.metrics["accuracy"])
+    assert r["delta_points"] == round(100 * (r["accuracy_reestimated"] - r["accuracy"]), 2)
+    again = batchnorm_shift(run.best_checkpoint, data, count=9, seed=1, batch_size=4)
+    assert again == r  # a seeded draw
