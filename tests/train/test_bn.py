@@ -129,7 +129,7 @@ def test_batchnorm_shift_reestimates_on_another_uniform_draw_of_train(tmp_path):
                            width_mult=0.125, progress=False, bn_images=8)
     r = batchnorm_shift(run.best_checkpoint, data, count=9, seed=1, batch_size=4)
     assert r["images"] == 8  # 9 drawn; the last lone image has no batch variance
-    assert r["accuracy"] == pytest.approx(run.metrics["accuracy"])
+    assert r["accuracy"] == pytest.approx(run.metrics["metrics"]["accuracy"])
     assert r["delta_points"] == round(100 * (r["accuracy_reestimated"] - r["accuracy"]), 2)
     again = batchnorm_shift(run.best_checkpoint, data, count=9, seed=1, batch_size=4)
     assert again == r  # a seeded draw
