@@ -47,5 +47,7 @@ def command(as_json):
         click.echo(f"  trained on  COVID-QU-Ex Train ({s.get('train_images')} images), selected on Val "
                    f"(epoch {s.get('epoch')})")
         click.echo(f"  {_headline(m)}")
-        click.echo(f"  CPU engine  {s.get('cpu_engine_precision')} (ONNX Runtime); TensorRT: fp16 and int8")
+        faithful = "faithful" if s.get("cpu_engine_precision") == "int8" else "not faithful (fp32 and bf16 only)"
+        click.echo(f"  engines     int8 {faithful} on Val; bare `covidedge build-engine` keeps the fastest "
+                   "faithful form on this machine (TensorRT: fp16 and int8)")
         click.echo(f"  card        {m.card_path}")

@@ -153,6 +153,9 @@ def test_models_verb_lists_the_cards(use_released, capsys):
     assert [r["name"] for r in rows] == ["tiny-cls", "tiny-seg"] and rows[0]["val"][0]["key"] == "checkpoint"
     code, out, _ = _run(["models"], capsys)
     assert code == 0 and "tiny-seg  (segmenter)" in out and "Val accuracy" in out
+    # the CPU engine is chosen by autotuning, not by the card: the card says which forms are faithful
+    assert "(ONNX Runtime)" not in out and "keeps the fastest faithful form" in out
+    assert out.count("  engines     int8 ") == 2
 
 
 # -- build-engine / infer / bench with no model ----------------------------------------------
