@@ -83,6 +83,13 @@ def one_line(exc: BaseException, source: str | None = None) -> str:
     return text
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (a third-party error's detail follows on later
+    lines), or its type's name when it has no text."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def require(module: str, extra: str | None = None, purpose: str | None = None):
     """Import an optional module or raise MissingDependencyError saying how to install it."""
     import importlib

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure, UsageError
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure, UsageError, first_line
 from covidedge.formats.onnxfile import metadata_precision, open_onnx
 from covidedge.backends.base import Backend, BuiltEngine, Runner, take_options
 from covidedge.spec import ModelSpec
@@ -107,7 +107,7 @@ class OrtRunner(Runner):
             self.session = ort.InferenceSession(self.source, sess_options=self.session_options(),
                                                 providers=self.providers)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise RuntimeFailure(f"ONNX Runtime could not load the model: {first}",
                                  path=self.source) from exc
         inputs = [i.name for i in self.session.get_inputs()]
@@ -229,7 +229,7 @@ def optimise_failure(exc: BaseException, source, target) -> RuntimeFailure:
     were broken. When the optimised model could not be written, the error names its folder."""
     import shutil
 
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     target = Path(os.fspath(target))
     folder = target.parent
     wrote = "serializ" in first.lower() or isinstance(exc, SystemError) or "SystemError" in first

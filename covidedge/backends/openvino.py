@@ -18,7 +18,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, RuntimeFailure
+from covidedge.errors import BadInputError, IncompatibleModelError, MissingDependencyError, RuntimeFailure, first_line
 from covidedge.backends.base import Backend, BuiltEngine, Runner, take_options
 from covidedge.backends.onnxruntime import self_check
 from covidedge.fileio import write_atomic
@@ -46,11 +46,6 @@ COMPUTE_FORMS = {"bf16": "bf16"}
 
 #: Batch shapes an OpenVINO runner keeps compiled at once (the oldest is dropped past this).
 STATIC_SHAPES = 4
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _openvino():
@@ -101,7 +96,7 @@ class OpenVinoRunner(Runner):
             core = ov.Core()
             self._model = core.read_model(self.source)
         except Exception as exc:
-            raise RuntimeFailure(f"OpenVINO could not read the model: {_first_line(exc)}", path=self.source) from exc
+            raise RuntimeFailure(f"OpenVINO could not read the model: {first_line(exc)}", path=self.source) from exc
         self._core, self._requests = core, {}
         h, w = self.spec.input_size
         self._request_for((max(1, self.min_batch), 1, int(h), int(w)))  # compile errors surface here
@@ -121,7 +116,7 @@ class OpenVinoRunner(Runner):
             self.compiled = self._core.compile_model(model, self.device, config)
         except Exception as exc:
             raise RuntimeFailure(f"OpenVINO could not compile the model for {self.device} at input shape "
-                                 f"{'x'.join(map(str, shape))}: {_first_line(exc)}", path=self.source) from exc
+                                 f"{'x'.join(map(str, shape))}: {first_line(exc)}", path=self.source) from exc
         if len(self._requests) >= STATIC_SHAPES:
             self._requests.pop(next(iter(self._requests)))
         request = self._requests[shape] = self.compiled.create_infer_request()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from covidedge import backends
-from covidedge.errors import BadInputError, CovidEdgeError, MissingDependencyError
+from covidedge.errors import BadInputError, CovidEdgeError, MissingDependencyError, first_line
 from covidedge.spec import MAX_BATCH, Options
 
 #: The choice, with its table, beside the engines (and reused by a second call).
@@ -213,11 +213,6 @@ def shipped_graph(model, flavour: str, build_dir: Path, say: Callable[[str], Non
     raise BadInputError(f"unknown precision form {flavour!r}")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _time_candidates(cands: List[Candidate], batches: Sequence[int], rounds: int,
                      deadline: Optional[float], say: Callable[[str], None]) -> None:
     """Median ms per batch of every candidate, alternating between them (bench.timing)."""
@@ -230,7 +225,7 @@ def _time_candidates(cands: List[Candidate], batches: Sequence[int], rounds: int
             try:
                 runners[c.name] = load(c.engine).activate()
             except CovidEdgeError as exc:
-                c.status, c.reason = "failed", f"could not load: {_first_line(exc)}"
+                c.status, c.reason = "failed", f"could not load: {first_line(exc)}"
         live = [c for c in cands if c.name in runners]
         for b in batches:
             if not live:
@@ -310,7 +305,7 @@ def tune(name: str, task: str, graph_for: Callable[[str], Path], val_rows, engin
                                overwrite=True)  # its own candidate, rebuilt when its choice is stale
         except CovidEdgeError as exc:
             c.status, c.faithful = "failed", False
-            c.reason = _first_line(exc) + (f" ({exc.hint})" if getattr(exc, "hint", None) else "")
+            c.reason = first_line(exc) + (f" ({exc.hint})" if getattr(exc, "hint", None) else "")
             continue
         c.engine = Path(res.engine_path)
         c.self_check = dict((res.manifest.build_options or {}).get("verification") or {})

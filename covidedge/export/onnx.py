@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure, first_line
 from covidedge.fileio import sha256_file
 from covidedge.formats.onnxfile import KEY_CHECKPOINT_SHA, KEY_DYNAMIC_BATCH, KEY_EXPORTER, KEY_OPSET, KEY_PRECISION, KEY_VERSION, check_onnx, graph_io, graph_opset, save_onnx, set_metadata
 from covidedge.backends.tensorrt.plan import TENSORRT8_MAX_OPSET
@@ -296,7 +296,7 @@ def export_onnx(checkpoint_path: Union[str, Path], out_path: Union[str, Path], *
         proto = _torch_to_onnx(wrapper, dummy, opset=opset, dynamic_batch=dynamic_batch,
                                exporter=exporter)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise RuntimeFailure(f"torch.onnx.export ({exporter}) failed: {first[:200]}",
                              path=checkpoint_path,
                              hint="try another --opset or report the checkpoint") from exc

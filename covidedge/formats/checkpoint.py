@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from covidedge.errors import BadInputError, IncompatibleModelError
+from covidedge.errors import BadInputError, IncompatibleModelError, first_line
 from covidedge.fileio import atomic_target, sha256_file
 from covidedge.spec import ModelSpec
 
@@ -99,7 +99,7 @@ def read_checkpoint(path, device: str = "cpu") -> Dict[str, Any]:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types: UnpicklingError, RuntimeError, EOFError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise IncompatibleModelError(
             f"is not a readable covidedge checkpoint ({type(exc).__name__}: {first[:160]})",
             path=path, hint="pass a .pt file written by 'covidedge train'") from exc

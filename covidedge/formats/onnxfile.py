@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure, first_line
 from covidedge.fileio import atomic_target
 from covidedge.spec import ModelSpec
 
@@ -204,7 +204,7 @@ def check_onnx(path: PathLike) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise RuntimeFailure(f"ONNX checker rejected the graph: {first[:200]}", path=path,
                              hint="report this with the checkpoint; try another --opset") from exc
 
