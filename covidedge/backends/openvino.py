@@ -26,7 +26,9 @@ from covidedge.formats.onnxfile import metadata_precision, open_onnx
 from covidedge.machine import package_version
 from covidedge.spec import ModelSpec
 
-PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+#: How a runner spends the CPU's threads (OpenVINO's performance hints, and AUTO): see
+#: :class:`OpenVinoRunner`.
+PERFORMANCE_HINTS = ("AUTO", "LATENCY", "THROUGHPUT")
 #: OpenVINO's CPU plugin computes in bf16 by default on CPUs with bf16 units (AMX, AVX512-BF16),
 #: which moves fp32 logits by ~1e-3. covidedge asks for f32 unless told otherwise, so a graph
 #: runs at the precision it carries; "bf16" is the opt-in speed-up. Each inference precision maps
@@ -48,6 +50,22 @@ COMPUTE_FORMS = {"bf16": "bf16"}
 STATIC_SHAPES = 4
 
 
+def compile_cache_dir() -> Optional[Path]:
+    """``openvino`` in covidedge's cache folder (beside ``models``: $COVIDEDGE_CACHE, else
+    $XDG_CACHE_HOME/covidedge, else ~/.cache/covidedge), where OpenVINO keeps each compiled model
+    so that the next process loads it instead of compiling again (about half the time of a
+    compile for the shipped models); None where that folder cannot be made or written, and
+    nothing is cached."""
+    from covidedge.pretrained import cache_dir
+
+    folder = cache_dir().parent / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
 def _openvino():
     try:
         import openvino
@@ -58,18 +76,22 @@ def _openvino():
 
 class OpenVinoRunner(Runner):
     """Runs an ONNX model with OpenVINO on ``device`` (default CPU). ``threads`` caps the
-    inference threads; ``performance_hint`` is LATENCY (one request at a time, the default) or
-    THROUGHPUT; ``inference_precision`` is f32 (default: faithful to the graph), bf16 or f16.
+    inference threads; ``inference_precision`` is f32 (default: faithful to the graph), bf16 or f16.
 
-    The model is compiled for each batch shape it meets, with that shape static (the first at
-    activation, others on first use; at most :data:`STATIC_SHAPES` kept): OpenVINO's CPU
-    kernels for a static shape beat its dynamic-batch ones, by ~1.1x on the classifier and
-    ~1.3x on the int8 segmenter at batch 1 here (benchmarks/results/)."""
+    ``performance_hint`` says how the threads are spent. LATENCY: each batch is one request on
+    every thread, the model compiled for each batch shape it meets with that shape static (the
+    first at activation, others on first use; at most :data:`STATIC_SHAPES` kept): OpenVINO's CPU
+    kernels for a static shape beat its dynamic-batch ones, by ~1.1x on the classifier and ~1.3x
+    on the int8 segmenter at batch 1 here. THROUGHPUT: the images of a batch run one by one on
+    OpenVINO's throughput streams (a stream per core or two), several at once. AUTO, the default:
+    a single image as LATENCY, a batch of several as THROUGHPUT where the CPU has at least two
+    streams (1.2-1.3x the images per second of one whole-batch request for the shipped models on
+    2 cores, ``benchmarks/engine_ratios.py``); one ``infer`` at a time per runner."""
 
     backend = "openvino"
 
     def __init__(self, path, spec: Optional[ModelSpec] = None, device: str = "CPU",
-                 threads: Optional[int] = None, performance_hint: str = "LATENCY",
+                 threads: Optional[int] = None, performance_hint: str = "AUTO",
                  inference_precision: str = "f32", precision: Optional[str] = None,
                  min_batch: int = 1, max_batch: Optional[int] = None):
         path, meta, spec = open_onnx(path, spec)
@@ -89,6 +111,10 @@ class OpenVinoRunner(Runner):
         self.compiled = None
         self._model = None
         self._requests: Dict[tuple, object] = {}
+        self._streaming: list = []  # one infer request per throughput stream, once compiled
+        self._streams: Optional[int] = None  # how many streams the CPU gave (None: not asked yet)
+        #: Where OpenVINO keeps compiled blobs for the next load (None: not cached).
+        self.compile_cache: Optional[Path] = None
 
     def _activate(self) -> None:
         ov = _openvino()
@@ -98,45 +124,96 @@ class OpenVinoRunner(Runner):
         except Exception as exc:
             raise RuntimeFailure(f"OpenVINO could not read the model: {first_line(exc)}", path=self.source) from exc
         self._core, self._requests = core, {}
+        self.compile_cache = compile_cache_dir()
+        if self.compile_cache is not None:
+            core.set_property({"CACHE_DIR": str(self.compile_cache)})
         h, w = self.spec.input_size
         self._request_for((max(1, self.min_batch), 1, int(h), int(w)))  # compile errors surface here
+
+    def _compile(self, shape: tuple, hint: str):
+        config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.inference_precision}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        try:
+            model = self._model.clone()
+            model.reshape({self.spec.input_name: list(shape)})
+            return self._core.compile_model(model, self.device, config)
+        except Exception as exc:
+            raise RuntimeFailure(f"OpenVINO could not compile the model for {self.device} at input shape "
+                                 f"{'x'.join(map(str, shape))}: {first_line(exc)}", path=self.source) from exc
 
     def _request_for(self, shape: tuple):
         """The infer request of the model compiled with ``shape`` static (compiled on first use)."""
         request = self._requests.get(shape)
         if request is not None:
             return request
-        config = {"PERFORMANCE_HINT": self.performance_hint,
-                  "INFERENCE_PRECISION_HINT": self.inference_precision}
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
-        try:
-            model = self._model.clone()
-            model.reshape({self.spec.input_name: list(shape)})
-            self.compiled = self._core.compile_model(model, self.device, config)
-        except Exception as exc:
-            raise RuntimeFailure(f"OpenVINO could not compile the model for {self.device} at input shape "
-                                 f"{'x'.join(map(str, shape))}: {first_line(exc)}", path=self.source) from exc
+        self.compiled = self._compile(shape, "LATENCY" if self.performance_hint == "AUTO" else self.performance_hint)
         if len(self._requests) >= STATIC_SHAPES:
             self._requests.pop(next(iter(self._requests)))
         request = self._requests[shape] = self.compiled.create_infer_request()
         return request
 
+    def _stream_requests(self) -> list:
+        """One request per throughput stream on the model compiled for single images (compiled on
+        first use); empty where AUTO found fewer than two streams."""
+        if self._streams is None:
+            if self.performance_hint == "AUTO" and self.threads == 1:
+                self._streams = 1
+                return []
+            h, w = self.spec.input_size
+            compiled = self._compile((1, 1, int(h), int(w)), "THROUGHPUT")
+            self._streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            if self._streams >= 2 or self.performance_hint == "THROUGHPUT":
+                self._streaming = [compiled.create_infer_request() for _ in range(self._streams)]
+        return self._streaming
+
+    def _infer_streams(self, requests: list, x: np.ndarray) -> Dict[str, np.ndarray]:
+        """Image i of ``x`` on request i mod len(requests), each request's previous image
+        collected (into the batch's output arrays) before it takes the next: every stream busy."""
+        n, names = int(x.shape[0]), self.spec.output_names
+        out: Dict[str, np.ndarray] = {}
+        owner: list = [None] * len(requests)
+
+        def collect(j: int) -> None:
+            requests[j].wait()
+            for name, value in _by_name(requests[j].results.items()).items():
+                if name in names:
+                    if name not in out:
+                        out[name] = np.empty((n,) + tuple(value.shape[1:]), dtype=np.float32)
+                    out[name][owner[j]] = value[0]
+
+        for i in range(n):
+            j = i % len(requests)
+            if owner[j] is not None:
+                collect(j)
+            # x outlives the request's use of it: shared, not copied
+            requests[j].start_async({self.spec.input_name: x[i:i + 1]}, share_inputs=True)
+            owner[j] = i
+        for j in range(len(requests)):
+            if owner[j] is not None:
+                collect(j)
+        missing = [name for name in names if name not in out]
+        if missing:
+            raise RuntimeFailure(f"OpenVINO gave no output {', '.join(missing)}", path=self.source)
+        return out
+
     def _infer(self, x: np.ndarray) -> Dict[str, np.ndarray]:
-        request = self._request_for(tuple(int(d) for d in x.shape))
+        n = int(x.shape[0])
+        streaming = self._stream_requests() if self.performance_hint == "THROUGHPUT" or (
+            n > 1 and self.performance_hint == "AUTO") else []
         try:
-            result = request.infer({self.spec.input_name: x})
+            if not streaming:
+                request = self._request_for(tuple(int(d) for d in x.shape))
+                result = request.infer({self.spec.input_name: x}, share_inputs=True)
+                return _named(result.items(), self.spec.output_names)
+            return self._infer_streams(streaming, x)
+        except RuntimeFailure:
+            raise
         except Exception as exc:
-            raise RuntimeFailure(f"OpenVINO inference failed: {str(exc).splitlines()[0]}",
-                                 path=self.source) from exc
-        by_name = {}
-        for port, value in result.items():
-            for name in port.get_names():
-                by_name[name] = value
-        return {n: np.array(by_name[n], dtype=np.float32, copy=True) for n in self.spec.output_names}
+            raise RuntimeFailure(f"OpenVINO inference failed: {first_line(exc)}", path=self.source) from exc
 
     def _deactivate(self) -> None:
-        self._requests = {}
+        self._requests, self._streaming, self._streams = {}, [], None
         self.compiled = self._model = self._core = None
 
     @property
@@ -148,12 +225,25 @@ class OpenVinoRunner(Runner):
     def describe(self):
         d = super().describe()
         d.update({"device": self.device.lower(), "performance_hint": self.performance_hint,
+                  "streams": self._streams or 0,
+                  "compile_cache": str(self.compile_cache or ""),
                   "inference_precision": self.inference_precision,
                   "threads": {"inference": self.threads or 0}})
         version = package_version("openvino")
         if version:
             d["version"] = version
         return d
+
+
+def _by_name(results) -> Dict[str, np.ndarray]:
+    """``{output name: array}`` from OpenVINO's ``{port: array}`` (arrays it reuses)."""
+    return {name: value for port, value in results for name in port.get_names()}
+
+
+def _named(results, names) -> Dict[str, np.ndarray]:
+    """The outputs ``names`` as arrays of their own."""
+    by_name = _by_name(results)
+    return {n: np.array(by_name[n], dtype=np.float32, copy=True) for n in names}
 
 
 #: Options an OpenVINO runner takes (beyond the path); anything else is refused by name.
