@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -263,9 +262,17 @@ def test_real_data_counts_and_masks(real_data_root):
 
 
 @pytest.mark.realdata
-def test_real_train_split_is_listed_fast(real_data_root):
-    t0 = time.perf_counter()
+def test_real_train_split_is_listed_from_the_folders_alone(real_data_root, monkeypatch):
+    """Listing 3728 samples reads directory entries only: no file is opened, so it stays fast on
+    any disk (a property, not a timing that a loaded CI machine would break)."""
+    import builtins
+    import io
+
+    opened = []
+    real_open = io.open
+    for module in (builtins, io):  # open() and pathlib's io.open
+        monkeypatch.setattr(module, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or pytest.fail("image opened"))
     samples = CovidQuDataset(real_data_root).samples("Train")
-    elapsed = time.perf_counter() - t0
     assert len(samples) == 3728
-    assert elapsed < 1.0, f"listing took {elapsed:.2f} s"
+    assert opened == [], f"listing opened {len(opened)} files, e.g. {opened[:2]}"

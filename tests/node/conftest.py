@@ -58,7 +58,7 @@ class Pacs:
             self._server.shutdown()
             self._server = None
 
-    def wait_for(self, n: int, timeout: float = 20.0) -> list:
+    def wait_for(self, n: int, timeout: float = 60.0) -> list:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self._lock:
