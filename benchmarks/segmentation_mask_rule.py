@@ -114,12 +114,12 @@ def row(name: str, acc: SegmentationAccumulator, many: int) -> dict:
             "images_lungs_over_2_regions": many, "images": r["images"]}
 
 
-def gate_sweep(acc: SegmentationAccumulator, shares) -> list:
+def gate_sweep(acc: SegmentationAccumulator, shares, gates=GATES) -> list:
     """Infection Dice and FP area for each candidate gate, from the ungated per-image records: an
-    image under the gate has an empty infection mask (Dice 0 against a lesion, undefined against
-    none; no false-positive area)."""
+    image whose value in ``shares`` is under the gate has an empty infection mask (Dice 0 against
+    a lesion, undefined against none; no false-positive area)."""
     out = []
-    for g in GATES:
+    for g in gates:
         dices, fps, emptied = [], [], 0
         for rec, share in zip(acc.per_image, shares):
             gated = share < g
@@ -185,6 +185,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data/covid-qu-ex")
     ap.add_argument("--split", default="Val")
+    ap.add_argument("--model", type=Path, help=f"an fp32 ONNX segmenter (default: the shipped {MODEL})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit-per-class", type=int, default=None)
     ap.add_argument("--pick-gate", action="store_true", help="sweep the gate (run it on Train)")
@@ -193,12 +194,13 @@ def main(argv=None) -> int:
     ap.add_argument("--check-evaluate", action="store_true")
     ap.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     a = ap.parse_args(argv)
-    model = get_shipped(MODEL).fp32_onnx()
+    model = a.model or get_shipped(MODEL).fp32_onnx()
+    name = a.model.name if a.model else MODEL
     samples = select_samples(CovidQuDataset(a.data).samples(a.split), a.limit_per_class, 0)
     rules = STEPS[-2:-1] if a.pick_gate else STEPS
-    log(f"{MODEL} on {a.split}: {len(samples)} images, {len(rules)} rules")
+    log(f"{name} on {a.split}: {len(samples)} images, {len(rules)} rules")
     accs, many, shares = score(probabilities(model, samples, a.threads), rules, MASK_THRESHOLD)
-    doc = {"split": a.split, "images": len(samples), "model": MODEL, "threshold": MASK_THRESHOLD,
+    doc = {"split": a.split, "images": len(samples), "model": name, "threshold": MASK_THRESHOLD,
            "command": "python benchmarks/segmentation_mask_rule.py " + " ".join(argv or sys.argv[1:]),
            "mask_rule": asdict(MASK_RULE), "rows": [row(n, accs[n], many[n]) for n, _ in rules]}
     if a.pick_gate:

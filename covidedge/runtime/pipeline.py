@@ -29,7 +29,7 @@ from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailu
 from covidedge.metrics import infected_fraction, lung_fraction
 from covidedge.backends.base import Runner, infer_fitted
 from covidedge.runtime.checks import check_batch_size, check_model_spec
-from covidedge.runtime.postprocess import segmentation_masks
+from covidedge.runtime.postprocess import infection_allowed, segmentation_masks
 from covidedge.prediction import STAGES, Failure, OutputNamer, Prediction, Result, source_name
 from covidedge.spec import MASK_CHANNELS, MASK_THRESHOLD, check_threshold
 
@@ -346,6 +346,7 @@ class Pipeline:
     def _postprocess(self, it: _Item, probs: Dict[str, np.ndarray]) -> Prediction:
         h, w = it.gray.shape
         pred = Prediction(source=it.source, image_size=(int(h), int(w)), quality_flags=list(it.quality))
+        covid_possible = True
         if self.classifier is not None:
             p = np.asarray(probs["classifier"], dtype=np.float64).reshape(-1)
             labels = self.classifier.labels
@@ -357,6 +358,7 @@ class Pipeline:
                                      path=it.source, hint="check the model and the image")
             pred.probabilities = {lab: float(v) for lab, v in zip(labels, p)}
             pred.label = labels[int(np.argmax(p))]
+            covid_possible = infection_allowed(labels, p)
         if self.segmenter is not None:
             p = np.asarray(probs["segmenter"], dtype=np.float32)
             if not np.isfinite(p).all():
@@ -364,6 +366,8 @@ class Pipeline:
                                      path=it.source, hint="check the model and the image")
             idx, t = self.segmenter.channel_index, self.segmenter.threshold
             lungs, infection = segmentation_masks(p[idx["lungs"]], p[idx["infection"]], t, (h, w))
+            if not covid_possible:  # the classifier rules COVID-19 out (postprocess.COVID_GATE)
+                infection = np.zeros_like(infection)
             pred.lung_mask, pred.infection_mask = lungs, infection
             pred.lung_fraction = lung_fraction(lungs)
             pred.infected_fraction = infected_fraction(infection, lungs)

@@ -266,12 +266,13 @@ class PostprocessModel(_StepModel):
     def _one(self, request):
         from covidedge.errors import BadInputError, RuntimeFailure
         from covidedge.metrics import infected_fraction, lung_fraction
-        from covidedge.runtime.postprocess import segmentation_masks
+        from covidedge.runtime.postprocess import infection_allowed, segmentation_masks
 
         sizes = self._input(request, IMAGE_SIZE).reshape(-1, 2)
         n = sizes.shape[0]
         check_image_sizes(sizes, int(self.params.get("max_pixels", 0) or 0) or None)
         out = []
+        covid_possible = [True] * n
         if self.labels:
             p = np.asarray(self._input(request, NETWORK_PROBABILITIES["classifier"]), dtype=np.float64)
             p = p.reshape(n, -1)
@@ -281,6 +282,7 @@ class PostprocessModel(_StepModel):
                 raise RuntimeFailure("classifier output contains NaN or infinite values",
                                      hint="check the model and the image")
             names = [self.labels[int(np.argmax(row))].encode() for row in p]
+            covid_possible = [infection_allowed(self.labels, row) for row in p]
             out.append(self.pb.Tensor(LABEL, np.array(names, dtype=object).reshape(n, 1)))
         if self.channels:
             if n > 1 and len({tuple(s) for s in sizes.tolist()}) > 1:
@@ -295,6 +297,8 @@ class PostprocessModel(_StepModel):
             for k in range(n):
                 h, w = (int(v) for v in sizes[k])
                 lm, im = segmentation_masks(p[k, il], p[k, ii], self.threshold, (h, w))
+                if not covid_possible[k]:  # the classifier rules COVID-19 out (postprocess.COVID_GATE)
+                    im = np.zeros_like(im)
                 lungs.append(lm)
                 infection.append(im)
                 lf.append(lung_fraction(lm))

@@ -306,3 +306,23 @@ def test_masks_are_the_one_rule_at_the_image_size(models):
     np.testing.assert_array_equal(result.lung_mask, lungs)
     np.testing.assert_array_equal(result.infection_mask, infection)
     assert np.count_nonzero(lung_regions(result.lung_mask)[1]) == 2 and not result.lung_mask[58:, 58:].any()
+
+
+def test_infection_mask_is_empty_where_the_classifier_rules_covid_out(models, tmp_path, monkeypatch):
+    import covidedge.runtime.postprocess as post
+
+    cls, seg = models
+    path = tmp_path / "a.png"
+    Image.fromarray(xray()).save(path)
+    with Pipeline(segmenter=OrtRunner(seg)) as alone:
+        ref = alone.predict(path)
+    assert ref.infection_mask.any() and ref.infected_fraction > 0
+    for gate, empty in ((0.0, False), (1.01, True)):  # never gated; always gated
+        monkeypatch.setattr(post, "COVID_GATE", gate)
+        with Pipeline(classifier=OrtRunner(cls), segmenter=OrtRunner(seg)) as p:
+            r = p.predict(path)
+        np.testing.assert_array_equal(r.lung_mask, ref.lung_mask)  # the lungs never are
+        if empty:
+            assert not r.infection_mask.any() and r.infected_fraction == 0.0
+        else:
+            np.testing.assert_array_equal(r.infection_mask, ref.infection_mask)

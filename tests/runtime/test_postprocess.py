@@ -123,3 +123,15 @@ def test_fill_holes_is_scipys_binary_fill_holes_with_8_connected_background():
     ring[4, 4] = False
     assert fill_holes(ring)[4, 4] and not fill_holes(np.zeros((4, 4), dtype=bool)).any()
     assert fill_holes(np.ones((4, 4), dtype=bool)).all()
+
+
+def test_infection_is_allowed_unless_the_classifier_rules_covid_out():
+    from covidedge.runtime.postprocess import COVID_GATE, infection_allowed
+
+    labels = ["COVID-19", "Non-COVID", "Normal"]
+    assert 0 < COVID_GATE < 0.5
+    assert not infection_allowed(labels, [COVID_GATE / 2, 0.5, 0.5 - COVID_GATE / 2])
+    assert infection_allowed(labels, [COVID_GATE, 0.5, 0.5 - COVID_GATE])
+    assert infection_allowed(labels, [0.0, 0.2, 0.8], gate=0.0)
+    assert infection_allowed(None, None)  # no classifier
+    assert infection_allowed(["cat", "dog"], [0.0, 1.0])  # a classifier that knows no COVID-19
