@@ -85,8 +85,8 @@ class OpenVinoRunner(Runner):
     on the int8 segmenter at batch 1 here. THROUGHPUT: the images of a batch run one by one on
     OpenVINO's throughput streams (a stream per core or two), several at once. AUTO, the default:
     a single image as LATENCY, a batch of several as THROUGHPUT where the CPU has at least two
-    streams (1.2-1.3x the images per second of one whole-batch request for the shipped models on
-    2 cores, ``benchmarks/engine_ratios.py``); one ``infer`` at a time per runner."""
+    streams (1.05-1.2x the images per second of LATENCY in ``infer FOLDER`` with the shipped
+    models on 2 cores; docs/engines.md); one ``infer`` at a time per runner."""
 
     backend = "openvino"
 
@@ -176,11 +176,11 @@ class OpenVinoRunner(Runner):
 
         def collect(j: int) -> None:
             requests[j].wait()
-            for name, value in _by_name(requests[j].results.items()).items():
-                if name in names:
-                    if name not in out:
-                        out[name] = np.empty((n,) + tuple(value.shape[1:]), dtype=np.float32)
-                    out[name][owner[j]] = value[0]
+            got = _by_name(requests[j].results.items())
+            for name in (name for name in names if name in got):
+                if name not in out:
+                    out[name] = np.empty((n,) + tuple(got[name].shape[1:]), dtype=np.float32)
+                out[name][owner[j]] = got[name][0]
 
         for i in range(n):
             j = i % len(requests)

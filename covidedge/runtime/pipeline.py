@@ -365,9 +365,8 @@ class Pipeline:
                 raise RuntimeFailure("segmenter output contains NaN or infinite values",
                                      path=it.source, hint="check the model and the image")
             idx, t = self.segmenter.channel_index, self.segmenter.threshold
-            lungs, infection = segmentation_masks(p[idx["lungs"]], p[idx["infection"]], t, (h, w))
-            if not covid_possible:  # the classifier rules COVID-19 out (postprocess.COVID_GATE)
-                infection = np.zeros_like(infection)
+            lungs, infection = segmentation_masks(p[idx["lungs"]], p[idx["infection"]], t, (h, w),
+                                                  infection=covid_possible)
             pred.lung_mask, pred.infection_mask = lungs, infection
             pred.lung_fraction = lung_fraction(lungs)
             pred.infected_fraction = infected_fraction(infection, lungs)

@@ -183,14 +183,17 @@ def segmentation_probabilities(lung_prob: np.ndarray, infection_prob: np.ndarray
 
 
 def segmentation_masks(lung_prob: np.ndarray, infection_prob: np.ndarray, threshold: float,
-                       size: Optional[Tuple[int, int]] = None,
-                       rule: MaskRule = MASK_RULE) -> Tuple[np.ndarray, np.ndarray]:
+                       size: Optional[Tuple[int, int]] = None, rule: MaskRule = MASK_RULE,
+                       infection: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """(lungs, infection): boolean masks at ``size = (H, W)`` (default: the maps' own size) from
     the segmenter's ``h x w`` lung and infection probabilities, by ``rule`` (module docstring).
     Regions, holes and the gate are decided at the maps' size; the edited maps are then resized
-    and thresholded strip by strip (:func:`probabilities_to_mask`)."""
+    and thresholded strip by strip (:func:`probabilities_to_mask`). ``infection=False`` (a
+    classifier ruled COVID-19 out: :func:`infection_allowed`) gives an empty infection mask and
+    the same lungs."""
     lung, inf = segmentation_probabilities(lung_prob, infection_prob, threshold, rule)
-    return probabilities_to_mask(lung, threshold, size), probabilities_to_mask(inf, threshold, size)
+    lungs = probabilities_to_mask(lung, threshold, size)
+    return lungs, probabilities_to_mask(inf, threshold, size) if infection else np.zeros_like(lungs)
 
 
 def infection_allowed(labels, probabilities, gate: Optional[float] = None) -> bool:

@@ -296,9 +296,8 @@ class PostprocessModel(_StepModel):
             lungs, infection, lf, inf = [], [], [], []
             for k in range(n):
                 h, w = (int(v) for v in sizes[k])
-                lm, im = segmentation_masks(p[k, il], p[k, ii], self.threshold, (h, w))
-                if not covid_possible[k]:  # the classifier rules COVID-19 out (postprocess.COVID_GATE)
-                    im = np.zeros_like(im)
+                lm, im = segmentation_masks(p[k, il], p[k, ii], self.threshold, (h, w),
+                                            infection=covid_possible[k])
                 lungs.append(lm)
                 infection.append(im)
                 lf.append(lung_fraction(lm))
