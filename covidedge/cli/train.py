@@ -77,6 +77,11 @@ def _common_options(task: str):
                      type=click.Choice(["basic", "robust"]),
                      help="basic: geometry, brightness and contrast; robust: also gamma, "
                           "resampling and noise, as other scanners and exports bring."),
+        click.option("--init-from", default=None, type=click.Path(dir_okay=False, path_type=str),
+                     help="Start from this checkpoint's weights (best.pt or last.pt of the same "
+                          "variant) instead of random ones, with a fresh schedule: fine-tune on "
+                          "your own data, or train a finished run further. Recorded in the "
+                          "checkpoints."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
     ]
 

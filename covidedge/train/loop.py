@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure, first_line
 from covidedge.fileio import write_atomic
 from covidedge.progress import bar as progress_bar, note
 from covidedge.train.amp import amp_words, plan_for_model, resolve_amp, resolve_device, to_layout
@@ -173,6 +173,37 @@ def log(progress: bool, text: str) -> None:
     note(progress, text)
 
 
+def _load_init(model, task, spec, path) -> Optional[Dict[str, Any]]:
+    """Start ``model`` from the weights of the checkpoint at ``path`` (``--init-from``), which must
+    hold the same network (architecture, sizes, labels, input size); the training-only parts a
+    run keeps in its ``last.pt`` (the classifier's mask head) come along when present. Returns
+    what the new checkpoints record about it (path, sha256, epoch) and, under ``resume``, the
+    training-only state to load once the task has attached its parts; None without ``path``."""
+    if not path:
+        return None
+    from covidedge.formats.checkpoint import checkpoint_sha256, read_checkpoint
+
+    payload = read_checkpoint(path)
+    theirs = payload.get("spec") or {}
+    ours = spec.to_dict()
+    keys = ("task", "model_name", "labels", "input_size", "in_chans", "model_kwargs")
+    diff = [k for k in keys if not same_option(theirs.get(k), ours.get(k))]
+    if diff:
+        said = ", ".join(f"{k} {theirs.get(k)!r} (this run: {ours.get(k)!r})" for k in diff)
+        raise IncompatibleModelError(f"--init-from checkpoint holds another network: {said}",
+                                     path=path, hint="pass the variant and sizes it was trained "
+                                     "with, or start from random weights")
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as e:
+        raise IncompatibleModelError(f"--init-from weights do not fit the network: {first_line(e)}",
+                                     path=path, hint="use a checkpoint written by covidedge train "
+                                     "for the same variant") from None
+    extra = payload.get("extra") or {}
+    return {"path": str(path), "sha256": checkpoint_sha256(path), "epoch": extra.get("epoch"),
+            "resume": extra.get("resume") or {}}
+
+
 # -- the shared loop -------------------------------------------------------------------------
 def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
          on_epoch_end: Optional[EpochCallback]) -> TrainResult:
@@ -218,11 +249,16 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     spec = task.spec()
     torch.manual_seed(o["seed"])
     model = build_from_spec(spec).to(device)
+    init = _load_init(model, task, spec, o.get("init_from")) if state is None else \
+        (state.get("extra") or {}).get("init_from")
+    init_resume = init.pop("resume", None) if state is None and init else None
     amp = plan_for_model(amp, model)
     if amp.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = WeightAverage(model, o["ema_decay"]) if o.get("ema_decay") else None
     params = list(model.parameters()) + task.attach(model, device)  # hooks after the EMA copy
+    if init_resume:
+        task.load_resume_state(init_resume)  # e.g. the classifier's mask head
     opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=amp.grad_scaler)
     crit = task.criterion(device)
@@ -266,6 +302,8 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
                   "augmentation": aug.config.to_dict(), "monitor": task.monitor,
                   "train_images": len(train_ds), "val_images": len(val_ds),
                   "device": device, "amp": amp.to_dict(), **task.checkpoint_extra()}
+    if init:
+        base_extra["init_from"] = init
 
     log(progress, f"training {task.name} on {device} ({amp_words(amp)}): {len(train_ds)} Train / "
                    f"{len(val_ds)} Val images at {o['image_size']} px, {o['epochs']} epochs, batch {bs}")
@@ -440,7 +478,8 @@ def train_classifier(data_root, out_dir, options: Optional[ClassifierOptions] = 
              patience=c.patience, limit_per_class=c.limit_per_class, num_workers=int(c.num_workers),
              hflip=bool(c.hflip), progress=bool(progress),
              allow_missing_classes=bool(c.allow_missing_classes), bn_images=c.bn_images,
-             ema_decay=c.ema_decay, augment=c.augment, aux_masks=float(c.aux_masks))
+             ema_decay=c.ema_decay, augment=c.augment, aux_masks=float(c.aux_masks),
+             init_from=str(c.init_from) if c.init_from else None)
     ClassifierTask.check_options(o)
     return _fit(ClassifierTask(o), o, out_dir, resume=c.resume, overwrite=c.overwrite,
                 on_epoch_end=on_epoch_end)
@@ -466,7 +505,8 @@ def train_segmenter(data_root, out_dir, options: Optional[SegmenterOptions] = No
              device=c.device, amp=str(c.amp), seed=int(c.seed), patience=c.patience,
              limit_per_class=c.limit_per_class, num_workers=int(c.num_workers), hflip=bool(c.hflip),
              progress=bool(progress), allow_missing_classes=bool(c.allow_missing_classes),
-             bn_images=c.bn_images, ema_decay=c.ema_decay, augment=c.augment)
+             bn_images=c.bn_images, ema_decay=c.ema_decay, augment=c.augment,
+             init_from=str(c.init_from) if c.init_from else None)
     SegmenterTask.check_options(o)
     return _fit(SegmenterTask(o), o, out_dir, resume=c.resume, overwrite=c.overwrite,
                 on_epoch_end=on_epoch_end)

@@ -21,7 +21,8 @@ class TrainOptions(Options):
     ``resume`` from last.pt, ``overwrite`` an earlier run; ``hflip`` mirrors images;
     ``allow_missing_classes``; ``bn_images`` clean Train images re-estimate BatchNorm before
     each Val pass (0: off); ``ema_decay`` > 0 validates and saves an EMA of the weights;
-    ``augment`` "basic" or "robust"."""
+    ``augment`` "basic" or "robust"; ``init_from`` a checkpoint (same network) whose weights
+    start the run instead of random ones (fine-tuning, or another schedule after a finished run)."""
 
     variant: Optional[str] = None
     epochs: int = 30
@@ -42,6 +43,7 @@ class TrainOptions(Options):
     bn_images: int = 600
     ema_decay: float = 0.0
     augment: str = "basic"
+    init_from: Optional[str] = None
 
 
 @dataclass(frozen=True)

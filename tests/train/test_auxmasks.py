@@ -89,3 +89,24 @@ def test_bad_aux_weight_is_refused_before_any_work(data_root, tmp_path, bad):
     with pytest.raises(BadInputError, match="aux-masks"):
         train_classifier(data_root, tmp_path / "x", aux_masks=bad, **CLS)
     assert not (tmp_path / "x").exists()
+
+
+def test_init_from_last_pt_brings_the_mask_head(data_root, tmp_path):
+    run = train_classifier(data_root, tmp_path / "aux", aux_masks=0.5, **{**CLS, "epochs": 1})
+    head = read_checkpoint(run.last_checkpoint)["extra"]["resume"]["aux_head"]
+    kept = {}
+
+    def stop(rec):
+        kept.update(read_checkpoint(tmp_path / "ft" / "last.pt")["extra"]["resume"]["aux_head"])
+        return True
+    train_classifier(data_root, tmp_path / "ft", aux_masks=0.5, init_from=str(run.last_checkpoint),
+                     on_epoch_end=stop, **{**CLS, "lr": 1e-9})
+    fresh = {}
+
+    def stop_fresh(rec):
+        fresh.update(read_checkpoint(tmp_path / "fresh" / "last.pt")["extra"]["resume"]["aux_head"])
+        return True
+    train_classifier(data_root, tmp_path / "fresh", aux_masks=0.5, on_epoch_end=stop_fresh,
+                     **{**CLS, "lr": 1e-9, "seed": 5})
+    assert all(torch.allclose(head[k], kept[k], atol=1e-6) for k in head)
+    assert not all(torch.allclose(head[k], fresh[k], atol=1e-6) for k in head)

@@ -150,6 +150,34 @@ def test_out_dir_rules(cls_run, data_root, tmp_path):
     assert res.epochs_run == 1
 
 
+def test_init_from_starts_from_a_checkpoint_and_refuses_another_network(cls_run, data_root, tmp_path):
+    from covidedge.errors import IncompatibleModelError
+    from covidedge.formats.checkpoint import checkpoint_sha256
+
+    start = read_checkpoint(cls_run.best_checkpoint)["state_dict"]
+    seen = {}
+
+    def first_weights(rec):  # the weights are loaded before any step: compare after epoch 1
+        seen["state"] = read_checkpoint(tmp_path / "ft" / "last.pt")["state_dict"]
+        return True
+    res = train_classifier(data_root, tmp_path / "ft", init_from=str(cls_run.best_checkpoint),
+                           on_epoch_end=first_weights, **{**CLS, "lr": 1e-9, "bn_images": 0})
+    after = seen["state"]
+    weights = [k for k in start if k.endswith("weight") and start[k].dtype == torch.float32]
+    assert weights and all(torch.allclose(start[k], after[k], atol=1e-6) for k in weights)
+    extra = read_checkpoint(res.best_checkpoint)["extra"]
+    assert extra["init_from"]["sha256"] == checkpoint_sha256(cls_run.best_checkpoint)
+    assert extra["train_options"]["init_from"] == str(cls_run.best_checkpoint)
+    # random weights differ from the checkpoint's: the option did something
+    fresh = train_classifier(data_root, tmp_path / "fresh", on_epoch_end=lambda rec: True,
+                             **{**CLS, "lr": 1e-9, "bn_images": 0})
+    other = read_checkpoint(fresh.last_checkpoint)["state_dict"]
+    assert not all(torch.allclose(start[k], other[k], atol=1e-6) for k in weights)
+    with pytest.raises(IncompatibleModelError, match="another network.*width_mult"):
+        train_classifier(data_root, tmp_path / "wide", init_from=str(cls_run.best_checkpoint),
+                         **{**CLS, "width_mult": 0.25})
+
+
 # -- segmenter -------------------------------------------------------------------------------
 def test_segmenter_run_writes_every_file_and_consistent_metrics(seg_run, data_root):
     out = seg_run.out_dir
