@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from segmentation_mask_rule import _write, gate_sweep, log, pick_gate, probabilities, truth  # noqa: E402
+from segmentation_mask_rule import _write, check_out, gate_sweep, log, pick_gate, probabilities, truth  # noqa: E402
 
 from covidedge.backends.base import infer_fitted  # noqa: E402
 from covidedge.data.covidqu import CovidQuDataset, select_samples  # noqa: E402
@@ -98,7 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fp-target", type=float, default=0.02, help="FP infected area, fraction of image")
     ap.add_argument("--dice-budget", type=float, default=0.01, help="infection Dice the gate may cost")
     ap.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier OUT.json / OUT.md")
     a = ap.parse_args(argv)
+    check_out(a.out, a.overwrite)
     seg = a.segmenter or default_model("segmenter").fp32_onnx()
     cls = a.classifier or default_model("classifier").fp32_onnx()
     samples = select_samples(CovidQuDataset(a.data).samples(a.split), a.limit_per_class, 0)
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
            "command": "python benchmarks/segmentation_covid_gate.py " + " ".join(argv or sys.argv[1:]),
            "lung_dice": acc.result()["lungs"]["dice"], "sweep": gate_sweep(acc, p_covid, GATES)}
     doc["choice"] = choose(doc["sweep"], a.dice_budget, a.fp_target)
-    return _write(doc, markdown(doc), a.out)
+    return _write(doc, markdown(doc), a.out, a.overwrite)
 
 
 if __name__ == "__main__":

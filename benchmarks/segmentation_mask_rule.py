@@ -38,7 +38,7 @@ from covidedge.backends.base import infer_fitted
 from covidedge.data.covidqu import CovidQuDataset, select_samples
 from covidedge.data.imageio import read_gray
 from covidedge.data.preprocess import preprocess_batch
-from covidedge.fileio import write_atomic
+from covidedge.fileio import OutputExistsError, refuse_existing, write_atomic
 from covidedge.metrics import SegmentationAccumulator
 from covidedge.pretrained import get_shipped
 from covidedge.runtime import load
@@ -193,7 +193,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dice-budget", type=float, default=0.01, help="infection Dice the gate may cost")
     ap.add_argument("--check-evaluate", action="store_true")
     ap.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier OUT.json / OUT.md")
     a = ap.parse_args(argv)
+    check_out(a.out, a.overwrite)
     model = a.model or get_shipped(MODEL).fp32_onnx()
     name = a.model.name if a.model else MODEL
     samples = select_samples(CovidQuDataset(a.data).samples(a.split), a.limit_per_class, 0)
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
     if a.pick_gate:
         doc["sweep"] = gate_sweep(accs[rules[0][0]], shares)
         doc["choice"] = pick_gate(doc["sweep"], a.dice_budget, a.fp_target)
-        return _write(doc, sweep_markdown(doc), a.out)
+        return _write(doc, sweep_markdown(doc), a.out, a.overwrite)
     if a.check_evaluate:
         from covidedge.evaluation import evaluate
 
@@ -220,15 +222,25 @@ def main(argv=None) -> int:
                            f"{100 * got[2]:.2f} % ({'the last row' if same else 'DIFFERS from the last row'})")
         if not same:
             log(f"evaluate reports {got}, the last row is {want}")
-    _write(doc, markdown(doc), a.out)
+    _write(doc, markdown(doc), a.out, a.overwrite)
     return 0 if not a.check_evaluate or "DIFFERS" not in doc["evaluate"] else 1
 
 
-def _write(doc: dict, md: str, out) -> int:
+def check_out(out, overwrite: bool) -> None:
+    """Refuse an existing OUT.json / OUT.md before the work (minutes) rather than after it."""
+    if out:
+        for suffix in (".json", ".md"):
+            try:
+                refuse_existing(out.with_suffix(suffix), overwrite=overwrite)
+            except OutputExistsError as exc:
+                raise SystemExit(f"error: {exc}") from None
+
+
+def _write(doc: dict, md: str, out, overwrite: bool = False) -> int:
     print(md)
     if out:
-        write_atomic(out.with_suffix(".json"), (json.dumps(doc, indent=2) + "\n").encode(), overwrite=False)
-        write_atomic(out.with_suffix(".md"), md.encode(), overwrite=False)
+        write_atomic(out.with_suffix(".json"), (json.dumps(doc, indent=2) + "\n").encode(), overwrite=overwrite)
+        write_atomic(out.with_suffix(".md"), md.encode(), overwrite=overwrite)
     return 0
 
 

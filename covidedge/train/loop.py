@@ -29,11 +29,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure, first_line
+from covidedge.errors import BadInputError, IncompatibleModelError, RuntimeFailure
 from covidedge.fileio import write_atomic
 from covidedge.progress import bar as progress_bar, note
 from covidedge.train.amp import amp_words, plan_for_model, resolve_amp, resolve_device, to_layout
 from covidedge.train.options import ClassifierOptions, SegmenterOptions
+from covidedge.train.startweights import load_start_weights, same_option
 from covidedge.train.tasks import ClassifierTask, SegmenterTask, resolve_sizes
 
 __all__ = ["TrainResult", "train_classifier", "train_segmenter", "OUTPUT_FILES", "write_json",
@@ -173,37 +174,6 @@ def log(progress: bool, text: str) -> None:
     note(progress, text)
 
 
-def _load_init(model, task, spec, path) -> Optional[Dict[str, Any]]:
-    """Start ``model`` from the weights of the checkpoint at ``path`` (``--init-from``), which must
-    hold the same network (architecture, sizes, labels, input size); the training-only parts a
-    run keeps in its ``last.pt`` (the classifier's mask head) come along when present. Returns
-    what the new checkpoints record about it (path, sha256, epoch) and, under ``resume``, the
-    training-only state to load once the task has attached its parts; None without ``path``."""
-    if not path:
-        return None
-    from covidedge.formats.checkpoint import checkpoint_sha256, read_checkpoint
-
-    payload = read_checkpoint(path)
-    theirs = payload.get("spec") or {}
-    ours = spec.to_dict()
-    keys = ("task", "model_name", "labels", "input_size", "in_chans", "model_kwargs")
-    diff = [k for k in keys if not same_option(theirs.get(k), ours.get(k))]
-    if diff:
-        said = ", ".join(f"{k} {theirs.get(k)!r} (this run: {ours.get(k)!r})" for k in diff)
-        raise IncompatibleModelError(f"--init-from checkpoint holds another network: {said}",
-                                     path=path, hint="pass the variant and sizes it was trained "
-                                     "with, or start from random weights")
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError) as e:
-        raise IncompatibleModelError(f"--init-from weights do not fit the network: {first_line(e)}",
-                                     path=path, hint="use a checkpoint written by covidedge train "
-                                     "for the same variant") from None
-    extra = payload.get("extra") or {}
-    return {"path": str(path), "sha256": checkpoint_sha256(path), "epoch": extra.get("epoch"),
-            "resume": extra.get("resume") or {}}
-
-
 # -- the shared loop -------------------------------------------------------------------------
 def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
          on_epoch_end: Optional[EpochCallback]) -> TrainResult:
@@ -249,7 +219,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     spec = task.spec()
     torch.manual_seed(o["seed"])
     model = build_from_spec(spec).to(device)
-    init = _load_init(model, task, spec, o.get("init_from")) if state is None else \
+    init = load_start_weights(model, task, spec, o.get("init_from")) if state is None else \
         (state.get("extra") or {}).get("init_from")
     init_resume = init.pop("resume", None) if state is None and init else None
     amp = plan_for_model(amp, model)
@@ -395,24 +365,6 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
                        monitor=task.monitor, best_score=best_score,
                        epochs_run=len(history), stopped_early=stopped_early,
                        seconds=time.perf_counter() - t_start, history=history, metrics=metrics)
-
-
-def _norm(v):
-    if isinstance(v, (list, tuple)):
-        return [_norm(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _norm(x) for k, x in v.items()}
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
-def same_option(a, b) -> bool:
-    """Whether two recorded option values are the same (paths as strings, 2.0 as 2, tuples as
-    lists): how a resumed or reused run's options are compared with the stored ones."""
-    return _norm(a) == _norm(b)
 
 
 def _bar(loader, epoch, epochs, progress):
