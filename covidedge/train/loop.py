@@ -219,7 +219,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     spec = task.spec()
     torch.manual_seed(o["seed"])
     model = build_from_spec(spec).to(device)
-    init = load_start_weights(model, task, spec, o.get("init_from")) if state is None else \
+    init = load_start_weights(model, spec, o.get("init_from")) if state is None else \
         (state.get("extra") or {}).get("init_from")
     init_resume = init.pop("resume", None) if state is None and init else None
     amp = plan_for_model(amp, model)

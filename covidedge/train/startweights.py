@@ -29,7 +29,7 @@ def same_option(a, b) -> bool:
     return _norm(a) == _norm(b)
 
 
-def load_start_weights(model, task, spec, path) -> Optional[Dict[str, Any]]:
+def load_start_weights(model, spec, path) -> Optional[Dict[str, Any]]:
     """Start ``model`` from the weights of the checkpoint at ``path`` (``--init-from``), which must
     hold the same network (architecture, sizes, labels, input size); the training-only parts a
     run keeps in its ``last.pt`` (the classifier's mask head) come along when present. Returns
