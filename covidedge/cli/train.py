@@ -82,6 +82,10 @@ def _common_options(task: str):
                           "variant) instead of random ones, with a fresh schedule: fine-tune on "
                           "your own data, or train a finished run further. Recorded in the "
                           "checkpoints."),
+        click.option("--time-budget", default=None, type=float, metavar="MINUTES",
+                     help="Finish within this many minutes: after epoch 1 the run keeps the "
+                          "epochs that fit (at most --epochs) and the cosine schedule follows "
+                          "that count; a later epoch that would overrun stops it."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
     ]
 

@@ -34,6 +34,7 @@ from covidedge.fileio import write_atomic
 from covidedge.progress import bar as progress_bar, note
 from covidedge.train.amp import amp_words, plan_for_model, resolve_amp, resolve_device, to_layout
 from covidedge.train.options import ClassifierOptions, SegmenterOptions
+from covidedge.train.rundir import OUTPUT_FILES, lock_run_dir
 from covidedge.train.startweights import load_start_weights, same_option
 from covidedge.train.tasks import ClassifierTask, SegmenterTask, resolve_sizes
 
@@ -41,11 +42,8 @@ __all__ = ["TrainResult", "train_classifier", "train_segmenter", "OUTPUT_FILES",
            "log", "same_option"]
 
 #: Files a training run writes into its output folder (``--overwrite`` removes only these).
-OUTPUT_FILES = ("best.pt", "last.pt", "history.json", "learning_curves.png", "metrics.json",
-                "val_report")
-
 #: Options that may change when resuming (they do not alter what is being trained).
-_RESUMABLE_CHANGES = {"epochs", "patience", "device", "num_workers", "progress", "amp"}
+_RESUMABLE_CHANGES = {"epochs", "patience", "device", "num_workers", "progress", "amp", "time_budget"}
 
 WARMUP_FRACTION = 0.05
 MIN_LR_FRACTION = 0.01
@@ -81,6 +79,13 @@ class TrainResult:
 
 
 # -- small helpers ---------------------------------------------------------------------------
+def _epochs_within(budget_s: float, spent_s: float, epoch_s: float, most: int) -> int:
+    """Epochs a run fits into ``budget_s`` seconds: the one done (``spent_s`` since the start)
+    and as many more of ``epoch_s`` each as the rest holds; at least 1, at most ``most``."""
+    more = int(max(0.0, budget_s - spent_s) // max(epoch_s, 1e-9))
+    return max(1, min(int(most), 1 + more))
+
+
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine decay."""
     if step < warmup:
@@ -106,6 +111,8 @@ def _check_options(o: Dict[str, Any]) -> None:
     for name in ("epochs", "batch_size", "image_size", "patience"):
         positive(name)
     positive("lr", float)
+    if o.get("time_budget") is not None:
+        positive("time_budget", float)
     if o["lr"] > 1.0:  # diverges at the first steps; refuse it before any data is read
         raise BadInputError(f"lr={o['lr']!r} is too large; expected a peak learning rate <= 1 "
                             "(AdamW: typically 1e-4 .. 3e-3)")
@@ -126,32 +133,6 @@ def _check_options(o: Dict[str, Any]) -> None:
     if not (isinstance(ema, (int, float)) and math.isfinite(ema) and (ema == 0 or 0.5 <= ema < 1)):
         raise BadInputError(f"ema-decay={ema!r} is invalid; expected 0 (off) or a value in "
                             "[0.5, 1), e.g. 0.999")
-
-
-def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise BadInputError("resume and overwrite were both requested; pick one", path=out)
-    if out.exists() and not out.is_dir():
-        raise BadInputError("output path exists and is not a folder", path=out)
-    if resume:
-        if not (out / "last.pt").is_file():
-            raise BadInputError("nothing to resume: no last.pt in the output folder", path=out,
-                                hint="start a new run without --resume")
-        return
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise BadInputError(
-                "output folder is not empty", path=out,
-                hint="pass --resume to continue that run, --overwrite to replace it, or another --out")
-        import shutil
-
-        for name in OUTPUT_FILES:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _json_default(o):
@@ -177,6 +158,15 @@ def log(progress: bool, text: str) -> None:
 # -- the shared loop -------------------------------------------------------------------------
 def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
          on_epoch_end: Optional[EpochCallback]) -> TrainResult:
+    t_start = time.perf_counter()
+    _check_options(o)
+    out = Path(out_dir)
+    with lock_run_dir(out, resume, overwrite):
+        return _train(task, o, out, t_start, resume, on_epoch_end)
+
+
+def _train(task, o: Dict[str, Any], out: Path, t_start: float, resume: bool,
+           on_epoch_end: Optional[EpochCallback]) -> TrainResult:
     import torch
 
     from covidedge.formats.checkpoint import read_checkpoint, save_checkpoint
@@ -186,10 +176,6 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     from covidedge.train.bn import WeightAverage, recompute_batchnorm
     from covidedge.train.datasets import load_splits
 
-    t_start = time.perf_counter()
-    _check_options(o)
-    out = Path(out_dir)
-    _prepare_out_dir(out, resume, overwrite)
     progress = bool(o["progress"])
     device = resolve_device(o["device"])
     amp = resolve_amp(o.get("amp", "auto"), device)
@@ -239,7 +225,8 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
     # different image each epoch, as the order is reshuffled)
     drop_last = len(train_ds) > bs and len(train_ds) % bs == 1
     steps_per_epoch = len(train_ds) // bs if drop_last else max(1, math.ceil(len(train_ds) / bs))
-    total_steps = steps_per_epoch * int(o["epochs"])
+    epochs = int(o["epochs"])  # the schedule's length; a --time-budget may shorten it after epoch 1
+    total_steps = steps_per_epoch * epochs
     warmup = max(1, min(steps_per_epoch, int(WARMUP_FRACTION * total_steps)))
     loader_kw = dict(num_workers=int(o["num_workers"]), pin_memory=device.startswith("cuda"),
                      persistent_workers=False)
@@ -259,13 +246,16 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
         if amp.grad_scaler and r.get("scaler"):
             scaler.load_state_dict(r["scaler"])
         step, start_epoch = int(r["step"]), int(r["epoch"]) + 1
+        if o.get("time_budget") and r.get("planned_epochs"):
+            epochs = min(epochs, int(r["planned_epochs"]))
+            total_steps = steps_per_epoch * epochs
         best_epoch, best_score, bad_epochs = int(r["best_epoch"]), float(r["best_score"]), int(r["bad_epochs"])
         history = list(state["extra"].get("history") or [])
         log(progress, f"resuming {out} after epoch {start_epoch - 1} "
                        f"(best so far: epoch {best_epoch}, {task.monitor} {best_score:.4f})")
-        if bad_epochs >= o["patience"] or start_epoch > o["epochs"]:
+        if bad_epochs >= o["patience"] or start_epoch > epochs:
             log(progress, "that run had already finished; evaluating its best checkpoint")
-            start_epoch = o["epochs"] + 1
+            start_epoch = epochs + 1
 
     plain_options = {k: (str(v) if isinstance(v, Path) else v) for k, v in o.items()}
     base_extra = {"task": task.name, "train_options": plain_options,
@@ -277,9 +267,11 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
 
     log(progress, f"training {task.name} on {device} ({amp_words(amp)}): {len(train_ds)} Train / "
                    f"{len(val_ds)} Val images at {o['image_size']} px, {o['epochs']} epochs, batch {bs}")
-    stopped_early = bool(history) and bad_epochs >= o["patience"] and len(history) < o["epochs"]
+    stopped_early = bool(history) and bad_epochs >= o["patience"] and len(history) < epochs
+    budget_s = 60.0 * float(o["time_budget"]) if o.get("time_budget") else None
     epoch = start_epoch - 1
-    for epoch in range(start_epoch, int(o["epochs"]) + 1):
+    while epoch < epochs:
+        epoch += 1
         t0 = time.perf_counter()
         torch.manual_seed(_epoch_seed(o["seed"], epoch, 0))  # dropout
         shuffle_gen = torch.Generator().manual_seed(_epoch_seed(o["seed"], epoch, 1))
@@ -288,7 +280,7 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
                                              generator=shuffle_gen, drop_last=drop_last, **loader_kw)
         model.train()
         run_loss, seen = 0.0, 0
-        bar = _bar(loader, epoch, o["epochs"], progress)
+        bar = _bar(loader, epoch, epochs, progress)
         for batch in bar:
             lr = _lr_at(step, total_steps, warmup, o["lr"])
             for g in opt.param_groups:
@@ -329,13 +321,18 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
             bad_epochs += 1
         record["best"] = improved
         history.append(record)
+        if budget_s is not None and epoch == 1:  # fit the schedule to the budget
+            epochs = _epochs_within(budget_s, time.perf_counter() - t_start, record["seconds"], epochs)
+            total_steps = steps_per_epoch * epochs
+            log(progress, f"time budget {o['time_budget']:g} min: {epochs} epochs of "
+                           f"{record['seconds']:.0f} s (the cosine schedule follows that count)")
         if improved:
             save_checkpoint(out / "best.pt", kept, spec, {
                 **base_extra, "epoch": epoch, "metrics": val, "history": history})
         resume_state = {"optimizer": opt.state_dict(),
                         "scaler": scaler.state_dict() if amp.grad_scaler else None,
                         "step": step, "epoch": epoch, "best_epoch": best_epoch,
-                        "best_score": best_score, "bad_epochs": bad_epochs,
+                        "best_score": best_score, "bad_epochs": bad_epochs, "planned_epochs": epochs,
                         "rng": {"scheme": "per-epoch seeds from (seed, epoch)", "seed": o["seed"]},
                         **task.resume_state()}
         if ema is not None:
@@ -344,12 +341,17 @@ def _fit(task, o: Dict[str, Any], out_dir, *, resume: bool, overwrite: bool,
             **base_extra, "epoch": epoch, "metrics": val, "history": history,
             "resume": resume_state})
         _write_history(out, task, plain_options, history, best_epoch)
-        log(progress, _summary(record, o["epochs"], task.monitor))
+        log(progress, _summary(record, epochs, task.monitor))
         if on_epoch_end is not None and on_epoch_end(dict(record)):
             log(progress, f"stopped by the caller after epoch {epoch}")
             break
+        if (budget_s is not None and epoch < epochs
+                and time.perf_counter() - t_start + record["seconds"] > budget_s):
+            stopped_early = True
+            log(progress, f"time budget {o['time_budget']:g} min reached after epoch {epoch}")
+            break
         if bad_epochs >= o["patience"]:
-            stopped_early = epoch < o["epochs"]
+            stopped_early = epoch < epochs
             log(progress, f"early stop: no {task.monitor} gain for {bad_epochs} epochs "
                            f"(patience {o['patience']}); best epoch {best_epoch}")
             break
@@ -431,7 +433,7 @@ def train_classifier(data_root, out_dir, options: Optional[ClassifierOptions] = 
              hflip=bool(c.hflip), progress=bool(progress),
              allow_missing_classes=bool(c.allow_missing_classes), bn_images=c.bn_images,
              ema_decay=c.ema_decay, augment=c.augment, aux_masks=float(c.aux_masks),
-             init_from=str(c.init_from) if c.init_from else None)
+             init_from=str(c.init_from) if c.init_from else None, time_budget=c.time_budget)
     ClassifierTask.check_options(o)
     return _fit(ClassifierTask(o), o, out_dir, resume=c.resume, overwrite=c.overwrite,
                 on_epoch_end=on_epoch_end)
@@ -458,7 +460,7 @@ def train_segmenter(data_root, out_dir, options: Optional[SegmenterOptions] = No
              limit_per_class=c.limit_per_class, num_workers=int(c.num_workers), hflip=bool(c.hflip),
              progress=bool(progress), allow_missing_classes=bool(c.allow_missing_classes),
              bn_images=c.bn_images, ema_decay=c.ema_decay, augment=c.augment,
-             init_from=str(c.init_from) if c.init_from else None)
+             init_from=str(c.init_from) if c.init_from else None, time_budget=c.time_budget)
     SegmenterTask.check_options(o)
     return _fit(SegmenterTask(o), o, out_dir, resume=c.resume, overwrite=c.overwrite,
                 on_epoch_end=on_epoch_end)

@@ -22,7 +22,8 @@ class TrainOptions(Options):
     ``allow_missing_classes``; ``bn_images`` clean Train images re-estimate BatchNorm before
     each Val pass (0: off); ``ema_decay`` > 0 validates and saves an EMA of the weights;
     ``augment`` "basic" or "robust"; ``init_from`` a checkpoint (same network) whose weights
-    start the run instead of random ones (fine-tuning, or another schedule after a finished run)."""
+    start the run instead of random ones (fine-tuning, or another schedule after a finished run);
+    ``time_budget`` minutes: after epoch 1 the schedule is cut to the epochs that fit."""
 
     variant: Optional[str] = None
     epochs: int = 30
@@ -44,6 +45,7 @@ class TrainOptions(Options):
     ema_decay: float = 0.0
     augment: str = "basic"
     init_from: Optional[str] = None
+    time_budget: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -290,3 +290,55 @@ def test_bf16_segmenter_step_keeps_fp32_weights_and_losses(data_root, tmp_path):
     state = read_checkpoint(res.last_checkpoint)["state_dict"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     assert np.isfinite(res.history[0]["train_loss"]) and 0.0 <= res.history[0]["val_dice_mean"] <= 1.0
+
+
+def test_epochs_within_a_time_budget():
+    from covidedge.train.loop import _epochs_within
+
+    assert _epochs_within(600, 60, 50, 30) == 11  # the epoch done and 10 more of 50 s
+    assert _epochs_within(600, 700, 50, 30) == 1  # already over: the one epoch done
+    assert _epochs_within(6000, 10, 50, 30) == 30  # never more than --epochs
+
+
+def test_time_budget_cuts_the_schedule_after_epoch_one(cls_run, data_root, tmp_path, monkeypatch):
+    import covidedge.train.loop as loop
+
+    seen = []
+    monkeypatch.setattr(loop, "_epochs_within", lambda *a: seen.append(a) or 2)
+    res = train_classifier(data_root, tmp_path / "b", time_budget=5.0, **{**CLS, "epochs": 6})
+    assert [e["epoch"] for e in res.history] == [1, 2] and len(seen) == 1
+    budget_s, spent_s, epoch_s, most = seen[0]
+    assert budget_s == 300.0 and most == 6 and 0 < epoch_s <= spent_s
+    # epoch 2 ends the cosine schedule as a plain 2-epoch run does, not half way down a 6-epoch one
+    assert res.history[-1]["lr"] == pytest.approx(cls_run.history[-1]["lr"], rel=1e-9)
+    assert read_checkpoint(res.last_checkpoint)["extra"]["resume"]["planned_epochs"] == 2
+    again = train_classifier(data_root, tmp_path / "b", resume=True, time_budget=5.0, **{**CLS, "epochs": 6})
+    assert again.epochs_run == 2  # a resumed budgeted run keeps its planned length
+    with pytest.raises(BadInputError, match="time-budget"):
+        train_classifier(data_root, tmp_path / "c", time_budget=0, **CLS)
+
+
+def test_a_run_folder_in_use_is_refused_and_freed_after(cls_run, data_root, tmp_path):
+    import subprocess
+    import sys
+
+    from covidedge.train.rundir import LOCK_FILE
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.write('pid 4242'); f.flush(); print('held', flush=True); time.sleep(60)"), str(out / LOCK_FILE)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BadInputError, match=r"another training \(pid 4242\) is writing"):
+            train_classifier(data_root, out, **{**CLS, "epochs": 1})
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # nothing written, nothing removed
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock went with it, and the lock file alone is no earlier run
+    res = train_classifier(data_root, out, **{**CLS, "epochs": 1})
+    assert res.epochs_run == 1
+    assert "pid" in (out / LOCK_FILE).read_text()
