@@ -30,12 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from segmentation_mask_rule import _write, check_out, gate_sweep, log, pick_gate, probabilities, truth  # noqa: E402
 
-from covidedge.backends.base import infer_fitted  # noqa: E402
 from covidedge.data.covidqu import CovidQuDataset, select_samples  # noqa: E402
-from covidedge.data.preprocess import preprocess_batch  # noqa: E402
 from covidedge.metrics import SegmentationAccumulator  # noqa: E402
 from covidedge.pretrained import default_model  # noqa: E402
-from covidedge.runtime import load  # noqa: E402
 from covidedge.runtime.postprocess import MASK_RULE, segmentation_masks  # noqa: E402
 from covidedge.spec import MASK_THRESHOLD  # noqa: E402
 
@@ -45,16 +42,10 @@ FP_MARGIN = 0.5
 COVID = "COVID-19"
 
 
-def covid_probability(model: Path, samples, threads: int, batch_size: int = 32) -> np.ndarray:
-    """P(COVID-19) per sample from the classifier, preprocessed as covidedge evaluate does."""
-    with load(model, backend="onnxruntime", intra_op_threads=threads) as runner:
-        spec = runner.spec
-        k = list(spec.labels).index(COVID)
-        out = []
-        for a in range(0, len(samples), batch_size):
-            x = preprocess_batch([s.image for s in samples[a:a + batch_size]], size=tuple(spec.input_size))
-            out.append(np.asarray(infer_fitted(runner, x)["probabilities"], dtype=np.float64)[:, k])
-        return np.concatenate(out)
+def covid_probability(model: Path, samples, threads: int) -> np.ndarray:
+    """P(COVID-19) per sample from the classifier, preprocessed and run as covidedge evaluate does."""
+    return np.array([prob[labels.index(COVID)] for _, prob, labels in probabilities(model, samples, threads)],
+                    dtype=np.float64)
 
 
 def choose(sweep: list, dice_budget: float, fp_target: float) -> dict:

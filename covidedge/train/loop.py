@@ -205,9 +205,10 @@ def _train(task, o: Dict[str, Any], out: Path, t_start: float, resume: bool,
     spec = task.spec()
     torch.manual_seed(o["seed"])
     model = build_from_spec(spec).to(device)
-    init = load_start_weights(model, spec, o.get("init_from")) if state is None else \
-        (state.get("extra") or {}).get("init_from")
-    init_resume = init.pop("resume", None) if state is None and init else None
+    if state is None:
+        init, init_resume = load_start_weights(model, spec, o.get("init_from"))
+    else:  # a resumed run keeps the record of what it started from; its own state follows
+        init, init_resume = (state.get("extra") or {}).get("init_from"), {}
     amp = plan_for_model(amp, model)
     if amp.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -4,7 +4,7 @@ how recorded options are compared (a resumed or reused run's with the stored one
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from covidedge.errors import IncompatibleModelError, first_line
 
@@ -29,14 +29,14 @@ def same_option(a, b) -> bool:
     return _norm(a) == _norm(b)
 
 
-def load_start_weights(model, spec, path) -> Optional[Dict[str, Any]]:
+def load_start_weights(model, spec, path) -> Tuple[Optional[Dict[str, Any]], Dict[str, Any]]:
     """Start ``model`` from the weights of the checkpoint at ``path`` (``--init-from``), which must
     hold the same network (architecture, sizes, labels, input size); the training-only parts a
     run keeps in its ``last.pt`` (the classifier's mask head) come along when present. Returns
-    what the new checkpoints record about it (path, sha256, epoch) and, under ``resume``, the
-    training-only state to load once the task has attached its parts; None without ``path``."""
+    (what the new checkpoints record about it: path, sha256, epoch; the training-only state to
+    load once the task has attached its parts), or (None, {}) without ``path``."""
     if not path:
-        return None
+        return None, {}
     from covidedge.formats.checkpoint import checkpoint_sha256, read_checkpoint
 
     payload = read_checkpoint(path)
@@ -56,5 +56,5 @@ def load_start_weights(model, spec, path) -> Optional[Dict[str, Any]]:
                                      path=path, hint="use a checkpoint written by covidedge train "
                                      "for the same variant") from None
     extra = payload.get("extra") or {}
-    return {"path": str(path), "sha256": checkpoint_sha256(path), "epoch": extra.get("epoch"),
-            "resume": extra.get("resume") or {}}
+    record = {"path": str(path), "sha256": checkpoint_sha256(path), "epoch": extra.get("epoch")}
+    return record, extra.get("resume") or {}
