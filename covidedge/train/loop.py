@@ -79,11 +79,11 @@ class TrainResult:
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def _epochs_within(budget_s: float, spent_s: float, epoch_s: float, most: int) -> int:
-    """Epochs a run fits into ``budget_s`` seconds: the one done (``spent_s`` since the start)
-    and as many more of ``epoch_s`` each as the rest holds; at least 1, at most ``most``."""
+def _epochs_within(budget_s: float, spent_s: float, epoch_s: float, most: int, done: int = 1) -> int:
+    """Epochs a run fits into ``budget_s`` seconds: the ``done`` ones (``spent_s`` since the start)
+    and as many more of ``epoch_s`` each as the rest holds; at least ``done``, at most ``most``."""
     more = int(max(0.0, budget_s - spent_s) // max(epoch_s, 1e-9))
-    return max(1, min(int(most), 1 + more))
+    return max(done, min(int(most), done + more))
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -322,11 +322,15 @@ def _train(task, o: Dict[str, Any], out: Path, t_start: float, resume: bool,
             bad_epochs += 1
         record["best"] = improved
         history.append(record)
-        if budget_s is not None and epoch == 1:  # fit the schedule to the budget
-            epochs = _epochs_within(budget_s, time.perf_counter() - t_start, record["seconds"], epochs)
+        if budget_s is not None and len(history) == epoch and (epoch == 1 or (epoch == 2 and epochs >= 8)):
+            # fit the schedule to the budget after epoch 1; after epoch 2 again from the faster of
+            # the two (a first epoch carries one-time costs: caches, kernel tuning, a busy machine),
+            # while the cosine is still near its peak so the change barely moves the learning rate
+            epoch_s = min(h["seconds"] for h in history)
+            epochs = _epochs_within(budget_s, time.perf_counter() - t_start, epoch_s, o["epochs"], epoch)
             total_steps = steps_per_epoch * epochs
             log(progress, f"time budget {o['time_budget']:g} min: {epochs} epochs of "
-                           f"{record['seconds']:.0f} s (the cosine schedule follows that count)")
+                           f"{epoch_s:.0f} s (the cosine schedule follows that count)")
         if improved:
             save_checkpoint(out / "best.pt", kept, spec, {
                 **base_extra, "epoch": epoch, "metrics": val, "history": history})

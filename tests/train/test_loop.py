@@ -298,6 +298,21 @@ def test_epochs_within_a_time_budget():
     assert _epochs_within(600, 60, 50, 30) == 11  # the epoch done and 10 more of 50 s
     assert _epochs_within(600, 700, 50, 30) == 1  # already over: the one epoch done
     assert _epochs_within(6000, 10, 50, 30) == 30  # never more than --epochs
+    assert _epochs_within(600, 120, 40, 30, done=2) == 14  # after epoch 2: 2 done, 12 more of 40 s
+    assert _epochs_within(600, 900, 40, 30, done=2) == 2
+
+
+def test_time_budget_plans_again_after_a_slow_first_epoch(data_root, tmp_path, monkeypatch):
+    import covidedge.train.loop as loop
+
+    seen, plans = [], iter([9, 3])
+    monkeypatch.setattr(loop, "_epochs_within", lambda *a: seen.append(a) or next(plans))
+    res = train_classifier(data_root, tmp_path / "r", time_budget=5.0, **{**CLS, "epochs": 12})
+    assert [e["epoch"] for e in res.history] == [1, 2, 3] and len(seen) == 2
+    (_, spent1, s1, most1, done1), (_, spent2, s2, most2, done2) = seen
+    assert (most1, done1, most2, done2) == (12, 1, 12, 2) and spent2 > spent1
+    assert s1 == res.history[0]["seconds"] and s2 == min(h["seconds"] for h in res.history[:2])
+    assert read_checkpoint(res.last_checkpoint)["extra"]["resume"]["planned_epochs"] == 3
 
 
 def test_time_budget_cuts_the_schedule_after_epoch_one(cls_run, data_root, tmp_path, monkeypatch):
@@ -306,9 +321,9 @@ def test_time_budget_cuts_the_schedule_after_epoch_one(cls_run, data_root, tmp_p
     seen = []
     monkeypatch.setattr(loop, "_epochs_within", lambda *a: seen.append(a) or 2)
     res = train_classifier(data_root, tmp_path / "b", time_budget=5.0, **{**CLS, "epochs": 6})
-    assert [e["epoch"] for e in res.history] == [1, 2] and len(seen) == 1
-    budget_s, spent_s, epoch_s, most = seen[0]
-    assert budget_s == 300.0 and most == 6 and 0 < epoch_s <= spent_s
+    assert [e["epoch"] for e in res.history] == [1, 2] and len(seen) == 1  # 2 planned: no second plan
+    budget_s, spent_s, epoch_s, most, done = seen[0]
+    assert budget_s == 300.0 and most == 6 and done == 1 and 0 < epoch_s <= spent_s
     # epoch 2 ends the cosine schedule as a plain 2-epoch run does, not half way down a 6-epoch one
     assert res.history[-1]["lr"] == pytest.approx(cls_run.history[-1]["lr"], rel=1e-9)
     assert read_checkpoint(res.last_checkpoint)["extra"]["resume"]["planned_epochs"] == 2
