@@ -9,6 +9,9 @@ accuracy change under hospital shifts, parameters, training minutes and ms per i
     # compare finished runs (folders written by `covidedge train classifier`)
     python benchmarks/recipe_study.py --data COVID-QU-Ex --runs runs/cls-a runs/cls-b
 
+    # add runs to a table saved earlier (its rows are kept as measured)
+    python benchmarks/recipe_study.py --data COVID-QU-Ex --rows old.json --runs runs/cls-c --save new
+
 Recipes are training options (see RECIPES): ``baseline`` is the trainer before clean-image
 BatchNorm statistics (augmented-batch statistics, no weight average); ``clean-bn`` re-estimates
 BatchNorm on 600 clean Train images before every Val pass; ``+ema`` validates and saves a weight
@@ -63,7 +66,9 @@ def summarise(run: Path, data: str, int8: bool) -> dict:
            + (f", bn {ck['extra']['train_options'].get('bn_images', 0)}")
            + (f", ema {ck['extra']['train_options'].get('ema_decay', 0)}")
            + (f", aux masks {ck['extra']['train_options']['aux_masks']}"
-              if ck["extra"]["train_options"].get("aux_masks") else ""),
+              if ck["extra"]["train_options"].get("aux_masks") else "")
+           + (f", from {Path(ck['extra']['init_from']['path']).parent} epoch {ck['extra']['init_from']['epoch']}"
+              if ck["extra"].get("init_from") else ""),
            "epochs": len(hist["epochs"]), "best_epoch": hist["best_epoch"],
            "train_minutes": round(sum(e["seconds"] for e in hist["epochs"]) / 60, 1),
            "parameters_m": round(params / 1e6, 2), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
@@ -122,9 +127,15 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=14)
     p.add_argument("--limit-per-class", type=int, default=None)
     p.add_argument("--no-int8", action="store_true", help="skip the int8 agreement column")
+    p.add_argument("--rows", type=Path, help="a JSON table saved by an earlier study: its rows come first, "
+                   "as they were measured, and the runs given here are added")
     p.add_argument("--json", action="store_true")
     p.add_argument("--save", metavar="PREFIX", help="also write PREFIX.json and PREFIX.md")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier PREFIX.json / PREFIX.md")
     a = p.parse_args(argv)
+    taken = [f for f in (Path(a.save + ".json"), Path(a.save + ".md")) if a.save and f.exists()]
+    if taken and not a.overwrite:  # refused before the work (minutes), not after it
+        p.error(f"{taken[0]} exists; choose another --save PREFIX or add --overwrite")
     runs = [Path(r) for r in a.runs]
     if a.recipes:
         from covidedge.train.loop import train_classifier
@@ -139,7 +150,8 @@ def main(argv=None) -> int:
                              **RECIPES[name])
             print(f"trained {name} in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
             runs.append(out)
-    rows = [summarise(r, a.data, not a.no_int8) for r in runs]
+    rows = json.loads(a.rows.read_text()) if a.rows else []
+    rows += [summarise(r, a.data, not a.no_int8) for r in runs]
     if a.save:
         Path(a.save + ".json").write_text(json.dumps(rows, indent=1) + "\n")
         Path(a.save + ".md").write_text(to_markdown(rows))
