@@ -322,7 +322,7 @@ def _train(task, o: Dict[str, Any], out: Path, t_start: float, resume: bool,
             bad_epochs += 1
         record["best"] = improved
         history.append(record)
-        if budget_s is not None and len(history) == epoch and (epoch == 1 or (epoch == 2 and epochs >= 8)):
+        if budget_s is not None and (epoch == 1 or (epoch == 2 and epochs >= 8)):
             # fit the schedule to the budget after epoch 1; after epoch 2 again from the faster of
             # the two (a first epoch carries one-time costs: caches, kernel tuning, a busy machine),
             # while the cosine is still near its peak so the change barely moves the learning rate
