@@ -85,8 +85,8 @@ def _common_options(task: str):
         click.option("--time-budget", default=None, type=float, metavar="MINUTES",
                      help="Finish within this many minutes: after epoch 1 the run keeps the "
                           "epochs that fit (at most --epochs) and the cosine schedule follows "
-                          "that count (planned again after epoch 2 from the faster epoch when 8 or more fit); a "
-                          "later epoch that would overrun stops it."),
+                          "that count (planned again after epoch 2 from the faster epoch when 8 "
+                          "or more fit); a later epoch that would overrun stops it."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
     ]
 

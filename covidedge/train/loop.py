@@ -41,7 +41,6 @@ from covidedge.train.tasks import ClassifierTask, SegmenterTask, resolve_sizes
 __all__ = ["TrainResult", "train_classifier", "train_segmenter", "OUTPUT_FILES", "write_json",
            "log", "same_option"]
 
-#: Files a training run writes into its output folder (``--overwrite`` removes only these).
 #: Options that may change when resuming (they do not alter what is being trained).
 _RESUMABLE_CHANGES = {"epochs", "patience", "device", "num_workers", "progress", "amp", "time_budget"}
 

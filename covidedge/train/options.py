@@ -23,7 +23,7 @@ class TrainOptions(Options):
     each Val pass (0: off); ``ema_decay`` > 0 validates and saves an EMA of the weights;
     ``augment`` "basic" or "robust"; ``init_from`` a checkpoint (same network) whose weights
     start the run instead of random ones (fine-tuning, or another schedule after a finished run);
-    ``time_budget`` minutes: after epoch 1 the schedule is cut to the epochs that fit."""
+    ``time_budget`` minutes: the schedule is fitted to it after epoch 1 (and epoch 2)."""
 
     variant: Optional[str] = None
     epochs: int = 30
