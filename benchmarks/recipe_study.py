@@ -68,7 +68,10 @@ def summarise(run: Path, data: str, int8: bool) -> dict:
            + (f", aux masks {ck['extra']['train_options']['aux_masks']}"
               if ck["extra"]["train_options"].get("aux_masks") else "")
            + (f", from {Path(ck['extra']['init_from']['path']).parent} epoch {ck['extra']['init_from']['epoch']}"
-              if ck["extra"].get("init_from") else ""),
+              if ck["extra"].get("init_from") else "")
+           + (", distilled from " + " + ".join(str(Path(t["path"]).parent) for t in ck["extra"]["distill"]["teachers"])
+              + f" (weight {ck['extra']['train_options']['distill_weight']}, T {ck['extra']['distill']['temperature']})"
+              if ck["extra"].get("distill") else ""),
            "epochs": len(hist["epochs"]), "best_epoch": hist["best_epoch"],
            "train_minutes": round(sum(e["seconds"] for e in hist["epochs"]) / 60, 1),
            "parameters_m": round(params / 1e6, 2), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],

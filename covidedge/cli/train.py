@@ -158,7 +158,18 @@ def command():
               help="Weight of a training-only loss that predicts each Train image's lung and "
                    "infection masks from the classifier's features (0: off; 0.5 a usual value). "
                    "The mask head is never exported.")
-def classifier(as_json, **kw):
+@click.option("--distill-from", multiple=True, type=click.Path(dir_okay=False, path_type=str),
+              metavar="CHECKPOINT",
+              help="Also learn from this classifier's answers on the clean Train images (its "
+                   "best.pt at the same --image-size; repeat for an ensemble, whose probabilities "
+                   "are averaged) while this run sees them augmented. Recorded in the checkpoints.")
+@click.option("--distill-weight", default=ClassifierOptions.distill_weight, show_default=True, type=float,
+              help="Share of the teachers' soft-target loss in the classification loss "
+                   "(the cross-entropy keeps the rest); used with --distill-from.")
+@click.option("--distill-temperature", default=ClassifierOptions.distill_temperature, show_default=True,
+              type=float, help="Softmax temperature of the teachers' and the student's answers in "
+                               "the soft-target loss; used with --distill-from.")
+def classifier(as_json, distill_from, **kw):
     """Train the Xception classifier; the best epoch is the one with the highest Val accuracy.
     Classes are balanced with a class-weighted cross-entropy.
 
@@ -170,7 +181,7 @@ def classifier(as_json, **kw):
     from covidedge.train.loop import train_classifier
 
     data_root, out_dir = kw.pop("data_root"), kw.pop("out_dir")
-    result = train_classifier(data_root, out_dir, ClassifierOptions(**kw))
+    result = train_classifier(data_root, out_dir, ClassifierOptions(distill_from=tuple(distill_from) or None, **kw))
     _report(result, as_json)
 
 

@@ -437,6 +437,8 @@ def train_classifier(data_root, out_dir, options: Optional[ClassifierOptions] = 
              hflip=bool(c.hflip), progress=bool(progress),
              allow_missing_classes=bool(c.allow_missing_classes), bn_images=c.bn_images,
              ema_decay=c.ema_decay, augment=c.augment, aux_masks=float(c.aux_masks),
+             distill_from=[str(t) for t in c.distill_from] if c.distill_from else None,
+             distill_weight=c.distill_weight, distill_temperature=c.distill_temperature,
              init_from=str(c.init_from) if c.init_from else None, time_budget=c.time_budget)
     ClassifierTask.check_options(o)
     return _fit(ClassifierTask(o), o, out_dir, resume=c.resume, overwrite=c.overwrite,

@@ -6,7 +6,7 @@ each adds (:class:`ClassifierOptions`, :class:`SegmenterOptions`) and the loss s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from covidedge.spec import Options
 
@@ -51,12 +51,17 @@ class TrainOptions(Options):
 @dataclass(frozen=True)
 class ClassifierOptions(TrainOptions):
     """The Xception classifier's own: ``width_mult`` (wins over the variant's), the dropout
-    before its head, and ``aux_masks``, the weight of the training-only lung and infection mask
-    loss (``covidedge.train.auxmasks``; 0: off)."""
+    before its head, ``aux_masks``, the weight of the training-only lung and infection mask
+    loss (``covidedge.train.auxmasks``; 0: off), and distillation (``covidedge.train.distill``):
+    ``distill_from`` teacher checkpoints, the soft-target loss's ``distill_weight`` and
+    ``distill_temperature``."""
 
     width_mult: Optional[float] = None
     drop_rate: float = 0.2
     aux_masks: float = 0.0
+    distill_from: Optional[Tuple[str, ...]] = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
 
 
 @dataclass(frozen=True)

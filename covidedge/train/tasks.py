@@ -47,6 +47,8 @@ class ClassifierTask:
         self.o = o
         self.weights: Optional[np.ndarray] = None
         self.aux = None  # AuxMaskSupervision when o["aux_masks"] > 0
+        self.train_ds = None
+        self.distill: Optional[Dict[str, Any]] = None  # the teachers' record, when distilling
 
     @staticmethod
     def check_options(o: Dict[str, Any]) -> None:
@@ -58,6 +60,9 @@ class ClassifierTask:
         if not (isinstance(aux, (int, float)) and math.isfinite(aux) and 0 <= aux <= 10):
             raise BadInputError(f"aux-masks={aux!r} is invalid; expected a loss weight in [0, 10] "
                                 "(0: off, 0.5 a usual value)")
+        from covidedge.train.distill import check_distill_options
+
+        check_distill_options(o)
 
     def spec(self):
         from covidedge.spec import classifier_spec
@@ -75,13 +80,27 @@ class ClassifierTask:
         tr = (SegmentationDataset if self.o.get("aux_masks") else ClassificationDataset)(train, size, progress)
         va = ClassificationDataset(val, size, progress)
         self.weights = class_weights(tr.labels, len(CLASS_LABELS))
+        if self.o.get("distill_from"):  # items gain the teachers' soft targets (filled in attach)
+            from covidedge.train.distill import TeacherTargets
+
+            tr = TeacherTargets(tr)
+        self.train_ds = tr
         return tr, va
 
     def checkpoint_extra(self) -> Dict[str, Any]:
-        return {"class_weights": [float(w) for w in self.weights]}
+        extra: Dict[str, Any] = {"class_weights": [float(w) for w in self.weights]}
+        if self.distill is not None:
+            extra["distill"] = self.distill
+        return extra
 
     def attach(self, model, device) -> List[Any]:
-        """Training-only parameters beside the model's: the auxiliary mask head, if any."""
+        """Training-only parameters beside the model's: the auxiliary mask head, if any. The
+        teachers, when distilling, classify the clean Train images here (once)."""
+        if self.o.get("distill_from"):
+            from covidedge.train.distill import teacher_probabilities
+
+            self.distill = teacher_probabilities(self.o["distill_from"], self.train_ds, self.o["image_size"],
+                                                 self.o["distill_temperature"], device)
         if not self.o.get("aux_masks"):
             return []
         from covidedge.train.auxmasks import AuxMaskSupervision
@@ -108,6 +127,11 @@ class ClassifierTask:
         with amp.autocast():
             logits = model(to_layout(x, amp))
         loss = crit(logits.float(), y)
+        if self.distill is not None:
+            from covidedge.train.distill import distill_loss
+
+            w, t = self.o["distill_weight"], self.o["distill_temperature"]
+            loss = (1.0 - w) * loss + w * distill_loss(logits, batch[-2].to(device), t)
         if self.aux is not None:
             loss = loss + self.aux.loss(m, amp)
         return loss, x.shape[0]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from covidedge.data.synth import make_synthetic_dataset  # noqa: E402
 from covidedge.errors import BadInputError  # noqa: E402
 from covidedge.formats.checkpoint import read_checkpoint  # noqa: E402
 from covidedge.models.xception import xception  # noqa: E402
@@ -17,12 +15,6 @@ from covidedge.train.auxmasks import MASK_SCALE, AuxMaskSupervision  # noqa: E40
 from covidedge.train.loop import train_classifier  # noqa: E402
 
 CLS = dict(epochs=2, batch_size=4, image_size=64, width_mult=0.125, progress=False, bn_images=8)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), per_class=4, size=64,
-                                  splits=("Train", "Val"))
 
 
 def _plan():

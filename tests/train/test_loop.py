@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ torch = pytest.importorskip("torch")
 
 from covidedge.data.covidqu import CovidQuDataset, select_samples  # noqa: E402
 from covidedge.data.preprocess import preprocess  # noqa: E402
-from covidedge.data.synth import make_synthetic_dataset  # noqa: E402
 from covidedge.errors import BadInputError  # noqa: E402
 from covidedge.evaluation import evaluate  # noqa: E402
 from covidedge.formats.checkpoint import read_checkpoint  # noqa: E402
@@ -25,12 +23,6 @@ CLS = dict(epochs=2, batch_size=4, image_size=64, width_mult=0.125, progress=Fal
 SEG = dict(epochs=2, batch_size=4, image_size=64, base_width=8, depth=3, progress=False)
 FILES = {"best.pt", "last.pt", "history.json", "learning_curves.png", "metrics.json", "val_report"}
 
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), per_class=4, size=64,
-                                  splits=("Train", "Val"))
 
 
 @pytest.fixture(scope="module")
