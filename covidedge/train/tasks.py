@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from covidedge.errors import BadInputError
+from covidedge.progress import note
 from covidedge.spec import CLASS_LABELS
 from covidedge.train.amp import AmpPlan, to_layout
 
@@ -99,8 +100,11 @@ class ClassifierTask:
         if self.o.get("distill_from"):
             from covidedge.train.distill import teacher_probabilities
 
-            self.distill = teacher_probabilities(self.o["distill_from"], self.train_ds, self.o["image_size"],
-                                                 self.o["distill_temperature"], device)
+            self.distill = d = teacher_probabilities(self.o["distill_from"], self.train_ds, self.o["image_size"],
+                                                     self.o["distill_temperature"], device)
+            accs = ", ".join(f"{t['train_accuracy']:.3f}" for t in d["teachers"])
+            note(bool(self.o.get("progress")), f"distilling from {len(d['teachers'])} teacher(s) at T "
+                 f"{d['temperature']:g}: Train accuracy {accs} (their mean {d['mean_train_accuracy']:.3f})")
         if not self.o.get("aux_masks"):
             return []
         from covidedge.train.auxmasks import AuxMaskSupervision
