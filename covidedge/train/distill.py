@@ -29,13 +29,16 @@ __all__ = ["TeacherTargets", "teacher_probabilities", "distill_loss", "check_dis
 def check_distill_options(o: Dict[str, Any]) -> None:
     """Refuse a weight outside [0, 1], a temperature that is not positive, either one set
     without a teacher, and a teacher file that does not exist (before any image is decoded)."""
+    from covidedge.train.options import ClassifierOptions as defaults
+
     teachers = list(o.get("distill_from") or ())
-    w, t = o.get("distill_weight", 0.5), o.get("distill_temperature", 2.0)
+    w = o.get("distill_weight", defaults.distill_weight)
+    t = o.get("distill_temperature", defaults.distill_temperature)
     if not (isinstance(w, (int, float)) and 0.0 <= w <= 1.0):
         raise BadInputError(f"distill-weight={w!r} is outside [0, 1]; expected e.g. 0.5")
     if not (isinstance(t, (int, float)) and 0.0 < t <= 100.0):
         raise BadInputError(f"distill-temperature={t!r} is not in (0, 100]; expected e.g. 2")
-    if not teachers and (w != 0.5 or t != 2.0):
+    if not teachers and (w != defaults.distill_weight or t != defaults.distill_temperature):
         raise BadInputError("--distill-weight and --distill-temperature need --distill-from",
                             hint="name the teacher checkpoint(s) with --distill-from, or drop them")
     for p in teachers:
