@@ -101,7 +101,9 @@ def teacher_probabilities(paths: Sequence[str], dataset, image_size: int, temper
         probs = []
         with torch.no_grad():
             for s in range(0, len(dataset), batch_size):
-                x = torch.stack([dataset.base[i][0] for i in range(s, min(s + batch_size, len(dataset)))])
+                # the cached images alone: a dataset with masks would unpack them for nothing
+                x = torch.from_numpy(np.stack([dataset.images.get(i)
+                                               for i in range(s, min(s + batch_size, len(dataset)))]))
                 logits = model(x.to(device)).float()
                 probs.append(torch.softmax(logits / temperature, 1).cpu().numpy())
         pr = np.concatenate(probs).astype(np.float64)
